@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine with Python 3.11:
+# a virtual environment in .venv with torch (CPU wheel), veriprint and its tools,
+# and the Fashion-MNIST files from Debian when apt-get is usable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.veriprint-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+    if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
+      ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+        || echo "note: could not install dataset-fashion-mnist; the demo falls back to digits" >&2
+    fi
+  fi
+fi

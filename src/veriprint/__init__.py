@@ -1,0 +1,42 @@
+"""veriprint: Sensitive-Sample fingerprints for black-box integrity checks of neural networks.
+
+The pipeline (He, Zhang, Lee, CVPR 2019): :func:`generate` Sensitive-Samples from natural
+seeds (the objective lives in :mod:`veriprint.objective`), pick a few with
+:func:`select` (MANC), freeze them with their expected outputs in a :class:`Fingerprint`
+file, and later :func:`verify` a deployed model through any :class:`Target`.
+
+Heavy submodules are imported on first use, so ``import veriprint`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "InputDomain": "veriprint.data",
+    "Dataset": "veriprint.data",
+    "load_data": "veriprint.data",
+    "load_model": "veriprint.models",
+    "sensitivity": "veriprint.objective",
+    "log_sensitivity": "veriprint.objective",
+    "entropy_topk": "veriprint.objective",
+    "GenerationConfig": "veriprint.generate",
+    "GenerationResult": "veriprint.generate",
+    "generate": "veriprint.generate",
+    "open_target": "veriprint.targets",
+    "Target": "veriprint.targets",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'veriprint' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,1 @@
+"""The ``veriprint`` command line: one module per subcommand, each a thin call into the library."""

@@ -1,0 +1,68 @@
+"""Targets: where a fingerprint is checked. See :mod:`veriprint.targets.base`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from veriprint.targets.base import OUTPUT_FORMS, OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.local import CallableTarget, OnnxTarget, TorchTarget
+
+__all__ = [
+    "REMOTE_SCHEMES",
+    "CallableTarget",
+    "OnnxTarget",
+    "OutputForm",
+    "QueryBatch",
+    "Target",
+    "TargetError",
+    "TorchTarget",
+    "open_target",
+]
+
+# URL prefix -> "module:factory"; each factory takes (url, **options) and returns a Target.
+REMOTE_SCHEMES: dict[str, str] = {}
+
+
+def open_target(
+    spec: str | os.PathLike[str] | nn.Module | Target | Callable[..., Any],
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    output: OutputForm | None = None,
+    **options: Any,
+) -> Target:
+    """Make a :class:`Target` from what a user names.
+
+    Args:
+        spec: a :class:`Target`; an ``nn.Module``; a callable (NumPy batch to outputs);
+            a remote URL whose scheme is in :data:`REMOTE_SCHEMES`; an ``.onnx`` file (run
+            by onnxruntime); or any model source :func:`veriprint.models.load_model` takes.
+        weights: weights for a factory model source.
+        output: the form of the target's outputs (default ``"logits"``).
+        **options: passed to the target's constructor (``max_batch``, ``threads``, ...).
+    """
+    if output is not None and output not in OUTPUT_FORMS:
+        raise ValueError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
+    if isinstance(spec, Target):
+        return spec
+    kw: dict[str, Any] = dict(options)
+    if output is not None:
+        kw["output"] = output
+    if isinstance(spec, nn.Module):
+        return TorchTarget(spec.eval(), **kw)
+    if callable(spec) and not isinstance(spec, str | os.PathLike):
+        return CallableTarget(spec, **kw)
+    text = os.fspath(spec)
+    for prefix, factory in REMOTE_SCHEMES.items():
+        if text.startswith(prefix):
+            module, _, name = factory.partition(":")
+            return getattr(importlib.import_module(module), name)(text, **kw)  # type: ignore[no-any-return]
+    if text.endswith(".onnx"):
+        return OnnxTarget(text, **kw)
+    from veriprint.models import load_model
+
+    return TorchTarget(load_model(text, weights=weights), **kw)
