@@ -1,0 +1,179 @@
+"""Choosing the fingerprint from a bag: Maximum Active-Neuron Cover (Algorithm 2) and random.
+
+MANC greedily picks the sample that activates the most neurons not yet covered. On small
+heads one or two picks often cover every neuron any sample can activate; the paper's
+algorithm then falls back to index order. Here, once coverage is full, selection moves on
+to the next cover level (neurons covered once count as uncovered until covered twice,
+and so on): a *multi-cover* that keeps spreading the picks over neurons. Ties are broken
+by a score (by default the sample's sensitivity), then by index.
+
+The activation matrix is bit-packed (NumPy ``packbits``/``bitwise_count``): 10,000
+samples by 100,000 neurons take 125 MB and each pick is one pass over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from veriprint.models import OutputKind, split_last_layer
+
+__all__ = ["ACTIVATIONS", "Selection", "activations", "manc", "random_selection"]
+
+ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.Softplus, nn.Mish)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Chosen samples.
+
+    Attributes:
+        indices: positions in the bag, in pick order, shape ``(k,)``.
+        coverage: fraction of coverable neurons (activated by some sample of the bag)
+            covered after each pick, shape ``(k,)``.
+        gains: neurons newly covered at the current cover level by each pick.
+        levels: the cover level at which each pick was made (1 = plain MANC).
+        neurons: number of neurons of interest.
+        method: ``"manc"`` or ``"random"``.
+    """
+
+    indices: torch.Tensor
+    coverage: torch.Tensor
+    gains: torch.Tensor
+    levels: torch.Tensor
+    neurons: int
+    method: str
+
+
+def activations(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    layers: Literal["penultimate", "all"] = "penultimate",
+    threshold: float = 0.0,
+    model_outputs: OutputKind = "logits",
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """Which neurons each sample activates: bool ``(N, M)``.
+
+    Args:
+        model: the classifier.
+        x: samples ``(N, ...)``.
+        layers: ``"penultimate"`` (default: the units feeding the last layer, after their
+            activation) or ``"all"`` (the outputs of every activation module).
+        threshold: a neuron is active when its value is above this (default 0).
+        model_outputs: what the model returns.
+        batch_size: samples per forward pass.
+    """
+    rows = []
+    if layers == "penultimate":
+        last = split_last_layer(model, x[:4], model_outputs)
+        with torch.no_grad():
+            for chunk in torch.split(x, batch_size):
+                h, _, _ = last.forward(chunk)
+                rows.append(h.flatten(1) > threshold)
+        return torch.cat(rows)
+    if layers != "all":
+        raise ValueError(f"expected layers 'penultimate' or 'all', got {layers!r}")
+    mods = [m for m in model.modules() if isinstance(m, ACTIVATIONS)]
+    if not mods:
+        raise ValueError(f"no activation modules ({', '.join(a.__name__ for a in ACTIVATIONS)}) in the model")
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, o: seen.append(o.flatten(1) > threshold)) for m in mods]
+    try:
+        with torch.no_grad():
+            for chunk in torch.split(x, batch_size):
+                seen.clear()
+                model(chunk)
+                rows.append(torch.cat(seen, dim=1))
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(rows)
+
+
+def manc(
+    active: torch.Tensor | np.ndarray,
+    k: int,
+    *,
+    score: torch.Tensor | None = None,
+    eligible: torch.Tensor | None = None,
+    multi_cover: bool = True,
+) -> Selection:
+    """Greedy maximum active-neuron cover (Algorithm 2), with multi-cover once full.
+
+    Args:
+        active: bool ``(N, M)``: sample ``i`` activates neuron ``j``.
+        k: number of samples to pick.
+        score: tie-break per sample, higher first (default: none, lowest index first).
+        eligible: bool ``(N,)``: only these may be picked (default: all).
+        multi_cover: after full coverage, go on at the next cover level (default True);
+            False reproduces the paper (index order among zero-gain samples).
+
+    Returns:
+        A :class:`Selection`.
+    """
+    a = np.asarray(active.cpu() if isinstance(active, torch.Tensor) else active, dtype=bool)
+    if a.ndim != 2:
+        raise ValueError(f"expected active of shape (N, M), got {a.shape}")
+    n, m = a.shape
+    ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    if ok.shape != (n,):
+        raise ValueError(f"expected eligible of shape ({n},), got {ok.shape}")
+    if not 0 < k <= int(ok.sum()):
+        raise ValueError(f"expected 0 < k <= {int(ok.sum())} eligible samples, got k={k}")
+    packed = np.packbits(a, axis=1)  # (N, ceil(M/8))
+    coverable = a[ok].any(axis=0)
+    n_coverable = max(int(coverable.sum()), 1)
+    counts = np.zeros(m, dtype=np.int64)
+    if score is None:
+        rank = -np.arange(n, dtype=np.float64)  # ties go to the lowest index
+    else:
+        s = np.asarray(score.detach().cpu() if isinstance(score, torch.Tensor) else score, dtype=np.float64)
+        rank = np.argsort(np.lexsort((-np.arange(n), np.nan_to_num(s, nan=-np.inf)))).astype(np.float64)
+    available = ok.copy()
+    picked: list[int] = []
+    gains: list[int] = []
+    levels: list[int] = []
+    coverage: list[float] = []
+    level = 1
+    while len(picked) < k:
+        while True:
+            uncovered = coverable & (counts < level)
+            gain = np.bitwise_count(packed & np.packbits(uncovered)).sum(axis=1, dtype=np.int64)
+            gain = np.where(available, gain, -1)
+            if not multi_cover or gain.max() > 0 or level > len(picked):
+                break
+            level += 1
+        candidates = np.flatnonzero(gain == gain.max())
+        choice = int(candidates[np.argmax(rank[candidates])])
+        picked.append(choice)
+        gains.append(int(gain[choice]))
+        levels.append(level)
+        available[choice] = False
+        counts += a[choice]
+        coverage.append(float((coverable & (counts > 0)).sum()) / n_coverable)
+    return Selection(
+        indices=torch.tensor(picked, dtype=torch.long),
+        coverage=torch.tensor(coverage),
+        gains=torch.tensor(gains),
+        levels=torch.tensor(levels),
+        neurons=m,
+        method="manc",
+    )
+
+
+def random_selection(n: int, k: int, *, seed: int = 0, eligible: torch.Tensor | None = None) -> Selection:
+    """``k`` distinct samples drawn uniformly (seeded) among the eligible ones."""
+    ok = torch.ones(n, dtype=torch.bool) if eligible is None else eligible.bool()
+    pool = torch.nonzero(ok).flatten()
+    if not 0 < k <= pool.numel():
+        raise ValueError(f"expected 0 < k <= {pool.numel()} eligible samples, got k={k}")
+    g = torch.Generator().manual_seed(seed)
+    idx = pool[torch.randperm(pool.numel(), generator=g)[:k]]
+    empty = torch.zeros(k)
+    return Selection(idx, empty, empty.long(), torch.ones(k, dtype=torch.long), 0, "random")
