@@ -6,7 +6,8 @@ takes. It returns a NumPy array in the form it declares:
 
 * ``"logits"`` or ``"probs"``: float array ``(N, r)``;
 * ``"labels"``: int array ``(N,)`` (top-1 labels);
-* ``"topk"``: int array ``(N, K)`` (labels, best first).
+* ``"topk"``: int array ``(N, K)`` (labels, best first);
+* ``"top1-prob"``: float array ``(N, 2)``: the top-1 label and its probability.
 
 Anything wrong (a timeout, a refused connection, an HTTP error, a body that does not
 parse) raises :class:`TargetError` with what was expected and what came; the verifier
@@ -23,8 +24,8 @@ import numpy as np
 
 __all__ = ["OutputForm", "QueryBatch", "Target", "TargetError"]
 
-OutputForm = Literal["logits", "probs", "labels", "topk"]
-OUTPUT_FORMS: tuple[str, ...] = ("logits", "probs", "labels", "topk")
+OutputForm = Literal["logits", "probs", "labels", "topk", "top1-prob"]
+OUTPUT_FORMS: tuple[str, ...] = ("logits", "probs", "labels", "topk", "top1-prob")
 
 
 class TargetError(RuntimeError):
