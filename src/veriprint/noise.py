@@ -1,0 +1,187 @@
+"""The numeric noise floor: how much an *intact* model's outputs move between deployments.
+
+Outputs of the same weights differ across batch sizes, thread counts, runtimes and
+hardware (measured here: up to 5.7e-6 in logits between batch 1 and 1000 in torch, the
+same between torch and onnxruntime). A sample whose top-1 margin is inside that noise can
+flip its label with no tampering at all, so the fingerprint records the noise measured at
+fingerprint time and every comparison keeps well clear of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from veriprint.models import OutputKind
+
+__all__ = ["NoiseFloor", "as_logits", "calibrate_noise"]
+
+log = logging.getLogger(__name__)
+
+
+def as_logits(out: torch.Tensor, model_outputs: OutputKind) -> torch.Tensor:
+    """Model outputs as logits (``log p`` for a softmax-ending model)."""
+    return torch.log(out.double().clamp_min(1e-300)) if model_outputs == "probs" else out.double()
+
+
+def _margins(z: torch.Tensor) -> torch.Tensor:
+    top2 = z.topk(2, dim=-1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """Measured noise and the tolerances derived from it.
+
+    Attributes:
+        logit: largest ``|Δ logit|`` seen between variants of the intact model.
+        prob: largest ``|Δ probability|``.
+        margin: largest change of the top-1 vs top-2 margin.
+        variants: what was compared (``"batch=1"``, ``"threads=1"``, ``"float64"``, ...).
+        safety: factor applied to the measured noise (default 10).
+        declared: tolerance in logits declared by the user for noisier deployments.
+        declared_prob: declared tolerance on probabilities.
+        min_floor: smallest margin floor, whatever was measured (default 1e-4).
+    """
+
+    logit: float
+    prob: float
+    margin: float
+    variants: tuple[str, ...]
+    safety: float = 10.0
+    declared: float = 0.0
+    declared_prob: float = 0.0
+    min_floor: float = 1e-4
+
+    @property
+    def floor(self) -> float:
+        """Margin (in logits) a label-carrying sample must clear to be trusted."""
+        return max(self.safety * self.margin, self.min_floor, 2 * self.declared)
+
+    @property
+    def logit_tolerance(self) -> float:
+        """Largest logit difference still taken as noise."""
+        return max(self.safety * self.logit, self.min_floor / 2, self.declared)
+
+    @property
+    def prob_tolerance(self) -> float:
+        """Largest probability difference still taken as noise."""
+        return max(self.safety * self.prob, 1e-6, self.declared_prob)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["variants"] = list(self.variants)
+        d.update(floor=self.floor, logit_tolerance=self.logit_tolerance, prob_tolerance=self.prob_tolerance)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NoiseFloor:
+        keys = {"logit", "prob", "margin", "variants", "safety", "declared", "declared_prob", "min_floor"}
+        kw = {k: v for k, v in d.items() if k in keys}
+        kw["variants"] = tuple(kw.get("variants", ()))
+        return cls(**kw)
+
+
+def _run(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(c) for c in torch.split(x, batch)])
+
+
+def _onnx_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    try:
+        import onnxruntime as ort
+
+        from veriprint.onnx_import import export_onnx
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.onnx"
+        try:
+            export_onnx(model, x[:2], path)
+        except Exception as e:  # export support varies by model; the noise check is optional
+            log.warning("onnx export for noise calibration failed: %s", e)
+            return None
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
+
+
+def calibrate_noise(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    model_outputs: OutputKind = "logits",
+    batch_sizes: tuple[int, ...] = (1, 7, 64),
+    max_single: int = 64,
+    threads: bool = True,
+    float64: bool = True,
+    onnx: bool = False,
+    safety: float = 10.0,
+    declared: float = 0.0,
+    declared_prob: float = 0.0,
+    min_floor: float = 1e-4,
+) -> NoiseFloor:
+    """Measure how much the intact model's outputs move on ``x`` across execution variants.
+
+    The reference is one forward pass over the whole batch. Variants: other batch sizes
+    (batch 1 on the first ``max_single`` samples), a single thread, a float64 copy of the
+    model (the exact value the float32 runs scatter around), and optionally onnxruntime.
+
+    Args:
+        model: the classifier.
+        x: samples (the bag or the fingerprint's samples).
+        model_outputs: what the model returns.
+        batch_sizes: batch sizes compared with the full batch (default 1, 7, 64).
+        max_single: samples run one by one for batch size 1 (default 64).
+        threads: include a single-thread run (default True).
+        float64: include a float64 copy of the model (default True).
+        onnx: include onnxruntime (default False: needs ``onnx`` and ``onnxruntime``).
+        safety: factor on the measured noise (default 10).
+        declared: logit tolerance declared for noisier deployments (default 0).
+        declared_prob: probability tolerance declared likewise (default 0).
+        min_floor: smallest margin floor in logits (default 1e-4).
+    """
+    if safety < 1:
+        raise ValueError(f"expected safety >= 1, got {safety}")
+    if declared < 0 or declared_prob < 0:
+        raise ValueError(f"expected declared tolerances >= 0, got {declared}, {declared_prob}")
+    x = x.detach().float()
+    ref = as_logits(_run(model, x, max(len(x), 1)), model_outputs)
+    runs: list[tuple[str, torch.Tensor, slice]] = []
+    for b in batch_sizes:
+        part = slice(0, min(len(x), max_single)) if b == 1 else slice(0, len(x))
+        runs.append((f"batch={b}", as_logits(_run(model, x[part], b), model_outputs), part))
+    if threads and torch.get_num_threads() > 1:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            runs.append(("threads=1", as_logits(_run(model, x, 64), model_outputs), slice(0, len(x))))
+        finally:
+            torch.set_num_threads(previous)
+    if float64:
+        import copy
+
+        m64 = copy.deepcopy(model).double()
+        runs.append(("float64", as_logits(_run(m64, x.double(), 64), model_outputs), slice(0, len(x))))
+    if onnx:
+        out = _onnx_outputs(model, x)
+        if out is not None:
+            runs.append(("onnxruntime", as_logits(out, model_outputs), slice(0, len(x))))
+    logit = prob = margin = 0.0
+    p_ref = torch.softmax(ref, dim=-1)
+    m_ref = _margins(ref) if ref.shape[-1] > 1 else torch.zeros(len(ref), dtype=ref.dtype)
+    for _name, z, part in runs:
+        logit = max(logit, float((z - ref[part]).abs().max()))
+        prob = max(prob, float((torch.softmax(z, dim=-1) - p_ref[part]).abs().max()))
+        if ref.shape[-1] > 1:
+            margin = max(margin, float((_margins(z) - m_ref[part]).abs().max()))
+    return NoiseFloor(
+        logit=logit, prob=prob, margin=margin, variants=tuple(n for n, _, _ in runs),
+        safety=safety, declared=declared, declared_prob=declared_prob, min_floor=min_floor,
+    )
