@@ -25,7 +25,14 @@ __all__ = [
 ]
 
 # URL prefix -> "module:factory"; each factory takes (url, **options) and returns a Target.
-REMOTE_SCHEMES: dict[str, str] = {}
+REMOTE_SCHEMES: dict[str, str] = {
+    "http://": "veriprint.targets.oip:OipTarget",
+    "https://": "veriprint.targets.oip:OipTarget",
+    "torchserve+http://": "veriprint.targets.torchserve:TorchServeTarget",
+    "torchserve+https://": "veriprint.targets.torchserve:TorchServeTarget",
+    "tfserving+http://": "veriprint.targets.tfserving:TfServingTarget",
+    "tfserving+https://": "veriprint.targets.tfserving:TfServingTarget",
+}
 
 
 def open_target(
