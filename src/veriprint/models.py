@@ -133,6 +133,10 @@ def load_model(
             )
         elif path.suffix == ".pt2":
             model = torch.export.load(str(path)).module()
+            # The graph fixed its train/eval behaviour at export time and torch makes
+            # train()/eval() raise on it; restore the ordinary flag-only methods.
+            for attr in ("train", "eval"):
+                model.__dict__.pop(attr, None)
         elif path.suffix == ".onnx":
             from veriprint.onnx_import import import_onnx
 
