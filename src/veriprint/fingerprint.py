@@ -1,0 +1,304 @@
+"""A model's fingerprint: a few Sensitive-Samples and the intact model's outputs on them.
+
+:func:`make_fingerprint` runs the whole owner-side pipeline: draw a bag of natural seeds,
+generate Sensitive-Samples (Algorithm 1), calibrate the numeric noise floor, optionally
+refine the samples towards the decision boundary (for label-only APIs), keep the samples
+whose margin clears the floor, pick ``k`` of them (MANC, Algorithm 2), and record their
+outputs. The file format is in :mod:`veriprint.fileformat`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from veriprint import __version__
+from veriprint.data import Dataset, InputDomain
+from veriprint.fileformat import LoadedFile, read_file, write_file
+from veriprint.generate import GenerationConfig, GenerationResult, generate, margins, psnr
+from veriprint.models import OutputKind, model_hash
+from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
+from veriprint.select import Selection, activations, manc, random_selection
+
+__all__ = ["Fingerprint", "FingerprintConfig", "make_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """How a fingerprint is made.
+
+    Args:
+        bag: natural seeds drawn for generation (default 500, the paper's bag).
+        select: samples kept in the fingerprint, ``N_S`` (default 8).
+        selector: ``"manc"`` (default) or ``"random"``.
+        neurons: MANC's neurons of interest: ``"penultimate"`` (default) or ``"all"``.
+        threshold: activation threshold for MANC (default 0).
+        refine: move samples to just above the noise floor for label APIs (default True).
+        refine_factor: refinement target as a multiple of the floor (default 2).
+        safety: factor on the measured noise (default 10).
+        min_floor: smallest margin floor in logits (default 1e-4).
+        tolerance: extra logit noise declared for the deployment (GPU, TF32, float16
+            serving), default 0.
+        prob_tolerance: extra probability noise declared likewise, default 0.
+        calibrate_onnx: include onnxruntime in the noise calibration (default False).
+        seed: seed for drawing the bag and for random selection (default 0).
+        generation: the :class:`GenerationConfig`.
+        version: config schema version.
+    """
+
+    bag: int = 500
+    select: int = 8
+    selector: Literal["manc", "random"] = "manc"
+    neurons: Literal["penultimate", "all"] = "penultimate"
+    threshold: float = 0.0
+    refine: bool = True
+    refine_factor: float = 2.0
+    safety: float = 10.0
+    min_floor: float = 1e-4
+    tolerance: float = 0.0
+    prob_tolerance: float = 0.0
+    calibrate_onnx: bool = False
+    seed: int = 0
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("bag", self.bag >= 1),
+            ("select", 1 <= self.select <= self.bag),
+            ("selector", self.selector in ("manc", "random")),
+            ("neurons", self.neurons in ("penultimate", "all")),
+            ("refine_factor", self.refine_factor >= 1),
+            ("safety", self.safety >= 1),
+            ("min_floor", self.min_floor > 0),
+            ("tolerance", self.tolerance >= 0),
+            ("prob_tolerance", self.prob_tolerance >= 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"invalid FingerprintConfig.{name}: got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["generation"] = self.generation.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FingerprintConfig:
+        d = dict(d)
+        d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Samples, expected outputs and how they were made.
+
+    Attributes:
+        samples: float32 queries ``(k, ...)``, exactly on the input grid.
+        grid: their grid values (uint8 for 8-bit data), or ``None``.
+        expected: the intact model's raw outputs ``(k, r)`` (float32).
+        seeds: the natural inputs the samples started from.
+        log_s: ``log S`` (Eq. 6) of each sample.
+        margin: top-1 vs top-2 logit margin of each sample.
+        psnr: PSNR of each sample against its seed (dB).
+        noise: the calibrated noise floor.
+        meta: everything else (model hash, domain, configs, coverage, times, version).
+        sha256: content hash of the file it was read from or written to ("" before).
+        signature: ``"unsigned"``, ``"valid"`` or ``"not checked"``.
+    """
+
+    samples: torch.Tensor
+    grid: torch.Tensor | None
+    expected: torch.Tensor
+    seeds: torch.Tensor
+    log_s: torch.Tensor
+    margin: torch.Tensor
+    psnr: torch.Tensor
+    noise: NoiseFloor
+    meta: dict[str, Any]
+    sha256: str = ""
+    signature: str = "unsigned"
+
+    def __len__(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def domain(self) -> InputDomain:
+        return InputDomain(**self.meta["domain"])
+
+    @property
+    def model_outputs(self) -> OutputKind:
+        return self.meta["model_outputs"]  # type: ignore[no-any-return]
+
+    @property
+    def expected_logits(self) -> torch.Tensor:
+        """Expected outputs as float64 logits (``log p`` for softmax-ending models)."""
+        return as_logits(self.expected, self.model_outputs)
+
+    def save(self, path: str | os.PathLike[str], *, key: str | os.PathLike[str] | None = None) -> Fingerprint:
+        """Write the ``.vpf`` file (signed with the Ed25519 private ``key`` if given)."""
+        tensors = {
+            "samples": self.samples.float(),
+            "expected": self.expected.float(),
+            "seeds": self.seeds.float(),
+            "log_s": self.log_s.float(),
+            "margin": self.margin.float(),
+            "psnr": self.psnr.float(),
+        }
+        if self.grid is not None:
+            tensors["grid"] = self.grid
+        meta = {**self.meta, "noise": self.noise.to_dict()}
+        digest = write_file(path, tensors, meta, key=key)
+        return Fingerprint(**{**self.__dict__, "sha256": digest, "signature": "valid" if key else "unsigned"})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, pubkey: str | os.PathLike[str] | None = None) -> Fingerprint:
+        """Read and check a ``.vpf`` file (see :func:`veriprint.fileformat.read_file`)."""
+        f: LoadedFile = read_file(path, pubkey)
+        t = f.tensors
+        missing = {"samples", "expected", "seeds", "log_s", "margin", "psnr"} - set(t)
+        if missing:
+            raise ValueError(f"{path}: fingerprint file lacks tensors {sorted(missing)}")
+        k = t["samples"].shape[0]
+        if t["expected"].dim() != 2 or t["expected"].shape[0] != k:
+            raise ValueError(f"{path}: expected outputs of shape ({k}, r), got {tuple(t['expected'].shape)}")
+        meta = dict(f.meta)
+        noise = NoiseFloor.from_dict(meta.pop("noise"))
+        return cls(
+            samples=t["samples"], grid=t.get("grid"), expected=t["expected"], seeds=t["seeds"],
+            log_s=t["log_s"], margin=t["margin"], psnr=t["psnr"], noise=noise, meta=meta,
+            sha256=f.sha256, signature=f.signature,
+        )
+
+
+def _draw_seeds(data: Dataset | torch.Tensor, n: int, seed: int, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    x = data.x if isinstance(data, Dataset) else data
+    if n > len(x):
+        raise ValueError(f"expected a bag of at most {len(x)} seeds (the data size), got bag={n}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[:n]
+    return x[idx].float(), idx
+
+
+def make_fingerprint(
+    model: nn.Module,
+    data: Dataset | torch.Tensor,
+    config: FingerprintConfig | None = None,
+    *,
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    progress: bool = True,
+    source: str | None = None,
+) -> tuple[Fingerprint, GenerationResult, Selection]:
+    """Fingerprint a model.
+
+    Args:
+        model: the intact classifier (eval mode).
+        data: natural inputs to draw seeds from (a :class:`Dataset` or a tensor).
+        config: :class:`FingerprintConfig` (default: bag 500, 8 samples, MANC, refinement on).
+        domain: input range and grid (default: the data set's, else ``[0, 1]`` 8-bit).
+        model_outputs: ``"logits"`` (default) or ``"probs"``.
+        progress: show progress bars.
+        source: a description of the model stored in the metadata.
+
+    Returns:
+        The :class:`Fingerprint`, the full :class:`GenerationResult` of the bag (after
+        refinement) and the :class:`Selection`.
+    """
+    cfg = config or FingerprintConfig()
+    domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
+    start = time.perf_counter()
+    seeds, seed_idx = _draw_seeds(data, cfg.bag, cfg.seed, model)
+    gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs, progress=progress)
+    noise = calibrate_noise(model, gen.samples, model_outputs=model_outputs, onnx=cfg.calibrate_onnx,
+                            safety=cfg.safety, declared=cfg.tolerance, declared_prob=cfg.prob_tolerance,
+                            min_floor=cfg.min_floor)
+    samples, reached = gen.samples, torch.zeros(len(gen), dtype=torch.bool)
+    if cfg.refine and cfg.generation.eps > 0:
+        from veriprint.refine import refine_to_boundary
+
+        ref = refine_to_boundary(model, gen.samples, seeds, target=cfg.refine_factor * noise.floor,
+                                 eps=cfg.generation.eps, norm=cfg.generation.norm, domain=domain,
+                                 model_outputs=model_outputs)
+        samples, reached = ref.samples, ref.reached
+        gen = _redescribe(model, gen, samples, model_outputs)
+    eligible = gen.margin > noise.floor
+    if cfg.refine and int((eligible & reached).sum()) >= cfg.select:
+        eligible = eligible & reached
+    n_ok = int(eligible.sum())
+    if n_ok < cfg.select:
+        raise ValueError(
+            f"only {n_ok} of {len(gen)} samples have a top-1 margin above the noise floor "
+            f"{noise.floor:.3g}; need {cfg.select}: use a larger bag or a smaller declared tolerance"
+        )
+    if cfg.selector == "manc":
+        act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
+        sel = manc(act, cfg.select, score=gen.log_s_after, eligible=eligible)
+    else:
+        sel = random_selection(len(gen), cfg.select, seed=cfg.seed, eligible=eligible)
+    idx = sel.indices
+    chosen = samples[idx]
+    with torch.inference_mode():
+        expected = model(chosen).float()
+    meta: dict[str, Any] = {
+        "tool": "veriprint",
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model_hash": model_hash(model),
+        "model_source": source or type(model).__name__,
+        "model_outputs": model_outputs,
+        "domain": domain.to_dict(),
+        "input_shape": list(chosen.shape[1:]),
+        "num_classes": int(expected.shape[1]),
+        "config": cfg.to_dict(),
+        "selection": {
+            "method": sel.method,
+            "indices_in_bag": idx.tolist(),
+            "seed_indices_in_data": seed_idx[idx].tolist(),
+            "coverage": sel.coverage.tolist(),
+            "neurons": sel.neurons,
+            "eligible": n_ok,
+            "refined_reached": int(reached.sum()),
+        },
+        "generation": {"steps_run": gen.steps_run, "seconds": round(gen.seconds, 3)},
+        "labels": expected.argmax(1).tolist(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    fp = Fingerprint(
+        samples=chosen.clone(),
+        grid=None if gen.grid is None else gen.grid[idx].clone(),
+        expected=expected.clone(),
+        seeds=seeds[idx].clone(),
+        log_s=gen.log_s_after[idx].float().clone(),
+        margin=gen.margin[idx].float().clone(),
+        psnr=gen.psnr[idx].clone(),
+        noise=noise,
+        meta=meta,
+    )
+    return fp, gen, sel
+
+
+def _redescribe(model: nn.Module, gen: GenerationResult, samples: torch.Tensor, model_outputs: OutputKind) -> GenerationResult:
+    from veriprint.generate import _describe
+
+    log_s, out = _describe(model, samples, gen.config, model_outputs)
+    d = (samples - gen.seeds).flatten(1)
+    grid = None
+    if gen.domain.levels is not None:
+        g = gen.domain.to_grid(samples)
+        grid = g.to(torch.uint8) if gen.domain.levels <= 255 else g.to(torch.int16)
+    return GenerationResult(
+        samples=samples, grid=grid, seeds=gen.seeds, log_s_before=gen.log_s_before, log_s_after=log_s,
+        linf=d.abs().amax(dim=1), l2=d.norm(dim=1), psnr=psnr(samples, gen.seeds, gen.domain),
+        margin=margins(out, model_outputs), labels=out.argmax(dim=-1), history=gen.history,
+        steps_run=gen.steps_run, seconds=gen.seconds, config=gen.config, domain=gen.domain,
+    )

@@ -1,0 +1,245 @@
+"""Verification: query a black-box target with the fingerprint and give a verdict.
+
+* **INTACT**: every sample was queried, every answer was well formed, and every answer
+  is what the intact model gives (within the recorded noise floor).
+* **TAMPERED**: at least one well-formed answer cannot come from the intact model.
+* **INCONCLUSIVE**: anything else: the target failed, timed out, or answered something
+  malformed (wrong shape, dtype, count, NaN) before a mismatch was seen, or the spec
+  needs more than the target reveals. Never INTACT by default.
+
+The verifier sends each sample exactly once (split into batches of at most
+``max_batch``), so the number of queries is the fingerprint's size (plus decoys a
+target wrapper may add).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+from veriprint.fingerprint import Fingerprint
+from veriprint.specs import OutputSpec, parse_spec
+from veriprint.targets import QueryBatch, Target, TargetError, open_target
+
+__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "verify"]
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["INTACT", "TAMPERED", "INCONCLUSIVE"]
+EXIT_CODES: dict[str, int] = {"INTACT": 0, "TAMPERED": 1, "INCONCLUSIVE": 2}
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One sample's comparison (``match`` is None when it was not compared)."""
+
+    index: int
+    expected: list[float]
+    observed: list[float] | None
+    match: bool | None
+    ambiguous: bool = False
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """The verdict and everything behind it.
+
+    Attributes:
+        verdict: ``"INTACT"``, ``"TAMPERED"`` or ``"INCONCLUSIVE"``.
+        reason: one sentence saying why.
+        spec: the output specification compared.
+        target: description of the target.
+        queries: fingerprint samples sent.
+        decoys: decoy queries sent alongside (by a decoy wrapper), if any.
+        compared: samples whose answer was compared.
+        mismatches: samples whose answer cannot come from the intact model.
+        ambiguous: compared samples within noise of a decision (both answers accepted).
+        tolerance: the tolerances used (margin floor, logit and probability tolerances).
+        fingerprint: file hash, signature status, model hash of the fingerprint.
+        samples: per-sample results.
+        seconds: wall time.
+    """
+
+    verdict: Verdict
+    reason: str
+    spec: str
+    target: str
+    queries: int
+    decoys: int
+    compared: int
+    mismatches: int
+    ambiguous: int
+    tolerance: dict[str, float]
+    fingerprint: dict[str, Any]
+    samples: list[SampleResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        """A short human summary (what the CLI prints)."""
+        lines = [
+            f"verdict: {self.verdict}  ({self.reason})",
+            f"target: {self.target}   spec: {self.spec}",
+            f"queries: {self.queries} fingerprint" + (f" + {self.decoys} decoys" if self.decoys else "")
+            + f", compared {self.compared}, mismatches {self.mismatches}, ambiguous {self.ambiguous}",
+            f"tolerance: margin floor {self.tolerance['floor']:.3g}, logits {self.tolerance['logit']:.3g}, "
+            f"probs {self.tolerance['prob']:.3g}",
+        ]
+        return "\n".join(lines)
+
+
+def _validate(out: Any, form: str, n: int, r: int) -> np.ndarray:
+    """Check a target's answer for one batch of ``n`` samples and ``r`` classes."""
+    try:
+        arr = np.asarray(out)
+    except Exception as e:
+        raise TargetError(f"answer is not an array ({type(out).__name__}): {e}") from e
+    if arr.dtype == object:
+        raise TargetError(f"answer is not numeric (dtype object, got {type(out).__name__})")
+    if form in ("logits", "probs"):
+        if arr.shape != (n, r):
+            raise TargetError(f"expected {form} of shape ({n}, {r}), got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number):
+            raise TargetError(f"expected numeric {form}, got dtype {arr.dtype}")
+        if not np.isfinite(arr).all():
+            raise TargetError(f"answer holds {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+        if form == "probs" and ((arr < -1e-6).any() or (arr > 1 + 1e-6).any()):
+            raise TargetError(f"expected probabilities in [0, 1], got values in [{arr.min()}, {arr.max()}]")
+        return arr.astype(np.float64)
+    if form == "labels":
+        arr = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
+        if arr.shape != (n,):
+            raise TargetError(f"expected {n} labels, got an answer of shape {arr.shape}")
+    elif form == "topk":
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise TargetError(f"expected top-k labels of shape ({n}, K), got {arr.shape}")
+    elif form == "top1-prob":
+        if arr.shape != (n, 2):
+            raise TargetError(f"expected (label, probability) pairs of shape ({n}, 2), got {arr.shape}")
+        if not np.isfinite(arr.astype(np.float64)).all():
+            raise TargetError("answer holds NaN or infinite values")
+        return arr.astype(np.float64)
+    else:
+        raise TargetError(f"unknown output form {form!r}")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr.astype(np.float64)).all():
+        raise TargetError(f"expected integer labels, got dtype {arr.dtype}")
+    labels = arr.astype(np.float64)
+    if (labels != np.round(labels)).any() or (labels < 0).any() or (labels >= r).any():
+        raise TargetError(f"expected integer labels in [0, {r}), got values in [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
+
+
+def verify(
+    fingerprint: Fingerprint | str | os.PathLike[str],
+    target: Target | nn.Module | Callable[..., Any] | str | os.PathLike[str],
+    *,
+    spec: str | OutputSpec = "top1",
+    pubkey: str | os.PathLike[str] | None = None,
+    max_batch: int | None = None,
+    **target_options: Any,
+) -> VerificationReport:
+    """Check a target against a fingerprint.
+
+    Args:
+        fingerprint: a :class:`Fingerprint` or the path of a ``.vpf`` file.
+        target: anything :func:`veriprint.targets.open_target` accepts (a Target, a
+            module, a callable, a model file or factory, a server URL).
+        spec: what the API reveals (default ``"top1"``); see :mod:`veriprint.specs`.
+        pubkey: Ed25519 public key the file's signature must verify with.
+        max_batch: most samples per query batch (default: the target's own limit).
+        **target_options: passed to :func:`open_target` (``output=``, ``weights=``, ...).
+
+    Returns:
+        A :class:`VerificationReport`. Errors of the fingerprint file raise; errors of the
+        target become an INCONCLUSIVE verdict.
+    """
+    start = time.perf_counter()
+    fp = fingerprint if isinstance(fingerprint, Fingerprint) else Fingerprint.load(fingerprint, pubkey=pubkey)
+    out_spec = parse_spec(spec)
+    noise = fp.noise
+    tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
+    info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", "")}
+    z = fp.expected_logits.numpy()
+    n, r = z.shape
+    if out_spec.kind == "topk" and out_spec.k > r:
+        raise ValueError(f"spec {out_spec} asks for more labels than the model's {r} classes")
+    if out_spec.kind == "logits" and fp.model_outputs == "probs":
+        raise ValueError("spec logits needs a fingerprint of a logit model; this one returns probabilities")
+
+    def report(verdict: Verdict, reason: str, compared: int = 0, mismatches: int = 0, ambiguous: int = 0,
+               samples: list[SampleResult] | None = None, tgt: str = "?", decoys: int = 0,
+               queries: int = 0) -> VerificationReport:
+        return VerificationReport(verdict, reason, str(out_spec), tgt, queries, decoys, compared, mismatches,
+                                  ambiguous, tolerance, info, samples or [], time.perf_counter() - start)
+
+    try:
+        tgt = open_target(target, **target_options)
+    except (TargetError, OSError, ValueError, RuntimeError) as e:
+        return report("INCONCLUSIVE", f"could not open the target: {e}")
+    name = tgt.description
+    if not out_spec.accepts(tgt.output):
+        return report("INCONCLUSIVE", f"spec {out_spec} needs more than this target's {tgt.output!r} answers",
+                      tgt=name)
+    limit = min(b for b in (max_batch, tgt.max_batch, n) if b)
+    x = fp.samples.numpy()
+    grid = None if fp.grid is None else fp.grid.numpy()
+    answers: list[np.ndarray] = []
+    sent = 0
+    error: str | None = None
+    for lo in range(0, n, limit):
+        batch = QueryBatch(x[lo: lo + limit], None if grid is None else grid[lo: lo + limit])
+        sent += len(batch)
+        try:
+            raw = tgt.query(batch)
+            answers.append(_validate(raw, tgt.output, len(batch), r))
+        except TargetError as e:
+            error = f"target answer for samples {lo}..{lo + len(batch) - 1}: {e}"
+            break
+        except Exception as e:  # a target's own bug must not pass as INTACT or crash the check
+            error = f"target failed on samples {lo}..{lo + len(batch) - 1}: {type(e).__name__}: {e}"
+            break
+    decoys = int(getattr(tgt, "decoy_queries", 0))
+    done = sum(len(a) for a in answers)
+    results: list[SampleResult] = []
+    mism = amb = 0
+    if done:
+        try:
+            cmp = out_spec.compare(z[:done], np.concatenate(answers), tgt.output, noise)
+        except TargetError as e:
+            error = error or f"target answer: {e}"
+            cmp = None
+        if cmp is not None:
+            mism, amb = int(cmp.mismatch.sum()), int(cmp.ambiguous.sum())
+            for i in range(done):
+                results.append(SampleResult(i, cmp.expected[i], cmp.observed[i], not bool(cmp.mismatch[i]),
+                                            bool(cmp.ambiguous[i])))
+    compared = len(results)
+    for i in range(compared, n):
+        results.append(SampleResult(i, z[i].tolist(), None, None))
+    if mism:
+        why = f"{mism} of {compared} compared samples differ from the intact model"
+        if error:
+            why += f" (and the target then failed: {error})"
+        return report("TAMPERED", why, compared, mism, amb, results, name, decoys, sent)
+    if error or compared < n:
+        return report("INCONCLUSIVE", error or f"only {compared} of {n} samples were compared",
+                      compared, 0, amb, results, name, decoys, sent)
+    return report("INTACT", f"all {n} samples match the intact model", compared, 0, amb, results, name,
+                  decoys, sent)
