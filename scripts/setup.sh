@@ -17,6 +17,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
 
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   if command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,155 @@
+"""Start and stop a real Seldon MLServer on 127.0.0.1 serving ONNX files.
+
+MLServer lives in its own virtual environment (``scripts/setup-serving.sh`` makes
+``.venv-serving``; ``VERIPRINT_SERVING_VENV`` overrides the place). Two pitfalls of
+MLServer 1.7.1 are handled here: ``parallel_workers`` is 0 (with worker processes the
+worker dies with "There is no current event loop" under uvloop 0.23), and the metrics
+server is off (it would listen on a fixed port). The HTTP and gRPC ports are free ports
+picked at start; the server runs in its own process group and is stopped with SIGTERM
+(then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME = Path(__file__).with_name("onnx_runtime.py")
+
+
+def serving_venv() -> Path:
+    return Path(os.environ.get("VERIPRINT_SERVING_VENV", ROOT / ".venv-serving")).resolve()
+
+
+def require_mlserver() -> Path:
+    """The ``mlserver`` executable; skips the test without it, fails in CI (``CI=true``)."""
+    exe = serving_venv() / "bin" / "mlserver"
+    if not exe.exists():
+        msg = (f"MLServer is not installed ({exe} missing): run scripts/setup-serving.sh "
+               "(scripts/setup.sh does it)")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One model for the server: its name, ONNX file and onnxruntime threads."""
+
+    name: str
+    onnx: Path
+    threads: int | None = 1
+
+
+class MLServer:
+    """A running MLServer; use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, root: Path, models: list[ServedModel]) -> None:
+        self.exe = require_mlserver()
+        self.root = root
+        self.models = models
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "mlserver.log"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def url(self, name: str) -> str:
+        return f"{self.origin}/v2/models/{name}"
+
+    def _write_repository(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.copy(RUNTIME, self.root / RUNTIME.name)
+        settings = {"debug": False, "host": "127.0.0.1", "http_port": self.http_port,
+                    "grpc_port": self.grpc_port, "metrics_endpoint": None, "parallel_workers": 0,
+                    "load_models_at_startup": True, "metrics_dir": str(self.root / ".metrics")}
+        (self.root / "settings.json").write_text(json.dumps(settings, indent=1))
+        for m in self.models:
+            d = self.root / "models" / m.name
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(m.onnx, d / "model.onnx")
+            params: dict[str, object] = {"uri": "./model.onnx"}
+            if m.threads:
+                params["threads"] = m.threads
+            (d / "model-settings.json").write_text(json.dumps({
+                "name": m.name, "implementation": "onnx_runtime.OnnxRuntime", "parameters": params}))
+
+    def _ready(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(self.origin + path, timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def start(self, timeout: float = 120.0) -> MLServer:
+        self._write_repository()
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        env.update(MLSERVER_HTTP_PORT=str(self.http_port), MLSERVER_GRPC_PORT=str(self.grpc_port),
+                   PATH=f"{self.exe.parent}{os.pathsep}{env.get('PATH', '')}")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([str(self.exe), "start", str(self.root)], cwd=self.root, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        pending = [f"/v2/models/{m.name}/ready" for m in self.models]
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"MLServer exited with {self.proc.returncode} while starting:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"MLServer not ready after {timeout:g} s:\n{self.tail()}")
+            if self._ready(pending[0]):
+                pending.pop(0)
+            else:
+                time.sleep(0.2)
+        return self
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace: float = 20.0) -> int:
+        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code."""
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return int(proc.returncode)
+
+    def __enter__(self) -> MLServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
