@@ -134,7 +134,8 @@ def _read_idx(path: Path) -> np.ndarray:
         raw = f.read()
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    arr: np.ndarray = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    return arr
 
 
 def _fashion_mnist(split: str) -> Dataset:
@@ -160,7 +161,8 @@ def _split(n: int, split: str, every: int = 5) -> np.ndarray:
     """Deterministic split: every ``every``-th sample is test data."""
     idx = np.arange(n)
     test = idx % every == every - 1
-    return idx[test] if split == "test" else idx[~test]
+    chosen: np.ndarray = idx[test] if split == "test" else idx[~test]
+    return chosen
 
 
 def _mnist_5k(split: str) -> Dataset:
@@ -291,8 +293,8 @@ def load_data(
 
 def default_dataset_name() -> str:
     """``fashion-mnist`` when its files are installed, else ``digits`` (always available)."""
-    try:
-        _fashion_mnist("test")
-    except FileNotFoundError:
-        return "digits"
-    return "fashion-mnist"
+    dirs = [os.environ[FASHION_MNIST_ENV]] if FASHION_MNIST_ENV in os.environ else []
+    for d in [*dirs, *FASHION_MNIST_DIRS]:
+        if (Path(d) / "t10k-images-idx3-ubyte.gz").exists():
+            return "fashion-mnist"
+    return "digits"

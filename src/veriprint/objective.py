@@ -29,7 +29,6 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -162,7 +161,7 @@ def _log_probe(
     u = torch.randint(0, 2, (probes, x.shape[0], r), generator=generator).to(x.dtype) * 2 - 1
 
     def per_sample(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
-        z, pullback = vjp(lambda p: logits(p, xi), params)
+        z, pullback = vjp(lambda p: logits(p, xi), params)  # type: ignore[misc]
         if outputs == "logits":
             c, log_scale = ui, torch.zeros((), dtype=z.dtype)
         else:

@@ -108,7 +108,7 @@ def refine_to_boundary(
         with torch.no_grad():
             m = label_margin(model, x, labels, model_outputs)
         return RefineResult(x.clone(), m, m <= tau, 0)
-    steps = max_steps if max_steps is not None else int(math.ceil(2 * eps / step)) + 20
+    steps = max_steps if max_steps is not None else math.ceil(2 * eps / step) + 20
     above = x.detach().clone()
     below = x.detach().clone()
     m, g = _margin_and_grad(model, x, labels, model_outputs)

@@ -91,8 +91,8 @@ def activations(
                 model(chunk)
                 rows.append(torch.cat(seen, dim=1))
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     return torch.cat(rows)
 
 

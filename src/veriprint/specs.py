@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,15 +43,16 @@ class Comparison:
         observed: what came back, per sample, under the spec.
     """
 
-    mismatch: np.ndarray
-    ambiguous: np.ndarray
-    expected: list[list[float]]
-    observed: list[list[float]]
+    mismatch: Any
+    ambiguous: Any
+    expected: list[Any]
+    observed: list[Any]
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 def _rounded_match(obs: np.ndarray, exp: np.ndarray, decimals: int, tol: float) -> tuple[np.ndarray, np.ndarray]:

@@ -99,3 +99,33 @@ def cache_dir() -> Path:
 
 def config_key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+REFERENCE_MODELS = {
+    "fashion-mnist": ("veriprint.zoo:fashion_cnn", TrainConfig(epochs=1, seed=0)),
+    "mnist-5k": ("veriprint.zoo:fashion_cnn", TrainConfig(epochs=3, seed=0)),
+    "digits": ("veriprint.zoo:digits_mlp", TrainConfig(epochs=30, batch_size=32, seed=0)),
+}
+
+
+def reference_model(dataset: str, *, progress: bool = True) -> tuple[nn.Module, str, Path]:
+    """The default model of a built-in data set, trained once and cached.
+
+    Returns ``(model, factory, weights_path)``; the weights live in :func:`cache_dir`
+    under a name keyed by the data set, factory and training config.
+    """
+    from veriprint.data import load_data
+    from veriprint.models import load_model, save_weights
+
+    if dataset not in REFERENCE_MODELS:
+        raise ValueError(f"expected one of {sorted(REFERENCE_MODELS)}, got {dataset!r}")
+    factory, cfg = REFERENCE_MODELS[dataset]
+    path = cache_dir() / f"{dataset}-{config_key(factory, cfg, torch.__version__)}.safetensors"
+    if not path.exists():
+        torch.manual_seed(cfg.seed)
+        model = load_model(factory)
+        train_(model, load_data(dataset, split="train"), cfg, progress=progress)
+        tmp = path.with_suffix(".tmp")
+        save_weights(model, tmp)
+        tmp.replace(path)
+    return load_model(factory, weights=path), factory, path
