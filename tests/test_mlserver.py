@@ -6,9 +6,14 @@ except in CI (CI=true) where they fail.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +22,17 @@ import torch
 from torch import nn
 
 from veriprint.data import Dataset, InputDomain, load_data
+from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
 from veriprint.onnx_import import export_onnx
 from veriprint.targets import OnnxTarget, QueryBatch, TargetError, TorchTarget, open_target
 from veriprint.targets.decoys import DecoyTarget
 from veriprint.targets.oip import OipTarget
 from veriprint.train import TrainConfig, train_
+from veriprint.verify import verify
 from veriprint.zoo import digits_mlp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.mlserver import MLServer, ServedModel, require_mlserver
+from servers.mlserver import MLServer, ServedModel, free_port, require_mlserver
 
 pytestmark = pytest.mark.slow  # one server start and a short training run (~20 s)
 
@@ -52,14 +59,16 @@ class WithSoftmax(nn.Module):
         return torch.softmax(self.model(x), dim=-1)
 
 
-def tampered_copy(model: nn.Module) -> nn.Module:
-    """One last-layer weight moved by 0.05: a small, targeted change."""
+def tampered_copy(model: nn.Module, bits: int) -> nn.Module:
+    """Every weight rounded to ``bits`` bits (symmetric, per tensor): a quantized model swapped
+    in for the original. At 4 bits this one keeps its test accuracy within a point."""
     import copy
 
     bad = copy.deepcopy(model)
-    last = [m for m in bad.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        last.weight[3, 7] += 0.05
+        for p in bad.parameters():
+            step = p.abs().max() / (2 ** (bits - 1) - 1)
+            p.copy_(torch.round(p / step) * step)
     return bad
 
 
@@ -78,7 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     torch.manual_seed(0)
     train = load_data("digits", split="train")
     model = train_(digits_mlp(), train, TrainConfig(epochs=3, seed=0), progress=False)
-    tampered = tampered_copy(model)
+    tampered = tampered_copy(model, 4)
     test = load_data("digits", split="test")
     d = tmp_path_factory.mktemp("mlserver")
     x = test.x[:2]
@@ -88,6 +97,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "digits-u8": export_onnx(FromGrid(model, test.domain), grid, d / "digits-u8.onnx"),
         "digits-probs": export_onnx(WithSoftmax(model), x, d / "digits-probs.onnx"),
         "digits-tampered": export_onnx(tampered, x, d / "digits-tampered.onnx"),
+        "digits-round8": export_onnx(tampered_copy(model, 8), x, d / "digits-round8.onnx"),
     }
     server = MLServer(d / "repo", [ServedModel(n, p) for n, p in onnx.items()])
     server.start()
@@ -169,3 +179,147 @@ def test_server_errors_raise_target_error(served: Served) -> None:
         OipTarget(served.server.url("digits-u8"), datatype="FP32", retries=0).query(q)
     with pytest.raises(TargetError, match=r"expected 3 classes, got 10"):
         OipTarget(served.server.url("digits"), classes=3).query(q)
+
+
+# --- end to end: verify() against the served models -------------------------------------------
+
+@pytest.fixture(scope="session")
+def fingerprint(served: Served) -> Fingerprint:
+    fp, _, _ = make_fingerprint(served.model, served.test, FingerprintConfig(bag=32, select=8), progress=False)
+    return fp
+
+
+@pytest.mark.parametrize("spec", ["top1", "probs", "logits", "topk:3"])
+def test_intact_served_model_is_intact(served: Served, fingerprint: Fingerprint, spec: str) -> None:
+    for max_batch in (None, 1, 3):
+        r = verify(fingerprint, served.server.url("digits"), spec=spec, max_batch=max_batch, classes=10)
+        assert r.verdict == "INTACT", (max_batch, r.reason)
+        assert r.queries == len(fingerprint) and r.compared == len(fingerprint)
+
+
+def test_intact_served_probs_and_uint8_models_are_intact(served: Served, fingerprint: Fingerprint) -> None:
+    r = verify(fingerprint, served.server.url("digits-probs"), spec="probs", output="probs")
+    assert r.verdict == "INTACT", r.reason
+    assert fingerprint.grid is not None
+    for spec in ("top1", "probs"):
+        r = verify(fingerprint, served.server.url("digits-u8"), spec=spec, datatype="UINT8")
+        assert r.verdict == "INTACT", (spec, r.reason)
+
+
+@pytest.mark.parametrize("spec", ["top1", "probs"])
+def test_tampered_served_model_is_tampered(served: Served, fingerprint: Fingerprint, spec: str) -> None:
+    r = verify(fingerprint, served.server.url("digits-tampered"), spec=spec)
+    assert r.verdict == "TAMPERED", r.reason
+    assert r.mismatches >= 1 and r.exit_code == 1
+
+
+def test_8bit_rounding_is_caught_by_probabilities(served: Served, fingerprint: Fingerprint) -> None:
+    """Rounding to 8 bits moves the logits by ~1e-2: far above the probability tolerance, but
+    below these samples' label margins (the 16-level digits grid keeps them >= 0.1), so a
+    labels-only API does not reveal it with 8 samples."""
+    r = verify(fingerprint, served.server.url("digits-round8"), spec="probs")
+    assert r.verdict == "TAMPERED" and r.mismatches == len(fingerprint), r.reason
+    assert verify(fingerprint, served.server.url("digits-round8"), spec="top1").verdict != "INCONCLUSIVE"
+
+
+def test_decoys_hide_the_samples_and_are_reported(served: Served, fingerprint: Fingerprint) -> None:
+    inner = OipTarget(served.server.url("digits"), max_batch=8)
+    t = DecoyTarget.from_dataset(inner, served.test.subset(slice(0, 200)), ratio=4.0, seed=1)
+    r = verify(fingerprint, t, spec="top1")
+    assert r.verdict == "INTACT", r.reason
+    assert (r.queries, r.decoys) == (8, 32)
+    assert inner.samples_sent == 40 and inner.requests_sent == 5
+
+
+class FaultyProxy:
+    """An in-process server on 127.0.0.1 in front of MLServer that spoils its answers."""
+
+    def __init__(self, upstream: str, fault: str) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                req = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    status, out = r.status, r.read()
+                status, out = proxy.spoil(self.command, status, out)
+                if status == 0:
+                    proxy.release.wait(10)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.fault = fault
+        self.release = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def spoil(self, method: str, status: int, out: bytes) -> tuple[int, bytes]:
+        if method != "POST":
+            return status, out
+        if self.fault == "garbage":
+            return 200, b"\x00\x17not json at all"
+        if self.fault == "500":
+            return 500, b'{"error": "worker crashed"}'
+        if self.fault == "hang":
+            return 0, b""
+        answer = json.loads(out)
+        t = answer["outputs"][0]
+        if self.fault == "shape":
+            t["shape"], t["data"] = [t["shape"][0], 5], t["data"][: t["shape"][0] * 5]
+        elif self.fault == "count":
+            t["shape"], t["data"] = [t["shape"][0] - 1, t["shape"][1]], t["data"][t["shape"][1]:]
+        elif self.fault == "nan":
+            t["data"][0] = float("nan")
+        elif self.fault == "datatype":
+            t["datatype"] = "BYTES"
+        return 200, json.dumps(answer).encode()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+BROKEN = [
+    ("garbage", r"expected a JSON body, got"),
+    ("500", r"expected HTTP 200, server answered HTTP 500: worker crashed"),
+    ("hang", r"no complete answer within the 0.5 s timeout"),
+    ("shape", r"expected 10 classes, got 5"),
+    ("count", r"expected outputs for 8 samples, got 7"),
+    ("nan", r"expected finite logits, got nan"),
+    ("datatype", r"expected datatype in .* got 'BYTES'"),
+]
+
+
+@pytest.mark.parametrize(("fault", "match"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_server_is_inconclusive(served: Served, fingerprint: Fingerprint, fault: str, match: str) -> None:
+    proxy = FaultyProxy(served.server.origin, fault)
+    try:
+        r = verify(fingerprint, f"{proxy.origin}/v2/models/digits", spec="top1", classes=10,
+                   timeout=0.5, retries=0)
+    finally:
+        proxy.close()
+    assert r.verdict == "INCONCLUSIVE" and r.exit_code == 2
+    assert re.search(match, r.reason), r.reason
+
+
+def test_missing_model_and_stopped_server_are_inconclusive(served: Served, fingerprint: Fingerprint) -> None:
+    r = verify(fingerprint, served.server.url("no-such-model"), spec="top1", input_name="input", retries=0)
+    assert r.verdict == "INCONCLUSIVE" and "HTTP 404" in r.reason
+    port = free_port()  # nothing listens there
+    r = verify(fingerprint, f"http://127.0.0.1:{port}/v2/models/digits", spec="top1", retries=1, backoff=0)
+    assert r.verdict == "INCONCLUSIVE" and "ConnectionRefusedError" in r.reason, r.reason

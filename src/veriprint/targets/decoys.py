@@ -86,6 +86,16 @@ class DecoyTarget(Target):
     def counts(self) -> DecoyCounts:
         return DecoyCounts(self._real, self._decoys)
 
+    @property
+    def real_queries(self) -> int:
+        """Fingerprint samples sent so far."""
+        return self._real
+
+    @property
+    def decoy_queries(self) -> int:
+        """Decoys sent so far (what a verification report counts)."""
+        return self._decoys
+
     def _draw(self, k: int) -> np.ndarray:
         m = self.natural.shape[0]
         return self._rng.choice(m, size=k, replace=k > m)
