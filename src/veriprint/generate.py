@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from veriprint.data import InputDomain
-from veriprint.models import OutputKind
+from veriprint.models import LastLayer, OutputKind, split_last_layer
 from veriprint.objective import entropy_topk, log_sensitivity
 
 __all__ = [
@@ -205,11 +205,20 @@ def margins(out: torch.Tensor, model_outputs: OutputKind = "logits") -> torch.Te
     return top2[:, 0] - top2[:, 1]
 
 
-def _objective(model: nn.Module, x: torch.Tensor, cfg: GenerationConfig, model_outputs: OutputKind) -> torch.Tensor:
+def _objective(model: nn.Module, x: torch.Tensor, cfg: GenerationConfig, model_outputs: OutputKind,
+               last: LastLayer | None = None) -> torch.Tensor:
     if cfg.objective == "entropy":
         return entropy_topk(model, x, k=cfg.entropy_k, model_outputs=model_outputs)
-    ls = log_sensitivity(model, x, params=cfg.params, outputs=cfg.outputs, model_outputs=model_outputs)
+    ls = log_sensitivity(model, x, params=cfg.params, outputs=cfg.outputs, model_outputs=model_outputs, last=last)
     return ls if cfg.log_space else torch.exp(ls)
+
+
+def _closed_form_layer(model: nn.Module, v0: torch.Tensor, cfg: GenerationConfig,
+                       model_outputs: OutputKind) -> LastLayer | None:
+    """The last layer, located once per chunk, when every step uses the closed form."""
+    if cfg.objective != "ssf" or cfg.params != "last" or isinstance(model, torch.jit.ScriptModule):
+        return None
+    return split_last_layer(model, v0, model_outputs)
 
 
 def _ascend(
@@ -220,10 +229,11 @@ def _ascend(
     opt = torch.optim.Adam([x], lr=cfg.lr, maximize=True)
     history = torch.full((cfg.steps, 2), float("nan"))
     best, since = -math.inf, 0
+    last = _closed_form_layer(model, v0, cfg, model_outputs)
     for step in range(cfg.steps):
-        opt.zero_grad(set_to_none=True)
-        value = _objective(model, x, cfg, model_outputs)
-        value.sum().backward()
+        value = _objective(model, x, cfg, model_outputs, last)
+        # the gradient with respect to the samples only: no parameter gradients
+        (x.grad,) = torch.autograd.grad(value.sum(), x)
         opt.step()
         with torch.no_grad():
             x.copy_(project(x, v0, cfg.eps, cfg.norm, domain))

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
-from veriprint.models import ModelError, OutputKind, split_last_layer
+from veriprint.models import LastLayer, ModelError, OutputKind, split_last_layer
 
 __all__ = [
     "Method",
@@ -224,6 +224,7 @@ def log_sensitivity(
     probes: int = 16,
     chunk: int | None = 64,
     generator: torch.Generator | None = None,
+    last: LastLayer | None = None,
 ) -> torch.Tensor:
     """``log S`` per sample, differentiable with respect to ``x``.
 
@@ -238,6 +239,9 @@ def log_sensitivity(
         probes: number of Rademacher probes for ``method="probe"`` (default 16).
         chunk: samples per vectorized chunk for the jacobian method (default 64).
         generator: random generator for the probes.
+        last: for the closed form, the model's last layer as found by
+            :func:`~veriprint.models.split_last_layer` (default: found on each call, which
+            costs two small forward passes; a caller evaluating many batches passes it once).
 
     Returns:
         Tensor of shape ``(N,)``.
@@ -252,7 +256,8 @@ def log_sensitivity(
     if method == "closed":
         if params != "last":
             raise ValueError(f"the closed form needs params='last', got {params!r}")
-        last = split_last_layer(model, x, model_outputs)
+        if last is None:
+            last = split_last_layer(model, x, model_outputs)
         h, z, _ = last.forward(x)
         return _log_closed_form(h, z, outputs, last.bias is not None)
     names = resolve_params(model, params, x)
