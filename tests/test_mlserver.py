@@ -323,3 +323,25 @@ def test_missing_model_and_stopped_server_are_inconclusive(served: Served, finge
     port = free_port()  # nothing listens there
     r = verify(fingerprint, f"http://127.0.0.1:{port}/v2/models/digits", spec="top1", retries=1, backoff=0)
     assert r.verdict == "INCONCLUSIVE" and "ConnectionRefusedError" in r.reason, r.reason
+
+
+# --- the same server over gRPC (tritonclient) ------------------------------------------------
+
+def test_grpc_answers_equal_rest_and_verify(served: Served, fingerprint: Fingerprint) -> None:
+    pytest.importorskip("tritonclient.grpc", reason="gRPC targets need tritonclient: pip install 'veriprint[grpc]'")
+    from veriprint.targets.oip_grpc import GrpcOipTarget
+
+    q = queries(served, n=21)
+    grpc_url = f"grpc://127.0.0.1:{served.server.grpc_port}"
+    t = open_target(f"{grpc_url}/digits", classes=10, max_batch=8)
+    assert isinstance(t, GrpcOipTarget)
+    np.testing.assert_array_equal(t.query(q), OipTarget(served.server.url("digits")).query(q))
+    assert (t.requests_sent, t.samples_sent) == (3, 21) and t.input_name == "input"
+    u8 = GrpcOipTarget(f"{grpc_url}/digits-u8", datatype="UINT8").query(q)
+    np.testing.assert_array_equal(u8, OipTarget(served.server.url("digits-u8"), datatype="UINT8").query(q))
+    assert verify(fingerprint, f"{grpc_url}/digits", spec="probs").verdict == "INTACT"
+    assert verify(fingerprint, f"{grpc_url}/digits-tampered", spec="top1").verdict == "TAMPERED"
+    r = verify(fingerprint, f"{grpc_url}/no-such-model", input_name="input", retries=0)
+    assert r.verdict == "INCONCLUSIVE" and "NOT_FOUND" in r.reason, r.reason
+    r = verify(fingerprint, f"grpc://127.0.0.1:{free_port()}/digits", input_name="input", retries=1, backoff=0)
+    assert r.verdict == "INCONCLUSIVE" and "UNAVAILABLE" in r.reason and "after 2 attempts" in r.reason, r.reason

@@ -32,6 +32,8 @@ REMOTE_SCHEMES: dict[str, str] = {
     "torchserve+https://": "veriprint.targets.torchserve:TorchServeTarget",
     "tfserving+http://": "veriprint.targets.tfserving:TfServingTarget",
     "tfserving+https://": "veriprint.targets.tfserving:TfServingTarget",
+    "grpc://": "veriprint.targets.oip_grpc:GrpcOipTarget",
+    "grpcs://": "veriprint.targets.oip_grpc:GrpcOipTarget",
 }
 
 

@@ -1,0 +1,218 @@
+"""Open Inference Protocol v2 over gRPC, through NVIDIA's ``tritonclient`` (optional extra).
+
+URL: ``grpc://HOST:PORT/NAME[/versions/V]`` (``grpcs://`` for TLS). Install with
+``pip install 'veriprint[grpc]'``. Inputs go as raw tensor contents; answers are read
+from ``raw_output_contents`` or from the typed ``contents`` fields (servers differ: Triton
+answers raw, MLServer answers raw to raw requests), then checked like the REST answers.
+Retries (with backoff) are made only when the server was unreachable (``UNAVAILABLE``);
+a timeout (``DEADLINE_EXCEEDED``) is not retried unless ``retry_timeouts`` is set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from veriprint.targets.base import OUTPUT_FORMS, OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.http import DATATYPES, HttpOptions, InputDatatype, check_output
+from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
+
+__all__ = ["GrpcOipTarget", "parse_grpc_url"]
+
+log = logging.getLogger(__name__)
+
+_URL = re.compile(r"^(grpcs?)://([^/]+)/([^/]+)(?:/versions/([^/]+))?/?$")
+_ids = itertools.count(1)
+_CONTENTS = {  # datatype -> (typed contents field, NumPy dtype)
+    "FP32": ("fp32_contents", np.float32), "FP64": ("fp64_contents", np.float64),
+    "INT8": ("int_contents", np.int8), "INT16": ("int_contents", np.int16),
+    "INT32": ("int_contents", np.int32), "INT64": ("int64_contents", np.int64),
+    "UINT8": ("uint_contents", np.uint8), "UINT16": ("uint_contents", np.uint16),
+    "UINT32": ("uint_contents", np.uint32), "UINT64": ("uint64_contents", np.uint64),
+    "FP16": ("", np.float16),
+}
+
+
+def parse_grpc_url(url: str) -> tuple[bool, str, str, str | None]:
+    """Split ``grpc(s)://HOST:PORT/NAME[/versions/V]`` into ``(tls, address, model, version)``."""
+    m = _URL.match(url)
+    if not m:
+        raise ValueError(f"expected grpc://HOST:PORT/NAME[/versions/V] (or grpcs://), got {url!r}")
+    return m.group(1) == "grpcs", m.group(2), m.group(3), m.group(4)
+
+
+class GrpcOipTarget(Target):
+    """A model served with the Open Inference Protocol v2 over gRPC.
+
+    Args:
+        url: ``grpc(s)://HOST:PORT/NAME[/versions/V]``.
+        input_name: the model's input (default: from metadata, else ``"input"``).
+        output_name: the output to read (default: the only one).
+        output: what the server returns (default ``"logits"``).
+        datatype: ``"FP32"`` (default) or ``"UINT8"`` (grid values).
+        max_batch: most samples per request (default ``None``).
+        classes: expected number of classes (default ``None``: not checked).
+        http: transport options (``timeout``, ``retries``, ``backoff``, ``retry_timeouts``,
+            ``ca_file`` for grpcs, ``auth_env``/``auth_header`` sent as gRPC metadata);
+            or give them as keyword arguments. ``verify_tls=False`` is not available.
+
+    Attributes:
+        requests_sent: requests made for queries, retries included.
+        samples_sent: samples sent in them, retries included.
+    """
+
+    protocol = "oip-grpc"
+
+    def __init__(self, url: str, *, input_name: str | None = None, output_name: str | None = None,
+                 output: OutputForm = "logits", datatype: InputDatatype = "FP32",
+                 max_batch: int | None = None, classes: int | None = None,
+                 http: HttpOptions | None = None, **http_options: Any) -> None:
+        if output not in OUTPUT_FORMS:
+            raise ValueError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
+        if datatype not in DATATYPES:
+            raise ValueError(f"expected datatype in {DATATYPES}, got {datatype!r}")
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"expected max_batch >= 1 or None, got {max_batch!r}")
+        tls, address, self.model, version = parse_grpc_url(url)
+        self.options = http or HttpOptions(**http_options)
+        if not self.options.verify_tls:
+            raise ValueError("verify_tls=False is not supported for gRPC; give ca_file instead")
+        try:
+            import tritonclient.grpc as grpcclient
+        except ImportError as e:
+            raise TargetError("gRPC targets need tritonclient: pip install 'veriprint[grpc]'") from e
+        certs = None
+        if tls and self.options.ca_file:
+            with open(self.options.ca_file, "rb") as f:
+                certs = f.read()
+        self._grpc = grpcclient
+        self._client = grpcclient.InferenceServerClient(url=address, ssl=tls, root_certificates=certs)
+        self._headers = {k.lower(): v for k, v in self.options.auth_headers().items()}
+        self.version = version or ""
+        self.input_name = input_name
+        self.output_name = output_name
+        self.output = output
+        self.datatype = datatype
+        self.max_batch = max_batch
+        self.classes = classes
+        self.description = f"oip-grpc:{url}"
+        self.requests_sent = 0
+        self.samples_sent = 0
+        self._attempts = 0
+
+    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        delay = self.options.backoff
+        for attempt in range(self.options.retries + 1):
+            self._attempts += 1
+            try:
+                return fn(*args, headers=self._headers or None, client_timeout=self.options.timeout, **kw)
+            except InferenceServerException as e:
+                status = str(e.status() or "")
+                text = e.message() or str(e)
+                retry = "UNAVAILABLE" in status or (self.options.retry_timeouts and "DEADLINE" in status)
+                if "DEADLINE" in status:
+                    text = f"no answer within the {self.options.timeout:g} s timeout"
+                if not retry or attempt == self.options.retries:
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise TargetError(f"{self.description}: {what} failed: {status} {text}{tries}") from e
+                log.info("%s: %s; retrying in %.2f s", self.description, status, delay)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _prepare(self) -> None:
+        if self.input_name is not None:
+            return
+        name = "input"
+        try:
+            meta = self._call("metadata", self._client.get_model_metadata, self.model, self.version)
+            if len(meta.inputs) == 1:
+                name = meta.inputs[0].name
+            elif len(meta.inputs) > 1:
+                raise TargetError(f"{self.description}: the model has {len(meta.inputs)} inputs "
+                                  f"{[i.name for i in meta.inputs]}; name the one to use with input_name")
+        except TargetError as e:
+            if "input_name" in str(e):
+                raise
+            log.info("no usable metadata (%s); sending the input as %r", e, name)
+        self.input_name = name
+
+    def query(self, batch: QueryBatch) -> np.ndarray:
+        if self.datatype == "UINT8":
+            if batch.grid is None:
+                raise TargetError("this target takes UINT8 inputs but the fingerprint's samples have no "
+                                  "8-bit grid values; use datatype='FP32'")
+            data = np.asarray(batch.grid).astype(np.uint8)
+        else:
+            data = np.asarray(batch.x, dtype=np.float32)
+        self._prepare()
+        step = self.max_batch or max(len(data), 1)
+        parts = [check_output(self._infer(data[s:s + step]), form=self.output, rows=len(data[s:s + step]),
+                              classes=self.classes, where=self.description)
+                 for s in range(0, len(data), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.classes or 0), np.float32)
+
+    def _infer(self, data: np.ndarray) -> np.ndarray:
+        inp = self._grpc.InferInput(self.input_name, list(data.shape), self.datatype)
+        inp.set_data_from_numpy(np.ascontiguousarray(data))
+        outputs = [self._grpc.InferRequestedOutput(self.output_name)] if self.output_name else None
+        rid = f"veriprint-{next(_ids)}"
+        before = self._attempts
+        try:
+            result = self._call("infer", self._client.infer, self.model, [inp], model_version=self.version,
+                                outputs=outputs, request_id=rid)
+        finally:
+            sent = self._attempts - before
+            self.requests_sent += sent
+            self.samples_sent += sent * len(data)
+        return self._decode(result.get_response(), rid)
+
+    def _decode(self, resp: Any, rid: str) -> np.ndarray:
+        where = self.description
+        if resp.model_name and resp.model_name != self.model:
+            raise TargetError(f"{where}: expected an answer from model {self.model!r}, got {resp.model_name!r}")
+        if resp.id and resp.id != rid:
+            raise TargetError(f"{where}: expected response id {rid!r}, got {resp.id!r}")
+        names = [o.name for o in resp.outputs]
+        if not names:
+            raise TargetError(f"{where}: expected at least one output, got none")
+        if self.output_name is not None:
+            if self.output_name not in names:
+                raise TargetError(f"{where}: expected output {self.output_name!r}, server sent {names}")
+            i = names.index(self.output_name)
+        elif len(names) == 1:
+            i = 0
+        else:
+            raise TargetError(f"{where}: the server sent {len(names)} outputs {names}; "
+                              "name the one to use with output_name")
+        out = resp.outputs[i]
+        where = f"{where} output {out.name!r}"
+        allowed = FLOAT_TYPES if self.output in ("logits", "probs", "top1-prob") else INT_TYPES | FLOAT_TYPES
+        if out.datatype not in allowed or out.datatype not in _CONTENTS:
+            raise TargetError(f"{where}: expected datatype in {sorted(allowed & set(_CONTENTS))} for "
+                              f"{self.output}, got {out.datatype!r}")
+        field, dtype = _CONTENTS[out.datatype]
+        shape = [int(d) for d in out.shape]
+        if len(resp.raw_output_contents) == len(resp.outputs):
+            raw = resp.raw_output_contents[i]
+            if len(raw) % np.dtype(dtype).itemsize:
+                raise TargetError(f"{where}: {len(raw)} bytes is not a whole number of {out.datatype} values")
+            arr = np.frombuffer(raw, dtype=dtype)
+        elif field:
+            arr = np.asarray(getattr(out.contents, field), dtype=dtype)
+        else:
+            raise TargetError(f"{where}: expected raw contents for {out.datatype}, got none")
+        count = int(np.prod(shape)) if shape else 1
+        if arr.size != count:
+            raise TargetError(f"{where}: shape {shape} needs {count} values, got {arr.size}")
+        return arr.reshape(shape).astype(np.float64 if arr.dtype.kind == "f" else np.int64)
+
+    def close(self) -> None:
+        self._client.close()
