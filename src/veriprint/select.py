@@ -7,8 +7,9 @@ to the next cover level (neurons covered once count as uncovered until covered t
 and so on): a *multi-cover* that keeps spreading the picks over neurons. Ties are broken
 by a score (by default the sample's sensitivity), then by index.
 
-The activation matrix is bit-packed (NumPy ``packbits``/``bitwise_count``): 10,000
-samples by 100,000 neurons take 125 MB and each pick is one pass over it.
+The activation matrix is bit-packed into 64-bit words (NumPy ``packbits``/``bitwise_count``):
+10,000 samples by 100,000 neurons take 125 MB, and each pick is one pass over it, made in
+blocks of rows that stay in cache.
 """
 
 from __future__ import annotations
@@ -96,6 +97,40 @@ def activations(
     return torch.cat(rows)
 
 
+_BLOCK = 128  # rows per block: 128 x 1,563 words (100,000 neurons) = 1.6 MB
+
+
+def _pack_rows(bits: np.ndarray) -> np.ndarray:
+    """Bit-pack each row of a bool ``(N, M)`` array into zero-padded uint64 words, ``(N, ceil(M/64))``."""
+    n, m = bits.shape
+    nbytes = (m + 7) // 8
+    out = np.zeros((n, (nbytes + 7) // 8 * 8), dtype=np.uint8)
+    for start in range(0, n, 8 * _BLOCK):
+        out[start:start + 8 * _BLOCK, :nbytes] = np.packbits(bits[start:start + 8 * _BLOCK], axis=1)
+    return out.view(np.uint64)
+
+
+def _unpack(words: np.ndarray, m: int) -> np.ndarray:
+    """Inverse of :func:`_pack_rows` for one row: bool ``(m,)``."""
+    return np.unpackbits(np.ascontiguousarray(words).view(np.uint8), count=m).astype(bool)
+
+
+def _overlaps(words: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``popcount(words[i] & mask)`` per row, int64 ``(N,)``, in cache-sized blocks of rows."""
+    n, w = words.shape
+    out = np.empty(n, dtype=np.int64)
+    block = min(_BLOCK, n)
+    both = np.empty((block, w), dtype=np.uint64)
+    counts = np.empty((block, w), dtype=np.uint8)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        b, c = both[: stop - start], counts[: stop - start]
+        np.bitwise_and(words[start:stop], mask, out=b)
+        np.bitwise_count(b, out=c)
+        np.sum(c, axis=1, dtype=np.int64, out=out[start:stop])
+    return out
+
+
 def manc(
     active: torch.Tensor | np.ndarray,
     k: int,
@@ -126,8 +161,8 @@ def manc(
         raise ValueError(f"expected eligible of shape ({n},), got {ok.shape}")
     if not 0 < k <= int(ok.sum()):
         raise ValueError(f"expected 0 < k <= {int(ok.sum())} eligible samples, got k={k}")
-    packed = np.packbits(a, axis=1)  # (N, ceil(M/8))
-    coverable = a[ok].any(axis=0)
+    words = _pack_rows(a)  # (N, ceil(M/64)) uint64
+    coverable = _unpack(np.bitwise_or.reduce(words if ok.all() else words[ok], axis=0), m)
     n_coverable = max(int(coverable.sum()), 1)
     counts = np.zeros(m, dtype=np.int64)
     if score is None:
@@ -144,7 +179,7 @@ def manc(
     while len(picked) < k:
         while True:
             uncovered = coverable & (counts < level)
-            gain = np.bitwise_count(packed & np.packbits(uncovered)).sum(axis=1, dtype=np.int64)
+            gain = _overlaps(words, _pack_rows(uncovered[None, :])[0])
             gain = np.where(available, gain, -1)
             if not multi_cover or gain.max() > 0 or level > len(picked):
                 break
