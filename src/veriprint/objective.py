@@ -29,11 +29,13 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
+from torch.overrides import TorchFunctionMode
 
 from veriprint.models import LastLayer, ModelError, OutputKind, split_last_layer
 
@@ -114,12 +116,44 @@ def resolve_params(model: nn.Module, params: ParamSpec, x: torch.Tensor | None =
     return chosen
 
 
+_LAYER_NORMS = (F.layer_norm, torch.layer_norm, torch.ops.aten.layer_norm.default)
+
+
+def _layer_norm(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, eps: float = 1e-5, *_: Any) -> torch.Tensor:
+    dims = tuple(range(-len(normalized_shape), 0))
+    centered = x - x.mean(dims, keepdim=True)
+    y = centered * torch.rsqrt(centered.pow(2).mean(dims, keepdim=True) + eps)
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+class _DecomposedLayerNorm(TorchFunctionMode):
+    """Evaluates layer norm with elementary ops inside the ``torch.func`` transforms.
+
+    Under ``vmap`` the fused layer-norm backward gives a wrong gradient with respect to
+    the input when the Jacobian is taken with respect to the layer-norm parameters
+    (torch 2.13; the batching rule of ``native_layer_norm_backward``), so ``d log S/dx``
+    of the jacobian and probe methods was silently wrong for such parameters. The
+    decomposition computes the same function and differentiates correctly.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _LAYER_NORMS:
+            kwargs = {("x" if k == "input" else k): v for k, v in kwargs.items() if k != "cudnn_enable"}
+            return _layer_norm(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
 def _logits_fn(model: nn.Module, model_outputs: OutputKind, names: list[str]):  # type: ignore[no-untyped-def]
     frozen = {k: v.detach() for k, v in model.named_parameters() if k not in names}
     frozen.update(dict(model.named_buffers()))
 
     def logits(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, {**frozen, **p}, (xi.unsqueeze(0),)).squeeze(0)
+        with _DecomposedLayerNorm():
+            out = functional_call(model, {**frozen, **p}, (xi.unsqueeze(0),)).squeeze(0)
         # For a softmax-ending model, log p is a valid logit vector (same softmax).
         return torch.log(out.clamp_min(1e-45)) if model_outputs == "probs" else out
 
