@@ -284,6 +284,8 @@ def log_sensitivity(
         raise ValueError("outputs='logits' needs a model that returns logits, got a probs model")
     if outputs not in ("probs", "logits"):
         raise ValueError(f"expected outputs 'probs' or 'logits', got {outputs!r}")
+    if model_outputs not in ("probs", "logits"):
+        raise ValueError(f"expected model_outputs 'probs' or 'logits', got {model_outputs!r}")
     is_script = isinstance(model, torch.jit.ScriptModule)
     if method == "auto":
         method = "loop" if is_script else ("closed" if params == "last" else "jacobian")
@@ -327,6 +329,8 @@ def entropy_topk(model: nn.Module, x: torch.Tensor, *, k: int = 10, model_output
 
     Computed from log-probabilities, so it never turns NaN when a probability underflows.
     """
+    if model_outputs not in ("probs", "logits"):
+        raise ValueError(f"expected model_outputs 'probs' or 'logits', got {model_outputs!r}")
     out = model(x)
     z = torch.log(out.clamp_min(1e-45)) if model_outputs == "probs" else out
     k = min(k, z.shape[-1])
