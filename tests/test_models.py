@@ -361,8 +361,8 @@ def test_onnx_import_follows_double_precision(exported: dict[str, tuple[nn.Modul
 
 
 def test_export_onnx_is_self_contained(tmp_path: Path) -> None:
-    model = _mlp()
-    path = export_onnx(model, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
+    model = _cnn().train()
+    path = export_onnx(model, torch.randn(2, 1, 28, 28), tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
@@ -370,8 +370,12 @@ def test_export_onnx_is_self_contained(tmp_path: Path) -> None:
     (out,) = proto.graph.output
     assert (inp.name, out.name) == ("input", "output")
     assert inp.type.tensor_type.shape.dim[0].dim_param  # a symbolic batch axis
-    assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [1, 8, 8]
-    assert not model.training
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [1, 28, 28]
+    # Exported with eval-mode semantics (running statistics); the caller's mode is kept.
+    assert model.training
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(import_onnx(path)(x), model.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 def _graph(op: str, **attrs: object) -> onnx.ModelProto:
