@@ -119,11 +119,35 @@ def generate_keypair(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     return priv, pub
 
 
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.uint8: "U8", torch.int16: "I16",
+           torch.int32: "I32", torch.int64: "I64", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """Safetensors bytes with a deterministic header (sorted keys, tensors in name order).
+
+    The library's own writer orders metadata keys arbitrarily, so files would differ run
+    to run; this writer pins every byte (readable by any safetensors reader).
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"tensor {name!r}: unsupported dtype {t.dtype}")
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
 def write_file(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                key: str | os.PathLike[str] | None = None) -> str:
     """Write a ``.vpf`` file; returns the hex content hash."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta_json = canonical_json(meta)
     digest = content_hash(tensors, meta_json)
@@ -140,7 +164,7 @@ def write_file(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], m
         "signature": signature,
         "public_key": public,
     }
-    save_file(tensors, os.fspath(path), metadata=header)
+    Path(path).write_bytes(serialize(tensors, header))
     return digest.hex()
 
 
