@@ -53,7 +53,7 @@ def test_round_trip_and_signature(tmp_path: Path) -> None:
     for k, v in tensors.items():
         assert torch.equal(f.tensors[k], v)
     assert read_file(path).signature == "not checked"
-    other_key, other_pub = generate_keypair(tmp_path / "other")
+    _, other_pub = generate_keypair(tmp_path / "other")
     with pytest.raises(FingerprintFileError, match="signature does not verify"):
         read_file(path, pubkey=other_pub)
     unsigned = tmp_path / "unsigned.vpf"

@@ -181,7 +181,7 @@ def parse_spec(text: str | OutputSpec) -> OutputSpec:
     m = _PATTERN.match(text.strip())
     if not m:
         raise ValueError(
-            f"unknown output spec {text!r}: expected logits, probs, probs:N, topk:K, top1 or top1-prob:N"
+            f"unknown output spec {text!r}: expected one of logits, probs, probs:N, topk:K, top1 or top1-prob:N"
         )
     kind, num = m.group(1), m.group(2)
     if kind == "topk":
