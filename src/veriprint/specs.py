@@ -189,7 +189,7 @@ def parse_spec(text: str | OutputSpec) -> OutputSpec:
             raise ValueError(f"expected topk:K with K >= 1, got {text!r}")
         return OutputSpec("topk", k=int(num))
     if kind in ("logits", "top1") and num is not None:
-        raise ValueError(f"spec {kind} takes no number, got {text!r}")
+        raise ValueError(f"spec {kind} takes no number: expected {kind!r}, got {text!r}")
     if num is not None and not 0 <= int(num) <= 15:
         raise ValueError(f"expected 0 <= decimals <= 15, got {text!r}")
     return OutputSpec(kind, decimals=None if num is None else int(num))  # type: ignore[arg-type]
