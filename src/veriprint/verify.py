@@ -191,8 +191,8 @@ def verify(
 
     try:
         tgt = open_target(target, **target_options)
-    except (TargetError, OSError, ValueError, RuntimeError) as e:
-        return report("INCONCLUSIVE", f"could not open the target: {e}")
+    except Exception as e:  # whatever a loader raises, the answer is "could not check"
+        return report("INCONCLUSIVE", f"could not open the target: {type(e).__name__}: {e}")
     name = tgt.description
     if not out_spec.accepts(tgt.output):
         return report("INCONCLUSIVE", f"spec {out_spec} needs more than this target's {tgt.output!r} answers",

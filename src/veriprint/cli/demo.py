@@ -12,8 +12,8 @@ HELP = "train (or reuse) a small model, fingerprint it, verify it and tampered c
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, choices=["fashion-mnist", "mnist-5k", "digits"],
                    help="data set (default: fashion-mnist when installed, else digits)")
-    p.add_argument("--bag", type=int, default=200, help="seeds to generate from")
-    p.add_argument("--steps", type=int, default=300, help="ascent steps")
+    p.add_argument("--bag", type=int, default=150, help="seeds to generate from")
+    p.add_argument("--steps", type=int, default=250, help="ascent steps")
     p.add_argument("--select", type=int, default=8, help="samples in the fingerprint")
     p.add_argument("--out", default="demo.vpf", help="where to write the fingerprint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {factory} with {weights}: test accuracy {accuracy(model, test):.1%}")
     print(f"[2/4] fingerprint: {args.bag} seeds, {args.steps} steps, MANC picks {args.select}")
     cfg = FingerprintConfig(bag=args.bag, select=args.select, generation=GenerationConfig(steps=args.steps))
-    fp, gen, sel = make_fingerprint(model, test, cfg, progress=not args.quiet, source=factory)
+    fp, gen, _ = make_fingerprint(model, test, cfg, progress=not args.quiet, source=factory)
     fp = fp.save(args.out)
     print(f"      wrote {args.out}: mean log S {gen.log_s_before.mean().item():.2f} -> "
           f"{gen.log_s_after.mean().item():.2f}, PSNR {fp.psnr.mean().item():.1f} dB, noise floor "

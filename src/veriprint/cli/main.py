@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # exit 1 means TAMPERED: any other failure must be 2
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 
