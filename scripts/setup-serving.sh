@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent: a separate virtual environment, .venv-serving, holding Seldon MLServer and
-# onnxruntime for the tests and benchmarks that verify a model behind a real server.
-# Its pins (pydantic, fastapi, uvloop, protobuf, ...) stay out of the main .venv.
+# Idempotent: a separate virtual environment, .venv-serving, holding the real model servers
+# that the tests and benchmarks verify models behind: Seldon MLServer (with onnxruntime) and
+# TorchServe (its Python workers import torch, so the CPU wheel is installed here too).
+# Their pins (pydantic, fastapi, uvloop, protobuf, ...) stay out of the main .venv.
 # Override the location with VERIPRINT_SERVING_VENV.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 VENV=${VERIPRINT_SERVING_VENV:-.venv-serving}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
-REQS=(mlserver==1.7.1 onnxruntime==1.32.0)
+REQS=(mlserver==1.7.1 onnxruntime==1.32.0 torchserve==0.12.0 torch-model-archiver==0.12.0 pyyaml torch==2.13.0)
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
@@ -29,3 +30,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 "$VENV/bin/mlserver" --version >/dev/null
+[ -x "$VENV/bin/torchserve" ] && [ -x "$VENV/bin/torch-model-archiver" ]

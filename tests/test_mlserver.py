@@ -21,62 +21,24 @@ import pytest
 import torch
 from torch import nn
 
-from veriprint.data import Dataset, InputDomain, load_data
-from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
-from veriprint.onnx_import import export_onnx
+from veriprint.data import Dataset
+from veriprint.fingerprint import Fingerprint
 from veriprint.targets import OnnxTarget, QueryBatch, TargetError, TorchTarget, open_target
 from veriprint.targets.decoys import DecoyTarget
 from veriprint.targets.oip import OipTarget
-from veriprint.train import TrainConfig, train_
 from veriprint.verify import verify
-from veriprint.zoo import digits_mlp
 
 sys.path.insert(0, str(Path(__file__).parent))
+from servers.digits import digits_fingerprint, digits_models
 from servers.mlserver import MLServer, ServedModel, free_port, require_mlserver
 
 pytestmark = pytest.mark.slow  # one server start and a short training run (~20 s)
-
-
-class FromGrid(nn.Module):
-    """Takes 8-bit grid values (uint8) and maps them onto the model's float domain in-graph."""
-
-    def __init__(self, model: nn.Module, domain: InputDomain) -> None:
-        super().__init__()
-        self.model, self.domain = model, domain
-
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        d = self.domain
-        assert d.levels is not None
-        return self.model(g.float() / d.levels * (d.hi - d.lo) + d.lo)
-
-
-class WithSoftmax(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=-1)
-
-
-def tampered_copy(model: nn.Module, bits: int) -> nn.Module:
-    """Every weight rounded to ``bits`` bits (symmetric, per tensor): a quantized model swapped
-    in for the original. At 4 bits this one keeps its test accuracy within a point."""
-    import copy
-
-    bad = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in bad.parameters():
-            step = p.abs().max() / (2 ** (bits - 1) - 1)
-            p.copy_(torch.round(p / step) * step)
-    return bad
 
 
 @dataclass
 class Served:
     server: MLServer
     model: nn.Module
-    tampered: nn.Module
     onnx: dict[str, Path]
     test: Dataset
 
@@ -84,25 +46,11 @@ class Served:
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     require_mlserver()
-    torch.manual_seed(0)
-    train = load_data("digits", split="train")
-    model = train_(digits_mlp(), train, TrainConfig(epochs=3, seed=0), progress=False)
-    tampered = tampered_copy(model, 4)
-    test = load_data("digits", split="test")
-    d = tmp_path_factory.mktemp("mlserver")
-    x = test.x[:2]
-    grid = test.domain.to_grid(x).to(torch.uint8)
-    onnx = {
-        "digits": export_onnx(model, x, d / "digits.onnx"),
-        "digits-u8": export_onnx(FromGrid(model, test.domain), grid, d / "digits-u8.onnx"),
-        "digits-probs": export_onnx(WithSoftmax(model), x, d / "digits-probs.onnx"),
-        "digits-tampered": export_onnx(tampered, x, d / "digits-tampered.onnx"),
-        "digits-round8": export_onnx(tampered_copy(model, 8), x, d / "digits-round8.onnx"),
-    }
-    server = MLServer(d / "repo", [ServedModel(n, p) for n, p in onnx.items()])
+    m = digits_models()
+    server = MLServer(tmp_path_factory.mktemp("mlserver"), [ServedModel(n, p) for n, p in m.onnx.items()])
     server.start()
     try:
-        yield Served(server, model, tampered, onnx, test)
+        yield Served(server, m.model, m.onnx, m.test)
     finally:
         code = server.stop()
     assert code in (0, -15), f"MLServer did not stop cleanly (exit {code}):\n{server.tail()}"
@@ -185,8 +133,7 @@ def test_server_errors_raise_target_error(served: Served) -> None:
 
 @pytest.fixture(scope="session")
 def fingerprint(served: Served) -> Fingerprint:
-    fp, _, _ = make_fingerprint(served.model, served.test, FingerprintConfig(bag=32, select=8), progress=False)
-    return fp
+    return digits_fingerprint()
 
 
 @pytest.mark.parametrize("spec", ["top1", "probs", "logits", "topk:3"])
