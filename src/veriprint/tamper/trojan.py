@@ -10,7 +10,10 @@ The paper's Table 2, row 1 (VGG-Face, attack success 100%). Three steps:
    activation), then snap it to the input grid.
 3. **Retrain.** Train the layers after the selected neurons (``retrain="after"``, the
    last layer; ``"all"`` trains every layer) on clean data plus trigger-stamped copies
-   labelled ``target``.
+   labelled ``target``. As in Liu et al., whose attacker has no training labels and
+   labels its (reverse-engineered) inputs with the model itself, the clean part carries
+   the intact model's own top-1 labels by default (``clean_labels="model"``), which
+   keeps the model's clean behaviour rather than pulling it towards the attacker's data.
 
 Success is the attack success rate: the fraction of triggered test inputs of other
 classes labelled ``target``, with clean accuracy kept.
@@ -36,6 +39,7 @@ from veriprint.tamper.triggers import (
     corner_trigger,
     triggered_copies,
 )
+from veriprint.train import predict
 
 __all__ = ["TrojanConfig", "select_neurons", "trojan_trigger"]
 
@@ -47,12 +51,14 @@ class TrojanConfig:
     Args:
         target: the class triggered inputs go to (default 0).
         neurons: number of selected internal neurons (default 3).
-        size: side of the square trigger patch in pixels (default 6).
+        size: side of the square trigger patch in pixels (default 8).
         trigger_steps: Adam steps of trigger generation (default 200).
         trigger_lr: learning rate of trigger generation, in input units (default 0.1).
         poison_fraction: fraction of the attacker's non-target samples added again with
             the trigger and label ``target`` (default 0.2).
         retrain: ``"after"`` (the layers after the selected neurons, default) or ``"all"``.
+        clean_labels: labels of the clean part of the retraining set: ``"model"`` (the
+            intact model's top-1, default) or ``"true"`` (the data set's labels).
         steps: retraining steps (default 400).
         lr: retraining learning rate (default 1e-3).
         batch_size: batch size (default 64).
@@ -61,11 +67,12 @@ class TrojanConfig:
 
     target: int = 0
     neurons: int = 3
-    size: int = 6
+    size: int = 8
     trigger_steps: int = 200
     trigger_lr: float = 0.1
     poison_fraction: float = 0.2
     retrain: Literal["after", "all"] = "after"
+    clean_labels: Literal["model", "true"] = "model"
     steps: int = 400
     lr: float = 1e-3
     batch_size: int = 64
@@ -79,6 +86,7 @@ class TrojanConfig:
         require(self.trigger_lr > 0, "trigger_lr > 0", self.trigger_lr)
         require(0 < self.poison_fraction <= 1, "0 < poison_fraction <= 1", self.poison_fraction)
         require(self.retrain in ("after", "all"), "retrain 'after' or 'all'", self.retrain)
+        require(self.clean_labels in ("model", "true"), "clean_labels 'model' or 'true'", self.clean_labels)
         require(isinstance(self.steps, int) and self.steps >= 0, "steps >= 0", self.steps)
         require(self.lr > 0, "lr > 0", self.lr)
         require(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size >= 1", self.batch_size)
@@ -134,7 +142,10 @@ def _trojan(model: nn.Module, cfg: TrojanConfig, ctx: AttackContext) -> AttackOu
     with torch.no_grad():
         clean_h = last.forward(data.x[:500])[0][:, neurons].mean()
         trig_h = last.forward(trigger.stamp(data.x[:500]))[0][:, neurons].mean()
-    train = concat(data, triggered_copies(data, trigger, cfg.target, cfg.poison_fraction, cfg.seed))
+    clean = data
+    if cfg.clean_labels == "model":
+        clean = Dataset(data.x, predict(model, data.x).argmax(-1), data.domain, f"{data.name}+model-labels")
+    train = concat(clean, triggered_copies(data, trigger, cfg.target, cfg.poison_fraction, cfg.seed))
     params = tuple(last.names) if cfg.retrain == "after" else None
 
     def measure(m: nn.Module) -> float:
