@@ -94,6 +94,22 @@ def main(argv: list[str] | None = None) -> int:
         "poisoning), rate of the chosen label (error-specific), compression ratio (precision reduction, "
         "pruning), the kept clean accuracy (benign-looking retraining). \"top-1 flips\" is the fraction of "
         "test inputs whose label changed.",
+        "",
+        "## Using the attacks",
+        "",
+        "```",
+        "veriprint tamper --list",
+        "veriprint tamper --model veriprint.zoo:fashion_cnn --weights W.safetensors --attack poison \\",
+        "    --param target=7 --param to_class=5 --data fashion-mnist --out T.safetensors --report poison.json",
+        "veriprint tamper --model M.pt2 --attack adversarial-finetune --param attack=trojan \\",
+        "    --param attack.target=3 --data fashion-mnist --out T.pt2",
+        "```",
+        "",
+        "In Python: `veriprint.tamper.tamper(model, PoisonConfig(target=7, to_class=5), data=train, "
+        "eval_data=test)` returns a `TamperResult` (`.model`, `.report`); the input model is never modified, "
+        "and the same seed gives the same tampered weights.",
+        "",
+        "## Measured figures",
     ]
     rows = []
     for info in list_attacks():
