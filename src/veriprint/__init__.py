@@ -2,8 +2,9 @@
 
 The pipeline (He, Zhang, Lee, CVPR 2019): :func:`generate` Sensitive-Samples from natural
 seeds (the objective lives in :mod:`veriprint.objective`), pick a few with
-:func:`select` (MANC), freeze them with their expected outputs in a :class:`Fingerprint`
-file, and later :func:`verify` a deployed model through any :class:`Target`.
+:func:`manc`, freeze them with their expected outputs in a :class:`Fingerprint`
+file (:func:`make_fingerprint`), and later verify a deployed model with
+:func:`veriprint.verify.verify` through any :class:`Target`.
 
 Heavy submodules are imported on first use, so ``import veriprint`` stays cheap.
 """
@@ -27,6 +28,12 @@ _EXPORTS = {
     "GenerationResult": "veriprint.generate",
     "generate": "veriprint.generate",
     "open_target": "veriprint.targets",
+    "tamper": "veriprint.tamper",
+    "manc": "veriprint.select",
+    "Fingerprint": "veriprint.fingerprint",
+    "FingerprintConfig": "veriprint.fingerprint",
+    "make_fingerprint": "veriprint.fingerprint",
+    "VerificationReport": "veriprint.verify",
     "Target": "veriprint.targets",
 }
 
