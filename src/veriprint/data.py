@@ -194,7 +194,7 @@ def _npz(path: Path, domain: InputDomain | None) -> Dataset:
         if "x" not in z:
             raise ValueError(f"{path}: expected an array named 'x', found {sorted(z.files)}")
         x_np = z["x"]
-        y_np = z["y"] if "y" in z else None
+        y_np = z["y"] if "y" in z.files else None
     if x_np.ndim not in (2, 4):
         raise ValueError(f"{path}: expected x of shape (N,C,H,W) or (N,D), got {x_np.shape}")
     if x_np.dtype == np.uint8:

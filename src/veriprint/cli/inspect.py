@@ -63,7 +63,7 @@ def write_pngs(fp, directory: Path) -> Path:  # type: ignore[no-untyped-def]
     def image(t):  # type: ignore[no-untyped-def]
         a = t.detach().float()
         if a.dim() == 1:
-            side = int(round(a.numel() ** 0.5))
+            side = round(a.numel() ** 0.5)
             a = a.view(1, side, -1) if side * side == a.numel() else a.view(1, 1, -1)
         return a.permute(1, 2, 0).squeeze(-1).numpy() if a.shape[0] in (1, 3) else a[0].numpy()
 
