@@ -52,6 +52,12 @@ def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: tor
     assert "INTACT" in ok.stdout
     assert json.loads((tmp_path / "r.json").read_text())["verdict"] == "INTACT"
 
+    mixed = _cli("verify", "fp.vpf", "--target", "veriprint.zoo:digits_mlp", "--weights", str(weights),
+                 "--spec", "top1", "--decoys", "8", "--decoy-data", "digits", "--report", "d.json", cwd=tmp_path)
+    assert mixed.returncode == 0, mixed.stdout + mixed.stderr
+    mixed_report = json.loads((tmp_path / "d.json").read_text())
+    assert mixed_report["decoys"] == 8 and mixed_report["queries"] == 8
+
     bad = _cli("verify", "fp.vpf", "--target", "veriprint.zoo:digits_mlp", "--weights", str(bad_weights),
                "--spec", "probs", cwd=tmp_path)
     assert bad.returncode == 1, bad.stdout + bad.stderr

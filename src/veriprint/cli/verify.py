@@ -26,7 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auth-env", default=None,
                    help="name of an environment variable holding the Authorization header value")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
-    p.add_argument("--decoys", type=int, default=0, help="natural decoy queries to mix in (remote targets)")
+    p.add_argument("--decoys", type=int, default=0,
+                   help="natural decoy queries to mix among the fingerprint's (needs --decoy-data)")
+    p.add_argument("--decoy-data", default=None,
+                   help="natural inputs to draw decoys from: fashion-mnist, mnist-5k, digits or an .npz file")
     p.add_argument("--report", default=None, help="write the full JSON report here")
     p.add_argument("--pubkey", default=None, help="Ed25519 public key the fingerprint must be signed with")
 
@@ -42,14 +45,30 @@ def run(args: argparse.Namespace) -> int:
             options[name] = value
     if args.insecure:
         options["verify_tls"] = False
-    if args.decoys:
-        options["decoys"] = args.decoys
     if args.weights:
         options["weights"] = args.weights
     if args.output:
         options["output"] = args.output
+    target = args.target
+    if args.decoys:
+        if not args.decoy_data:
+            print("error: --decoys needs --decoy-data (natural inputs to mix in)")
+            return 2
+        from veriprint.data import load_data
+        from veriprint.fingerprint import Fingerprint
+        from veriprint.targets import open_target
+        from veriprint.targets.decoys import DecoyTarget
+
+        try:
+            n = len(Fingerprint.load(args.fingerprint, pubkey=args.pubkey))
+            inner = open_target(args.target, **options)
+            target = DecoyTarget.from_dataset(inner, load_data(args.decoy_data), ratio=args.decoys / n)
+        except Exception as e:
+            print(f"error: could not set up decoys: {type(e).__name__}: {e}")
+            return 2
+        options = {}
     try:
-        report = verify(args.fingerprint, args.target, spec=args.spec, pubkey=args.pubkey,
+        report = verify(args.fingerprint, target, spec=args.spec, pubkey=args.pubkey,
                         max_batch=args.max_batch, **options)
     except (FingerprintFileError, FileNotFoundError) as e:
         print(f"error: fingerprint refused: {e}")
