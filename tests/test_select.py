@@ -80,3 +80,21 @@ def test_activations_of_penultimate_and_all_layers(digits_model: torch.nn.Module
     every = activations(digits_model, x, layers="all")
     assert every.shape == (20, 64 + 32)
     assert torch.equal(every[:, 64:], pen)
+
+
+def test_simulate_flips_is_seeded_and_leaves_the_model_alone(digits_model: torch.nn.Module, digits_data) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    from veriprint.select import simulate_flips
+
+    x = digits_data[1].x[:50]
+    before = copy.deepcopy(digits_model.state_dict())
+    a = simulate_flips(digits_model, x, count=16, fraction=0.5, scale=0.5, seed=3)
+    b = simulate_flips(digits_model, x, count=16, fraction=0.5, scale=0.5, seed=3)
+    assert a.shape == (50, 16) and a.dtype == torch.bool
+    assert torch.equal(a, b)
+    assert a.any()  # changing half a tensor's entries by 50% flips some labels
+    for k, v in digits_model.state_dict().items():
+        assert torch.equal(v, before[k])
+    with pytest.raises(ValueError, match="count"):
+        simulate_flips(digits_model, x, count=0)

@@ -24,7 +24,7 @@ from veriprint.fileformat import LoadedFile, read_file, write_file
 from veriprint.generate import GenerationConfig, GenerationResult, generate, margins, psnr
 from veriprint.models import OutputKind, model_hash
 from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
-from veriprint.select import Selection, activations, manc, random_selection
+from veriprint.select import Selection, activations, manc, random_selection, simulate_flips
 
 __all__ = ["Fingerprint", "FingerprintConfig", "make_fingerprint"]
 
@@ -38,7 +38,9 @@ class FingerprintConfig:
     Args:
         bag: natural seeds drawn for generation (default 500, the paper's bag).
         select: samples kept in the fingerprint, ``N_S`` (default 8).
-        selector: ``"manc"`` (default) or ``"random"``.
+        selector: ``"manc"`` (default), ``"random"``, or ``"tamper-aware"``: greedy cover of
+            the label flips caused by simulated small weight changes
+            (:func:`veriprint.select.simulate_flips`), ties broken by sensitivity.
         neurons: MANC's neurons of interest: ``"penultimate"`` (default) or ``"all"``.
         threshold: activation threshold for MANC (default 0).
         refine: move samples to just above the noise floor for label APIs (default True).
@@ -56,7 +58,7 @@ class FingerprintConfig:
 
     bag: int = 500
     select: int = 8
-    selector: Literal["manc", "random"] = "manc"
+    selector: Literal["manc", "random", "tamper-aware"] = "manc"
     neurons: Literal["penultimate", "all"] = "penultimate"
     threshold: float = 0.0
     refine: bool = True
@@ -74,7 +76,7 @@ class FingerprintConfig:
         checks = [
             ("bag", self.bag >= 1),
             ("select", 1 <= self.select <= self.bag),
-            ("selector", self.selector in ("manc", "random")),
+            ("selector", self.selector in ("manc", "random", "tamper-aware")),
             ("neurons", self.neurons in ("penultimate", "all")),
             ("refine_factor", self.refine_factor >= 1),
             ("safety", self.safety >= 1),
@@ -243,6 +245,9 @@ def make_fingerprint(
     if cfg.selector == "manc":
         act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
         sel = manc(act, cfg.select, score=gen.log_s_after, eligible=eligible)
+    elif cfg.selector == "tamper-aware":
+        flips = simulate_flips(model, samples, seed=cfg.seed)
+        sel = manc(flips, cfg.select, score=gen.log_s_after, eligible=eligible)
     else:
         sel = random_selection(len(gen), cfg.select, seed=cfg.seed, eligible=eligible)
     idx = sel.indices

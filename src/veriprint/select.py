@@ -212,3 +212,58 @@ def random_selection(n: int, k: int, *, seed: int = 0, eligible: torch.Tensor | 
     idx = pool[torch.randperm(pool.numel(), generator=g)[:k]]
     empty = torch.zeros(k)
     return Selection(idx, empty, empty.long(), torch.ones(k, dtype=torch.long), 0, "random")
+
+
+def simulate_flips(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    count: int = 64,
+    fraction: float = 0.005,
+    scale: float = 0.02,
+    seed: int = 0,
+    batch_size: int = 500,
+) -> torch.Tensor:
+    """Which samples change label under simulated small tampering: bool ``(N, count)``.
+
+    Each simulated change picks one parameter tensor at random (weighted by nothing: every
+    tensor equally likely, so small layers are not drowned by big ones) and multiplies a
+    random ``fraction`` of its entries (at least one) by ``1 ± scale`` with random signs.
+    This family is deliberately unlike the tampering the evaluation measures (casts,
+    quantization, pruning, Gaussian noise, single-weight edits, fine-tuning, trojans,
+    poisoning), so that detection of those stays a held-out result.
+
+    Args:
+        model: the intact classifier (not modified).
+        x: candidate samples.
+        count: number of simulated changes (default 64).
+        fraction: share of a tensor's entries changed (default 0.5%).
+        scale: relative size of each change (default 2%).
+        seed: seed of the simulation.
+        batch_size: samples per forward pass.
+    """
+    if count < 1 or not 0 < fraction <= 1 or scale <= 0:
+        raise ValueError(f"expected count >= 1, 0 < fraction <= 1, scale > 0, got {count}, {fraction}, {scale}")
+    import copy
+
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.numel() > 0]
+    with torch.inference_mode():
+        base = torch.cat([model(c).argmax(-1) for c in torch.split(x, batch_size)])
+    work = copy.deepcopy(model)
+    work_params = [p for p in work.parameters() if p.numel() > 0]
+    flips = torch.zeros(x.shape[0], count, dtype=torch.bool)
+    for t in range(count):
+        i = int(torch.randint(len(params), (1,), generator=g))
+        p, w = params[i], work_params[i]
+        n = max(1, round(fraction * p.numel()))
+        idx = torch.randperm(p.numel(), generator=g)[:n]
+        sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+        with torch.no_grad():
+            w.view(-1)[idx] = p.reshape(-1)[idx] * (1 + scale * sign)
+        with torch.inference_mode():
+            labels = torch.cat([work(c).argmax(-1) for c in torch.split(x, batch_size)])
+        flips[:, t] = labels != base
+        with torch.no_grad():
+            w.copy_(p)
+    return flips

@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="fingerprint file to write (.vpf)")
     p.add_argument("--bag", type=int, default=500, help="natural seeds to generate from")
     p.add_argument("--select", type=int, default=8, help="samples in the fingerprint (N_S)")
-    p.add_argument("--selector", choices=["manc", "random"], default="manc", help="selection method")
+    p.add_argument("--selector", choices=["manc", "random", "tamper-aware"], default="manc",
+                   help="selection: MANC (the paper), random, or tamper-aware (covers simulated small changes)")
     p.add_argument("--neurons", choices=["penultimate", "all"], default="penultimate", help="MANC's neurons of interest")
     p.add_argument("--no-refine", action="store_true", help="skip boundary refinement (it helps label-only APIs)")
     p.add_argument("--tolerance", type=float, default=0.0,
