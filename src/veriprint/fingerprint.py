@@ -182,7 +182,7 @@ class Fingerprint:
         )
 
 
-def _draw_seeds(data: Dataset | torch.Tensor, n: int, seed: int, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw_seeds(data: Dataset | torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = data.x if isinstance(data, Dataset) else data
     if n > len(x):
         raise ValueError(f"expected a bag of at most {len(x)} seeds (the data size), got bag={n}")
@@ -219,7 +219,7 @@ def make_fingerprint(
     cfg = config or FingerprintConfig()
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
-    seeds, seed_idx = _draw_seeds(data, cfg.bag, cfg.seed, model)
+    seeds, seed_idx = _draw_seeds(data, cfg.bag, cfg.seed)
     gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs, progress=progress)
     noise = calibrate_noise(model, gen.samples, model_outputs=model_outputs, onnx=cfg.calibrate_onnx,
                             safety=cfg.safety, declared=cfg.tolerance, declared_prob=cfg.prob_tolerance,
