@@ -1,0 +1,155 @@
+"""Missing rates: the probability that a fingerprint of ``N_S`` samples misses a tampering.
+
+A fingerprint detects a tampered model when at least one of its samples answers
+differently (under the output spec). Given a pool of ``n`` candidate samples of which
+``d`` detect the tampering:
+
+* **random selection** (and natural samples): ``N_S`` distinct samples drawn uniformly
+  from the pool all miss with the hypergeometric probability
+
+  ``P(miss | N_S) = C(n - d, N_S) / C(n, N_S) = prod_{i < N_S} (n - d - i) / (n - i)``,
+
+  computed exactly here instead of sampled (the paper repeats 10,000 draws). Drawing a
+  bag first and then ``N_S`` from the bag gives the same law, so the pool stands for the
+  paper's bag.
+* **MANC** is a deterministic function of the bag, so its missing rate is averaged over
+  bags drawn without replacement from the larger pool (:func:`manc_missing`), with the
+  Monte Carlo standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = [
+    "MancMissing",
+    "hypergeom_curve",
+    "hypergeom_miss",
+    "manc_missing",
+    "required_samples",
+]
+
+
+def hypergeom_miss(n: int, d: int, k: int) -> float:
+    """``C(n - d, k) / C(n, k)``: all of ``k`` draws without replacement from ``n`` miss the ``d`` detecting ones.
+
+    Args:
+        n: pool size.
+        d: detecting samples in the pool, ``0 <= d <= n``.
+        k: samples drawn, ``0 <= k <= n``.
+
+    Returns:
+        The exact probability, rounded once to the nearest float.
+    """
+    if not 0 <= d <= n:
+        raise ValueError(f"expected 0 <= d <= n, got d={d}, n={n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"expected 0 <= k <= n={n}, got k={k}")
+    return float(Fraction(math.comb(n - d, k), math.comb(n, k)))
+
+
+def hypergeom_curve(n: int, d: int, k_max: int, *, stop_below: float = 0.0) -> list[float]:
+    """``[hypergeom_miss(n, d, k) for k in 1..k_max]``, cut short once a value is ``<= stop_below``.
+
+    ``k_max`` is clipped to ``n``. Computed as a running product (each factor
+    ``(n - d - i) / (n - i)``), which agrees with :func:`hypergeom_miss` to float
+    rounding and costs ``O(k_max)``.
+    """
+    if not 0 <= d <= n:
+        raise ValueError(f"expected 0 <= d <= n, got d={d}, n={n}")
+    out: list[float] = []
+    p = 1.0
+    for i in range(min(k_max, n)):
+        p *= max(n - d - i, 0) / (n - i)
+        out.append(p)
+        if p <= stop_below:
+            break
+    return out
+
+
+def required_samples(curve: list[float] | np.ndarray, alpha: float) -> int | None:
+    """Smallest ``N_S`` (1-based) whose missing rate is ``<= alpha``, or None if the curve never gets there.
+
+    ``curve[k - 1]`` is the missing rate with ``k`` samples.
+    """
+    for k, p in enumerate(curve, start=1):
+        if p <= alpha:
+            return k
+    return None
+
+
+@dataclass(frozen=True)
+class MancMissing:
+    """MANC's missing rate estimated over bags.
+
+    Attributes:
+        miss: mean missing rate with ``k = 1..n_max`` samples, shape ``(n_max,)``.
+        stderr: its Monte Carlo standard error per ``k``.
+        bags: number of bags drawn.
+        bag: samples per bag.
+        first_pick_detects: fraction of bags whose first MANC pick detects.
+    """
+
+    miss: np.ndarray
+    stderr: np.ndarray
+    bags: int
+    bag: int
+    first_pick_detects: float
+
+
+def manc_missing(
+    active: np.ndarray,
+    detect: np.ndarray,
+    *,
+    bag: int,
+    bags: int,
+    n_max: int,
+    seed: int = 0,
+    score: np.ndarray | None = None,
+    multi_cover: bool = False,
+) -> MancMissing:
+    """Missing rate of MANC (Algorithm 2) over ``bags`` bags drawn from a pool.
+
+    Each bag is ``bag`` distinct pool samples (seeded); MANC picks ``n_max`` of them in
+    order, and the fingerprint of size ``k`` is the first ``k`` picks (the greedy picks
+    do not depend on ``k``). A bag misses at ``k`` when none of its first ``k`` picks
+    detects.
+
+    Args:
+        active: bool ``(P, M)``: which neurons each pool sample activates.
+        detect: bool ``(P,)``: which pool samples detect the tampering.
+        bag: samples per bag (clipped to ``P``).
+        bags: bags drawn.
+        n_max: largest fingerprint size (clipped to ``bag``).
+        seed: seed of the bag draws.
+        score: MANC's tie-break per sample (higher first), e.g. the sensitivity.
+        multi_cover: MANC's multi-cover once coverage is full (False: the paper's).
+    """
+    import torch
+
+    from veriprint.select import manc
+
+    p = active.shape[0]
+    if detect.shape != (p,):
+        raise ValueError(f"expected detect of shape ({p},), got {detect.shape}")
+    bag = min(bag, p)
+    n_max = min(n_max, bag)
+    rng = np.random.default_rng(seed)
+    misses = np.zeros((bags, n_max), dtype=bool)
+    cache: dict[bytes, np.ndarray] = {}
+    for b in range(bags):
+        idx = np.sort(rng.choice(p, size=bag, replace=False)) if bag < p else np.arange(p)
+        key = idx.tobytes()
+        if key not in cache:
+            tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
+            sel = manc(active[idx], n_max, score=tie, multi_cover=multi_cover)
+            cache[key] = idx[sel.indices.numpy()]
+        picks = cache[key]
+        misses[b] = ~np.logical_or.accumulate(detect[picks])
+    miss = misses.mean(axis=0)
+    stderr = misses.std(axis=0, ddof=1) / math.sqrt(bags) if bags > 1 else np.zeros(n_max)
+    return MancMissing(miss, stderr, bags, bag, float(1 - miss[0]))
