@@ -38,7 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from veriprint.evaluate.missing import hypergeom_curve, manc_missing, required_samples
+from veriprint.evaluate.missing import (
+    hypergeom_curve,
+    manc_picks,
+    miss_from_picks,
+    required_samples,
+)
 from veriprint.evaluate.plan import AttackSpec, MethodSpec, ModelSpec, Plan
 
 __all__ = [
@@ -76,12 +81,12 @@ def cell_key(kind: str, *parts: object) -> str:
 
 
 def _pool_params(plan: Plan) -> dict[str, Any]:
-    return {"pool": plan.pool, "natural_pool": plan.natural_pool, "seed": plan.seed}
+    return {"pool": plan.pool, "natural_pool": plan.natural_pool, "seed": plan.seed, "bag": plan.bag,
+            "bags": plan.bags, "n_max": plan.n_max}
 
 
 def _cell_params(plan: Plan) -> dict[str, Any]:
-    return {**_pool_params(plan), "ns": plan.ns, "alphas": plan.alphas, "bag": plan.bag, "bags": plan.bags,
-            "n_max": plan.n_max}
+    return {**_pool_params(plan), "ns": plan.ns, "alphas": plan.alphas}
 
 
 @contextlib.contextmanager
@@ -205,6 +210,7 @@ class Pool:
             (samples, grid, intact outputs, noise floor), so the verifier itself
             compares them.
         active: bool ``(P, M)`` penultimate activations (for MANC), or None.
+        picks: MANC's picks in each of the plan's bags, ``(bags, n_max)``, or None.
         score: ``log S`` per candidate (MANC's tie-break).
         row: the pool's figures, with the generation history (Figure 3).
     """
@@ -212,6 +218,7 @@ class Pool:
     key: str
     fingerprint: Any
     active: np.ndarray | None
+    picks: np.ndarray | None
     score: np.ndarray
     row: dict[str, Any]
 
@@ -230,7 +237,8 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
     path = _artifact(out, key)
     cached = _load(path)
     if cached is not None:
-        return Pool(key, Fingerprint(**cached["fingerprint"]), cached["active"], cached["score"], cached["row"])
+        return Pool(key, Fingerprint(**cached["fingerprint"]), cached["active"], cached["picks"], cached["score"],
+                    cached["row"])
     start = time.perf_counter()
     test = _data(model_spec.data, "test", model_spec.test_limit)
     eps = 0.0 if method.natural else (model_spec.eps if method.eps is None else method.eps)
@@ -271,9 +279,14 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
         "history": gen.history.tolist(), "seconds": time.perf_counter() - start,
     }
     score = fp.log_s.numpy().astype(np.float64)
-    pool = Pool(key, fp, active, score, row)
+    picks = None
+    if active is not None and len(keep):
+        picks = manc_picks(active, bag=plan.bag, bags=plan.bags, n_max=plan.n_max, seed=plan.seed, score=score,
+                           multi_cover=method.multi_cover)
+    row["seconds"] = time.perf_counter() - start
+    pool = Pool(key, fp, active, picks, score, row)
     _save(path, {"fingerprint": {k: getattr(fp, k) for k in fp.__dataclass_fields__}, "active": active,
-                 "score": score, "row": row})
+                 "picks": picks, "score": score, "row": row})
     return pool
 
 
@@ -359,9 +372,8 @@ def detection_cell(plan: Plan, model_spec: ModelSpec, attack: AttackSpec, method
         "req_random": [required_samples(curve, a) for a in plan.alphas] if headline else None,
         "curve_random": curve if headline else None,
     }
-    if pool.active is not None and n:
-        mm = manc_missing(pool.active, detect, bag=plan.bag, bags=plan.bags, n_max=plan.n_max, seed=plan.seed,
-                          score=pool.score, multi_cover=method.multi_cover)
+    if pool.picks is not None and n:
+        mm = miss_from_picks(pool.picks, detect, bag=min(plan.bag, n))
         row.update(
             miss_manc=[at(mm.miss, k) for k in plan.ns], stderr_manc=[at(mm.stderr, k) for k in plan.ns],
             bag=mm.bag, bags=mm.bags,

@@ -30,6 +30,8 @@ __all__ = [
     "hypergeom_curve",
     "hypergeom_miss",
     "manc_missing",
+    "manc_picks",
+    "miss_from_picks",
     "required_samples",
 ]
 
@@ -101,6 +103,60 @@ class MancMissing:
     first_pick_detects: float
 
 
+def manc_picks(
+    active: np.ndarray,
+    *,
+    bag: int,
+    bags: int,
+    n_max: int,
+    seed: int = 0,
+    score: np.ndarray | None = None,
+    multi_cover: bool = False,
+) -> np.ndarray:
+    """MANC's picks (pool indices, in pick order) in each of ``bags`` seeded bags, ``(bags, n_max)``.
+
+    Each bag is ``bag`` distinct pool samples (clipped to the pool size); MANC
+    (Algorithm 2) picks ``n_max`` of them (clipped to ``bag``). The picks depend on the
+    intact model only, so one set of picks serves every attack and output spec.
+
+    Args:
+        active: bool ``(P, M)``: which neurons each pool sample activates.
+        bag: samples per bag.
+        bags: bags drawn.
+        n_max: picks per bag.
+        seed: seed of the bag draws.
+        score: MANC's tie-break per sample (higher first), e.g. the sensitivity.
+        multi_cover: MANC's multi-cover once coverage is full (False: the paper's).
+    """
+    import torch
+
+    from veriprint.select import manc
+
+    p = active.shape[0]
+    bag = min(bag, p)
+    n_max = min(n_max, bag)
+    rng = np.random.default_rng(seed)
+    out = np.empty((bags, n_max), dtype=np.int64)
+    for b in range(bags):
+        idx = np.sort(rng.choice(p, size=bag, replace=False)) if bag < p else np.arange(p)
+        if b and bag == p:
+            out[b] = out[0]
+            continue
+        tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
+        out[b] = idx[manc(active[idx], n_max, score=tie, multi_cover=multi_cover).indices.numpy()]
+    return out
+
+
+def miss_from_picks(picks: np.ndarray, detect: np.ndarray, *, bag: int = 0) -> MancMissing:
+    """Missing rate per fingerprint size from per-bag picks: a bag misses at ``k`` when none
+    of its first ``k`` picks detects (the greedy picks do not depend on ``k``)."""
+    bags = picks.shape[0]
+    misses = ~np.logical_or.accumulate(detect[picks], axis=1)
+    miss = misses.mean(axis=0)
+    stderr = misses.std(axis=0, ddof=1) / math.sqrt(bags) if bags > 1 else np.zeros(picks.shape[1])
+    return MancMissing(miss, stderr, bags, bag, float(1 - miss[0]))
+
+
 def manc_missing(
     active: np.ndarray,
     detect: np.ndarray,
@@ -112,44 +168,15 @@ def manc_missing(
     score: np.ndarray | None = None,
     multi_cover: bool = False,
 ) -> MancMissing:
-    """Missing rate of MANC (Algorithm 2) over ``bags`` bags drawn from a pool.
-
-    Each bag is ``bag`` distinct pool samples (seeded); MANC picks ``n_max`` of them in
-    order, and the fingerprint of size ``k`` is the first ``k`` picks (the greedy picks
-    do not depend on ``k``). A bag misses at ``k`` when none of its first ``k`` picks
-    detects.
+    """Missing rate of MANC over ``bags`` bags drawn from a pool (see :func:`manc_picks`).
 
     Args:
-        active: bool ``(P, M)``: which neurons each pool sample activates.
+        active: bool ``(P, M)`` activations of the pool.
         detect: bool ``(P,)``: which pool samples detect the tampering.
-        bag: samples per bag (clipped to ``P``).
-        bags: bags drawn.
-        n_max: largest fingerprint size (clipped to ``bag``).
-        seed: seed of the bag draws.
-        score: MANC's tie-break per sample (higher first), e.g. the sensitivity.
-        multi_cover: MANC's multi-cover once coverage is full (False: the paper's).
+        bag, bags, n_max, seed, score, multi_cover: as in :func:`manc_picks`.
     """
-    import torch
-
-    from veriprint.select import manc
-
     p = active.shape[0]
     if detect.shape != (p,):
         raise ValueError(f"expected detect of shape ({p},), got {detect.shape}")
-    bag = min(bag, p)
-    n_max = min(n_max, bag)
-    rng = np.random.default_rng(seed)
-    misses = np.zeros((bags, n_max), dtype=bool)
-    cache: dict[bytes, np.ndarray] = {}
-    for b in range(bags):
-        idx = np.sort(rng.choice(p, size=bag, replace=False)) if bag < p else np.arange(p)
-        key = idx.tobytes()
-        if key not in cache:
-            tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
-            sel = manc(active[idx], n_max, score=tie, multi_cover=multi_cover)
-            cache[key] = idx[sel.indices.numpy()]
-        picks = cache[key]
-        misses[b] = ~np.logical_or.accumulate(detect[picks])
-    miss = misses.mean(axis=0)
-    stderr = misses.std(axis=0, ddof=1) / math.sqrt(bags) if bags > 1 else np.zeros(n_max)
-    return MancMissing(miss, stderr, bags, bag, float(1 - miss[0]))
+    picks = manc_picks(active, bag=bag, bags=bags, n_max=n_max, seed=seed, score=score, multi_cover=multi_cover)
+    return miss_from_picks(picks, detect, bag=min(bag, p))
