@@ -35,13 +35,12 @@ from veriprint.data import InputDomain
 from veriprint.generate import (
     GenerationConfig,
     GenerationResult,
-    margins,
     project,
-    psnr,
+    result_for,
     snap_to_ball,
 )
 from veriprint.models import OutputKind
-from veriprint.objective import ParamSpec, log_sensitivity, resolve_params
+from veriprint.objective import ParamSpec, resolve_params
 
 __all__ = [
     "AUTHORS_CLASSES",
@@ -293,35 +292,5 @@ def generate_baseline(
         steps_run = max(steps_run, n)
         outs.append(snap_to_ball(x, v0, cfg.eps, cfg.norm, domain))
     samples = torch.cat(outs)
-
-    def describe(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            out = model(x)
-        with torch.enable_grad() if cfg.params != "last" else torch.no_grad():
-            ls = log_sensitivity(model, x, params=cfg.params, outputs=cfg.outputs, model_outputs=model_outputs)
-        return ls.detach(), out
-
-    before, _ = describe(seeds)
-    after, out = describe(samples)
-    d = (samples - seeds).flatten(1)
-    grid = None
-    if domain.levels is not None:
-        g = domain.to_grid(samples)
-        grid = g.to(torch.uint8) if domain.levels <= 255 else g.to(torch.int16)
-    return GenerationResult(
-        samples=samples,
-        grid=grid,
-        seeds=seeds,
-        log_s_before=before,
-        log_s_after=after,
-        linf=d.abs().amax(dim=1),
-        l2=d.norm(dim=1),
-        psnr=psnr(samples, seeds, domain),
-        margin=margins(out, model_outputs),
-        labels=out.argmax(dim=-1),
-        history=torch.zeros(0, 2),
-        steps_run=steps_run,
-        seconds=time.perf_counter() - start,
-        config=cfg,
-        domain=domain,
-    )
+    return result_for(model, samples, seeds, cfg, domain=domain, model_outputs=model_outputs,
+                      steps_run=steps_run, seconds=time.perf_counter() - start)

@@ -21,7 +21,7 @@ from torch import nn
 from veriprint import __version__
 from veriprint.data import Dataset, InputDomain
 from veriprint.fileformat import LoadedFile, read_file, write_file
-from veriprint.generate import GenerationConfig, GenerationResult, generate, margins, psnr
+from veriprint.generate import GenerationConfig, GenerationResult, generate, result_for
 from veriprint.models import OutputKind, model_hash
 from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
 from veriprint.select import Selection, activations, manc, random_selection, simulate_flips
@@ -293,17 +293,6 @@ def make_fingerprint(
 
 
 def _redescribe(model: nn.Module, gen: GenerationResult, samples: torch.Tensor, model_outputs: OutputKind) -> GenerationResult:
-    from veriprint.generate import _describe
-
-    log_s, out = _describe(model, samples, gen.config, model_outputs)
-    d = (samples - gen.seeds).flatten(1)
-    grid = None
-    if gen.domain.levels is not None:
-        g = gen.domain.to_grid(samples)
-        grid = g.to(torch.uint8) if gen.domain.levels <= 255 else g.to(torch.int16)
-    return GenerationResult(
-        samples=samples, grid=grid, seeds=gen.seeds, log_s_before=gen.log_s_before, log_s_after=log_s,
-        linf=d.abs().amax(dim=1), l2=d.norm(dim=1), psnr=psnr(samples, gen.seeds, gen.domain),
-        margin=margins(out, model_outputs), labels=out.argmax(dim=-1), history=gen.history,
-        steps_run=gen.steps_run, seconds=gen.seconds, config=gen.config, domain=gen.domain,
-    )
+    return result_for(model, samples, gen.seeds, gen.config, domain=gen.domain, model_outputs=model_outputs,
+                      history=gen.history, steps_run=gen.steps_run, seconds=gen.seconds,
+                      log_s_before=gen.log_s_before)

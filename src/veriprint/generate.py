@@ -27,6 +27,7 @@ __all__ = [
     "margins",
     "project",
     "psnr",
+    "result_for",
     "snap_to_ball",
 ]
 
@@ -307,7 +308,25 @@ def generate(
     for h, n in hists:
         padded = torch.cat([h, h[-1:].expand(steps_run - h.shape[0], 2)]) if h.shape[0] else history
         history += padded * (n / seeds.shape[0])
-    before, _ = _describe(model, seeds, cfg, model_outputs)
+    return result_for(model, samples, seeds, cfg, domain=domain, model_outputs=model_outputs, history=history,
+                      steps_run=steps_run, seconds=time.perf_counter() - start)
+
+
+def result_for(
+    model: nn.Module,
+    samples: torch.Tensor,
+    seeds: torch.Tensor,
+    cfg: GenerationConfig,
+    *,
+    domain: InputDomain,
+    model_outputs: OutputKind = "logits",
+    history: torch.Tensor | None = None,
+    steps_run: int = 0,
+    seconds: float = 0.0,
+    log_s_before: torch.Tensor | None = None,
+) -> GenerationResult:
+    """Measure ``samples`` (objective, distances, PSNR, margins, labels, grid) into a result."""
+    before = log_s_before if log_s_before is not None else _describe(model, seeds, cfg, model_outputs)[0]
     after, out = _describe(model, samples, cfg, model_outputs)
     d = (samples - seeds).flatten(1)
     grid = None
@@ -325,9 +344,9 @@ def generate(
         psnr=psnr(samples, seeds, domain),
         margin=margins(out, model_outputs),
         labels=out.argmax(dim=-1),
-        history=history,
+        history=torch.zeros(0, 2) if history is None else history,
         steps_run=steps_run,
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         config=cfg,
         domain=domain,
     )
