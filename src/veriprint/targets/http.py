@@ -51,6 +51,16 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _SNIPPET = 200
 
 
+def check_target_options(output: str, datatype: str, max_batch: int | None) -> None:
+    """Validate the options every remote target shares (output form, input datatype, batch limit)."""
+    if output not in OUTPUT_FORMS:
+        raise ValueError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
+    if datatype not in DATATYPES:
+        raise ValueError(f"expected datatype in {DATATYPES}, got {datatype!r}")
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"expected max_batch >= 1 or None, got {max_batch!r}")
+
+
 def _snippet(body: bytes | str) -> str:
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     text = " ".join(text.split())
@@ -413,12 +423,7 @@ class HttpTarget(Target):
     def __init__(self, base_url: str, *, output: OutputForm = "logits", datatype: InputDatatype = "FP32",
                  max_batch: int | None = None, classes: int | None = None,
                  http: HttpOptions | None = None, **http_options: Any) -> None:
-        if output not in OUTPUT_FORMS:
-            raise ValueError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
-        if datatype not in DATATYPES:
-            raise ValueError(f"expected datatype in {DATATYPES}, got {datatype!r}")
-        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"expected max_batch >= 1 or None, got {max_batch!r}")
+        check_target_options(output, datatype, max_batch)
         if classes is not None and classes < 1:
             raise ValueError(f"expected classes >= 1 or None, got {classes}")
         if http is not None and http_options:

@@ -18,8 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from veriprint.targets.base import OUTPUT_FORMS, OutputForm, QueryBatch, Target, TargetError
-from veriprint.targets.http import DATATYPES, HttpOptions, InputDatatype, check_output
+from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.http import (
+    HttpOptions,
+    InputDatatype,
+    check_output,
+    check_target_options,
+)
 from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
 
 __all__ = ["GrpcOipTarget", "parse_grpc_url"]
@@ -72,12 +77,7 @@ class GrpcOipTarget(Target):
                  output: OutputForm = "logits", datatype: InputDatatype = "FP32",
                  max_batch: int | None = None, classes: int | None = None,
                  http: HttpOptions | None = None, **http_options: Any) -> None:
-        if output not in OUTPUT_FORMS:
-            raise ValueError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
-        if datatype not in DATATYPES:
-            raise ValueError(f"expected datatype in {DATATYPES}, got {datatype!r}")
-        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"expected max_batch >= 1 or None, got {max_batch!r}")
+        check_target_options(output, datatype, max_batch)
         tls, address, self.model, version = parse_grpc_url(url)
         self.options = http or HttpOptions(**http_options)
         if not self.options.verify_tls:
