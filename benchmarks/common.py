@@ -3,14 +3,19 @@
 Timings on a shared machine are noisy, so every figure that matters is a ratio of two
 things measured alternately in the same run (``a, b, b, a, a, b, ...``): the median of
 the per-pair ratios, together with the medians of each side.
+
+On a GPU, kernels run asynchronously: :func:`clock` waits for the device
+(``torch.cuda.synchronize``) before reading the clock at both ends whenever CUDA is in
+use in the process, so a timed call is charged for the device work it queued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +24,8 @@ from torch import nn
 
 from veriprint.zoo import fashion_cnn
 
+DEVICES = ("cpu", "cuda")
+
 
 @dataclass(frozen=True)
 class Context:
@@ -26,13 +33,26 @@ class Context:
 
     Attributes:
         quick: small sizes and few repetitions (the CI mode).
-        threads: torch intra-op threads for every timed call.
+        threads: torch intra-op threads for every timed call (on ``"cuda"``: for the
+            work that stays on the CPU).
         seed: seed for models and data.
+        device: ``"cpu"`` (default) or ``"cuda"``: where models and tensors live.
     """
 
     quick: bool = False
     threads: int = 1
     seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"expected device in {DEVICES}, got {self.device!r}")
+        if self.threads < 1:
+            raise ValueError(f"expected threads >= 1, got {self.threads}")
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
 
     def log(self, msg: str) -> None:
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
@@ -83,10 +103,36 @@ class Paired:
     reps: int
 
 
+def sync() -> None:
+    """Wait for queued GPU work when CUDA is in use in this process (a no-op on the CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def clock(fn: Callable[[], object]) -> float:
+    """Wall time of ``fn()``, including the GPU work it queues."""
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Full float32 precision for matmuls and cuDNN convolutions inside the block.
+
+    TF32 (on by default for cuDNN convolutions on Ampere and later GPUs) keeps 10
+    mantissa bits; correctness checks in float32 run without it. A no-op on the CPU.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def paired(a: Callable[[], object], b: Callable[[], object], reps: int, *, warmup: int = 1,
@@ -119,20 +165,22 @@ def median_time(fn: Callable[[], object], reps: int, *, warmup: int = 1) -> floa
     return statistics.median(clock(fn) for _ in range(reps))
 
 
-def cnn(classes: int, seed: int = 0, *, frozen: bool = True) -> nn.Module:
+def cnn(classes: int, seed: int = 0, *, frozen: bool = True, device: str = "cpu") -> nn.Module:
     """The default Fashion-MNIST CNN (:func:`veriprint.zoo.fashion_cnn`) with ``classes``
-    outputs (a wider last layer), seeded, in eval mode; parameters frozen as
-    :func:`veriprint.models.load_model` leaves them unless ``frozen=False``."""
+    outputs (a wider last layer), seeded, in eval mode, on ``device``; parameters frozen as
+    :func:`veriprint.models.load_model` leaves them unless ``frozen=False``. The weights
+    are drawn on the CPU, so they are the same on every device."""
     torch.manual_seed(seed)
     model = fashion_cnn(num_classes=classes).eval()
     for p in model.parameters():
         p.requires_grad_(not frozen)
-    return model
+    return model.to(device)
 
 
-def inputs(n: int, seed: int = 0, shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
+def inputs(n: int, seed: int = 0, shape: tuple[int, ...] = (1, 28, 28), device: str = "cpu") -> torch.Tensor:
+    """``n`` uniform inputs in [0, 1), drawn on the CPU (the same on every device), on ``device``."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand((n, *shape), generator=g)
+    return torch.rand((n, *shape), generator=g).to(device)
 
 
 def unit_step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:

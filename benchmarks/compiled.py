@@ -1,4 +1,4 @@
-"""Does ``torch.compile`` help the generation step on the CPU?
+"""Does ``torch.compile`` help the generation step (on the CPU, or on the GPU with ``--device cuda``)?
 
 The closed-form objective (the model's forward pass to its last layer and ``log S``) is
 compiled with the default inductor backend; its input gradient is taken through the
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from benchmarks.common import Context, Goal, Section, cnn, fmt_s, fmt_x, inputs, paired
+from benchmarks.common import Context, Goal, Section, cnn, fmt_s, fmt_x, inputs, paired, sync
 from veriprint.models import split_last_layer
 from veriprint.objective import _log_closed_form
 
@@ -21,8 +21,9 @@ from veriprint.objective import _log_closed_form
 def run(ctx: Context) -> Section:
     sec = Section(
         key="compiled",
-        title="torch.compile for the generation step (CPU)",
-        text=("Objective + input gradient, closed form, default Fashion-MNIST CNN, r = 10, batch 500: "
+        title=f"torch.compile for the generation step ({'CPU' if not ctx.cuda else ctx.device})",
+        text=(f"Device: {ctx.device}. "
+              "Objective + input gradient, closed form, default Fashion-MNIST CNN, r = 10, batch 500: "
               "eager vs `torch.compile` (inductor), interleaved after compilation."),
         headers=["compile + first call", "eager step", "compiled step", "compiled / eager",
                  "max rel. gradient difference", "steps to repay compilation"],
@@ -30,8 +31,8 @@ def run(ctx: Context) -> Section:
     if ctx.quick:
         sec.notes.append("Not measured in quick mode (compilation alone takes tens of seconds).")
         return sec
-    model = cnn(10, ctx.seed)
-    x = inputs(500, ctx.seed)
+    model = cnn(10, ctx.seed, device=ctx.device)
+    x = inputs(500, ctx.seed, device=ctx.device)
     last = split_last_layer(model, x[:4])
 
     def objective(v: torch.Tensor) -> torch.Tensor:
@@ -47,8 +48,10 @@ def run(ctx: Context) -> Section:
             return g
         return run
 
+    sync()
     start = time.perf_counter()
     g_c = step(compiled)()
+    sync()
     t_compile = time.perf_counter() - start
     g_e = step(objective)()
     diff = float(((g_c - g_e).flatten(1).norm(dim=1) / g_e.flatten(1).norm(dim=1)).max())
@@ -64,6 +67,7 @@ def run(ctx: Context) -> Section:
                         "time above on every new model and input shape, and its numerics differ slightly "
                         "from eager (last column), so it would have to be an opt-in."
                         if helps else
-                        "`generate` stays eager: compilation does not pay for itself on this CPU."))
+                        f"`generate` stays eager: compilation does not pay for itself on this "
+                        f"{'CPU' if not ctx.cuda else 'GPU'}."))
     sec.data = {"compile_s": t_compile, "eager_s": p.b, "compiled_s": p.a, "ratio": p.ratio, "grad_rel_diff": diff}
     return sec

@@ -47,7 +47,8 @@ def run(ctx: Context) -> Section:
     sec = Section(
         key="selection",
         title=f"MANC selection: {k} of {n:,} samples, {m:,} neurons",
-        text=("`veriprint.select.manc(active, 8)` on a random bool activation matrix "
+        text=("On the CPU (NumPy) whatever `--device` says. "
+              "`veriprint.select.manc(active, 8)` on a random bool activation matrix "
               "(per-neuron rates from U(0.02, 0.5)). *pass* = one `np.packbits` of the same matrix, "
               "timed alternately, as a reference for the machine's speed at the time."),
         headers=["matrix", "manc", "one pass (packbits)", "manc / pass", "gains of the picks"],

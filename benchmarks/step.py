@@ -14,7 +14,9 @@ layer. Per sample and step we time:
 
 Before timing, the closed form and the literal reference are compared on the same
 inputs (float64 and float32, an ordinary and a confident model): values of ``log S`` and
-gradients of ``log S`` must agree, or the run fails.
+gradients of ``log S`` must agree, or the run fails. On a GPU the comparison runs with
+TF32 off (matmuls and cuDNN convolutions in full float32), so the float32 tolerances
+mean the same as on the CPU; the timings keep torch's TF32 defaults.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from benchmarks.common import (
     fmt_s,
     fmt_x,
     inputs,
+    no_tf32,
     paired,
     unit_step,
 )
@@ -72,6 +75,11 @@ def agreement(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> tuple[fl
     """Max |log S closed - log S literal|, max relative error of d log S / dx, mean top prob."""
     m = copy.deepcopy(model).to(dtype)
     xs = x.to(dtype)
+    with no_tf32():
+        return _agreement(m, xs)
+
+
+def _agreement(m: nn.Module, xs: torch.Tensor) -> tuple[float, float, float]:
     lit = literal_value_and_grad(m, xs)
     xx = xs.detach().requires_grad_(True)
     ls = log_sensitivity(m, xx)
@@ -97,10 +105,12 @@ def confident(model: nn.Module, scale: float) -> nn.Module:
 def run(ctx: Context) -> Section:
     classes = (10, 100) if ctx.quick else (10, 100, 1000)
     batch = 32 if ctx.quick else 500
+    dev = ctx.device
     sec = Section(
         key="step",
         title="Generation step: closed form vs one forward+backward, Algorithm 1, the authors' surrogate",
         text=(
+            f"Device: {dev}. "
             f"Default Fashion-MNIST CNN (`veriprint.zoo.fashion_cnn`), random weights, with an r-wide "
             f"last layer. Batched figures at batch B = {batch}; the baselines run at batch 1 as their "
             "authors ran them. *unit* = one plain forward and backward pass to the input "
@@ -119,9 +129,9 @@ def run(ctx: Context) -> Section:
 
     # -- agreement: the benchmark must time the right computation --
     for r in classes:
-        model = cnn(r, ctx.seed)
+        model = cnn(r, ctx.seed, device=dev)
         n = 1 if r >= 1000 else 2
-        x = inputs(n, ctx.seed + 1)
+        x = inputs(n, ctx.seed + 1, device=dev)
         for dtype, tol_v, tol_g in ((torch.float64, 1e-9, 1e-7), (torch.float32, 1e-4, 1e-3)):
             if dtype == torch.float32 and r >= 1000:
                 continue
@@ -132,8 +142,8 @@ def run(ctx: Context) -> Section:
                 f"max |log S diff| {err_v:.1e} (tol {tol_v:.0e}), max rel. error of d log S/dx "
                 f"{err_g:.1e} (tol {tol_g:.0e}), {n} samples, mean top prob {top:.3f}"))
             data[f"agree_r{r}_{dtype}"] = {"log_s": err_v, "grad": err_g}
-    sure = confident(cnn(10, ctx.seed), 6.0)
-    err_v, err_g, top = agreement(sure, inputs(2, ctx.seed + 1), torch.float64)
+    sure = confident(cnn(10, ctx.seed, device=dev), 6.0)
+    err_v, err_g, top = agreement(sure, inputs(2, ctx.seed + 1, device=dev), torch.float64)
     sec.checks.append(Check(
         "closed form = Algorithm 1, confident model (last layer x6), r=10, float64",
         err_v < 1e-9 and err_g < 1e-7,
@@ -142,8 +152,8 @@ def run(ctx: Context) -> Section:
 
     # -- timings --
     for r in classes:
-        model = cnn(r, ctx.seed)
-        x = inputs(batch, ctx.seed)
+        model = cnn(r, ctx.seed, device=dev)
+        x = inputs(batch, ctx.seed, device=dev)
         unit, closed = unit_step(model, x), closed_step(model, x)
         steps = 2 if ctx.quick else 5
         reps = 3 if ctx.quick else 7
@@ -170,8 +180,8 @@ def run(ctx: Context) -> Section:
                 f"literal/closed {p_lit.ratio:.0f} authors/closed {p_auth.ratio:.1f}")
 
     # -- a model whose parameters require gradients (as zoo factories return it) --
-    model = cnn(10, ctx.seed, frozen=False)
-    x = inputs(batch, ctx.seed)
+    model = cnn(10, ctx.seed, frozen=False, device=dev)
+    x = inputs(batch, ctx.seed, device=dev)
     steps = 2 if ctx.quick else 5
     p_open = paired(generation_steps(model, x, steps), unit_step(model, x), 3 if ctx.quick else 5,
                     scale_a=steps)
@@ -179,6 +189,24 @@ def run(ctx: Context) -> Section:
     sec.notes.append(
         f"Same step, r=10, on a model whose parameters still require gradients (as "
         f"`veriprint.zoo` factories return it): step / unit = {fmt_x(p_open.ratio)}.")
+    if ctx.cuda:
+        # a batch of 500 (generate's default chunk) may leave a large GPU partly idle
+        big = 512 if ctx.quick else 4000
+        model = cnn(10, ctx.seed, device=dev)
+        x = inputs(big, ctx.seed, device=dev)
+        steps = 2 if ctx.quick else 5
+        reps = 3 if ctx.quick else 7
+        p_bc = paired(closed_step(model, x), unit_step(model, x), reps)
+        p_bs = paired(generation_steps(model, x, steps), unit_step(model, x), max(3, reps // 2), scale_a=steps)
+        data[f"r10_batch{big}"] = {"unit_per_sample": p_bc.b / big, "closed_over_unit": p_bc.ratio,
+                                   "step_over_unit": p_bs.ratio}
+        sec.notes.append(
+            f"At a larger batch (r=10, B = {big}, frozen parameters, `GenerationConfig.batch_size` would have "
+            f"to be raised to run it in one chunk): unit / sample = {fmt_s(p_bc.b / big)}, closed / unit = "
+            f"{fmt_x(p_bc.ratio)}, step / unit = {fmt_x(p_bs.ratio)}. Not part of the goals below, which use "
+            f"B = {batch}.")
+        sec.notes.append("Correctness checks above ran with TF32 off (`torch.backends.cuda.matmul.allow_tf32` and "
+                         "`torch.backends.cudnn.allow_tf32` False), the timings with torch's defaults.")
 
     worst_closed = max(data[f"r{r}"]["closed_over_unit"] for r in classes)
     worst_step = max(max(data[f"r{r}"]["step_over_unit"] for r in classes), p_open.ratio)

@@ -116,3 +116,45 @@ def test_generate_baseline_authors_stays_in_its_ball() -> None:
     assert not torch.equal(res.samples, seeds)
     with pytest.raises(ValueError, match="expected method"):
         generate_baseline(model, seeds, cfg, method="nope", progress=False)  # type: ignore[arg-type]
+
+
+def test_report_is_written_when_a_family_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.compiled
+    import benchmarks.selection
+    from benchmarks import run as bench
+    from benchmarks.common import Check, Context, Section
+
+    def broken(ctx: Context) -> Section:
+        raise RuntimeError("CUDA out of memory | simulated")
+
+    def fine(ctx: Context) -> Section:
+        return Section("selection", "Stand-in family", "ran", checks=[Check("stand-in check", True, "ok")],
+                       data={"device": ctx.device})
+
+    monkeypatch.setattr(benchmarks.compiled, "run", broken)
+    monkeypatch.setattr(benchmarks.selection, "run", fine)
+    out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    status = bench.main(["--quick", "--only", "compiled", "selection", "--out", str(out), "--json", str(raw)])
+    assert status == 1  # a failed family fails the run, but only after the others ran
+    text = out.read_text()
+    assert "## compiled: FAILED" in text and "RuntimeError: CUDA out of memory" in text
+    assert "| compiled family ran | **NO** |" in text and "\\| simulated" in text  # the table stays intact
+    assert "## Stand-in family" in text and "| stand-in check | yes | ok |" in text
+    assert "- **device**: cpu" in text
+    result = json.loads(raw.read_text())
+    assert result["complete"] is True
+    assert result["sections"]["compiled"]["checks"][0]["passed"] is False
+    assert "simulated" in result["sections"]["compiled"]["data"]["error"]
+    assert result["sections"]["selection"]["data"] == {"device": "cpu"}
+
+
+def test_device_cuda_needs_a_gpu() -> None:
+    from benchmarks import run as bench
+    from benchmarks.common import Context
+
+    with pytest.raises(ValueError, match="expected device"):
+        Context(device="tpu")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda", "--only", "selection"])
