@@ -158,3 +158,36 @@ def test_device_cuda_needs_a_gpu() -> None:
         pytest.skip("a CUDA device is present")
     with pytest.raises(SystemExit):
         bench.main(["--device", "cuda", "--only", "selection"])
+
+
+def test_bag_section_from_a_gpu_worker_without_the_data_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess as sp
+
+    import benchmarks.bag as bag
+    from benchmarks.common import Context
+
+    answer = {"n": 500, "steps": 1000, "steps_run": 400, "seconds": 2.0, "unit": 0.004, "peak_reset": True,
+              "device": "cuda", "memory": "cuda allocated", "rss_before_mib": 10.0, "peak_rss_mib": 250.0,
+              "log_s_gain_median": 1.5, "linf_max": 8 / 255, "real_data": False,
+              "source": "random weights, uniform random seeds (FileNotFoundError: not found)"}
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> sp.CompletedProcess[str]:
+        seen.append(cmd)
+        return sp.CompletedProcess(cmd, 0, stdout="log line\n" + json.dumps(answer) + "\n", stderr="")
+
+    monkeypatch.setattr(bag.subprocess, "run", fake_run)
+    sec = bag.run(Context(device="cuda"))
+    assert seen[0][seen[0].index("--device") + 1] == "cuda" and "--train" in seen[0]
+    assert "peak GPU memory (torch)" in sec.headers
+    assert sec.rows[0][sec.headers.index("peak GPU memory (torch)")] == "250 MiB"
+    assert sec.rows[0][sec.headers.index("step / unit")] == "1.25x"  # 2 s / 400 steps / 4 ms
+    notes = " ".join(sec.notes)
+    assert "max_memory_allocated" in notes and "Fashion-MNIST was not available" in notes
+
+    def failing(cmd: list[str], **kwargs: object) -> sp.CompletedProcess[str]:
+        return sp.CompletedProcess(cmd, 1, stdout="", stderr="Traceback ...\nRuntimeError: CUDA error: boom\n")
+
+    monkeypatch.setattr(bag.subprocess, "run", failing)
+    with pytest.raises(RuntimeError, match="status 1: RuntimeError: CUDA error: boom"):
+        bag.run(Context(device="cuda"))
