@@ -132,7 +132,8 @@ def run(ctx: Context) -> Section:
     env = dict(os.environ)  # the child finds benchmarks/ and, uninstalled, veriprint in src/
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src")] + (
         [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env,
+                         timeout=300 if ctx.cuda else 1800)
     if out.returncode != 0:
         tail = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
         raise RuntimeError(f"bag worker exited with status {out.returncode}: {tail[0]}")

@@ -125,14 +125,20 @@ def no_tf32() -> Iterator[None]:
     TF32 (on by default for cuDNN convolutions on Ampere and later GPUs) keeps 10
     mantissa bits; correctness checks in float32 run without it. A no-op on the CPU.
     """
+    # Only flags that are on are switched (off, then on again): a flag is never written
+    # needlessly, so the state torch's newer fp32_precision API reports round-trips.
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    if matmul:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    if cudnn:
+        torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-        torch.backends.cudnn.allow_tf32 = cudnn
+        if matmul:
+            torch.backends.cuda.matmul.allow_tf32 = True
+        if cudnn:
+            torch.backends.cudnn.allow_tf32 = True
 
 
 def paired(a: Callable[[], object], b: Callable[[], object], reps: int, *, warmup: int = 1,

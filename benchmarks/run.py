@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,10 @@ def _version(name: str) -> str:
 
         return version(name)
     except Exception:
+        if name == "veriprint":  # run from the source tree (PYTHONPATH=src), not installed
+            import veriprint
+
+            return f"{veriprint.__version__} (from {Path(veriprint.__file__).parent})"
         return "not installed"
 
 
@@ -107,15 +112,26 @@ def _load() -> str:
 
 def _gpu_meta() -> dict[str, str]:
     """The GPU, its CUDA and cuDNN versions and the TF32 settings the timings ran with."""
-    props = torch.cuda.get_device_properties(0)
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+
+    def get(fn: Callable[[], object]) -> str:
+        try:
+            return str(fn())
+        except Exception as e:  # a missing or changed torch API must not stop the run
+            return f"unknown ({type(e).__name__})"
+
+    def device() -> str:
+        props = torch.cuda.get_device_properties(0)
+        return (f"cuda: {torch.cuda.get_device_name(0)} ({props.total_memory / 2**30:.0f} GiB, "
+                f"compute capability {props.major}.{props.minor}), {torch.cuda.device_count()} visible")
+
     return {
-        "device": (f"cuda: {torch.cuda.get_device_name(0)} ({props.total_memory / 2**30:.0f} GiB, "
-                   f"compute capability {props.major}.{props.minor}), {torch.cuda.device_count()} visible"),
-        "CUDA": f"{torch.version.cuda} (cuDNN {cudnn})",
+        "device": get(device),
+        "CUDA": f"{torch.version.cuda} (cuDNN {get(torch.backends.cudnn.version)})",
         "TF32 (torch defaults, used for all timings)": (
-            f"torch.backends.cuda.matmul.allow_tf32 = {torch.backends.cuda.matmul.allow_tf32}, "
-            f"torch.backends.cudnn.allow_tf32 = {torch.backends.cudnn.allow_tf32}; the float32 "
+            f"torch.backends.cuda.matmul.allow_tf32 = {get(lambda: torch.backends.cuda.matmul.allow_tf32)}, "
+            f"torch.backends.cudnn.allow_tf32 = {get(lambda: torch.backends.cudnn.allow_tf32)} "
+            f"(fp32_precision: matmul {get(lambda: torch.backends.cuda.matmul.fp32_precision)}, "
+            f"cuDNN conv {get(lambda: torch.backends.cudnn.conv.fp32_precision)}); the float32 "
             "closed form = Algorithm 1 checks run with both off"),
     }
 
