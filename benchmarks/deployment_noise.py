@@ -453,14 +453,17 @@ def _ensure_tqdm() -> bool:
 def _environment(device: str, tqdm_stub: bool) -> dict[str, Any]:
     env: dict[str, Any] = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
                            "numpy": np.__version__, "default_flags": _read_flags(), "tqdm_stand_in": tqdm_stub}
-    if torch.device(device).type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
-        env["cuda"] = torch.version.cuda
-        env["cudnn"] = torch.backends.cudnn.version()
-        env["capability"] = list(torch.cuda.get_device_capability(torch.device(device)))
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
-        env["threads"] = torch.get_num_threads()
+    try:
+        if torch.device(device).type == "cuda":
+            env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+            env["cuda"] = torch.version.cuda
+            env["cudnn"] = torch.backends.cudnn.version()
+            env["capability"] = list(torch.cuda.get_device_capability(torch.device(device)))
+        else:
+            env["device_name"] = platform.processor() or platform.machine()
+            env["threads"] = torch.get_num_threads()
+    except Exception as e:  # a description, not a result: never worth a failed run
+        env["device_name"] = f"{device} ({type(e).__name__}: {e})"
     return env
 
 
@@ -724,7 +727,7 @@ def plot_deviation(res: dict[str, Any], path: Path) -> bool:
                 ys.append(max(max(r["sets"][s]["max_logit"] for s in SETS), 1e-9))
         line = ax.plot(xs, ys, "o", label=m["model"], alpha=0.8)[0]
         ax.axhline(m["noise"]["logit_tolerance"], color=line.get_color(), ls="--", lw=0.8,
-                   label=f"{m['model']} logit tolerance" if i == 0 else None)
+                   label="logit tolerance (dashed, per model)" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
     ax.set_ylabel("max |logit - CPU float32 logit|")
@@ -770,15 +773,18 @@ def main(argv: list[str] | None = None) -> int:
              f"{manifest['prepared']['seconds']} s")
         return 0
     res = run_bundle(Path(args.bundle), args.device, args.variants)
-    plot_name = None
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1, default=str))
     if args.report:
         report = Path(args.report)
         plot_path = Path(args.plot) if args.plot else report.with_suffix(".png")
-        if plot_deviation(res, plot_path):
-            plot_name = plot_path.name if plot_path.parent == report.parent else str(plot_path)
+        plot_name = None
+        try:
+            if plot_deviation(res, plot_path):
+                plot_name = plot_path.name if plot_path.parent == report.parent else str(plot_path)
+        except Exception as e:  # the plot is optional; the report is not
+            _log(f"no plot: {type(e).__name__}: {e}")
         report.write_text(render(res, plot_name))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1, default=str))
     for line in summarize(res):
         print(line + "\n")
     return 0
