@@ -467,8 +467,12 @@ def _environment(device: str, tqdm_stub: bool) -> dict[str, Any]:
     return env
 
 
-def run_bundle(bundle: Path, device: str, variants: list[str] | None = None) -> dict[str, Any]:
-    """Measure every bundled model under every variant on ``device``."""
+def run_bundle(bundle: Path, device: str, variants: list[str] | None = None, *,
+               time_limit: float = 150.0) -> dict[str, Any]:
+    """Measure every bundled model under every variant on ``device``.
+
+    Variants still waiting when ``time_limit`` seconds have passed are skipped with a note.
+    """
     tqdm_stub = _ensure_tqdm()
     from safetensors.torch import load_file
 
@@ -498,6 +502,9 @@ def run_bundle(bundle: Path, device: str, variants: list[str] | None = None) -> 
             row: dict[str, Any] = {"variant": v.name, "about": v.about}
             if v.cuda_only and not on_cuda:
                 rows.append({**row, "status": "skipped", "note": f"needs cuda, device is {device}"})
+                continue
+            if time.perf_counter() - start > time_limit:
+                rows.append({**row, "status": "skipped", "note": f"time limit of {time_limit:g} s reached"})
                 continue
             t0 = time.perf_counter()
             try:
@@ -759,6 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="device to run on (default cuda)")
     p.add_argument("--variants", nargs="+", default=None, choices=[v.name for v in VARIANTS],
                    help="run only these variants")
+    p.add_argument("--time-limit", type=float, default=150.0,
+                   help="skip the variants still waiting after this many seconds (default 150)")
     p.add_argument("--out", default=None, help="JSON results")
     p.add_argument("--report", default=None, help="Markdown report")
     p.add_argument("--plot", default=None, help="PNG plot (default: next to the report)")
@@ -772,7 +781,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"bundle {args.prepare}: {len(manifest['models'])} models, {size / 1e6:.2f} MB, "
              f"{manifest['prepared']['seconds']} s")
         return 0
-    res = run_bundle(Path(args.bundle), args.device, args.variants)
+    res = run_bundle(Path(args.bundle), args.device, args.variants, time_limit=args.time_limit)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1, default=str))
     if args.report:

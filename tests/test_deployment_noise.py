@@ -146,3 +146,12 @@ def test_failing_variant_is_recorded(bundle: Path, monkeypatch: pytest.MonkeyPat
     assert rows["half"]["status"] == "error" and "no float16 kernel" in rows["half"]["error"]
     assert rows["fp32"]["status"] == "ok"
     assert "half | error" in dn.render(res)
+
+
+@pytest.mark.slow
+def test_time_limit_skips_the_rest(bundle: Path) -> None:
+    res = dn.run_bundle(bundle, "cpu", ["fp32", "batch=8"], time_limit=0.0)
+    rows = res["models"][0]["rows"]
+    assert [r["status"] for r in rows] == ["skipped", "skipped"]
+    assert "time limit" in rows[0]["note"]
+    assert "No variant ran." in dn.summarize(res)
