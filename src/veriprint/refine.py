@@ -17,7 +17,17 @@ Method, batched over samples:
 2. between ``A`` and ``B`` (a few grid steps apart), change the differing coordinates one
    at a time, most helpful first, and binary-search the longest prefix that keeps the
    margin at or above ``tau``. The result differs from a sample below ``tau`` by one grid
-   step of one pixel.
+   step of one pixel;
+3. one grid step of one pixel can still move the margin by ten times ``tau`` or more, so
+   :func:`settle_margin` then moves single pixels by one grid step, each time the pixel
+   whose predicted margin change uses up most of the remaining slack without crossing
+   ``tau``, checking every move exactly. Margins end within a few percent of ``tau``.
+
+:func:`boundary_twins` uses the same moves to cross the boundary on purpose: from a
+sample with label ``c`` at margin ``tau`` it finds, a pixel or two away, a sample whose
+label is the runner-up ``r`` at margin about ``tau``. A change that moves ``z_c - z_r``
+by more than ``tau`` in *either* direction flips one of the two, where a lone sample
+sees only one direction.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from veriprint.generate import Norm, snap_to_ball
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 
-__all__ = ["RefineResult", "label_margin", "refine_to_boundary"]
+__all__ = ["RefineResult", "boundary_twins", "label_margin", "refine_to_boundary", "settle_margin"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ def refine_to_boundary(
     domain: InputDomain | None = None,
     model_outputs: OutputKind = "logits",
     max_steps: int | None = None,
+    settle_steps: int = 24,
 ) -> RefineResult:
     """Bring each sample's margin down to ``target`` without changing its label.
 
@@ -94,6 +105,8 @@ def refine_to_boundary(
         domain: input range and grid (default ``[0, 1]``, 8-bit).
         model_outputs: what the model returns.
         max_steps: descent steps (default ``2 * eps / step + 20``).
+        settle_steps: single-pixel moves of :func:`settle_margin` after the prefix search
+            (default 24; 0 keeps the prefix search's result).
 
     Returns:
         A :class:`RefineResult`. Samples already at or below ``target`` are returned unchanged.
@@ -144,9 +157,139 @@ def refine_to_boundary(
     if crossed.any():
         samples[crossed] = _prefix_search(model, above[crossed], below[crossed], labels[crossed],
                                           tau[crossed], model_outputs, domain)
+        if settle_steps > 0 and domain.levels is not None:
+            samples[crossed] = settle_margin(model, samples[crossed], seeds[crossed], labels[crossed],
+                                             tau[crossed], eps=eps, norm=norm, domain=domain,
+                                             model_outputs=model_outputs, steps=settle_steps)
     with torch.no_grad():
         final = label_margin(model, samples, labels, model_outputs)
     return RefineResult(samples, final, crossed | (final <= tau), taken)
+
+
+def _in_ball(x: torch.Tensor, seeds: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    d = (x.double() - seeds.double()).flatten(1)
+    if norm == "linf":
+        inside: torch.Tensor = d.abs().amax(dim=1) <= eps * (1 + 1e-6) + 1e-12
+        return inside
+    inside = d.norm(dim=1) <= eps * (1 + 1e-6)
+    return inside
+
+
+def settle_margin(
+    model: nn.Module,
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    labels: torch.Tensor,
+    target: torch.Tensor | float,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    steps: int = 24,
+    tolerance: float = 0.05,
+) -> torch.Tensor:
+    """Lower each sample's margin (for ``labels``) towards ``target`` one pixel at a time.
+
+    Each step predicts, from the margin's gradient, the change every single-pixel grid
+    step would make, takes the pixel whose predicted decrease is the largest below the
+    remaining slack ``margin - target`` (a shrinking share of it after a rejected move),
+    and keeps the move only if the exact margin stays at or above ``target``. Samples stop
+    once their slack is below ``tolerance * |target|``. Every sample stays on the grid and
+    inside its ball; a sample's margin never goes below ``target``.
+
+    Args:
+        model, x, seeds, labels: the classifier, samples on the grid, ball centres, labels.
+        target: the margin to approach from above (scalar or per sample, may be negative).
+        eps, norm, domain: the ball and the grid (a grid is required).
+        model_outputs: what the model returns.
+        steps: single-pixel moves tried per sample.
+        tolerance: relative slack at which a sample is done.
+
+    Returns:
+        The settled samples.
+    """
+    domain = domain or InputDomain()
+    if domain.levels is None:
+        raise ValueError("expected a domain with a grid (levels), got levels=None")
+    step = domain.step
+    n = x.shape[0]
+    tau = torch.as_tensor(target, dtype=torch.float64).expand(n).clone()
+    cur = x.detach().clone()
+    share = torch.full((n,), 0.9, dtype=torch.float64)
+    rows = torch.arange(n)
+    for _ in range(steps):
+        m, g = _margin_and_grad(model, cur, labels, model_outputs)
+        slack = m - tau
+        active = (slack > tolerance * tau.abs().clamp_min(1e-12)) & (share > 1e-3)
+        if not bool(active.any()):
+            break
+        flat, g0 = cur.flatten(1).double(), g.flatten(1).double()
+        s0 = seeds.flatten(1).double()
+        best_gain = torch.full((n,), float("-inf"), dtype=torch.float64)
+        best_idx = torch.zeros(n, dtype=torch.long)
+        best_dir = torch.zeros(n, dtype=torch.float64)
+        for direction in (1.0, -1.0):
+            moved = flat + direction * step
+            ok = (moved >= domain.lo - 1e-9) & (moved <= domain.hi + 1e-9)
+            if norm == "linf":
+                ok &= (moved - s0).abs() <= eps + 1e-9
+            gain = -g0 * direction * step  # predicted margin decrease (positive is a decrease)
+            allowed = ok & (gain > 0) & (gain <= (share * slack).view(-1, 1))
+            gain = torch.where(allowed, gain, torch.full_like(gain, float("-inf")))
+            val, idx = gain.max(dim=1)
+            better = val > best_gain
+            best_gain = torch.where(better, val, best_gain)
+            best_idx = torch.where(better, idx, best_idx)
+            best_dir = torch.where(better, torch.full_like(best_dir, direction), best_dir)
+        movable = active & torch.isfinite(best_gain)
+        share = torch.where(active & ~movable, share * 0.5, share)
+        if not bool(movable.any()):
+            continue
+        cand = flat.clone()
+        cand[rows, best_idx] = cand[rows, best_idx] + best_dir * step
+        cand = domain.snap(cand.view_as(cur).float())
+        with torch.no_grad():
+            m_new = label_margin(model, cand, labels, model_outputs)
+        keep = movable & (m_new >= tau) & _in_ball(cand, seeds, eps, norm)
+        cur[keep] = cand[keep]
+        share = torch.where(movable & ~keep, share * 0.5, share)
+    return cur
+
+
+def boundary_twins(
+    model: nn.Module,
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    target: float | torch.Tensor,
+    eps: float,
+    norm: Norm = "linf",
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    steps: int = 24,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For samples at margin about ``target`` (label ``c``, runner-up ``r``), find twins a
+    few pixels away on the other side of the boundary, label ``r`` at margin about
+    ``target``.
+
+    Returns:
+        ``(twins, ok)``: the twins, and whether each crossed to a new label with a margin of
+        at least ``target / 2`` over every other class (those that did not are unusable).
+    """
+    domain = domain or InputDomain()
+    n = x.shape[0]
+    tau = torch.as_tensor(target, dtype=torch.float64).expand(n).clone()
+    with torch.no_grad():
+        labels = as_logits(model(x), model_outputs).argmax(dim=1)
+    twins = settle_margin(model, x, seeds, labels, -tau, eps=eps, norm=norm, domain=domain,
+                          model_outputs=model_outputs, steps=steps)
+    with torch.no_grad():
+        z = as_logits(model(twins), model_outputs)
+    new = z.argmax(dim=1)
+    top2 = z.topk(2, dim=1).values
+    ok = (new != labels) & ((top2[:, 0] - top2[:, 1]) >= tau / 2)
+    return twins, ok
 
 
 def _prefix_search(
