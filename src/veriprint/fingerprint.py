@@ -24,7 +24,15 @@ from veriprint.fileformat import LoadedFile, read_file, write_file
 from veriprint.generate import GenerationConfig, GenerationResult, generate, result_for
 from veriprint.models import OutputKind, model_hash
 from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
-from veriprint.select import Selection, activations, manc, random_selection, simulate_flips
+from veriprint.select import (
+    Selection,
+    activations,
+    boundary_events,
+    event_cover,
+    manc,
+    random_selection,
+    simulate_flips,
+)
 
 __all__ = ["Fingerprint", "FingerprintConfig", "make_fingerprint"]
 
@@ -37,6 +45,10 @@ class FingerprintConfig:
 
     Args:
         bag: natural seeds drawn for generation (default 500, the paper's bag).
+        seeds: how the bag is drawn: ``"boundary"`` (default with refinement): the natural
+            inputs with the smallest top-1 margins, the same number for each predicted class
+            (refinement reaches the boundary from them, and every class gets boundaries);
+            ``"random"``: uniformly, as the paper does.
         select: samples kept in the fingerprint, ``N_S`` (default 8).
         selector: ``"manc"`` (default), ``"random"``, or ``"tamper-aware"``: greedy cover of
             the label flips caused by simulated small weight changes
@@ -45,6 +57,9 @@ class FingerprintConfig:
         threshold: activation threshold for MANC (default 0).
         refine: move samples to just above the noise floor for label APIs (default True).
         refine_factor: refinement target as a multiple of the floor (default 2).
+        twins: with refinement, store samples in pairs across the decision boundary
+            (:func:`veriprint.refine.boundary_twins`): a change of the margin in either
+            direction flips one of the pair (default True; ``select`` pairs' worth).
         safety: factor on the measured noise (default 10).
         min_floor: smallest margin floor in logits (default 1e-4).
         tolerance: extra logit noise declared for the deployment (GPU, TF32, float16
@@ -57,12 +72,14 @@ class FingerprintConfig:
     """
 
     bag: int = 500
+    seeds: Literal["boundary", "random"] = "boundary"
     select: int = 8
     selector: Literal["manc", "random", "tamper-aware"] = "manc"
     neurons: Literal["penultimate", "all"] = "penultimate"
     threshold: float = 0.0
     refine: bool = True
     refine_factor: float = 2.0
+    twins: bool = True
     safety: float = 10.0
     min_floor: float = 1e-4
     tolerance: float = 0.0
@@ -75,6 +92,7 @@ class FingerprintConfig:
     def __post_init__(self) -> None:
         checks = [
             ("bag", self.bag >= 1),
+            ("seeds", self.seeds in ("boundary", "random")),
             ("select", 1 <= self.select <= self.bag),
             ("selector", self.selector in ("manc", "random", "tamper-aware")),
             ("neurons", self.neurons in ("penultimate", "all")),
@@ -96,6 +114,9 @@ class FingerprintConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FingerprintConfig:
         d = dict(d)
+        # Files written before these options existed drew seeds at random, without twins.
+        d.setdefault("seeds", "random")
+        d.setdefault("twins", False)
         d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
         return cls(**d)
 
@@ -182,12 +203,34 @@ class Fingerprint:
         )
 
 
-def _draw_seeds(data: Dataset | torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw_seeds(
+    data: Dataset | torch.Tensor, n: int, seed: int, how: str = "random",
+    model: nn.Module | None = None, model_outputs: OutputKind = "logits",
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = data.x if isinstance(data, Dataset) else data
     if n > len(x):
         raise ValueError(f"expected a bag of at most {len(x)} seeds (the data size), got bag={n}")
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[:n]
+    perm = torch.randperm(len(x), generator=g)
+    if how == "random" or model is None:
+        idx = perm[:n]
+        return x[idx].float(), idx
+    cand = perm[: max(20 * n, min(len(x), 20000))]
+    with torch.inference_mode():
+        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], 500)])
+    top2 = z.topk(2, dim=1)
+    margin = top2.values[:, 0] - top2.values[:, 1]
+    # Round-robin over predicted classes, smallest margin first within each class.
+    queues = [cand_i[margin[cand_i].argsort()] for c in top2.indices[:, 0].unique()
+              for cand_i in [(top2.indices[:, 0] == c).nonzero().flatten()]]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n:
+        for q in queues:
+            if depth < len(q) and len(picked) < n:
+                picked.append(int(q[depth]))
+        depth += 1
+    idx = cand[torch.tensor(picked, dtype=torch.long)]
     return x[idx].float(), idx
 
 
@@ -219,7 +262,8 @@ def make_fingerprint(
     cfg = config or FingerprintConfig()
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
-    seeds, seed_idx = _draw_seeds(data, cfg.bag, cfg.seed)
+    boundary = cfg.seeds == "boundary" and cfg.refine
+    seeds, seed_idx = _draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model, model_outputs)
     gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs, progress=progress)
     noise = calibrate_noise(model, gen.samples, model_outputs=model_outputs, onnx=cfg.calibrate_onnx,
                             safety=cfg.safety, declared=cfg.tolerance, declared_prob=cfg.prob_tolerance,
@@ -242,18 +286,60 @@ def make_fingerprint(
             f"only {n_ok} of {len(gen)} samples have a top-1 margin above the noise floor "
             f"{noise.floor:.3g}; need {cfg.select}: use a larger bag or a smaller declared tolerance"
         )
-    if cfg.selector == "manc":
+    twins: torch.Tensor | None = None
+    pairs = 0
+    if cfg.refine and cfg.twins and cfg.select >= 2 and cfg.generation.eps > 0:
+        from veriprint.refine import boundary_twins
+
+        twins, twin_ok = boundary_twins(model, samples, seeds, target=cfg.refine_factor * noise.floor,
+                                        eps=cfg.generation.eps, norm=cfg.generation.norm, domain=domain,
+                                        model_outputs=model_outputs)
+        if int((eligible & twin_ok).sum()) >= cfg.select // 2:
+            pairs = cfg.select // 2
+        else:
+            log.warning("only %d samples have a twin across the boundary; storing single samples",
+                        int((eligible & twin_ok).sum()))
+    if pairs:
+        assert twins is not None
+        with torch.inference_mode():
+            z_bag = as_logits(model(samples), model_outputs)
         act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
-        sel = manc(act, cfg.select, score=gen.log_s_after, eligible=eligible)
-    elif cfg.selector == "tamper-aware":
-        flips = simulate_flips(model, samples, seed=cfg.seed)
-        sel = manc(flips, cfg.select, score=gen.log_s_after, eligible=eligible)
+        if cfg.selector == "random":
+            sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=eligible & twin_ok)
+        else:
+            sel = event_cover(act, boundary_events(z_bag, both_sides=True), pairs, score=-gen.margin,
+                              eligible=eligible & twin_ok)
+        anchors = sel.indices
+        extra = torch.empty(0, dtype=torch.long)
+        if cfg.select % 2:
+            rest = eligible.clone()
+            rest[anchors] = False
+            extra = event_cover(act, boundary_events(z_bag, both_sides=False), 1, score=-gen.margin,
+                                eligible=rest).indices
+        chosen = torch.cat([torch.stack([samples[anchors], twins[anchors]], dim=1).flatten(0, 1), samples[extra]])
+        idx = torch.cat([anchors.repeat_interleave(2), extra])
     else:
-        sel = random_selection(len(gen), cfg.select, seed=cfg.seed, eligible=eligible)
-    idx = sel.indices
-    chosen = samples[idx]
+        if cfg.selector == "manc" and cfg.refine:
+            act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
+            with torch.inference_mode():
+                z_bag = as_logits(model(samples), model_outputs)
+            sel = event_cover(act, boundary_events(z_bag, both_sides=False), cfg.select, score=-gen.margin,
+                              eligible=eligible)
+        elif cfg.selector == "manc":
+            act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
+            sel = manc(act, cfg.select, score=gen.log_s_after, eligible=eligible)
+        elif cfg.selector == "tamper-aware":
+            flips = simulate_flips(model, samples, seed=cfg.seed)
+            sel = manc(flips, cfg.select, score=gen.log_s_after, eligible=eligible)
+        else:
+            sel = random_selection(len(gen), cfg.select, seed=cfg.seed, eligible=eligible)
+        idx = sel.indices
+        chosen = samples[idx]
     with torch.inference_mode():
         expected = model(chosen).float()
+    described = result_for(model, chosen, seeds[idx], gen.config, domain=domain, model_outputs=model_outputs,
+                           history=gen.history, steps_run=gen.steps_run, seconds=gen.seconds,
+                           log_s_before=gen.log_s_before[idx])
     meta: dict[str, Any] = {
         "tool": "veriprint",
         "tool_version": __version__,
@@ -273,6 +359,8 @@ def make_fingerprint(
             "neurons": sel.neurons,
             "eligible": n_ok,
             "refined_reached": int(reached.sum()),
+            "pairs": pairs,
+            "seeds": "boundary" if boundary else "random",
         },
         "generation": {"steps_run": gen.steps_run, "seconds": round(gen.seconds, 3)},
         "labels": expected.argmax(1).tolist(),
@@ -280,12 +368,12 @@ def make_fingerprint(
     }
     fp = Fingerprint(
         samples=chosen.clone(),
-        grid=None if gen.grid is None else gen.grid[idx].clone(),
+        grid=None if described.grid is None else described.grid.clone(),
         expected=expected.clone(),
         seeds=seeds[idx].clone(),
-        log_s=gen.log_s_after[idx].float().clone(),
-        margin=gen.margin[idx].float().clone(),
-        psnr=gen.psnr[idx].clone(),
+        log_s=described.log_s_after.float().clone(),
+        margin=described.margin.float().clone(),
+        psnr=described.psnr.clone(),
         noise=noise,
         meta=meta,
     )

@@ -23,7 +23,7 @@ from torch import nn
 
 from veriprint.models import OutputKind, split_last_layer
 
-__all__ = ["ACTIVATIONS", "Selection", "activations", "manc", "random_selection"]
+__all__ = ["ACTIVATIONS", "Selection", "activations", "boundary_events", "event_cover", "manc", "random_selection"]
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.Softplus, nn.Mish)
 
@@ -200,6 +200,55 @@ def manc(
         neurons=m,
         method="manc",
     )
+
+
+def boundary_events(logits: torch.Tensor, *, both_sides: bool) -> torch.Tensor:
+    """Which single-logit changes a sample at a decision boundary reveals: bool ``(N, E)``.
+
+    A sample with label ``c`` and runner-up ``r`` at a small margin flips when ``z_c``
+    falls or ``z_r`` rises (events ``(c, down)`` and ``(r, up)``, ``E = 2 * classes``).
+    With ``both_sides`` (a sample and its twin across the boundary) it reveals a change of
+    either logit in either direction (events ``c`` and ``r``, ``E = classes``). A change of
+    a single last-layer weight or bias moves one logit, so covering these events is what
+    catches it; with two-class boundaries ``k`` queries cover at most ``2k`` of the
+    ``2 * classes`` events.
+    """
+    z = logits.detach().double()
+    n, r = z.shape
+    top2 = z.topk(2, dim=1).indices
+    rows = torch.arange(n)
+    if both_sides:
+        ev = torch.zeros(n, r, dtype=torch.bool)
+        ev[rows, top2[:, 0]] = True
+        ev[rows, top2[:, 1]] = True
+        return ev
+    ev = torch.zeros(n, 2 * r, dtype=torch.bool)
+    ev[rows, 2 * top2[:, 0]] = True  # top class falling
+    ev[rows, 2 * top2[:, 1] + 1] = True  # runner-up rising
+    return ev
+
+
+def event_cover(
+    active: torch.Tensor,
+    events: torch.Tensor,
+    k: int,
+    *,
+    score: torch.Tensor | None = None,
+    eligible: torch.Tensor | None = None,
+) -> Selection:
+    """MANC in which boundary events come first: greedy cover of ``events`` (see
+    :func:`boundary_events`), neurons of ``active`` breaking ties, then ``score``.
+
+    Each event column is repeated ``M + 1`` times, so one new event outweighs any number of
+    new neurons; multi-cover applies to both once everything is covered.
+    """
+    a = torch.as_tensor(active).bool()
+    e = torch.as_tensor(events).bool()
+    if a.shape[0] != e.shape[0]:
+        raise ValueError(f"expected events for the {a.shape[0]} samples, got {e.shape[0]} rows")
+    combined = torch.cat([e.repeat_interleave(a.shape[1] + 1, dim=1), a], dim=1)
+    sel = manc(combined, k, score=score, eligible=eligible)
+    return Selection(sel.indices, sel.coverage, sel.gains, sel.levels, sel.neurons, "manc+boundary")
 
 
 def random_selection(n: int, k: int, *, seed: int = 0, eligible: torch.Tensor | None = None) -> Selection:
