@@ -45,7 +45,7 @@ from veriprint.tamper.precision import CastConfig, QuantizeConfig
 from veriprint.tamper.pruning import FinePruneConfig, PruneConfig
 from veriprint.tamper.trojan import TrojanConfig
 from veriprint.tamper.unlearning import UnlearnConfig
-from veriprint.tamper.weights import WeightEditConfig
+from veriprint.tamper.weights import WeightEditConfig, WeightNoiseConfig
 
 __all__ = [
     "AdversarialFineTuneConfig",
@@ -68,6 +68,7 @@ __all__ = [
     "TrojanConfig",
     "UnlearnConfig",
     "WeightEditConfig",
+    "WeightNoiseConfig",
     "attack_info",
     "config_to_dict",
     "list_attacks",

@@ -95,3 +95,28 @@ def _weight_edit(model: nn.Module, cfg: WeightEditConfig, ctx: AttackContext) ->
     touched = sorted({names[int(torch.searchsorted(offsets, i, right=True)) - 1] for i in picked.tolist()})
     return AttackOutcome(model, "weights_changed", float(cfg.n),
                          metrics={"tensors_touched": float(len(touched))})
+
+
+@dataclass(frozen=True)
+class WeightNoiseConfig:
+    """Add Gaussian noise to every parameter, relative to each entry's magnitude.
+
+    Args:
+        relative: noise standard deviation as a fraction of ``|w|`` (default 1e-3).
+        seed: seed of the noise (default 0).
+    """
+
+    relative: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.relative > 0, "relative > 0", self.relative)
+
+
+@register(WeightNoiseConfig, "weight-noise", "Gaussian noise on every weight, relative to its magnitude")
+def _weight_noise(model: nn.Module, cfg: WeightNoiseConfig, ctx: AttackContext) -> AttackOutcome:
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * cfg.relative * p.abs())
+    return AttackOutcome(model, "relative_noise", cfg.relative)
