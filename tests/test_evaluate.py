@@ -210,6 +210,10 @@ def _check_quick_rows(plan: Plan, rows: list[dict[str, object]]) -> None:
         for k in (1, 8):
             i = default["ns"].index(k)
             assert default["miss_manc"][i] <= nat["miss_random"][i], (group, k)
+    # the changes a top-1 API hides from the paper's method: refinement makes them visible
+    for group in ("cast", "weight-edit-first"):
+        assert by[(group, "paper+refine")]["rate"] > 0.05, group
+        assert by[(group, "paper+refine")]["rate"] > by[(group, "paper")]["rate"], group
 
 
 @pytest.mark.slow
