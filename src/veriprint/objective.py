@@ -192,7 +192,7 @@ def _log_probe(
     logits = _logits_fn(model, model_outputs, names)
     with torch.no_grad():
         r = int(model(x[:1]).shape[-1])
-    u = torch.randint(0, 2, (probes, x.shape[0], r), generator=generator).to(x.dtype) * 2 - 1
+    u = torch.randint(0, 2, (probes, x.shape[0], r), generator=generator).to(device=x.device, dtype=x.dtype) * 2 - 1
 
     def per_sample(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
         z, pullback = vjp(lambda p: logits(p, xi), params)  # type: ignore[misc]

@@ -39,13 +39,17 @@ class TorchTarget(Target):
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
+            x = torch.from_numpy(np.ascontiguousarray(batch.x, dtype=np.float32))
+            first = next(iter(self.model.parameters()), None)
+            if first is not None and first.device.type != "cpu":
+                x = x.to(first.device)  # a model on a GPU is queried there
             with torch.inference_mode():
-                out = self.model(torch.from_numpy(np.ascontiguousarray(batch.x, dtype=np.float32)))
+                out = self.model(x)
         finally:
             torch.set_num_threads(previous)
         if not isinstance(out, torch.Tensor):
             raise TargetError(f"expected the model to return a tensor, got {type(out).__name__}")
-        return out.float().numpy()
+        return out.float().cpu().numpy()
 
 
 class OnnxTarget(Target):
