@@ -215,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         for case, cfg in cases(model, args.quick, scale):
             t0 = time.perf_counter()
             res = tamper(model, cfg, data=train, eval_data=test, progress=False)
+            with torch.inference_mode():
+                dz = max(float((res.model(c) - model(c)).abs().max()) for c in torch.split(test.x.float(), 500))
             row: dict[str, Any] = {"model": name, "case": case, "attack": res.report.attack,
-                                   "flip_rate": res.report.flip_rate, "success_name": res.report.success_name,
+                                   "flip_rate": res.report.flip_rate, "max_dz_test": dz, "success_name": res.report.success_name,
                                    "success": res.report.success, "changed": res.report.changed_params,
                                    "accuracy_after": res.report.clean_accuracy_after}
             for m, c in cands.items():
@@ -266,15 +268,15 @@ def render(results: list[dict[str, Any]], model_rows: list[Any], args: argparse.
         out += ["", f"## {name}", "",
                 f"Caught by the 8-query top-1 fingerprint: paper {caught['paper']} of {len(rows)}, "
                 f"veriprint {caught['veriprint']} of {len(rows)}.", "",
-                "| case | labels flipped on test data | paper: verdict | per sample | miss N_S=1 | 2 | 4 | 8 | "
+                "| case | labels flipped on test data | max logit change on test data | paper: verdict | per sample | miss N_S=1 | 2 | 4 | 8 | "
                 "veriprint: verdict | per pair | miss N_S=2 | 4 | 6 | 8 |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             p, v = r["paper"], r["veriprint"]
             pv = f"{'**' if p['verdict'] != 'TAMPERED' else ''}{p['verdict']} ({p['mismatches']}/8){'**' if p['verdict'] != 'TAMPERED' else ''}"
             vv = f"{'**' if v['verdict'] != 'TAMPERED' else ''}{v['verdict']} ({v['mismatches']}/8){'**' if v['verdict'] != 'TAMPERED' else ''}"
             out.append(
-                f"| {r['case']} | {100 * r['flip_rate']:.2f}% | {pv} | {fmt_rate(p['detecting'] / max(p['candidates'], 1))} | "
+                f"| {r['case']} | {100 * r['flip_rate']:.2f}% | {r['max_dz_test']:.2g} | {pv} | {fmt_rate(p['detecting'] / max(p['candidates'], 1))} | "
                 + " | ".join(fmt_rate(p["missing"][k]) for k in (1, 2, 4, 8))
                 + f" | {vv} | {fmt_rate(v['detecting'] / max(v['candidates'], 1))} | "
                 + " | ".join(fmt_rate(v["missing"][k]) for k in (2, 4, 6, 8)) + " |")

@@ -307,8 +307,11 @@ def make_fingerprint(
         if cfg.selector == "random":
             sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=eligible & twin_ok)
         else:
-            sel = event_cover(act, boundary_events(z_bag, both_sides=True), pairs, score=-gen.margin,
-                              eligible=eligible & twin_ok)
+            events = boundary_events(z_bag, both_sides=True)
+            # A last-layer weight w[k, j] shows only in a pair whose boundary involves class k
+            # while unit j is active: after new classes, cover new (class, unit) events.
+            joint = (events[:, :, None] & act.bool()[:, None, :]).flatten(1) if cfg.neurons == "penultimate" else act
+            sel = event_cover(joint, events, pairs, score=-gen.margin, eligible=eligible & twin_ok)
         anchors = sel.indices
         extra = torch.empty(0, dtype=torch.long)
         if cfg.select % 2:

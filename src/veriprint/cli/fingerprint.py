@@ -25,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="selection: MANC (the paper), random, or tamper-aware (covers simulated small changes)")
     p.add_argument("--neurons", choices=["penultimate", "all"], default="penultimate", help="MANC's neurons of interest")
     p.add_argument("--no-refine", action="store_true", help="skip boundary refinement (it helps label-only APIs)")
+    p.add_argument("--seeds", choices=["boundary", "random"], default="boundary",
+                   help="seeds with the smallest margins, balanced over classes (default, with refinement), "
+                        "or drawn at random as in the paper")
+    p.add_argument("--no-twins", action="store_true",
+                   help="store single refined samples instead of pairs across the decision boundary")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="extra logit noise the deployment may add (GPU, TF32, float16 serving)")
     p.add_argument("--prob-tolerance", type=float, default=0.0, help="extra probability noise likewise")
@@ -42,13 +47,16 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights)
     data = load_data_from(args)
     cfg = FingerprintConfig(bag=args.bag, select=args.select, selector=args.selector, neurons=args.neurons,
-                            refine=not args.no_refine, tolerance=args.tolerance,
+                            refine=not args.no_refine, seeds=args.seeds, twins=not args.no_twins,
+                            tolerance=args.tolerance,
                             prob_tolerance=args.prob_tolerance, calibrate_onnx=args.onnx_noise, seed=args.seed,
                             generation=generation_config(args))
     fp, gen, sel = make_fingerprint(model, data, cfg, model_outputs=args.model_outputs, progress=not args.quiet,
                                     source=args.model)
     fp = fp.save(args.out, key=args.key)
-    print(f"wrote {args.out}: {len(fp)} samples from a bag of {len(gen)} ({sel.method}), "
+    pairs = fp.meta["selection"].get("pairs", 0)
+    shape = f"{pairs} pairs across the boundary" if pairs else f"{len(fp)} samples"
+    print(f"wrote {args.out}: {shape} from a bag of {len(gen)} ({sel.method}), "
           f"sha256 {fp.sha256[:16]}..., {'signed' if args.key else 'unsigned'}")
     print(f"noise floor {fp.noise.floor:.3g} (measured margin noise {fp.noise.margin:.3g}); "
           f"margins {fp.margin.min().item():.3g}..{fp.margin.max().item():.3g}; "
