@@ -88,10 +88,12 @@ def run(args: argparse.Namespace) -> int:
     model, factory, weights = reference_model(name, progress=not args.quiet)
     test = load_data(name, split="test")
     print(f"      {factory} with {weights}: test accuracy {accuracy(model, test):.1%}")
-    print(f"[2/4] fingerprint: {args.bag} seeds, {args.steps} steps, MANC picks {args.select}")
+    print(f"[2/4] fingerprint: {args.bag} seeds, {args.steps} steps, {args.select} queries "
+          "(refined to the decision boundary, in pairs across it)")
     cfg = FingerprintConfig(bag=args.bag, select=args.select, generation=GenerationConfig(steps=args.steps))
     fp, gen, _ = make_fingerprint(model, test, cfg, progress=not args.quiet, source=factory)
     fp = fp.save(args.out)
+    print(f"      {fp.meta['selection']['pairs']} pairs, classes {sorted(set(fp.meta['labels']))}")
     print(f"      wrote {args.out}: mean log S {gen.log_s_before.mean().item():.2f} -> "
           f"{gen.log_s_after.mean().item():.2f}, PSNR {fp.psnr.mean().item():.1f} dB, noise floor "
           f"{fp.noise.floor:.2g}, margins {fp.margin.min().item():.2g}..{fp.margin.max().item():.2g}")
