@@ -67,12 +67,15 @@ def write_pngs(fp, directory: Path) -> Path:  # type: ignore[no-untyped-def]
             a = a.view(1, side, -1) if side * side == a.numel() else a.view(1, 1, -1)
         return a.permute(1, 2, 0).squeeze(-1).numpy() if a.shape[0] in (1, 3) else a[0].numpy()
 
+    labels = fp.expected.argmax(1).tolist()
+    levels = dom.levels or 255
     for i in range(k):
         diff = (fp.samples[i] - fp.seeds[i]) * 10 / (dom.hi - dom.lo) + 0.5
+        linf = float((fp.samples[i] - fp.seeds[i]).abs().max()) / (dom.hi - dom.lo) * levels
         for j, (title, img, vr) in enumerate([
             ("seed", fp.seeds[i], (dom.lo, dom.hi)),
-            (f"sample (PSNR {fp.psnr[i].item():.1f} dB)", fp.samples[i], (dom.lo, dom.hi)),
-            ("difference x10", diff.clamp(0, 1), (0, 1)),
+            (f"sample {i}, label {labels[i]}, margin {fp.margin[i].item():.1e}", fp.samples[i], (dom.lo, dom.hi)),
+            (f"x10 diff: PSNR {fp.psnr[i].item():.1f} dB, L-inf {linf:.0f}/{levels}", diff.clamp(0, 1), (0, 1)),
         ]):
             ax = axes[i][j]
             ax.imshow(image(img), cmap="gray", vmin=vr[0], vmax=vr[1])
