@@ -33,6 +33,7 @@ from veriprint.tamper import (
     TrojanConfig,
     UnlearnConfig,
     WeightEditConfig,
+    WeightNoiseConfig,
     list_attacks,
     tamper,
 )
@@ -99,6 +100,7 @@ CASES = [
     Case("class-degrade", ClassDegradeConfig(target=2, **FAST)),
     Case("clean-label", CleanLabelConfig(size=3, eps=0.125, pgd_steps=3, **FAST)),
     Case("badnets", BadNetsConfig(size=3, **FAST)),
+    Case("weight-noise", WeightNoiseConfig(relative=1e-3)),
 ]
 
 

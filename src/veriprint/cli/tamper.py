@@ -55,7 +55,8 @@ def render_list() -> str:
     """Every attack with its parameters and defaults, grouped by family (pure)."""
     from veriprint.tamper import list_attacks
 
-    titles = {"paper": "The paper's attacks (He, Zhang, Lee, CVPR 2019)", "bivbench": "BIVBench tampering types"}
+    titles = {"paper": "The paper's attacks (He, Zhang, Lee, CVPR 2019)", "bivbench": "BIVBench tampering types",
+              "subtle": "Further subtle changes"}
     lines: list[str] = []
     family = None
     for info in list_attacks():

@@ -115,8 +115,8 @@ AttackFn = Callable[[nn.Module, Any, AttackContext], AttackOutcome]
 class AttackInfo:
     """A registered attack: its CLI name, config type, function, summary and family.
 
-    ``family`` is ``"paper"`` (He, Zhang, Lee, CVPR 2019, Table 2 and Section 5.4) or
-    ``"bivbench"`` (the tampering types of BIVBench, ACM MM 2024).
+    ``family`` is ``"paper"`` (He, Zhang, Lee, CVPR 2019, Table 2 and Section 5.4),
+    ``"bivbench"`` (the tampering types of BIVBench, ACM MM 2024) or ``"subtle"``.
     """
 
     name: str
@@ -130,6 +130,10 @@ class AttackInfo:
         return config_to_dict(self.config_type())
 
 
+FAMILIES = ("paper", "bivbench", "subtle")
+"""Attack families, in listing order; ``"subtle"``: small numeric changes a provider might
+make without training (beyond the paper's compression and BIVBench's types)."""
+
 _BY_TYPE: dict[type, AttackInfo] = {}
 _BY_NAME: dict[str, AttackInfo] = {}
 
@@ -138,8 +142,8 @@ def register(
     config_type: type[C], name: str, summary: str, family: str = "bivbench"
 ) -> Callable[[AttackFn], AttackFn]:
     """Register ``fn`` as the attack for ``config_type`` under the CLI name ``name``."""
-    if family not in ("paper", "bivbench"):
-        raise ValueError(f"expected family 'paper' or 'bivbench', got {family!r}")
+    if family not in FAMILIES:
+        raise ValueError(f"expected family among {FAMILIES}, got {family!r}")
 
     def deco(fn: AttackFn) -> AttackFn:
         if config_type in _BY_TYPE or name in _BY_NAME:
@@ -154,7 +158,7 @@ def register(
 
 def list_attacks() -> list[AttackInfo]:
     """Every registered attack: the paper's first, then BIVBench's, each by name."""
-    return sorted(_BY_NAME.values(), key=lambda a: (a.family != "paper", a.name))
+    return sorted(_BY_NAME.values(), key=lambda a: (FAMILIES.index(a.family), a.name))
 
 
 def attack_info(key: str | type | object) -> AttackInfo:

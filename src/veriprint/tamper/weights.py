@@ -113,7 +113,8 @@ class WeightNoiseConfig:
         require(self.relative > 0, "relative > 0", self.relative)
 
 
-@register(WeightNoiseConfig, "weight-noise", "Gaussian noise on every weight, relative to its magnitude")
+@register(WeightNoiseConfig, "weight-noise", "Gaussian noise on every weight, relative to its magnitude",
+          family="subtle")
 def _weight_noise(model: nn.Module, cfg: WeightNoiseConfig, ctx: AttackContext) -> AttackOutcome:
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
