@@ -84,9 +84,26 @@ def _log_closed_form(h: torch.Tensor, z: torch.Tensor, outputs: OutputKind, has_
     if outputs == "logits":
         return log_h + math.log(z.shape[-1])
     logp = torch.log_softmax(z, dim=-1)
-    lo, lo2 = _log_others(logp)
-    term = 2 * logp + torch.logaddexp(2 * lo, lo2)
-    return log_h + torch.logsumexp(term, dim=-1)
+    return log_h + torch.logsumexp(_log_jacobian_rows(logp), dim=-1)
+
+
+def _log_jacobian_rows(logp: torch.Tensor) -> torch.Tensor:
+    """``log ||d p_i / d z||^2`` per class, shape ``(N, r)``.
+
+    ``||d p_i / d z||^2 = p_i^2 ((1 - p_i)^2 + sum_{j != i} p_j^2) = p_i^2 (1 - 2 p_i + sum_j p_j^2)``.
+    Every class but the top one has ``p_i <= 1/2``, so the last factor is at least 1/4 and
+    is computed directly (few elementwise passes: this runs at every generation step). For
+    the top class both sums run over the other classes in log space, which stays exact when
+    the softmax saturates.
+    """
+    p = logp.exp()
+    q = p.pow(2).sum(dim=-1, keepdim=True)
+    top = logp.argmax(dim=-1, keepdim=True)
+    rest = torch.log((1 - 2 * p + q).clamp_min(1e-30))  # the top entry is replaced below
+    masked = logp.scatter(-1, top, float("-inf"))
+    top_rest = torch.logaddexp(2 * torch.logsumexp(masked, dim=-1, keepdim=True),
+                               torch.logsumexp(2 * masked, dim=-1, keepdim=True))
+    return 2 * logp + rest.scatter(-1, top, top_rest)
 
 
 def resolve_params(model: nn.Module, params: ParamSpec, x: torch.Tensor | None = None) -> list[str]:
