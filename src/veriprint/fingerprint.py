@@ -9,6 +9,7 @@ outputs. The file format is in :mod:`veriprint.fileformat`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -299,38 +300,39 @@ def make_fingerprint(
         else:
             log.warning("only %d samples have a twin across the boundary; storing single samples",
                         int((eligible & twin_ok).sum()))
+    @functools.cache
+    def units() -> torch.Tensor:
+        return activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
+
+    @functools.cache
+    def events(both_sides: bool) -> torch.Tensor:
+        with torch.inference_mode():
+            return boundary_events(as_logits(model(samples), model_outputs), both_sides=both_sides)
+
     if pairs:
         assert twins is not None
-        with torch.inference_mode():
-            z_bag = as_logits(model(samples), model_outputs)
-        act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
+        paired = eligible & twin_ok
         if cfg.selector == "random":
-            sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=eligible & twin_ok)
+            sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=paired)
         else:
-            events = boundary_events(z_bag, both_sides=True)
             # A last-layer weight w[k, j] shows only in a pair whose boundary involves class k
             # while unit j is active: after new classes, cover new (class, unit) events.
-            joint = (events[:, :, None] & act.bool()[:, None, :]).flatten(1) if cfg.neurons == "penultimate" else act
-            sel = event_cover(joint, events, pairs, score=-gen.margin, eligible=eligible & twin_ok)
+            ev = events(True)
+            joint = (ev[:, :, None] & units().bool()[:, None, :]).flatten(1) if cfg.neurons == "penultimate" else units()
+            sel = event_cover(joint, ev, pairs, score=-gen.margin, eligible=paired)
         anchors = sel.indices
         extra = torch.empty(0, dtype=torch.long)
         if cfg.select % 2:
             rest = eligible.clone()
             rest[anchors] = False
-            extra = event_cover(act, boundary_events(z_bag, both_sides=False), 1, score=-gen.margin,
-                                eligible=rest).indices
+            extra = event_cover(units(), events(False), 1, score=-gen.margin, eligible=rest).indices
         chosen = torch.cat([torch.stack([samples[anchors], twins[anchors]], dim=1).flatten(0, 1), samples[extra]])
         idx = torch.cat([anchors.repeat_interleave(2), extra])
     else:
         if cfg.selector == "manc" and cfg.refine:
-            act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
-            with torch.inference_mode():
-                z_bag = as_logits(model(samples), model_outputs)
-            sel = event_cover(act, boundary_events(z_bag, both_sides=False), cfg.select, score=-gen.margin,
-                              eligible=eligible)
+            sel = event_cover(units(), events(False), cfg.select, score=-gen.margin, eligible=eligible)
         elif cfg.selector == "manc":
-            act = activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
-            sel = manc(act, cfg.select, score=gen.log_s_after, eligible=eligible)
+            sel = manc(units(), cfg.select, score=gen.log_s_after, eligible=eligible)
         elif cfg.selector == "tamper-aware":
             flips = simulate_flips(model, samples, seed=cfg.seed)
             sel = manc(flips, cfg.select, score=gen.log_s_after, eligible=eligible)
