@@ -39,11 +39,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from veriprint.data import Dataset, load_data  # noqa: E402
+from veriprint.evaluate.missing import hypergeom_miss  # noqa: E402
 from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.noise import as_logits  # noqa: E402
 from veriprint.refine import boundary_twins  # noqa: E402
 from veriprint.targets import TorchTarget  # noqa: E402
+from veriprint.train import accuracy  # noqa: E402
 from veriprint.verify import verify  # noqa: E402
 
 
@@ -98,10 +100,8 @@ def build(model: nn.Module, test: Dataset, method: str, bag: int, steps: int, to
 
 
 def missing(n: int, d: int, draws: int) -> float:
-    """Probability that ``draws`` of ``n`` candidates, ``d`` of which detect, all miss."""
-    if draws > n:
-        return float("nan")
-    return math.comb(n - d, draws) / math.comb(n, draws)
+    """Exact missing rate of ``draws`` random candidates of ``n`` (NaN when the pool is smaller)."""
+    return float("nan") if draws > n else hypergeom_miss(n, d, draws)
 
 
 def detect(c: Candidates, tampered: nn.Module) -> tuple[int, int, str, int]:
@@ -173,11 +173,6 @@ def models(quick: bool) -> list[tuple[str, str, nn.Module, Dataset, Dataset]]:
     return out
 
 
-def accuracy(model: nn.Module, data: Dataset) -> float:
-    assert data.y is not None
-    return float((_labels(model, data.x.float()) == data.y).float().mean())
-
-
 def fmt_rate(x: float) -> str:
     if math.isnan(x):
         return "n/a"
@@ -209,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, desc, model, train, test in models(args.quick):
         if args.models and name not in args.models:
             continue
-        acc = accuracy(model, test)
+        with torch.inference_mode():
+            acc = accuracy(model, test)
         log(f"{name}: accuracy {acc:.3f}")
         cands = {m: build(model, test, m, bag, steps, args.tolerance) for m in ("paper", "veriprint")}
         model_rows.append((name, desc, acc, {m: (c.size, c.seconds, c.fingerprint.meta["selection"]) for m, c in cands.items()}))
