@@ -80,7 +80,7 @@ def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def build(model: nn.Module, test: Dataset, method: str, bag: int, steps: int, tolerance: float = 0.0) -> Candidates:
     gen_cfg = GenerationConfig(steps=steps)
     if method == "paper":
-        cfg = FingerprintConfig(bag=bag, seeds="random", refine=False, twins=False, generation=gen_cfg,
+        cfg = FingerprintConfig(bag=bag, seeds="random", refine=False, twins=False, selector="manc", generation=gen_cfg,
                                 tolerance=tolerance)
     else:
         cfg = FingerprintConfig(bag=bag, generation=gen_cfg, tolerance=tolerance)

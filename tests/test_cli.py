@@ -77,4 +77,5 @@ def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: tor
     shown = _cli("inspect", "fp.vpf", "--pubkey", "key.pub", "--png", "img", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "signature: valid" in shown.stdout
+    assert "reach (first order)" in fp.stdout and "reach (first order)" in shown.stdout
     assert (tmp_path / "img" / "samples.png").stat().st_size > 1000

@@ -3,8 +3,10 @@
 :func:`make_fingerprint` runs the whole owner-side pipeline: draw a bag of natural seeds,
 generate Sensitive-Samples (Algorithm 1), calibrate the numeric noise floor, optionally
 refine the samples towards the decision boundary (for label-only APIs), keep the samples
-whose margin clears the floor, pick ``k`` of them (MANC, Algorithm 2), and record their
-outputs. The file format is in :mod:`veriprint.fileformat`.
+whose margin clears the floor, pick ``k`` of them (by default the candidates whose labels
+reveal the smallest changes of every parameter tensor, :mod:`veriprint.reach`; the paper's
+MANC, Algorithm 2, on request), and record their outputs with the share of each tensor's
+parameters whose small change they reveal. The file format is in :mod:`veriprint.fileformat`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from veriprint.fileformat import LoadedFile, read_file, write_file
 from veriprint.generate import GenerationConfig, GenerationResult, generate, result_for
 from veriprint.models import OutputKind, model_hash
 from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
+from veriprint.reach import ParameterReach, parameter_reach, reach_coverage
 from veriprint.select import (
     Selection,
     activations,
@@ -32,10 +35,15 @@ from veriprint.select import (
     event_cover,
     manc,
     random_selection,
+    reach_cover,
     simulate_flips,
 )
 
-__all__ = ["Fingerprint", "FingerprintConfig", "make_fingerprint"]
+__all__ = ["REACH_DELTAS", "Fingerprint", "FingerprintConfig", "make_fingerprint"]
+
+#: Relative changes of one parameter for which a fingerprint records its first-order
+#: coverage (``meta["reach"]``, see :func:`veriprint.reach.reach_coverage`).
+REACH_DELTAS = (0.05, 0.01)
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +59,13 @@ class FingerprintConfig:
             (refinement reaches the boundary from them, and every class gets boundaries);
             ``"random"``: uniformly, as the paper does.
         select: samples kept in the fingerprint, ``N_S`` (default 8).
-        selector: ``"manc"`` (default), ``"random"``, or ``"tamper-aware"``: greedy cover of
-            the label flips caused by simulated small weight changes
-            (:func:`veriprint.select.simulate_flips`), ties broken by sensitivity.
+        selector: ``"reach"`` (default): greedy cover of every parameter tensor by the
+            first-order reach of the candidates (:func:`veriprint.select.reach_cover`: the
+            smaller the change of a parameter that flips a chosen sample, the better);
+            ``"manc"``: the paper's active-neuron cover (with refinement, single-logit
+            boundary events first, :func:`veriprint.select.event_cover`); ``"random"``;
+            or ``"tamper-aware"``: greedy cover of the label flips caused by simulated
+            small weight changes (:func:`veriprint.select.simulate_flips`).
         neurons: MANC's neurons of interest: ``"penultimate"`` (default) or ``"all"``.
         threshold: activation threshold for MANC (default 0).
         refine: move samples to just above the noise floor for label APIs (default True).
@@ -75,7 +87,7 @@ class FingerprintConfig:
     bag: int = 500
     seeds: Literal["boundary", "random"] = "boundary"
     select: int = 8
-    selector: Literal["manc", "random", "tamper-aware"] = "manc"
+    selector: Literal["reach", "manc", "random", "tamper-aware"] = "reach"
     neurons: Literal["penultimate", "all"] = "penultimate"
     threshold: float = 0.0
     refine: bool = True
@@ -95,7 +107,7 @@ class FingerprintConfig:
             ("bag", self.bag >= 1),
             ("seeds", self.seeds in ("boundary", "random")),
             ("select", 1 <= self.select <= self.bag),
-            ("selector", self.selector in ("manc", "random", "tamper-aware")),
+            ("selector", self.selector in ("reach", "manc", "random", "tamper-aware")),
             ("neurons", self.neurons in ("penultimate", "all")),
             ("refine_factor", self.refine_factor >= 1),
             ("safety", self.safety >= 1),
@@ -250,7 +262,7 @@ def make_fingerprint(
     Args:
         model: the intact classifier (eval mode).
         data: natural inputs to draw seeds from (a :class:`Dataset` or a tensor).
-        config: :class:`FingerprintConfig` (default: bag 500, 8 samples, MANC, refinement on).
+        config: :class:`FingerprintConfig` (default: bag 500, 8 samples as 4 twin pairs, refinement and selection by reach).
         domain: input range and grid (default: the data set's, else ``[0, 1]`` 8-bit).
         model_outputs: ``"logits"`` (default) or ``"probs"``.
         progress: show progress bars.
@@ -289,6 +301,7 @@ def make_fingerprint(
         )
     twins: torch.Tensor | None = None
     pairs = 0
+    has_params = any(p.numel() for p in model.parameters())
     if cfg.refine and cfg.twins and cfg.select >= 2 and cfg.generation.eps > 0:
         from veriprint.refine import boundary_twins
 
@@ -312,8 +325,16 @@ def make_fingerprint(
     if pairs:
         assert twins is not None
         paired = eligible & twin_ok
-        if cfg.selector == "random":
+        if cfg.selector == "random" or (cfg.selector == "reach" and not has_params):
             sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=paired)
+        elif cfg.selector == "reach":
+            # A pair reveals a change of a parameter in a direction if either member flips.
+            pidx = paired.nonzero().flatten()
+            ra = parameter_reach(model, samples[pidx], model_outputs=model_outputs, seed=cfg.seed)
+            rb = parameter_reach(model, twins[pidx], model_outputs=model_outputs, seed=cfg.seed)
+            sub = reach_cover(torch.maximum(ra.directed(), rb.directed()), ra.directed_weights, pairs,
+                              score=-gen.margin[pidx])
+            sel = Selection(pidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
         else:
             # A last-layer weight w[k, j] shows only in a pair whose boundary involves class k
             # while unit j is active: after new classes, cover new (class, unit) events.
@@ -329,7 +350,12 @@ def make_fingerprint(
         chosen = torch.cat([torch.stack([samples[anchors], twins[anchors]], dim=1).flatten(0, 1), samples[extra]])
         idx = torch.cat([anchors.repeat_interleave(2), extra])
     else:
-        if cfg.selector == "manc" and cfg.refine:
+        if cfg.selector == "reach" and has_params:
+            eidx = eligible.nonzero().flatten()
+            r = parameter_reach(model, samples[eidx], model_outputs=model_outputs, seed=cfg.seed)
+            sub = reach_cover(r.directed(), r.directed_weights, cfg.select, score=-gen.margin[eidx])
+            sel = Selection(eidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
+        elif cfg.selector == "manc" and cfg.refine:
             sel = event_cover(units(), events(False), cfg.select, score=-gen.margin, eligible=eligible)
         elif cfg.selector == "manc":
             sel = manc(units(), cfg.select, score=gen.log_s_after, eligible=eligible)
@@ -342,6 +368,7 @@ def make_fingerprint(
         chosen = samples[idx]
     with torch.inference_mode():
         expected = model(chosen).float()
+    reach = parameter_reach(model, chosen, model_outputs=model_outputs, seed=cfg.seed) if has_params else None
     described = result_for(model, chosen, seeds[idx], gen.config, domain=domain, model_outputs=model_outputs,
                            history=gen.history, steps_run=gen.steps_run, seconds=gen.seconds,
                            log_s_before=gen.log_s_before[idx])
@@ -367,6 +394,7 @@ def make_fingerprint(
             "pairs": pairs,
             "seeds": "boundary" if boundary else "random",
         },
+        "reach": {} if reach is None else _reach_meta(reach),
         "generation": {"steps_run": gen.steps_run, "seconds": round(gen.seconds, 3)},
         "labels": expected.argmax(1).tolist(),
         "seconds": round(time.perf_counter() - start, 3),
@@ -383,6 +411,18 @@ def make_fingerprint(
         meta=meta,
     )
     return fp, gen, sel
+
+
+def _reach_meta(reach: ParameterReach) -> dict[str, Any]:
+    shares = [reach_coverage(reach, d) for d in REACH_DELTAS]
+    return {
+        "deltas": list(REACH_DELTAS),
+        "tensors": reach.tensors,
+        "sizes": reach.sizes,
+        "share": [[round(sh[n], 4) for n in reach.tensors] for sh in shares],
+        "all": [round(sh["all"], 4) for sh in shares],
+        "first_order": True,
+    }
 
 
 def _redescribe(model: nn.Module, gen: GenerationResult, samples: torch.Tensor, model_outputs: OutputKind) -> GenerationResult:

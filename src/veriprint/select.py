@@ -14,6 +14,7 @@ blocks of rows that stay in cache.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +24,16 @@ from torch import nn
 
 from veriprint.models import OutputKind, split_last_layer
 
-__all__ = ["ACTIVATIONS", "Selection", "activations", "boundary_events", "event_cover", "manc", "random_selection"]
+__all__ = [
+    "ACTIVATIONS",
+    "Selection",
+    "activations",
+    "boundary_events",
+    "event_cover",
+    "manc",
+    "random_selection",
+    "reach_cover",
+]
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.Softplus, nn.Mish)
 
@@ -249,6 +259,67 @@ def event_cover(
     combined = torch.cat([e.repeat_interleave(a.shape[1] + 1, dim=1), a], dim=1)
     sel = manc(combined, k, score=score, eligible=eligible)
     return Selection(sel.indices, sel.coverage, sel.gains, sel.levels, sel.neurons, "manc+boundary")
+
+
+def reach_cover(
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    k: int,
+    *,
+    cap: float = 3.0,
+    score: torch.Tensor | None = None,
+    eligible: torch.Tensor | None = None,
+) -> Selection:
+    """Greedy cover of parameter changes by reach: pick ``k`` candidates maximizing
+    ``sum_q weights[q] * clip(max_{i in S} values[i, q], 0, cap)``.
+
+    ``values`` is usually :meth:`veriprint.reach.ParameterReach.directed` (both directions
+    of a change of each parameter), per sample or, for a sample and its twin, the
+    maximum of the two rows. A column earns one unit per decade by which the set's best
+    candidate beats a 100% change (1 at 10%, 2 at 1%, up to ``cap``); with
+    :attr:`~veriprint.reach.ParameterReach.directed_weights` every parameter tensor weighs
+    the same. The objective is a facility-location function (monotone, submodular), so
+    greedy picks are within ``1 - 1/e`` of the best set. Ties go to the higher ``score``,
+    then the lower index.
+
+    ``coverage`` holds, after each pick, the weighted share of columns at or above 1
+    (a 10% change flips a chosen candidate).
+    """
+    v = values.double().clamp(0.0, cap)
+    n = v.shape[0]
+    w = weights.double()
+    if v.dim() != 2 or w.shape != (v.shape[1],):
+        raise ValueError(f"expected values (N, Q) and weights (Q,), got {tuple(values.shape)} and {tuple(weights.shape)}")
+    ok = torch.ones(n, dtype=torch.bool) if eligible is None else eligible.bool().clone()
+    if ok.shape != (n,):
+        raise ValueError(f"expected eligible of shape ({n},), got {tuple(ok.shape)}")
+    if not 0 < k <= int(ok.sum()):
+        raise ValueError(f"expected 0 < k <= {int(ok.sum())} eligible samples, got k={k}")
+    tie = torch.zeros(n, dtype=torch.float64) if score is None else score.double().nan_to_num(nan=-math.inf)
+    cur = torch.zeros(v.shape[1], dtype=torch.float64)
+    picked: list[int] = []
+    gains: list[float] = []
+    coverage: list[float] = []
+    total = max(float(w.sum()), 1e-300)
+    for _ in range(k):
+        gain = ((torch.maximum(v, cur) - cur) * w).sum(1)
+        gain = torch.where(ok, gain, torch.full_like(gain, -1.0))
+        best = float(gain.max())
+        cands = torch.nonzero(gain >= best - 1e-12 * max(best, 1.0)).flatten()
+        choice = int(cands[tie[cands].argmax()])
+        picked.append(choice)
+        gains.append(best)
+        ok[choice] = False
+        cur = torch.maximum(cur, v[choice])
+        coverage.append(float((w * (cur >= 1.0)).sum()) / total)
+    return Selection(
+        indices=torch.tensor(picked, dtype=torch.long),
+        coverage=torch.tensor(coverage),
+        gains=torch.tensor(gains),
+        levels=torch.ones(k, dtype=torch.long),
+        neurons=int(v.shape[1]),
+        method="reach",
+    )
 
 
 def random_selection(n: int, k: int, *, seed: int = 0, eligible: torch.Tensor | None = None) -> Selection:

@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="fingerprint file to write (.vpf)")
     p.add_argument("--bag", type=int, default=500, help="natural seeds to generate from")
     p.add_argument("--select", type=int, default=8, help="samples in the fingerprint (N_S)")
-    p.add_argument("--selector", choices=["manc", "random", "tamper-aware"], default="manc",
-                   help="selection: MANC (the paper), random, or tamper-aware (covers simulated small changes)")
+    p.add_argument("--selector", choices=["reach", "manc", "random", "tamper-aware"], default="reach",
+                   help="selection: reach (default: samples whose labels reveal the smallest change of every "
+                        "parameter tensor), MANC (the paper), random, or tamper-aware (covers simulated small changes)")
     p.add_argument("--neurons", choices=["penultimate", "all"], default="penultimate", help="MANC's neurons of interest")
     p.add_argument("--no-refine", action="store_true", help="skip boundary refinement (it helps label-only APIs)")
     p.add_argument("--seeds", choices=["boundary", "random"], default="boundary",
@@ -62,4 +63,11 @@ def run(args: argparse.Namespace) -> int:
           f"margins {fp.margin.min().item():.3g}..{fp.margin.max().item():.3g}; "
           f"PSNR {fp.psnr.min().item():.1f}..{fp.psnr.max().item():.1f} dB; "
           f"coverage {sel.coverage[-1].item():.0%}" if sel.coverage.numel() else "")
+    reach = fp.meta.get("reach")
+    if reach:
+        share = reach["share"][0]
+        low = min(range(len(share)), key=share.__getitem__)
+        print(f"reach (first order): a {reach['deltas'][0]:.0%} change of one parameter flips a query for "
+              f"{reach['all'][0]:.0%} of parameters (mean over {len(share)} tensors; least: "
+              f"{reach['tensors'][low]} {share[low]:.0%}); veriprint inspect lists every tensor")
     return 0

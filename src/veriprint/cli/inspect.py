@@ -42,6 +42,15 @@ def run(args: argparse.Namespace) -> int:
     for i in range(len(fp)):
         print(f"{i:>3} {int(labels[i]):>5} {fp.margin[i].item():>10.3g} {fp.log_s[i].item():>9.3f} "
               f"{fp.psnr[i].item():>8.2f} {linf[i].item():>7.4f}")
+    reach = m.get("reach")
+    if reach:
+        print("reach (first order): share of each tensor's parameters whose change by +-delta "
+              "(random sign) flips at least one query")
+        width = max(len(n) for n in reach["tensors"])
+        print(f"{'tensor':<{width}} {'entries':>9} " + " ".join(f"{'+-' + format(d, '.0%'):>7}" for d in reach["deltas"]))
+        for i, (n, size) in enumerate(zip(reach["tensors"], reach["sizes"], strict=True)):
+            print(f"{n:<{width}} {size:>9} " + " ".join(f"{sh[i]:>7.1%}" for sh in reach["share"]))
+        print(f"{'mean':<{width}} {'':>9} " + " ".join(f"{a:>7.1%}" for a in reach["all"]))
     if args.png:
         out = write_pngs(fp, Path(args.png))
         print(f"images: {out}")
