@@ -126,7 +126,7 @@ def test_fingerprint_reports_its_reach_and_it_matches_real_edits(
     g = torch.Generator().manual_seed(1)
     work = copy.deepcopy(digits_model)
     measured = []
-    for (name, p), (_, w) in zip(digits_model.named_parameters(), work.named_parameters(), strict=True):
+    for p, w in zip(digits_model.parameters(), work.parameters(), strict=True):
         draws = min(p.numel(), 60)
         idx = torch.randperm(p.numel(), generator=g)[:draws]
         caught = 0.0
