@@ -19,6 +19,8 @@ from veriprint.evaluate.missing import (
     manc_missing,
     manc_picks,
     miss_from_picks,
+    per_query,
+    reach_picks,
     required_samples,
 )
 from veriprint.evaluate.plan import AttackSpec, MethodSpec, ModelSpec, Plan, load_plan, quick_plan
@@ -184,6 +186,24 @@ def test_tables_average_instances_and_render() -> None:
     assert eff[3] == f"{required_samples(mean, 0.5) / 1:.1f}x"
 
 
+def test_pair_curves_count_queries() -> None:
+    pair_curve = hypergeom_curve(10, 3, 4)
+    q = per_query(pair_curve, 9)
+    assert q[0] == 1.0  # one query: no pair
+    assert q[1] == q[2] == pair_curve[0] and q[3] == pair_curve[1] and q[7] == q[8] == pair_curve[3]
+    assert per_query([0.5], 5) == [1.0, 0.5, 0.5, 0.5, 0.5]  # a cut-short curve continues at its last value
+
+
+def test_reach_picks_cover_the_parameters_in_each_bag() -> None:
+    # 6 candidates over 4 columns; candidate 5 alone covers two columns at 2 decades
+    values = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [1, 1, 0, 0], [0, 0, 2, 2]],
+                      dtype=np.float32)
+    picks = reach_picks(values, np.ones(4) / 4, bag=6, bags=3, n_max=2)
+    assert picks.shape == (3, 2) and picks[0].tolist() == [5, 4] and (picks == picks[0]).all()
+    small = reach_picks(values, np.ones(4) / 4, bag=3, bags=50, n_max=1, seed=1)
+    assert small.shape == (50, 1) and len(set(small[:, 0].tolist())) > 1
+
+
 def test_false_positive_table_counts() -> None:
     rows = [{"kind": "fp", "model": "m", "method": "paper", "variant": "onnx", "n": 5,
              "mismatches": {"top1": 0, "probs:2": 2}, "fingerprint_verdicts": {"top1": "INTACT", "probs:2": "TAMPERED"}}]
@@ -214,6 +234,13 @@ def _check_quick_rows(plan: Plan, rows: list[dict[str, object]]) -> None:
     for group in ("cast", "weight-edit-first"):
         assert by[(group, "paper+refine")]["rate"] > 0.05, group
         assert by[(group, "paper+refine")]["rate"] > by[(group, "paper")]["rate"], group
+        # the default fingerprint (twin pairs chosen by reach): a pair sees more than a single sample,
+        # and 8 queries miss less often than the paper's 8 samples
+        pairs = by[(group, "veriprint")]
+        assert pairs["selector"] == "reach" and pairs["unit"] == "pair", group
+        assert pairs["rate"] > by[(group, "paper+refine")]["rate"], group
+        i = pairs["ns"].index(8)
+        assert pairs["miss_manc"][i] < by[(group, "paper")]["miss_manc"][i], group
 
 
 @pytest.mark.slow

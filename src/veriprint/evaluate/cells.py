@@ -42,6 +42,8 @@ from veriprint.evaluate.missing import (
     hypergeom_curve,
     manc_picks,
     miss_from_picks,
+    per_query,
+    reach_picks,
     required_samples,
 )
 from veriprint.evaluate.plan import AttackSpec, MethodSpec, ModelSpec, Plan
@@ -73,7 +75,10 @@ def cell_key(kind: str, *parts: object) -> str:
     """A stable hash of a stage's kind and everything it depends on (dataclasses as dicts)."""
     def plain(x: object) -> object:
         if hasattr(x, "__dataclass_fields__"):
-            return asdict(x)  # type: ignore[call-overload]
+            d = asdict(x)  # type: ignore[call-overload]
+            if d.get("pairs") is False:  # added later: earlier keys stay valid
+                d.pop("pairs")
+            return d
         return x
 
     text = json.dumps([SCHEMA, kind, *[plain(p) for p in parts]], sort_keys=True, default=str)
@@ -213,6 +218,8 @@ class Pool:
         picks: MANC's picks in each of the plan's bags, ``(bags, n_max)``, or None.
         score: ``log S`` per candidate (MANC's tie-break).
         row: the pool's figures, with the generation history (Figure 3).
+        pairs: candidates are twin pairs: the fingerprint holds samples ``2i`` and
+            ``2i + 1`` for candidate ``i``, and ``picks`` index candidates (by reach).
     """
 
     key: str
@@ -221,9 +228,11 @@ class Pool:
     picks: np.ndarray | None
     score: np.ndarray
     row: dict[str, Any]
+    pairs: bool = False
 
     def __len__(self) -> int:
-        return len(self.fingerprint)
+        """Number of candidates (samples, or pairs)."""
+        return len(self.fingerprint) // (2 if self.pairs else 1)
 
 
 def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: ModelArtifact, *,
@@ -238,7 +247,7 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
     cached = _load(path)
     if cached is not None:
         return Pool(key, Fingerprint(**cached["fingerprint"]), cached["active"], cached["picks"], cached["score"],
-                    cached["row"])
+                    cached["row"], cached.get("pairs", False))
     start = time.perf_counter()
     test = _data(model_spec.data, "test", model_spec.test_limit)
     eps = 0.0 if method.natural else (model_spec.eps if method.eps is None else method.eps)
@@ -254,17 +263,26 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
         fp_one, gen, _ = make_fingerprint(net, test, cfg, progress=False, source=model_spec.factory)
         noise = fp_one.noise
         keep = (gen.margin > noise.floor).nonzero().flatten()
-        samples = gen.samples[keep]
+        if method.pairs:
+            keep, twins = _twins(net, gen, keep, target=cfg.refine_factor * noise.floor, domain=test.domain)
+            samples = torch.stack([gen.samples[keep], twins], dim=1).flatten(0, 1)
+            at = keep.repeat_interleave(2)
+        else:
+            samples, at = gen.samples[keep], keep
         with torch.inference_mode():
             expected = net(samples).float()
         active = None
-        if not method.natural:
+        reach = None
+        if method.pairs:
+            reach = _pair_reach(net, samples, seed=plan.seed)
+        elif not method.natural:
             active = activations(net, samples).numpy()
+    margin = _margins(expected) if method.pairs else gen.margin[at].float()
     fp = Fingerprint(
-        samples=samples.clone(), grid=None if gen.grid is None else gen.grid[keep].clone(),
-        expected=expected, seeds=gen.seeds[keep].clone(), log_s=gen.log_s_after[keep].float(),
-        margin=gen.margin[keep].float(), psnr=gen.psnr[keep].float(), noise=noise,
-        meta={**fp_one.meta, "model_outputs": "logits"},
+        samples=samples.clone(), grid=None if gen.grid is None else test.domain.to_grid(samples).to(gen.grid.dtype),
+        expected=expected, seeds=gen.seeds[at].clone(), log_s=gen.log_s_after[at].float(),
+        margin=margin, psnr=_psnr(samples, gen.seeds[at], test.domain) if method.pairs else gen.psnr[at].float(),
+        noise=noise, meta={**fp_one.meta, "model_outputs": "logits"},
     )
     finite_psnr = gen.psnr[keep][torch.isfinite(gen.psnr[keep])]
     row = {
@@ -280,14 +298,50 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
     }
     score = fp.log_s.numpy().astype(np.float64)
     picks = None
-    if active is not None and len(keep):
+    if reach is not None and len(keep):
+        score = -fp.margin[0::2].numpy().astype(np.float64)  # ties: the smaller margin first
+        picks = reach_picks(reach[0], reach[1], bag=plan.bag, bags=plan.bags, n_max=max(plan.n_max // 2, 1),
+                            seed=plan.seed, score=score)
+        row.update(eligible=len(keep), selector="reach", unit="pair")
+    elif active is not None and len(keep):
         picks = manc_picks(active, bag=plan.bag, bags=plan.bags, n_max=plan.n_max, seed=plan.seed, score=score,
                            multi_cover=method.multi_cover)
     row["seconds"] = time.perf_counter() - start
-    pool = Pool(key, fp, active, picks, score, row)
+    pool = Pool(key, fp, active, picks, score, row, method.pairs)
     _save(path, {"fingerprint": {k: getattr(fp, k) for k in fp.__dataclass_fields__}, "active": active,
-                 "picks": picks, "score": score, "row": row})
+                 "picks": picks, "score": score, "row": row, "pairs": method.pairs})
     return pool
+
+
+def _twins(net: nn.Module, gen: Any, keep: torch.Tensor, *, target: float, domain: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept samples that have a twin across the boundary, and their twins."""
+    from veriprint.refine import boundary_twins
+
+    twins, ok = boundary_twins(net, gen.samples[keep], gen.seeds[keep], target=target, eps=gen.config.eps,
+                               norm=gen.config.norm, domain=domain)
+    return keep[ok], twins[ok]
+
+
+def _pair_reach(net: nn.Module, samples: torch.Tensor, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Directed reach of each pair (rows ``2i``, ``2i + 1`` of ``samples``) and its column weights."""
+    from veriprint.reach import parameter_reach
+
+    if not len(samples):
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0)
+    r = parameter_reach(net, samples, per_tensor=512, seed=seed)
+    d = r.directed()
+    return torch.maximum(d[0::2], d[1::2]).numpy(), r.directed_weights.numpy()
+
+
+def _margins(expected: torch.Tensor) -> torch.Tensor:
+    top = expected.double().topk(2, dim=1).values
+    return (top[:, 0] - top[:, 1]).float()
+
+
+def _psnr(samples: torch.Tensor, seeds: torch.Tensor, domain: Any) -> torch.Tensor:
+    from veriprint.generate import psnr
+
+    return psnr(samples, seeds, domain)
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,10 +407,14 @@ def detection_cell(plan: Plan, model_spec: ModelSpec, attack: AttackSpec, method
         net = build_module(model_spec, tampered.state)
         report = verify(pool.fingerprint, TorchTarget(net), spec=spec)
     detect = np.array([r.match is False for r in report.samples], dtype=bool)
+    if pool.pairs:  # a pair detects when either of its two samples does
+        detect = np.asarray(detect.reshape(-1, 2).any(axis=1), dtype=bool)
     n, d = len(detect), int(detect.sum())
     headline = spec == plan.specs[0]
     k_curve = n if headline else max(plan.ns)
     curve = hypergeom_curve(n, d, k_curve, stop_below=1e-12) if n else []
+    if pool.pairs:
+        curve = per_query(curve, 2 * len(curve) + 1 if curve else 1)
 
     def at(c: list[float] | np.ndarray, k: int) -> float:
         if not len(c):
@@ -374,12 +432,18 @@ def detection_cell(plan: Plan, model_spec: ModelSpec, attack: AttackSpec, method
     }
     if pool.picks is not None and n:
         mm = miss_from_picks(pool.picks, detect, bag=min(plan.bag, n))
+        miss, err = mm.miss, mm.stderr
+        if pool.pairs:
+            miss = np.array(per_query(miss, 2 * len(miss) + 1))
+            err = np.array(per_query(err, 2 * len(err) + 1)) * (miss < 1)
         row.update(
-            miss_manc=[at(mm.miss, k) for k in plan.ns], stderr_manc=[at(mm.stderr, k) for k in plan.ns],
+            miss_manc=[at(miss, k) for k in plan.ns], stderr_manc=[at(err, k) for k in plan.ns],
             bag=mm.bag, bags=mm.bags,
-            req_manc=[required_samples(mm.miss, a) for a in plan.alphas] if headline else None,
-            curve_manc=mm.miss.tolist() if headline else None,
+            req_manc=[required_samples(miss, a) for a in plan.alphas] if headline else None,
+            curve_manc=miss.tolist() if headline else None,
         )
+    if pool.pairs:
+        row.update(selector="reach", unit="pair")
     row["seconds"] = time.perf_counter() - start
     return row
 
@@ -419,7 +483,10 @@ def false_positive_cell(plan: Plan, model_spec: ModelSpec, method: MethodSpec, v
     per_spec: dict[str, int] = {}
     verdicts: dict[str, str] = {}
     k = min(8, len(pool))
-    if pool.active is not None and k:
+    if pool.pairs:  # the first bag's 4 pairs picked by reach, or the first 4 pairs
+        first = pool.picks[0][:4] if pool.picks is not None else np.arange(min(4, len(pool)))
+        idx = torch.from_numpy(np.stack([2 * first, 2 * first + 1], axis=1).reshape(-1))
+    elif pool.active is not None and k:
         idx = manc(pool.active, k, score=torch.from_numpy(pool.score), multi_cover=method.multi_cover).indices
     else:
         idx = torch.arange(k)

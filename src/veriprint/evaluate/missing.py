@@ -32,6 +32,8 @@ __all__ = [
     "manc_missing",
     "manc_picks",
     "miss_from_picks",
+    "per_query",
+    "reach_picks",
     "required_samples",
 ]
 
@@ -144,6 +146,51 @@ def manc_picks(
             continue
         tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
         out[b] = idx[manc(active[idx], n_max, score=tie, multi_cover=multi_cover).indices.numpy()]
+    return out
+
+
+def reach_picks(
+    values: np.ndarray,
+    weights: np.ndarray,
+    *,
+    bag: int,
+    bags: int,
+    n_max: int,
+    seed: int = 0,
+    score: np.ndarray | None = None,
+) -> np.ndarray:
+    """Selection by reach (:func:`veriprint.select.reach_cover`) in each of ``bags`` seeded
+    bags: pool indices in pick order, ``(bags, n_max)``; the counterpart of
+    :func:`manc_picks` for candidates described by their reach ``values`` ``(P, Q)``."""
+    import torch
+
+    from veriprint.select import reach_cover
+
+    p = values.shape[0]
+    bag = min(bag, p)
+    n_max = min(n_max, bag)
+    rng = np.random.default_rng(seed)
+    v, w = torch.from_numpy(values), torch.from_numpy(weights)
+    out = np.empty((bags, n_max), dtype=np.int64)
+    for b in range(bags):
+        idx = np.sort(rng.choice(p, size=bag, replace=False)) if bag < p else np.arange(p)
+        if b and bag == p:
+            out[b] = out[0]
+            continue
+        tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
+        out[b] = idx[reach_cover(v[torch.from_numpy(idx)], w, n_max, score=tie).indices.numpy()]
+    return out
+
+
+def per_query(pair_curve: list[float] | np.ndarray, k_max: int) -> list[float]:
+    """A missing-rate curve over pairs (entry ``j - 1``: ``j`` pairs) as a curve over
+    queries (entry ``k - 1``: ``k`` queries, ``k // 2`` pairs; 1.0 below one pair). A
+    curve cut short continues at its last value."""
+    c = list(pair_curve)
+    out = []
+    for k in range(1, k_max + 1):
+        j = k // 2
+        out.append(1.0 if j == 0 else (float(c[j - 1]) if j <= len(c) else (float(c[-1]) if c else 1.0)))
     return out
 
 

@@ -155,6 +155,10 @@ class MethodSpec:
         steps: generation steps.
         lr: Adam learning rate of generation, in input units.
         eps: L-inf radius of generation in input units (default None: the model's).
+        pairs: candidates are twin pairs across the decision boundary (a refined sample
+            and its twin, :func:`veriprint.refine.boundary_twins`), chosen by first-order
+            reach (:func:`veriprint.select.reach_cover`): veriprint's default fingerprint.
+            ``N_S`` still counts queries; an odd ``N_S`` is scored as the pairs below it.
     """
 
     name: str
@@ -165,9 +169,11 @@ class MethodSpec:
     steps: int = 100
     lr: float = 1e-2
     eps: float | None = None
+    pairs: bool = False
 
     def __post_init__(self) -> None:
         _check("MethodSpec", [
+            ("pairs", not self.pairs or (self.refine and self.kind == "sensitive"), self.pairs),
             ("name", bool(self.name), self.name),
             ("kind", self.kind in ("natural", "sensitive"), self.kind),
             ("objective", self.objective in ("ssf", "entropy"), self.objective),
@@ -297,6 +303,7 @@ NATURAL = MethodSpec("natural", kind="natural", steps=0)
 PAPER = MethodSpec("paper", objective="ssf", refine=False, multi_cover=False)
 PAPER_REFINE = MethodSpec("paper+refine", objective="ssf", refine=True, multi_cover=True)
 ENTROPY = MethodSpec("entropy", objective="entropy", refine=False, multi_cover=False)
+VERIPRINT = MethodSpec("veriprint", objective="ssf", refine=True, multi_cover=True, pairs=True)
 
 
 def _fashion_attacks(model: str, scale: float) -> list[AttackSpec]:
@@ -327,7 +334,8 @@ def quick_plan() -> Plan:
     """The CI plan: a Fashion-MNIST CNN trained one epoch on 3,000 images and the digits
     MLP; trojan, both poisonings, quantization and one-weight edits, two instances each;
     a float16 cast and a 5% first-layer weight edit of the CNN;
-    the paper's method, natural samples and refinement; pools of 200, bags of 100.
+    the paper's method, natural samples, refinement and veriprint's default (twin pairs
+    chosen by reach); pools of 200, bags of 100.
     About 5 minutes on two shared cores."""
     fashion = ModelSpec("fashion-cnn", "veriprint.zoo:fashion_cnn", "fashion-mnist",
                         train_limit=3000, test_limit=500, epochs=1)
@@ -341,7 +349,7 @@ def quick_plan() -> Plan:
     attacks += _weight_edits(digits.name, ("7.weight", "1.weight"))
     return Plan(
         name="quick", models=(fashion, digits), attacks=tuple(attacks),
-        methods=(NATURAL, PAPER, PAPER_REFINE), pool=200, natural_pool=None, bag=100, bags=200, n_max=16,
+        methods=(NATURAL, PAPER, PAPER_REFINE, VERIPRINT), pool=200, natural_pool=None, bag=100, bags=200, n_max=16,
     )
 
 
@@ -376,7 +384,7 @@ def full_plan() -> Plan:
                 AttackSpec("bivbench-badnets", fashion.name, "badnets", {}, group="bivbench-badnets")]
     return Plan(
         name="full", models=(fashion, digits), attacks=tuple(attacks),
-        methods=(NATURAL, PAPER, PAPER_REFINE, ENTROPY), pool=1000, natural_pool=None, bag=500, bags=2000,
+        methods=(NATURAL, PAPER, PAPER_REFINE, ENTROPY, VERIPRINT), pool=1000, natural_pool=None, bag=500, bags=2000,
         n_max=32,
     )
 

@@ -40,7 +40,7 @@ def figure5(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str], spec: 
             c = colours[r["method"]]
             ax.plot(ns, r["miss_random"], "s--", color=c, alpha=0.6, label=f"{r['method']} + random")
             if r["miss_manc"] is not None:
-                ax.plot(ns, r["miss_manc"], "^-", color=c, label=f"{r['method']} + MANC")
+                ax.plot(ns, r["miss_manc"], "^-", color=c, label=f"{r['method']} + {r.get('selector', 'MANC')}")
         ax.set_title(f"{gm[0]} ({gm[1]})", fontsize=9)
         ax.set_xlabel("N_S")
         ax.set_ylabel(f"missing rate ({spec})")

@@ -109,6 +109,7 @@ def aggregate(rows: Iterable[Row], spec: str) -> list[Row]:
             "curve_manc": _pad_mean([r["curve_manc"] for r in manc]).tolist()
             if manc and all(r.get("curve_manc") is not None for r in manc) else None,
             "bags": sum(r.get("bags", 0) for r in manc),
+            "selector": rs[0].get("selector", "MANC"), "unit": rs[0].get("unit", "sample"),
         })
     return out
 
@@ -122,7 +123,7 @@ def _lines(agg: list[Row]) -> list[tuple[Row, str, list[float]]]:
         else:
             out.append((r, "random", r["miss_random"]))
             if r["miss_manc"] is not None:
-                out.append((r, "MANC", r["miss_manc"]))
+                out.append((r, r["selector"], r["miss_manc"]))
     return out
 
 
@@ -161,7 +162,7 @@ def table4(rows: Iterable[Row], specs: Sequence[str], ns_shown: Sequence[int] = 
                     continue
                 miss = r["miss_random"] if r["miss_manc"] is None else r["miss_manc"]
                 cells.append(_pct(miss[i]))
-            label = r0["method"] + ("" if r0["natural"] else " + MANC")
+            label = r0["method"] + ("" if r0["natural"] else f" + {r0['selector']}")
             body.append([r0["group"], r0["model"], label, k, *cells])
     return header, body
 
@@ -196,10 +197,10 @@ def table5(rows: Iterable[Row], alphas: Sequence[float], spec: str = "top1") -> 
                          *[_need_text(need(r["curve_random"], a), r["n"]) for a in alphas]])
             if r["curve_manc"] is not None:
                 req = [need(r["curve_manc"], a) for a in alphas]
-                body.append([*group_model, f"{r['method']} + MANC",
+                body.append([*group_model, f"{r['method']} + {r['selector']}",
                              *[_need_text(v, len(r["curve_manc"])) + ("*" if a < 1 / max(r["bags"], 1) and v else "")
                                for v, a in zip(req, alphas, strict=True)]])
-                body.append([*group_model, f"efficiency ({r['method']} + MANC)",
+                body.append([*group_model, f"efficiency ({r['method']} + {r['selector']})",
                              *[f"{n / m:.1f}x" if n and m else "" for n, m in zip(nat_req, req, strict=True)]])
     return header, body
 
