@@ -330,8 +330,8 @@ def make_fingerprint(
         elif cfg.selector == "reach":
             # A pair reveals a change of a parameter in a direction if either member flips.
             pidx = paired.nonzero().flatten()
-            ra = parameter_reach(model, samples[pidx], model_outputs=model_outputs, seed=cfg.seed)
-            rb = parameter_reach(model, twins[pidx], model_outputs=model_outputs, seed=cfg.seed)
+            ra = parameter_reach(model, samples[pidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
+            rb = parameter_reach(model, twins[pidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
             sub = reach_cover(torch.maximum(ra.directed(), rb.directed()), ra.directed_weights, pairs,
                               score=-gen.margin[pidx])
             sel = Selection(pidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
@@ -352,7 +352,7 @@ def make_fingerprint(
     else:
         if cfg.selector == "reach" and has_params:
             eidx = eligible.nonzero().flatten()
-            r = parameter_reach(model, samples[eidx], model_outputs=model_outputs, seed=cfg.seed)
+            r = parameter_reach(model, samples[eidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
             sub = reach_cover(r.directed(), r.directed_weights, cfg.select, score=-gen.margin[eidx])
             sel = Selection(eidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
         elif cfg.selector == "manc" and cfg.refine:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
@@ -88,6 +89,7 @@ def parameter_reach(
     model_outputs: OutputKind = "logits",
     per_tensor: int = 4096,
     seed: int = 0,
+    progress: bool = False,
 ) -> ParameterReach:
     """First-order reach of each sample's label over the model's parameters.
 
@@ -102,6 +104,7 @@ def parameter_reach(
         model_outputs: what the model returns.
         per_tensor: at most this many entries examined per parameter tensor.
         seed: seed of the subsets.
+        progress: show a progress bar.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.numel() > 0]
     if not named:
@@ -119,7 +122,7 @@ def parameter_reach(
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            for i in range(x.shape[0]):
+            for i in tqdm(range(x.shape[0]), desc="reach", unit="sample", disable=not progress, leave=False):
                 z = as_logits(model(x[i:i + 1]), model_outputs)[0]
                 top = z.detach().topk(2).indices
                 diff = z[top[0]] - z[top[1]]
