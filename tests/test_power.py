@@ -124,12 +124,18 @@ def _variants(model: torch.nn.Module) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_default_fingerprint_is_pairs_and_never_false_alarms(fashion_model, default_fp) -> None:  # type: ignore[no-untyped-def]
+def test_default_fingerprint_is_pairs_and_never_false_alarms(fashion_model, fashion_data, default_fp) -> None:  # type: ignore[no-untyped-def]
     fp, _, _ = default_fp
     assert fp.meta["selection"]["pairs"] == 4 and fp.meta["selection"]["seeds"] == "boundary"
     labels = fp.expected.argmax(1)
     assert (labels[0::2] != labels[1::2]).all()  # each pair straddles a boundary
-    assert len(set(labels.tolist())) == 8  # four pairs, eight distinct classes
+    # chosen by reach: they reveal a 5% change of more parameters than the previous rule's picks
+    # (boundary events: new classes first) from the same bag
+    assert fp.meta["selection"]["method"] == "reach"
+    events, _, _ = make_fingerprint(fashion_model, fashion_data[1], FingerprintConfig(
+        bag=100, selector="manc", generation=GenerationConfig(steps=60)), progress=False)
+    assert fp.meta["reach"]["all"][0] > events.meta["reach"]["all"][0], (fp.meta["reach"], events.meta["reach"])
+    assert len(set(labels.tolist())) >= 6
     assert (fp.margin > fp.noise.floor).all()
     assert fp.domain.on_grid(fp.samples) and float(fp.psnr.min()) > 30
     for name, target in _variants(fashion_model).items():
