@@ -97,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"      wrote {args.out}: mean log S {gen.log_s_before.mean().item():.2f} -> "
           f"{gen.log_s_after.mean().item():.2f}, PSNR {fp.psnr.mean().item():.1f} dB, noise floor "
           f"{fp.noise.floor:.2g}, margins {fp.margin.min().item():.2g}..{fp.margin.max().item():.2g}")
+    reach = fp.meta.get("reach")
+    if reach:
+        print(f"      reach: a 5% change of one parameter flips a query for {reach['all'][0]:.0%} of parameters "
+              f"(mean over {len(reach['tensors'])} tensors, first order; `veriprint inspect` lists them)")
     print("[3/4] verify the intact model and tampered copies (top-1 label API and full probabilities)")
     rows = []
     for label, candidate in _tampered(model):
