@@ -141,3 +141,30 @@ def test_fingerprint_reports_its_reach_and_it_matches_real_edits(
     mean_gap = sum(abs(a - b) for a, b in zip(measured, predicted, strict=True)) / len(names)
     assert mean_gap < 0.1, list(zip(names, measured, predicted, strict=True))
     assert abs(sum(measured) / len(names) - reach["all"][0]) < 0.05
+
+
+def _weights_as_buffers(model: nn.Module) -> nn.Module:
+    """The same network with every parameter turned into a buffer (as some exporters do)."""
+    out = copy.deepcopy(model)
+    for mod in out.modules():
+        for name, p in list(mod.named_parameters(recurse=False)):
+            del mod._parameters[name]
+            mod.register_buffer(name, p.detach().clone())
+    return out
+
+
+def test_a_model_without_parameters_falls_back_to_boundary_events(
+    digits_model: nn.Module, digits_data: tuple[Dataset, Dataset],
+) -> None:
+    from veriprint.fingerprint import FingerprintConfig, make_fingerprint
+    from veriprint.generate import GenerationConfig
+
+    model = _weights_as_buffers(digits_model).eval()
+    assert not list(model.parameters())
+    # the entropy objective (IBSF) needs no parameters either
+    cfg = FingerprintConfig(bag=60, select=8, generation=GenerationConfig(
+        steps=20, eps=2 / 16, lr=1e-2, objective="entropy"))
+    fp, _, sel = make_fingerprint(model, digits_data[1], cfg, progress=False)
+    assert sel.method == "manc+boundary" and fp.meta["reach"] == {} and len(fp) == 8
+    with pytest.raises(ValueError, match="expected a model with parameters"):
+        parameter_reach(model, digits_data[1].x[:2].float())

@@ -302,6 +302,9 @@ def make_fingerprint(
     twins: torch.Tensor | None = None
     pairs = 0
     has_params = any(p.numel() for p in model.parameters())
+    # Reach needs parameters to differentiate; a model without any (weights held as
+    # buffers or constants) is selected by the boundary-event rule instead.
+    selector = "manc" if cfg.selector == "reach" and not has_params else cfg.selector
     if cfg.refine and cfg.twins and cfg.select >= 2 and cfg.generation.eps > 0:
         from veriprint.refine import boundary_twins
 
@@ -325,9 +328,9 @@ def make_fingerprint(
     if pairs:
         assert twins is not None
         paired = eligible & twin_ok
-        if cfg.selector == "random" or (cfg.selector == "reach" and not has_params):
+        if selector == "random":
             sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=paired)
-        elif cfg.selector == "reach":
+        elif selector == "reach":
             # A pair reveals a change of a parameter in a direction if either member flips.
             pidx = paired.nonzero().flatten()
             ra = parameter_reach(model, samples[pidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
@@ -350,16 +353,16 @@ def make_fingerprint(
         chosen = torch.cat([torch.stack([samples[anchors], twins[anchors]], dim=1).flatten(0, 1), samples[extra]])
         idx = torch.cat([anchors.repeat_interleave(2), extra])
     else:
-        if cfg.selector == "reach" and has_params:
+        if selector == "reach":
             eidx = eligible.nonzero().flatten()
             r = parameter_reach(model, samples[eidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
             sub = reach_cover(r.directed(), r.directed_weights, cfg.select, score=-gen.margin[eidx])
             sel = Selection(eidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
-        elif cfg.selector == "manc" and cfg.refine:
+        elif selector == "manc" and cfg.refine:
             sel = event_cover(units(), events(False), cfg.select, score=-gen.margin, eligible=eligible)
-        elif cfg.selector == "manc":
+        elif selector == "manc":
             sel = manc(units(), cfg.select, score=gen.log_s_after, eligible=eligible)
-        elif cfg.selector == "tamper-aware":
+        elif selector == "tamper-aware":
             flips = simulate_flips(model, samples, seed=cfg.seed)
             sel = manc(flips, cfg.select, score=gen.log_s_after, eligible=eligible)
         else:
