@@ -30,7 +30,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,10 @@ def cell_key(kind: str, *parts: object) -> str:
     def plain(x: object) -> object:
         if hasattr(x, "__dataclass_fields__"):
             d = asdict(x)  # type: ignore[call-overload]
-            if d.get("pairs") is False:  # added later: earlier keys stay valid
-                d.pop("pairs")
+            # A field added after keys were first written leaves them valid at its default.
+            for f in fields(x):  # type: ignore[arg-type]
+                if f.metadata.get("key_omits_default") and d[f.name] == f.default:
+                    del d[f.name]
             return d
         return x
 
@@ -239,7 +241,7 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
                out: str | None = None) -> Pool:
     """Generate the candidate pool of ``method`` on the intact model."""
     from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
-    from veriprint.generate import GenerationConfig
+    from veriprint.generate import GenerationConfig, margins, psnr
     from veriprint.select import activations
 
     key = pool_key(plan, model_spec, method)
@@ -277,12 +279,14 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
             reach = _pair_reach(net, samples, seed=plan.seed)
         elif not method.natural:
             active = activations(net, samples).numpy()
-    margin = _margins(expected) if method.pairs else gen.margin[at].float()
+    if method.pairs:  # twins are new samples: describe them from scratch
+        margin, sample_psnr = margins(expected.double()).float(), psnr(samples, gen.seeds[at], test.domain)
+    else:
+        margin, sample_psnr = gen.margin[at].float(), gen.psnr[at].float()
     fp = Fingerprint(
         samples=samples.clone(), grid=None if gen.grid is None else test.domain.to_grid(samples).to(gen.grid.dtype),
         expected=expected, seeds=gen.seeds[at].clone(), log_s=gen.log_s_after[at].float(),
-        margin=margin, psnr=_psnr(samples, gen.seeds[at], test.domain) if method.pairs else gen.psnr[at].float(),
-        noise=noise, meta={**fp_one.meta, "model_outputs": "logits"},
+        margin=margin, psnr=sample_psnr, noise=noise, meta={**fp_one.meta, "model_outputs": "logits"},
     )
     finite_psnr = gen.psnr[keep][torch.isfinite(gen.psnr[keep])]
     row = {
@@ -302,7 +306,7 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
         score = -fp.margin[0::2].numpy().astype(np.float64)  # ties: the smaller margin first
         picks = reach_picks(reach[0], reach[1], bag=plan.bag, bags=plan.bags, n_max=max(plan.n_max // 2, 1),
                             seed=plan.seed, score=score)
-        row.update(eligible=len(keep), selector="reach", unit="pair")
+        row.update(selector="reach", unit="pair")
     elif active is not None and len(keep):
         picks = manc_picks(active, bag=plan.bag, bags=plan.bags, n_max=plan.n_max, seed=plan.seed, score=score,
                            multi_cover=method.multi_cover)
@@ -332,16 +336,6 @@ def _pair_reach(net: nn.Module, samples: torch.Tensor, *, seed: int) -> tuple[np
     d = r.directed()
     return torch.maximum(d[0::2], d[1::2]).numpy(), r.directed_weights.numpy()
 
-
-def _margins(expected: torch.Tensor) -> torch.Tensor:
-    top = expected.double().topk(2, dim=1).values
-    return (top[:, 0] - top[:, 1]).float()
-
-
-def _psnr(samples: torch.Tensor, seeds: torch.Tensor, domain: Any) -> torch.Tensor:
-    from veriprint.generate import psnr
-
-    return psnr(samples, seeds, domain)
 
 
 # ---------------------------------------------------------------------------------------
@@ -435,7 +429,7 @@ def detection_cell(plan: Plan, model_spec: ModelSpec, attack: AttackSpec, method
         miss, err = mm.miss, mm.stderr
         if pool.pairs:
             miss = np.array(per_query(miss, 2 * len(miss) + 1))
-            err = np.array(per_query(err, 2 * len(err) + 1)) * (miss < 1)
+            err = np.array(per_query(err, 2 * len(err) + 1, no_pair=0.0))
         row.update(
             miss_manc=[at(miss, k) for k in plan.ns], stderr_manc=[at(err, k) for k in plan.ns],
             bag=mm.bag, bags=mm.bags,

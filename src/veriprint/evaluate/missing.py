@@ -20,10 +20,15 @@ differently (under the output spec). Given a pool of ``n`` candidate samples of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MancMissing",
@@ -130,11 +135,27 @@ def manc_picks(
         score: MANC's tie-break per sample (higher first), e.g. the sensitivity.
         multi_cover: MANC's multi-cover once coverage is full (False: the paper's).
     """
-    import torch
-
     from veriprint.select import manc
 
-    p = active.shape[0]
+    return _picks_in_bags(active.shape[0], bag=bag, bags=bags, n_max=n_max, seed=seed, score=score,
+                          pick=lambda idx, k, tie: manc(active[idx], k, score=tie, multi_cover=multi_cover).indices)
+
+
+def _picks_in_bags(
+    p: int,
+    *,
+    bag: int,
+    bags: int,
+    n_max: int,
+    seed: int,
+    score: np.ndarray | None,
+    pick: Callable[[np.ndarray, int, torch.Tensor | None], torch.Tensor],
+) -> np.ndarray:
+    """Draw ``bags`` seeded bags of ``bag`` of ``p`` candidates; ``pick(idx, k, tie)`` chooses
+    ``k`` of the bag ``idx`` (positions within it, tie-break scores ``tie``). One bag when
+    the bag is the whole pool: the picks are then the same in every bag."""
+    import torch
+
     bag = min(bag, p)
     n_max = min(n_max, bag)
     rng = np.random.default_rng(seed)
@@ -145,7 +166,7 @@ def manc_picks(
             out[b] = out[0]
             continue
         tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
-        out[b] = idx[manc(active[idx], n_max, score=tie, multi_cover=multi_cover).indices.numpy()]
+        out[b] = idx[pick(idx, n_max, tie).numpy()]
     return out
 
 
@@ -166,31 +187,21 @@ def reach_picks(
 
     from veriprint.select import reach_cover
 
-    p = values.shape[0]
-    bag = min(bag, p)
-    n_max = min(n_max, bag)
-    rng = np.random.default_rng(seed)
     v, w = torch.from_numpy(values), torch.from_numpy(weights)
-    out = np.empty((bags, n_max), dtype=np.int64)
-    for b in range(bags):
-        idx = np.sort(rng.choice(p, size=bag, replace=False)) if bag < p else np.arange(p)
-        if b and bag == p:
-            out[b] = out[0]
-            continue
-        tie = None if score is None else torch.from_numpy(np.asarray(score[idx], dtype=np.float64))
-        out[b] = idx[reach_cover(v[torch.from_numpy(idx)], w, n_max, score=tie).indices.numpy()]
-    return out
+    return _picks_in_bags(values.shape[0], bag=bag, bags=bags, n_max=n_max, seed=seed, score=score,
+                          pick=lambda idx, k, tie: reach_cover(v[torch.from_numpy(idx)], w, k, score=tie).indices)
 
 
-def per_query(pair_curve: list[float] | np.ndarray, k_max: int) -> list[float]:
-    """A missing-rate curve over pairs (entry ``j - 1``: ``j`` pairs) as a curve over
-    queries (entry ``k - 1``: ``k`` queries, ``k // 2`` pairs; 1.0 below one pair). A
-    curve cut short continues at its last value."""
+def per_query(pair_curve: list[float] | np.ndarray, k_max: int, *, no_pair: float = 1.0) -> list[float]:
+    """A curve over pairs (entry ``j - 1``: ``j`` pairs) as a curve over queries (entry
+    ``k - 1``: ``k`` queries, ``k // 2`` pairs; ``no_pair`` below one pair: a certain miss
+    for a missing rate, 0 for its standard error). A curve cut short continues at its
+    last value."""
     c = list(pair_curve)
     out = []
     for k in range(1, k_max + 1):
         j = k // 2
-        out.append(1.0 if j == 0 else (float(c[j - 1]) if j <= len(c) else (float(c[-1]) if c else 1.0)))
+        out.append(no_pair if j == 0 else (float(c[j - 1]) if j <= len(c) else (float(c[-1]) if c else no_pair)))
     return out
 
 

@@ -169,7 +169,7 @@ class MethodSpec:
     steps: int = 100
     lr: float = 1e-2
     eps: float | None = None
-    pairs: bool = False
+    pairs: bool = field(default=False, metadata={"key_omits_default": True})
 
     def __post_init__(self) -> None:
         _check("MethodSpec", [
