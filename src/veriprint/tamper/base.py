@@ -157,7 +157,7 @@ def register(
 
 
 def list_attacks() -> list[AttackInfo]:
-    """Every registered attack: the paper's first, then BIVBench's, each by name."""
+    """Every registered attack, family by family (the paper's, BIVBench's, subtle changes), each by name."""
     return sorted(_BY_NAME.values(), key=lambda a: (FAMILIES.index(a.family), a.name))
 
 
