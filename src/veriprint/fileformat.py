@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import torch
 
+from veriprint.errors import VeriprintError
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -43,7 +45,7 @@ FORMAT_VERSION = 1
 SignatureStatus = Literal["unsigned", "valid", "not checked"]
 
 
-class FingerprintFileError(ValueError):
+class FingerprintFileError(VeriprintError, ValueError):
     """A fingerprint file is unreadable, edited, of another version, or badly signed."""
 
 
@@ -67,11 +69,16 @@ def _private_key(path: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    data = Path(path).read_bytes()
+    p = Path(path)
+    if not os.fspath(path) or not p.is_file():
+        raise FingerprintFileError(f"{os.fspath(path)!r}: expected an Ed25519 private key file (PEM, from "
+                                   "`veriprint keygen`)")
+    data = p.read_bytes()
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except ValueError as e:
-        raise FingerprintFileError(f"{path}: expected an Ed25519 private key in PEM (from `veriprint keygen`)") from e
+    except (ValueError, TypeError) as e:  # TypeError: an encrypted key needs a password
+        raise FingerprintFileError(f"{path}: expected an unencrypted Ed25519 private key in PEM "
+                                   "(from `veriprint keygen`)") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise FingerprintFileError(f"{path}: expected an Ed25519 key, got {type(key).__name__}")
     return key
@@ -81,7 +88,13 @@ def _public_key(path_or_hex: str | os.PathLike[str]):  # type: ignore[no-untyped
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    path = Path(path_or_hex)
+    text = os.fspath(path_or_hex)
+    if not text.strip():
+        raise FingerprintFileError("expected a public key (a PEM file from `veriprint keygen`, or hex), "
+                                   "got an empty value")
+    path = Path(text)
+    if path.is_dir():
+        raise FingerprintFileError(f"{path}: expected a public key file (PEM), got a directory")
     if path.exists():
         data = path.read_bytes()
         try:
@@ -103,19 +116,61 @@ def _raw_public(key) -> str:  # type: ignore[no-untyped-def]
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()  # type: ignore[no-any-return]
 
 
-def generate_keypair(out: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write an Ed25519 private key to ``out`` (PEM, mode 600) and its public key to ``out.pub``."""
+def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write ``data`` to ``path`` with ``mode`` from the first byte (never the umask's default).
+
+    Without ``force`` an existing file is refused; with it, the file is replaced atomically
+    (a fresh file with ``mode`` is written beside it, then renamed over it).
+    """
+    if not force:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError as e:
+            raise FingerprintFileError(f"{path} already exists; not overwriting it (use --force / "
+                                       "force=True to replace it)") from e
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def generate_keypair(out: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, Path]:
+    """Write an Ed25519 private key to ``out`` (PEM, mode 600) and its public key to ``out.pub``.
+
+    The private key's file is created with mode 600 (it is never readable by others, not
+    even for an instant). Existing files are refused unless ``force`` is set.
+
+    Raises:
+        FingerprintFileError: ``out`` or ``out.pub`` exists (without ``force``), or ``out``
+            is a directory.
+    """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    key = Ed25519PrivateKey.generate()
     priv = Path(out)
     pub = priv.with_name(priv.name + ".pub")
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    os.chmod(priv, 0o600)
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    if not os.fspath(out) or priv.is_dir():
+        raise FingerprintFileError(f"expected a file name for the private key, got {os.fspath(out)!r}")
+    if not force:
+        for p in (priv, pub):
+            if p.exists():
+                raise FingerprintFileError(f"{p} already exists; not overwriting a key (use --force "
+                                           "to replace it)")
+    key = Ed25519PrivateKey.generate()
+    _write_new(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), 0o600, force)
+    os.chmod(priv, 0o600)  # an existing file keeps its mode through O_CREAT; make sure
+    _write_new(pub, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo),
+               0o644, force)
     return priv, pub
 
 
@@ -194,8 +249,13 @@ def read_file(path: str | os.PathLike[str], pubkey: str | os.PathLike[str] | Non
     from safetensors import safe_open
 
     p = Path(path)
+    if not os.fspath(path):
+        raise FingerprintFileError("expected the path of a .vpf fingerprint file, got ''")
     if not p.exists():
         raise FileNotFoundError(f"fingerprint file not found: {p}")
+    if not p.is_file():
+        kind = "a directory" if p.is_dir() else "not a regular file"
+        raise FingerprintFileError(f"{p}: expected a .vpf fingerprint file, got {kind}")
     try:
         with safe_open(os.fspath(p), framework="pt") as f:
             header = f.metadata() or {}

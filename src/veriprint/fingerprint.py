@@ -23,7 +23,8 @@ from torch import nn
 
 from veriprint import __version__
 from veriprint.data import Dataset, InputDomain
-from veriprint.fileformat import LoadedFile, read_file, write_file
+from veriprint.errors import ConfigError
+from veriprint.fileformat import FingerprintFileError, LoadedFile, read_file, write_file
 from veriprint.generate import GenerationConfig, GenerationResult, generate, result_for
 from veriprint.models import OutputKind, model_hash
 from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
@@ -201,19 +202,92 @@ class Fingerprint:
         """Read and check a ``.vpf`` file (see :func:`veriprint.fileformat.read_file`)."""
         f: LoadedFile = read_file(path, pubkey)
         t = f.tensors
-        missing = {"samples", "expected", "seeds", "log_s", "margin", "psnr"} - set(t)
-        if missing:
-            raise ValueError(f"{path}: fingerprint file lacks tensors {sorted(missing)}")
-        k = t["samples"].shape[0]
-        if t["expected"].dim() != 2 or t["expected"].shape[0] != k:
-            raise ValueError(f"{path}: expected outputs of shape ({k}, r), got {tuple(t['expected'].shape)}")
-        meta = dict(f.meta)
-        noise = NoiseFloor.from_dict(meta.pop("noise"))
+        noise, meta = _checked_contents(os.fspath(path), t, f.meta)
         return cls(
             samples=t["samples"], grid=t.get("grid"), expected=t["expected"], seeds=t["seeds"],
             log_s=t["log_s"], margin=t["margin"], psnr=t["psnr"], noise=noise, meta=meta,
             sha256=f.sha256, signature=f.signature,
         )
+
+
+_PER_SAMPLE = ("log_s", "margin", "psnr")
+
+
+def _checked_contents(path: str, t: dict[str, torch.Tensor],
+                      file_meta: dict[str, Any]) -> tuple[NoiseFloor, dict[str, Any]]:
+    """Refuse a fingerprint whose contents no veriprint could have written.
+
+    A file's hash proves only that nobody edited it after it was written; an unsigned
+    file can be written by anyone with this project's own writer. So every number that a
+    verdict depends on is checked here: shapes that agree, finite samples inside the
+    declared input domain, a grid that matches the samples, finite expected outputs (in
+    [0, 1] for a softmax model) and a plausible noise floor.
+
+    Raises:
+        FingerprintFileError: naming the first thing that is wrong.
+    """
+    def refuse(what: str) -> FingerprintFileError:
+        return FingerprintFileError(f"{path}: {what}")
+
+    missing = {"samples", "expected", "seeds", *_PER_SAMPLE} - set(t)
+    if missing:
+        raise refuse(f"expected tensors samples, expected, seeds, {', '.join(_PER_SAMPLE)}; "
+                     f"missing {sorted(missing)}")
+    if not isinstance(file_meta, dict):
+        raise refuse(f"expected the metadata to be a JSON object, got {type(file_meta).__name__}")
+    meta = dict(file_meta)
+    for key in ("noise", "domain", "model_outputs"):
+        if key not in meta:
+            raise refuse(f"expected a metadata entry {key!r}, found only {sorted(meta)}")
+    samples, expected = t["samples"], t["expected"]
+    k = samples.shape[0] if samples.dim() else 0
+    if samples.dim() < 2 or k < 1:
+        raise refuse(f"expected at least one sample, shape (k, ...), got shape {tuple(samples.shape)}")
+    if expected.dim() != 2 or expected.shape[0] != k or expected.shape[1] < 1:
+        raise refuse(f"expected outputs of shape ({k}, classes), got {tuple(expected.shape)}")
+    if t["seeds"].shape != samples.shape:
+        raise refuse(f"expected seeds of the samples' shape {tuple(samples.shape)}, "
+                     f"got {tuple(t['seeds'].shape)}")
+    for name in _PER_SAMPLE:
+        if tuple(t[name].shape) != (k,):
+            raise refuse(f"expected {name} of shape ({k},), got {tuple(t[name].shape)}")
+    for name in ("samples", "expected", "seeds"):
+        if not t[name].dtype.is_floating_point:
+            raise refuse(f"expected {name} as floats, got {t[name].dtype}")
+        if not torch.isfinite(t[name]).all():
+            raise refuse(f"expected finite {name}, got NaN or infinity")
+    if meta["model_outputs"] not in ("logits", "probs"):
+        raise refuse(f"expected model_outputs 'logits' or 'probs', got {meta['model_outputs']!r}")
+    if meta["model_outputs"] == "probs" and (expected.min() < 0 or expected.max() > 1):
+        raise refuse("expected probabilities in [0, 1] for a softmax model, got values in "
+                     f"[{float(expected.min()):g}, {float(expected.max()):g}]")
+    try:
+        domain = InputDomain(**meta["domain"])
+    except (TypeError, ValueError) as e:
+        raise refuse(f"expected domain {{lo, hi, levels}}, got {meta['domain']!r:.100} ({e})") from e
+    slack = 1e-5 * (domain.hi - domain.lo)
+    if samples.min() < domain.lo - slack or samples.max() > domain.hi + slack:
+        raise refuse(f"expected samples in the input domain [{domain.lo:g}, {domain.hi:g}], got "
+                     f"values in [{float(samples.min()):g}, {float(samples.max()):g}]")
+    grid = t.get("grid")
+    if grid is not None:
+        if grid.shape != samples.shape:
+            raise refuse(f"expected a grid of the samples' shape {tuple(samples.shape)}, "
+                         f"got {tuple(grid.shape)}")
+        if domain.levels is None:
+            raise refuse("expected no grid for a continuous input domain, got one")
+        if grid.dtype.is_floating_point or grid.min() < 0 or grid.max() > domain.levels:
+            raise refuse(f"expected integer grid values in [0, {domain.levels}], got {grid.dtype} "
+                         f"values in [{float(grid.min()):g}, {float(grid.max()):g}]")
+        on_grid = domain.lo + grid.double() * domain.step
+        if (on_grid - samples.double()).abs().max() > max(domain.step, 1.0) * 1e-4:
+            raise refuse("expected the grid values to be the samples' own (lo + grid * step), "
+                         "they differ")
+    try:
+        noise = NoiseFloor.from_dict(meta.pop("noise"))
+    except ConfigError as e:
+        raise refuse(str(e)) from e
+    return noise, meta
 
 
 def _draw_seeds(

@@ -31,6 +31,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from veriprint.errors import VeriprintError
+
 __all__ = [
     "LastLayer",
     "ModelError",
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 OutputKind = Literal["logits", "probs"]
 
 
-class ModelError(ValueError):
+class ModelError(VeriprintError, ValueError):
     """A model could not be loaded or does not behave like a classifier."""
 
 

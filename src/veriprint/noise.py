@@ -10,6 +10,7 @@ fingerprint time and every comparison keeps well clear of it.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 
-__all__ = ["NoiseFloor", "as_logits", "calibrate_noise"]
+__all__ = ["MAX_LOGIT_NOISE", "MAX_SAFETY", "NoiseFloor", "as_logits", "calibrate_noise"]
+
+#: Largest logit noise or declared tolerance a stored floor may carry. The noisiest
+#: deployment measured (float16 serving on a GPU) moved logits by 0.07; a floor of 100
+#: logits would call every sample of any real model ambiguous.
+MAX_LOGIT_NOISE = 100.0
+#: Largest safety factor a stored floor may carry.
+MAX_SAFETY = 1e4
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +91,41 @@ class NoiseFloor:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseFloor:
-        keys = {"logit", "prob", "margin", "variants", "safety", "declared", "declared_prob", "min_floor"}
-        kw = {k: v for k, v in d.items() if k in keys}
-        kw["variants"] = tuple(kw.get("variants", ()))
+        """Read a floor stored in a fingerprint, refusing values no calibration could give.
+
+        Every number must be finite and real; noise and declared tolerances must lie in
+        ``[0, MAX_LOGIT_NOISE]`` (probabilities in ``[0, 1]``), ``safety`` in
+        ``[1, MAX_SAFETY]``, ``min_floor`` in ``(0, MAX_LOGIT_NOISE]``. A floor outside
+        these bounds would mark every sample "within noise", so that any answer matched.
+
+        Raises:
+            ConfigError: a field is missing, of the wrong type, or out of range.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected the noise floor as an object, got {type(d).__name__}")
+        required = ("logit", "prob", "margin")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ConfigError(f"noise floor: expected fields {list(required)}, missing {missing}")
+        bounds = {"logit": (0.0, MAX_LOGIT_NOISE, True), "prob": (0.0, 1.0, True),
+                  "margin": (0.0, MAX_LOGIT_NOISE, True), "safety": (1.0, MAX_SAFETY, True),
+                  "declared": (0.0, MAX_LOGIT_NOISE, True), "declared_prob": (0.0, 1.0, True),
+                  "min_floor": (0.0, MAX_LOGIT_NOISE, False)}
+        kw: dict[str, Any] = {}
+        for name, (lo, hi, closed) in bounds.items():
+            if name not in d:
+                continue
+            v = d[name]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ConfigError(f"noise floor: expected {name} to be a finite number, got {v!r}")
+            if v < lo or v > hi or (not closed and v == lo):
+                left = "[" if closed else "("
+                raise ConfigError(f"noise floor: expected {name} in {left}{lo:g}, {hi:g}], got {v!r}")
+            kw[name] = float(v)
+        variants = d.get("variants", ())
+        if not isinstance(variants, list | tuple) or not all(isinstance(v, str) for v in variants):
+            raise ConfigError(f"noise floor: expected variants to be a list of names, got {variants!r:.80}")
+        kw["variants"] = tuple(variants)
         return cls(**kw)
 
 

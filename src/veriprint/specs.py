@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from veriprint.errors import ConfigError
 from veriprint.noise import NoiseFloor
 from veriprint.targets.base import OutputForm, TargetError
 
@@ -108,7 +109,7 @@ class OutputSpec:
             noise: the fingerprint's noise floor.
         """
         if not self.accepts(form):
-            raise ValueError(f"spec {self} needs more than a target answering {form!r} reveals")
+            raise ConfigError(f"spec {self} needs more than a target answering {form!r} reveals")
         z = np.asarray(expected_logits, dtype=np.float64)
         n, r = z.shape
         order = np.argsort(-z, axis=1, kind="stable")
@@ -178,18 +179,21 @@ def parse_spec(text: str | OutputSpec) -> OutputSpec:
     """Parse ``logits``, ``probs``, ``probs:N``, ``topk:K``, ``top1`` or ``top1-prob:N``."""
     if isinstance(text, OutputSpec):
         return text
+    if not isinstance(text, str):
+        raise ConfigError(f"expected an output spec such as 'top1', 'topk:3' or 'probs:4', "
+                          f"got {type(text).__name__} {text!r}")
     m = _PATTERN.match(text.strip())
     if not m:
-        raise ValueError(
+        raise ConfigError(
             f"unknown output spec {text!r}: expected one of logits, probs, probs:N, topk:K, top1 or top1-prob:N"
         )
     kind, num = m.group(1), m.group(2)
     if kind == "topk":
         if num is None or int(num) < 1:
-            raise ValueError(f"expected topk:K with K >= 1, got {text!r}")
+            raise ConfigError(f"expected topk:K with K >= 1, got {text!r}")
         return OutputSpec("topk", k=int(num))
     if kind in ("logits", "top1") and num is not None:
-        raise ValueError(f"spec {kind} takes no number: expected {kind!r}, got {text!r}")
+        raise ConfigError(f"spec {kind} takes no number: expected {kind!r}, got {text!r}")
     if num is not None and not 0 <= int(num) <= 15:
-        raise ValueError(f"expected 0 <= decimals <= 15, got {text!r}")
+        raise ConfigError(f"expected 0 <= decimals <= 15, got {text!r}")
     return OutputSpec(kind, decimals=None if num is None else int(num))  # type: ignore[arg-type]

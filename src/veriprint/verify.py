@@ -1,7 +1,9 @@
 """Verification: query a black-box target with the fingerprint and give a verdict.
 
-* **INTACT**: every sample was queried, every answer was well formed, and every answer
-  is what the intact model gives (within the recorded noise floor).
+* **INTACT**: every sample was queried, every answer was well formed, every answer is
+  what the intact model gives (within the recorded noise floor), and at least one of
+  them decided something (a sample whose expected answer sits within noise of a decision
+  accepts either answer; a check made only of such samples proves nothing).
 * **TAMPERED**: at least one well-formed answer cannot come from the intact model.
 * **INCONCLUSIVE**: anything else: the target failed, timed out, or answered something
   malformed (wrong shape, dtype, count, NaN) before a mismatch was seen, or the spec
@@ -25,9 +27,12 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
+from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
+from veriprint.redact import redact
 from veriprint.specs import OutputSpec, parse_spec
 from veriprint.targets import QueryBatch, Target, TargetError, open_target
+from veriprint.targets.contract import check_output
 
 __all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "verify"]
 
@@ -105,47 +110,6 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def _validate(out: Any, form: str, n: int, r: int) -> np.ndarray:
-    """Check a target's answer for one batch of ``n`` samples and ``r`` classes."""
-    try:
-        arr = np.asarray(out)
-    except Exception as e:
-        raise TargetError(f"answer is not an array ({type(out).__name__}): {e}") from e
-    if arr.dtype == object:
-        raise TargetError(f"answer is not numeric (dtype object, got {type(out).__name__})")
-    if form in ("logits", "probs"):
-        if arr.shape != (n, r):
-            raise TargetError(f"expected {form} of shape ({n}, {r}), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number):
-            raise TargetError(f"expected numeric {form}, got dtype {arr.dtype}")
-        if not np.isfinite(arr).all():
-            raise TargetError(f"answer holds {int((~np.isfinite(arr)).sum())} NaN or infinite values")
-        if form == "probs" and ((arr < -1e-6).any() or (arr > 1 + 1e-6).any()):
-            raise TargetError(f"expected probabilities in [0, 1], got values in [{arr.min()}, {arr.max()}]")
-        return arr.astype(np.float64)
-    if form == "labels":
-        arr = arr.reshape(-1) if arr.ndim == 2 and arr.shape[1] == 1 else arr
-        if arr.shape != (n,):
-            raise TargetError(f"expected {n} labels, got an answer of shape {arr.shape}")
-    elif form == "topk":
-        if arr.ndim != 2 or arr.shape[0] != n:
-            raise TargetError(f"expected top-k labels of shape ({n}, K), got {arr.shape}")
-    elif form == "top1-prob":
-        if arr.shape != (n, 2):
-            raise TargetError(f"expected (label, probability) pairs of shape ({n}, 2), got {arr.shape}")
-        if not np.isfinite(arr.astype(np.float64)).all():
-            raise TargetError("answer holds NaN or infinite values")
-        return arr.astype(np.float64)
-    else:
-        raise TargetError(f"unknown output form {form!r}")
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr.astype(np.float64)).all():
-        raise TargetError(f"expected integer labels, got dtype {arr.dtype}")
-    labels = arr.astype(np.float64)
-    if (labels != np.round(labels)).any() or (labels < 0).any() or (labels >= r).any():
-        raise TargetError(f"expected integer labels in [0, {r}), got values in [{labels.min()}, {labels.max()}]")
-    return labels.astype(np.int64)
-
-
 def verify(
     fingerprint: Fingerprint | str | os.PathLike[str],
     target: Target | nn.Module | Callable[..., Any] | str | os.PathLike[str],
@@ -167,27 +131,34 @@ def verify(
         **target_options: passed to :func:`open_target` (``output=``, ``weights=``, ...).
 
     Returns:
-        A :class:`VerificationReport`. Errors of the fingerprint file raise; errors of the
-        target become an INCONCLUSIVE verdict.
+        A :class:`VerificationReport`, its strings free of known secrets. Errors of the
+        fingerprint file or of the arguments raise (:class:`~veriprint.errors.VeriprintError`);
+        errors of the target become an INCONCLUSIVE verdict.
     """
     start = time.perf_counter()
-    fp = fingerprint if isinstance(fingerprint, Fingerprint) else Fingerprint.load(fingerprint, pubkey=pubkey)
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                  or max_batch < 1):
+        raise ConfigError(f"expected max_batch >= 1 (samples per request) or None, got {max_batch!r}")
     out_spec = parse_spec(spec)
+    fp = fingerprint if isinstance(fingerprint, Fingerprint) else Fingerprint.load(fingerprint, pubkey=pubkey)
+    if len(fp) == 0:
+        raise ConfigError("expected a fingerprint with at least one sample, got 0: nothing to compare")
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
     info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", "")}
     z = fp.expected_logits.numpy()
     n, r = z.shape
     if out_spec.kind == "topk" and out_spec.k > r:
-        raise ValueError(f"spec {out_spec} asks for more labels than the model's {r} classes")
+        raise ConfigError(f"spec {out_spec} asks for more labels than the model's {r} classes")
     if out_spec.kind == "logits" and fp.model_outputs == "probs":
-        raise ValueError("spec logits needs a fingerprint of a logit model; this one returns probabilities")
+        raise ConfigError("spec logits needs a fingerprint of a logit model; this one returns probabilities")
 
     def report(verdict: Verdict, reason: str, compared: int = 0, mismatches: int = 0, ambiguous: int = 0,
                samples: list[SampleResult] | None = None, tgt: str = "?", decoys: int = 0,
                queries: int = 0) -> VerificationReport:
-        return VerificationReport(verdict, reason, str(out_spec), tgt, queries, decoys, compared, mismatches,
-                                  ambiguous, tolerance, info, samples or [], time.perf_counter() - start)
+        return VerificationReport(verdict, redact(reason), str(out_spec), redact(tgt), queries, decoys,
+                                  compared, mismatches, ambiguous, tolerance, info, samples or [],
+                                  time.perf_counter() - start)
 
     try:
         tgt = open_target(target, **target_options)
@@ -197,7 +168,8 @@ def verify(
     if not out_spec.accepts(tgt.output):
         return report("INCONCLUSIVE", f"spec {out_spec} needs more than this target's {tgt.output!r} answers",
                       tgt=name)
-    limit = min(b for b in (max_batch, tgt.max_batch, n) if b)
+    limit = min(b for b in (max_batch, tgt.max_batch, n)
+                if isinstance(b, int) and not isinstance(b, bool) and b >= 1)
     x = fp.samples.numpy()
     grid = None if fp.grid is None else fp.grid.numpy()
     answers: list[np.ndarray] = []
@@ -208,7 +180,7 @@ def verify(
         sent += len(batch)
         try:
             raw = tgt.query(batch)
-            answers.append(_validate(raw, tgt.output, len(batch), r))
+            answers.append(check_output(raw, form=tgt.output, rows=len(batch), classes=r, where=name))
         except TargetError as e:
             error = f"target answer for samples {lo}..{lo + len(batch) - 1}: {e}"
             break
@@ -241,5 +213,10 @@ def verify(
     if error or compared < n:
         return report("INCONCLUSIVE", error or f"only {compared} of {n} samples were compared",
                       compared, 0, amb, results, name, decoys, sent)
-    return report("INTACT", f"all {n} samples match the intact model", compared, 0, amb, results, name,
-                  decoys, sent)
+    if amb == compared:
+        return report("INCONCLUSIVE", f"every one of the {n} samples sits within the noise floor "
+                      f"({noise.floor:.3g}) of a decision, so any answer matches: this fingerprint "
+                      f"cannot tell under spec {out_spec}", compared, 0, amb, results, name, decoys, sent)
+    within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
+    return report("INTACT", f"all {n} samples match the intact model{within}", compared, 0, amb, results,
+                  name, decoys, sent)

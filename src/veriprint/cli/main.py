@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from veriprint.errors import VeriprintError
+    from veriprint.redact import RedactingFilter, redact
+
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -53,9 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 2
-    except Exception as e:  # exit 1 means TAMPERED: any other failure must be 2
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    except (VeriprintError, FileNotFoundError) as e:  # the input's fault: say what, on one line
+        print(f"error: {redact(_one_line(e))}", file=sys.stderr)
         return 2
+    except Exception as e:  # exit 1 means TAMPERED: any other failure must be 2
+        print(f"error: {type(e).__name__}: {redact(_one_line(e))}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 2000 else text[:2000] + "..."
 
 
 if __name__ == "__main__":

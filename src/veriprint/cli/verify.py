@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import Any
 
 HELP = "query a target with a fingerprint; exit 0 INTACT, 1 TAMPERED, 2 INCONCLUSIVE or error"
 
@@ -17,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the API reveals: top1, topk:K, probs, probs:N, top1-prob:N, logits")
     p.add_argument("--output", default=None, choices=["logits", "probs", "labels", "topk", "top1-prob"],
                    help="what the target returns (default: logits for local models)")
-    p.add_argument("--max-batch", type=int, default=None, help="most samples per request")
+    p.add_argument("--max-batch", type=_positive_int, default=None, help="most samples per request (>= 1)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per request (remote targets)")
     p.add_argument("--retries", type=int, default=None, help="retries with backoff (remote targets)")
     p.add_argument("--input-name", default=None, help="input tensor name (remote targets)")
@@ -34,11 +36,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pubkey", default=None, help="Ed25519 public key the fingerprint must be signed with")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _same_file(a: str, b: str | None) -> bool:
+    if not b:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _write_report(path: str, text: str) -> None:
+    """Write the report atomically (a half-written report is never left behind)."""
+    target = os.path.abspath(path)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def run(args: argparse.Namespace) -> int:
-    from veriprint.fileformat import FingerprintFileError
+    from veriprint.redact import redact
     from veriprint.verify import verify
 
-    options = {}
+    if args.report:
+        for other, what in ((args.fingerprint, "the fingerprint"), (args.pubkey, "the public key")):
+            if _same_file(args.report, other):
+                print(f"error: --report {args.report!r} is {what} file; refusing to overwrite it",
+                      file=sys.stderr)
+                return 2
+        if os.path.isdir(args.report):
+            print(f"error: --report {args.report!r} is a directory; expected a file name", file=sys.stderr)
+            return 2
+    options: dict[str, Any] = {}
     for name in ("timeout", "retries", "input_name", "output_name", "datatype", "auth_env"):
         value = getattr(args, name)
         if value is not None:
@@ -49,35 +92,32 @@ def run(args: argparse.Namespace) -> int:
         options["weights"] = args.weights
     if args.output:
         options["output"] = args.output
-    target = args.target
+    target: object = args.target
     if args.decoys:
         if not args.decoy_data:
-            print("error: --decoys needs --decoy-data (natural inputs to mix in)")
+            print("error: --decoys needs --decoy-data (natural inputs to mix in)", file=sys.stderr)
             return 2
         from veriprint.data import load_data
         from veriprint.fingerprint import Fingerprint
         from veriprint.targets import open_target
         from veriprint.targets.decoys import DecoyTarget
 
+        fp = Fingerprint.load(args.fingerprint, pubkey=args.pubkey)
         try:
-            n = len(Fingerprint.load(args.fingerprint, pubkey=args.pubkey))
             inner = open_target(args.target, **options)
-            target = DecoyTarget.from_dataset(inner, load_data(args.decoy_data), ratio=args.decoys / n)
+            target = DecoyTarget.from_dataset(inner, load_data(args.decoy_data), ratio=args.decoys / len(fp))
         except Exception as e:
-            print(f"error: could not set up decoys: {type(e).__name__}: {e}")
+            print(f"error: could not set up decoys: {type(e).__name__}: {redact(str(e))}", file=sys.stderr)
             return 2
         options = {}
-    try:
-        report = verify(args.fingerprint, target, spec=args.spec, pubkey=args.pubkey,
-                        max_batch=args.max_batch, **options)
-    except (FingerprintFileError, FileNotFoundError) as e:
-        print(f"error: fingerprint refused: {e}")
-        return 2
-    except TypeError as e:
-        print(f"error: option not supported by this target: {e}")
-        return 2
+    report = verify(args.fingerprint, target, spec=args.spec, pubkey=args.pubkey,  # type: ignore[arg-type]
+                    max_batch=args.max_batch, **options)
     print(report.summary())
     if args.report:
-        with open(os.fspath(args.report), "w") as f:
-            f.write(report.to_json())
+        try:
+            _write_report(args.report, report.to_json())
+        except OSError as e:
+            # The verdict stands: its exit code must not depend on writing the report.
+            print(f"error: could not write the report to {args.report!r}: {e.strerror or e}",
+                  file=sys.stderr)
     return report.exit_code

@@ -22,13 +22,15 @@ from typing import Literal
 
 import numpy as np
 
+from veriprint.errors import VeriprintError
+
 __all__ = ["OutputForm", "QueryBatch", "Target", "TargetError"]
 
 OutputForm = Literal["logits", "probs", "labels", "topk", "top1-prob"]
 OUTPUT_FORMS: tuple[str, ...] = ("logits", "probs", "labels", "topk", "top1-prob")
 
 
-class TargetError(RuntimeError):
+class TargetError(VeriprintError, RuntimeError):
     """The target did not answer as expected (transport, status, shape, dtype, values)."""
 
 

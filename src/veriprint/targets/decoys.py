@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from veriprint.errors import ConfigError
 from veriprint.targets.base import QueryBatch, Target, TargetError
 
 if TYPE_CHECKING:
@@ -59,12 +60,12 @@ class DecoyTarget(Target):
     def __init__(self, inner: Target, natural: np.ndarray, *, natural_grid: np.ndarray | None = None,
                  ratio: float = 1.0, seed: int = 0) -> None:
         if not (math.isfinite(ratio) and ratio >= 0):
-            raise ValueError(f"expected ratio >= 0, got {ratio}")
+            raise ConfigError(f"expected ratio >= 0, got {ratio}")
         natural = np.asarray(natural, dtype=np.float32)
         if natural.ndim < 2 or natural.shape[0] == 0:
-            raise ValueError(f"expected a non-empty pool of decoys (M, ...), got shape {natural.shape}")
+            raise ConfigError(f"expected a non-empty pool of decoys (M, ...), got shape {natural.shape}")
         if natural_grid is not None and np.shape(natural_grid) != natural.shape:
-            raise ValueError(f"expected natural_grid of shape {natural.shape}, got {np.shape(natural_grid)}")
+            raise ConfigError(f"expected natural_grid of shape {natural.shape}, got {np.shape(natural_grid)}")
         self.inner = inner
         self.natural = natural
         self.natural_grid = None if natural_grid is None else np.asarray(natural_grid)
@@ -103,7 +104,7 @@ class DecoyTarget(Target):
     def query(self, batch: QueryBatch) -> np.ndarray:
         n = len(batch)
         if batch.x.shape[1:] != self.natural.shape[1:]:
-            raise ValueError(f"expected decoys of the samples' shape {batch.x.shape[1:]}, "
+            raise ConfigError(f"expected decoys of the samples' shape {batch.x.shape[1:]}, "
                              f"the pool has {self.natural.shape[1:]}")
         k = math.ceil(self.ratio * n) if n else 0
         pick = self._draw(k)

@@ -20,7 +20,9 @@ import json
 import logging
 import math
 import os
+import socket
 import ssl
+import threading
 import time
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -29,7 +31,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from veriprint.errors import ConfigError, UnknownOptionError
+from veriprint.redact import redact, refuse_url_credentials, remember
 from veriprint.targets.base import OUTPUT_FORMS, OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.contract import check_output
 
 __all__ = [
     "DATATYPES",
@@ -54,16 +59,18 @@ _SNIPPET = 200
 def check_target_options(output: str, datatype: str, max_batch: int | None) -> None:
     """Validate the options every remote target shares (output form, input datatype, batch limit)."""
     if output not in OUTPUT_FORMS:
-        raise ValueError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
+        raise ConfigError(f"expected output in {OUTPUT_FORMS}, got {output!r}")
     if datatype not in DATATYPES:
-        raise ValueError(f"expected datatype in {DATATYPES}, got {datatype!r}")
-    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"expected max_batch >= 1 or None, got {max_batch!r}")
+        raise ConfigError(f"expected datatype in {DATATYPES}, got {datatype!r}")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int)
+                                  or max_batch < 1):
+        raise ConfigError(f"expected max_batch >= 1 or None, got {max_batch!r}")
 
 
 def _snippet(body: bytes | str) -> str:
+    """The start of what a server said, on one line, with known secrets masked."""
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))
     return text if len(text) <= _SNIPPET else text[:_SNIPPET] + "..."
 
 
@@ -100,19 +107,19 @@ class HttpOptions:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ValueError(f"expected timeout > 0 seconds, got {self.timeout}")
+            raise ConfigError(f"expected timeout > 0 seconds, got {self.timeout}")
         if not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"expected retries >= 0, got {self.retries!r}")
+            raise ConfigError(f"expected retries >= 0, got {self.retries!r}")
         if not (math.isfinite(self.backoff) and self.backoff >= 0):
-            raise ValueError(f"expected backoff >= 0 seconds, got {self.backoff}")
+            raise ConfigError(f"expected backoff >= 0 seconds, got {self.backoff}")
         if self.max_response_bytes < 1:
-            raise ValueError(f"expected max_response_bytes >= 1, got {self.max_response_bytes}")
+            raise ConfigError(f"expected max_response_bytes >= 1, got {self.max_response_bytes}")
         if self.auth_env is not None and not self.auth_env:
-            raise ValueError("expected auth_env to name an environment variable, got ''")
+            raise ConfigError("expected auth_env to name an environment variable, got ''")
         if not self.auth_header or any(c in self.auth_header for c in ":\r\n "):
-            raise ValueError(f"expected auth_header to be a header name, got {self.auth_header!r}")
+            raise ConfigError(f"expected auth_header to be a header name, got {self.auth_header!r}")
         if self.ca_file is not None and not os.path.exists(self.ca_file):
-            raise ValueError(f"expected ca_file to be an existing file, got {self.ca_file!r}")
+            raise ConfigError(f"expected ca_file to be an existing file, got {self.ca_file!r}")
 
     def auth_headers(self) -> dict[str, str]:
         """The auth header read from the environment (empty when ``auth_env`` is None).
@@ -123,12 +130,29 @@ class HttpOptions:
         if self.auth_env is None:
             return {}
         value = os.environ.get(self.auth_env)
+        if value:
+            remember(value)  # masked in everything printed or stored from now on
         if not value:
-            raise ValueError(
+            raise ConfigError(
                 f"expected environment variable {self.auth_env} (named by auth_env) to hold "
                 "the auth header value, but it is unset or empty"
             )
         return {self.auth_header: value}
+
+
+def transport_options(http: HttpOptions | None, fields: dict[str, Any], owner: str) -> HttpOptions:
+    """``http``, or an :class:`HttpOptions` made of ``fields``; a clear error for unknown names."""
+    if http is not None and fields:
+        raise ConfigError(f"give either http=HttpOptions(...) or its fields, got both "
+                          f"(extra: {sorted(fields)})")
+    if http is not None:
+        return http
+    known = set(HttpOptions.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UnknownOptionError(f"unknown option{'s' * (len(unknown) > 1)} for {owner}: "
+                                 f"{', '.join(unknown)}; transport options are {sorted(known)}")
+    return HttpOptions(**fields)
 
 
 @dataclass(frozen=True)
@@ -144,6 +168,79 @@ class _Retryable(Exception):
     """A failure after which the request may be sent again."""
 
 
+class _Watchdog:
+    """Cuts a request's socket when its deadline passes, wherever the request is blocked.
+
+    A socket timeout bounds one ``recv``; a server that trickles a byte at a time (slow
+    headers, slow body, slow chunks, a slow TLS handshake) never trips it. The watchdog
+    bounds the whole request instead: a timer shuts the socket down at the deadline, which
+    wakes any blocked read or write, and :attr:`expired` tells the reader why it stopped.
+    The descriptor is only touched under a lock while the request still owns it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._finished = False
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._fd = sock.fileno()
+            if self.expired:
+                self._cut()
+
+    def done(self) -> None:
+        """The request is over: never touch its descriptor again."""
+        with self._lock:
+            self._finished = True
+            self._fd = -1
+        self._timer.cancel()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.expired = True
+            self._cut()
+
+    def _cut(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            borrowed = socket.socket(fileno=self._fd)
+        except OSError:
+            return
+        try:
+            borrowed.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            borrowed.detach()  # the request still owns (and closes) the descriptor
+
+
+def _content_length(resp: http.client.HTTPResponse, method: str, url: str) -> int | None:
+    """The declared body size (None when chunked, absent or a HEAD answer)."""
+    if method == "HEAD" or resp.chunked or resp.status in (204, 304) or 100 <= resp.status < 200:
+        return None
+    text = resp.getheader("content-length")
+    if text is None:
+        return None
+    values = {v.strip() for v in text.split(",")}
+    if len(values) != 1 or not next(iter(values)).isdigit():
+        raise TargetError(f"{method} {url}: expected a Content-Length of digits, got {_snippet(text)!r}")
+    return int(values.pop())
+
+
 class HttpClient:
     """Requests to one server (``http://`` or ``https://`` base URL), one connection each.
 
@@ -157,9 +254,10 @@ class HttpClient:
 
     def __init__(self, base_url: str, options: HttpOptions | None = None) -> None:
         self.options = options or HttpOptions()
+        refuse_url_credentials(base_url)
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {base_url!r}")
+            raise ConfigError(f"expected an http:// or https:// URL with a host, got {base_url!r}")
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -184,53 +282,68 @@ class HttpClient:
     def url(self, path: str) -> str:
         return f"{self.origin}{self.prefix}{path}"
 
-    def _connection(self) -> http.client.HTTPConnection:
-        t = self.options.timeout
+    def _connect(self, watchdog: _Watchdog) -> http.client.HTTPConnection:
+        """A connection whose socket the watchdog can cut (TLS handshake included)."""
+        raw = socket.create_connection((self.host, self.port), timeout=self.options.timeout)
+        watchdog.watch(raw)
+        sock: socket.socket = raw
         if self._ssl is not None:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=t, context=self._ssl)
-        return http.client.HTTPConnection(self.host, self.port, timeout=t)
+            sock = self._ssl.wrap_socket(raw, server_hostname=self.host)  # same descriptor
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.options.timeout)
+        conn.sock = sock
+        return conn
 
     def _once(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> HttpResponse:
         url = self.url(path)
-        deadline = time.monotonic() + self.options.timeout
-        conn = self._connection()
+        limit = self.options.max_response_bytes
         self.attempts += 1
-        try:
+        conn: http.client.HTTPConnection | None = None
+        chunks: list[bytes] = []
+        with _Watchdog(self.options.timeout) as watchdog:
             try:
+                conn = self._connect(watchdog)
                 conn.request(method, self.prefix + path, body=body, headers={**self._headers, **headers})
                 resp = conn.getresponse()
-                chunks: list[bytes] = []
+                declared = _content_length(resp, method, url)
+                if declared is not None and declared > limit:
+                    raise TargetError(f"{method} {url}: expected an answer of at most {limit} bytes, "
+                                      f"the server announced {declared}")
                 size = 0
                 while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError
-                    if conn.sock is not None:
-                        conn.sock.settimeout(left)
                     chunk = resp.read(1 << 16)
                     if not chunk:
                         break
                     size += len(chunk)
-                    if size > self.options.max_response_bytes:
-                        raise TargetError(
-                            f"{method} {url}: expected an answer of at most "
-                            f"{self.options.max_response_bytes} bytes, the server sent more"
-                        )
+                    if size > limit:
+                        raise TargetError(f"{method} {url}: expected an answer of at most {limit} "
+                                          "bytes, the server sent more")
                     chunks.append(chunk)
-            except TimeoutError as e:
-                msg = f"{method} {url}: no complete answer within the {self.options.timeout:g} s timeout"
-                if self.options.retry_timeouts:
-                    raise _Retryable(msg) from e
-                raise TargetError(msg) from e
-            except ssl.SSLError as e:
-                raise TargetError(f"{method} {url}: TLS failed: {e}") from e
-            except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError,
-                    http.client.RemoteDisconnected) as e:
-                raise _Retryable(f"{method} {url}: connection failed: {e!r}") from e
-            except (OSError, http.client.HTTPException) as e:
-                raise TargetError(f"{method} {url}: request failed: {e!r}") from e
-        finally:
-            conn.close()
+                if watchdog.expired:
+                    raise TimeoutError
+                if declared is not None and size != declared:
+                    raise TargetError(f"{method} {url}: expected {declared} bytes (its Content-Length), "
+                                      f"the server sent {size} before closing")
+            except TargetError:
+                raise
+            except Exception as e:
+                if watchdog.expired or isinstance(e, TimeoutError):
+                    msg = (f"{method} {url}: no complete answer within the {self.options.timeout:g} s "
+                           "timeout")
+                    if self.options.retry_timeouts:
+                        raise _Retryable(msg) from e
+                    raise TargetError(msg) from e
+                if isinstance(e, ssl.SSLError):
+                    raise TargetError(f"{method} {url}: TLS failed: {e}") from e
+                if isinstance(e, ConnectionRefusedError | ConnectionResetError | BrokenPipeError
+                              | http.client.RemoteDisconnected):
+                    raise _Retryable(f"{method} {url}: connection failed: {e!r}") from e
+                if isinstance(e, OSError | http.client.HTTPException):
+                    raise TargetError(f"{method} {url}: request failed: {redact(repr(e))}") from e
+                raise
+            finally:
+                watchdog.done()
+                if conn is not None:
+                    conn.close()
         headers_out = {k.lower(): v for k, v in resp.getheaders()}
         answer = HttpResponse(resp.status, headers_out, b"".join(chunks))
         if answer.status in RETRY_STATUSES:
@@ -283,8 +396,8 @@ def _status_message(method: str, url: str, resp: HttpResponse) -> str:
     try:
         obj = json.loads(resp.body)
         if isinstance(obj, dict) and isinstance(obj.get("error"), str):
-            said = obj["error"]
-    except ValueError:
+            said = _snippet(obj["error"])
+    except (ValueError, RecursionError):
         pass
     return f"{method} {url}: expected HTTP 200, server answered HTTP {resp.status}: {said}"
 
@@ -295,6 +408,8 @@ def parse_json(body: bytes, where: str) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise TargetError(f"{where}: expected a JSON body, got {_snippet(body)!r}") from e
+    except RecursionError as e:
+        raise TargetError(f"{where}: expected a JSON body, got one nested too deeply to read") from e
 
 
 def as_array(data: Any, where: str) -> np.ndarray:
@@ -314,89 +429,6 @@ def as_array(data: Any, where: str) -> np.ndarray:
         arr.dtype.kind, str(arr.dtype))
     raise TargetError(f"{where}: expected numbers, got {kind} (e.g. {_snippet(repr(arr.flat[0]))})"
                       if arr.size else f"{where}: expected numbers, got an empty value")
-
-
-def check_output(arr: np.ndarray, *, form: OutputForm, rows: int, classes: int | None = None,
-                 where: str = "server") -> np.ndarray:
-    """Validate a decoded answer and return it in the :class:`Target` contract's form.
-
-    Args:
-        arr: the decoded output (numbers).
-        form: what it should be: ``"logits"``/``"probs"`` (``(rows, classes)`` floats),
-            ``"labels"`` (``(rows,)`` or ``(rows, 1)`` integers), ``"topk"`` (``(rows, K)``),
-            ``"top1-prob"`` (``(rows, 2)``: label, probability).
-        rows: how many samples were sent.
-        classes: number of classes, when known (checked for every form).
-        where: named in error messages.
-
-    Returns:
-        float32 ``(rows, classes)`` for logits/probs, float32 ``(rows, 2)`` for top1-prob,
-        int64 ``(rows,)`` or ``(rows, K)`` for labels/topk.
-
-    Raises:
-        TargetError: wrong count, shape, kind of values, non-finite or out-of-range values.
-    """
-    if arr.ndim == 0 or arr.shape[0] != rows:
-        got = "a scalar" if arr.ndim == 0 else f"{arr.shape[0]} (shape {list(arr.shape)})"
-        raise TargetError(f"{where}: expected outputs for {rows} samples, got {got}")
-    if form in ("logits", "probs"):
-        if arr.ndim != 2:
-            raise TargetError(f"{where}: expected {form} of shape [{rows}, classes], got {list(arr.shape)}")
-        if classes is not None and arr.shape[1] != classes:
-            raise TargetError(f"{where}: expected {classes} classes, got {arr.shape[1]}")
-        if arr.dtype.kind not in "fiu":
-            raise TargetError(f"{where}: expected numeric {form}, got dtype {arr.dtype}")
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise TargetError(f"{where}: expected finite {form}, got {arr[r, c]} at sample {r}, "
-                              f"class {c} ({int(bad.sum())} non-finite values)")
-        out = arr.astype(np.float32)
-        if form == "probs":
-            if out.min() < -1e-6 or out.max() > 1 + 1e-6:
-                raise TargetError(f"{where}: expected probabilities in [0, 1], got values in "
-                                  f"[{out.min():g}, {out.max():g}]")
-            sums = out.astype(np.float64).sum(axis=1)
-            worst = int(np.argmax(np.abs(sums - 1)))
-            if abs(sums[worst] - 1) > 1e-3:
-                raise TargetError(f"{where}: expected probabilities summing to 1 per sample, "
-                                  f"sample {worst} sums to {sums[worst]:.6g}")
-        return out
-    if form == "top1-prob":
-        if arr.ndim != 2 or arr.shape[1] != 2:
-            raise TargetError(f"{where}: expected (label, probability) pairs of shape [{rows}, 2], "
-                              f"got {list(arr.shape)}")
-        out = arr.astype(np.float64)
-        if not np.all(np.isfinite(out)):
-            raise TargetError(f"{where}: expected finite (label, probability) pairs, got NaN or infinity")
-        labels, probs = out[:, 0], out[:, 1]
-        if not np.all(labels == np.round(labels)) or labels.min() < 0 or (
-                classes is not None and labels.max() >= classes):
-            raise TargetError(f"{where}: expected integer class indices in column 0, got "
-                              f"{labels[:5].tolist()}...")
-        if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
-            raise TargetError(f"{where}: expected probabilities in [0, 1] in column 1, got values in "
-                              f"[{probs.min():g}, {probs.max():g}]")
-        return out.astype(np.float32)
-    # labels / topk
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise TargetError(f"{where}: expected integer {form}, got non-integer values")
-    elif arr.dtype.kind not in "iu":
-        raise TargetError(f"{where}: expected integer {form}, got dtype {arr.dtype}")
-    out = arr.astype(np.int64)
-    if form == "labels":
-        if out.ndim == 2 and out.shape[1] == 1:
-            out = out[:, 0]
-        if out.ndim != 1:
-            raise TargetError(f"{where}: expected labels of shape [{rows}], got {list(arr.shape)}")
-    elif out.ndim != 2:
-        raise TargetError(f"{where}: expected top-k labels of shape [{rows}, K], got {list(arr.shape)}")
-    if out.size and (out.min() < 0 or (classes is not None and out.max() >= classes)):
-        top = f"[0, {classes - 1}]" if classes is not None else ">= 0"
-        raise TargetError(f"{where}: expected class indices in {top}, got values in "
-                          f"[{out.min()}, {out.max()}]")
-    return out
 
 
 class HttpTarget(Target):
@@ -425,17 +457,8 @@ class HttpTarget(Target):
                  http: HttpOptions | None = None, **http_options: Any) -> None:
         check_target_options(output, datatype, max_batch)
         if classes is not None and classes < 1:
-            raise ValueError(f"expected classes >= 1 or None, got {classes}")
-        if http is not None and http_options:
-            raise ValueError(f"give either http=HttpOptions(...) or its fields, got both "
-                             f"(extra: {sorted(http_options)})")
-        try:
-            options = http or HttpOptions(**http_options)
-        except TypeError as e:
-            fields = sorted(HttpOptions.__dataclass_fields__)
-            raise TypeError(f"unknown option for {type(self).__name__}: {e}; "
-                            f"transport options are {fields}") from e
-        self.client = HttpClient(base_url, options)
+            raise ConfigError(f"expected classes >= 1 or None, got {classes}")
+        self.client = HttpClient(base_url, transport_options(http, http_options, type(self).__name__))
         self.output = output
         self.datatype = datatype
         self.max_batch = max_batch
@@ -447,7 +470,7 @@ class HttpTarget(Target):
         if self.datatype == "FP32":
             x = np.asarray(batch.x, dtype=np.float32)
             if not np.all(np.isfinite(x)):
-                raise ValueError("expected finite input samples, got NaN or infinity")
+                raise ConfigError("expected finite input samples, got NaN or infinity")
             return x
         if batch.grid is None:
             raise TargetError("this target takes UINT8 inputs but the fingerprint's samples have no "

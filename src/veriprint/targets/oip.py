@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
 from veriprint.targets.http import HttpTarget, as_array
 
@@ -43,7 +44,7 @@ def parse_oip_url(url: str) -> tuple[str, str, str | None]:
     """
     m = _URL.match(url)
     if not m:
-        raise ValueError(f"expected http(s)://HOST:PORT/v2/models/NAME[/versions/V], got {url!r}")
+        raise ConfigError(f"expected http(s)://HOST:PORT/v2/models/NAME[/versions/V], got {url!r}")
     return m.group(1), m.group(2), m.group(3)
 
 

@@ -18,12 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from veriprint.errors import ConfigError
+from veriprint.redact import refuse_url_credentials
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.contract import check_output
 from veriprint.targets.http import (
     HttpOptions,
     InputDatatype,
-    check_output,
     check_target_options,
+    transport_options,
 )
 from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
 
@@ -47,7 +50,7 @@ def parse_grpc_url(url: str) -> tuple[bool, str, str, str | None]:
     """Split ``grpc(s)://HOST:PORT/NAME[/versions/V]`` into ``(tls, address, model, version)``."""
     m = _URL.match(url)
     if not m:
-        raise ValueError(f"expected grpc://HOST:PORT/NAME[/versions/V] (or grpcs://), got {url!r}")
+        raise ConfigError(f"expected grpc://HOST:PORT/NAME[/versions/V] (or grpcs://), got {url!r}")
     return m.group(1) == "grpcs", m.group(2), m.group(3), m.group(4)
 
 
@@ -78,10 +81,11 @@ class GrpcOipTarget(Target):
                  max_batch: int | None = None, classes: int | None = None,
                  http: HttpOptions | None = None, **http_options: Any) -> None:
         check_target_options(output, datatype, max_batch)
+        refuse_url_credentials(url)
         tls, address, self.model, version = parse_grpc_url(url)
-        self.options = http or HttpOptions(**http_options)
+        self.options = transport_options(http, http_options, type(self).__name__)
         if not self.options.verify_tls:
-            raise ValueError("verify_tls=False is not supported for gRPC; give ca_file instead")
+            raise ConfigError("verify_tls=False is not supported for gRPC; give ca_file instead")
         try:
             import tritonclient.grpc as grpcclient
         except ImportError as e:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
 from veriprint.targets.http import HttpTarget, as_array
 
@@ -29,7 +30,7 @@ def parse_tfserving_url(url: str) -> tuple[str, str]:
     """Split ``tfserving+http(s)://HOST:PORT/v1/models/NAME[...]`` into ``(base_url, path)``."""
     m = _URL.match(url)
     if not m:
-        raise ValueError("expected tfserving+http(s)://HOST:PORT/v1/models/NAME"
+        raise ConfigError("expected tfserving+http(s)://HOST:PORT/v1/models/NAME"
                          f"[/versions/V|/labels/L], got {url!r}")
     return m.group(1), m.group(2)
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
 from veriprint.targets.http import HttpTarget, as_array
 
@@ -33,7 +34,7 @@ def parse_torchserve_url(url: str) -> tuple[str, str, str | None]:
     ``(base_url, model, version)``."""
     m = _URL.match(url)
     if not m:
-        raise ValueError(
+        raise ConfigError(
             f"expected torchserve+http(s)://HOST:PORT/predictions/NAME[/VERSION], got {url!r}")
     return m.group(1), m.group(2), m.group(3)
 
@@ -55,7 +56,7 @@ class TorchServeTarget(HttpTarget):
     def __init__(self, url: str, *, per_request: Literal["batch", "sample"] = "batch",
                  output_name: str | None = None, **options: Any) -> None:
         if per_request not in ("batch", "sample"):
-            raise ValueError(f"expected per_request in ('batch', 'sample'), got {per_request!r}")
+            raise ConfigError(f"expected per_request in ('batch', 'sample'), got {per_request!r}")
         base, self.model, self.version = parse_torchserve_url(url)
         super().__init__(base, **options)
         self.path = f"/predictions/{self.model}" + (f"/{self.version}" if self.version else "")

@@ -1,0 +1,105 @@
+"""Keeping secrets out of everything veriprint prints, logs or stores.
+
+Two kinds of secret pass through a verification: the value of the auth header (read from
+the environment variable named by ``auth_env``) and credentials someone wrote into a
+target URL (``http://user:password@host/...``). URL credentials are refused (see
+:func:`refuse_url_credentials`): they would be sent in clear, kept in shell history and
+process lists, and echoed by every message naming the URL. The auth value is remembered
+here when it is read, and :func:`redact` replaces every occurrence of it (and of its
+token part, e.g. ``abc`` in ``Bearer abc``) with ``***``. The verifier redacts its
+report, the command line redacts every message it prints, and the HTTP layer redacts
+the server's words before quoting them, so a 401 page that echoes the Authorization
+header cannot put the token in stdout or in a report file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from veriprint.errors import ConfigError
+
+__all__ = ["MASK", "RedactingFilter", "forget_all", "redact", "redact_obj", "refuse_url_credentials",
+           "remember"]
+
+MASK = "***"
+_lock = threading.Lock()
+_secrets: set[str] = set()
+# scheme://userinfo@ : the userinfo part of any URL-looking text.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+
+
+def remember(value: str) -> None:
+    """Treat ``value`` (and the token after its scheme word, if any) as a secret from now on."""
+    if not value:
+        return
+    parts = {value.strip()}
+    _scheme, _, token = value.strip().partition(" ")
+    if token.strip():
+        parts.add(token.strip())
+    with _lock:
+        _secrets.update(p for p in parts if p)
+
+
+def forget_all() -> None:
+    """Forget every remembered secret (for tests)."""
+    with _lock:
+        _secrets.clear()
+
+
+def redact(text: str) -> str:
+    """``text`` with remembered secrets and URL credentials replaced by ``***``."""
+    if not isinstance(text, str):
+        text = str(text)
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, MASK)
+    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+
+
+def redact_obj(obj: Any) -> Any:
+    """A copy of a JSON-like structure with every string redacted."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {redact_obj(k): redact_obj(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact_obj(v) for v in obj]
+    return obj
+
+
+def refuse_url_credentials(url: str) -> None:
+    """Raise :class:`ConfigError` when ``url`` carries ``user[:password]@`` before its host.
+
+    The message names the URL with the credentials masked and says how to pass them.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    if "@" in (parts.netloc or ""):
+        raise ConfigError(
+            f"expected a target URL without credentials, got {redact(url)!r}: credentials in a URL "
+            "leak into logs, reports and process lists. Put the header value in an environment "
+            "variable and name it with --auth-env (auth_env=...), e.g. "
+            "VERIPRINT_AUTH='Basic <base64 of user:password>' or 'Bearer <token>'"
+        )
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's message before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is left to logging's own error handling
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
