@@ -122,7 +122,8 @@ def check_output(out: Any, *, form: OutputForm, rows: int, classes: int | None =
             if abs(sums[worst] - 1) > PROB_SUM_TOLERANCE:
                 raise TargetError(f"{where}: expected probabilities summing to 1 per sample, "
                                   f"sample {worst} sums to {sums[worst]:.6g}")
-        out32: np.ndarray = arr.astype(np.float32)
+        with np.errstate(over="ignore"):
+            out32: np.ndarray = arr.astype(np.float32)
         if not np.isfinite(out32).all():
             raise TargetError(f"{where}: expected {form} within float32 range, got values up to "
                               f"{np.abs(arr).max():g}")

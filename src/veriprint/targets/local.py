@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.contract import to_array
 
 __all__ = ["CallableTarget", "OnnxTarget", "TorchTarget"]
 
@@ -107,7 +108,4 @@ class CallableTarget(Target):
             data = batch.grid
         else:
             data = batch.x
-        out = self.fn(data)
-        if isinstance(out, torch.Tensor):
-            out = out.detach().cpu().numpy()
-        return np.asarray(out)
+        return to_array(self.fn(data), self.description)
