@@ -140,7 +140,8 @@ class OipTarget(HttpTarget):
         else:
             raise TargetError(f"{where}: the server sent {len(outputs)} outputs {names}; "
                               "name the one to use with output_name")
-        return _tensor(tensor, self.output, f"{where} output {tensor.get('name')!r}")
+        label = tensor.get("name") if isinstance(tensor, dict) else None
+        return _tensor(tensor, self.output, f"{where} output {label!r}")
 
 
 def _tensor(tensor: Any, form: str, where: str) -> np.ndarray:
