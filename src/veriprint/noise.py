@@ -107,26 +107,29 @@ class NoiseFloor:
         missing = [k for k in required if k not in d]
         if missing:
             raise ConfigError(f"noise floor: expected fields {list(required)}, missing {missing}")
-        bounds = {"logit": (0.0, MAX_LOGIT_NOISE, True), "prob": (0.0, 1.0, True),
-                  "margin": (0.0, MAX_LOGIT_NOISE, True), "safety": (1.0, MAX_SAFETY, True),
-                  "declared": (0.0, MAX_LOGIT_NOISE, True), "declared_prob": (0.0, 1.0, True),
-                  "min_floor": (0.0, MAX_LOGIT_NOISE, False)}
-        kw: dict[str, Any] = {}
-        for name, (lo, hi, closed) in bounds.items():
-            if name not in d:
-                continue
-            v = d[name]
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ConfigError(f"noise floor: expected {name} to be a finite number, got {v!r}")
-            if v < lo or v > hi or (not closed and v == lo):
-                left = "[" if closed else "("
-                raise ConfigError(f"noise floor: expected {name} in {left}{lo:g}, {hi:g}], got {v!r}")
-            kw[name] = float(v)
+        kw: dict[str, Any] = {k: d[k] for k in _BOUNDS if k in d}
         variants = d.get("variants", ())
         if not isinstance(variants, list | tuple) or not all(isinstance(v, str) for v in variants):
             raise ConfigError(f"noise floor: expected variants to be a list of names, got {variants!r:.80}")
         kw["variants"] = tuple(variants)
         return cls(**kw)
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi, closed) in _BOUNDS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ConfigError(f"noise floor: expected {name} to be a finite number, got {v!r}")
+            if v < lo or v > hi or (not closed and v == lo):
+                left = "[" if closed else "("
+                raise ConfigError(f"noise floor: expected {name} in {left}{lo:g}, {hi:g}], got {v!r}")
+
+
+# field -> (lowest, highest, lowest allowed): what a calibration or a declaration can give.
+_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "logit": (0.0, MAX_LOGIT_NOISE, True), "prob": (0.0, 1.0, True), "margin": (0.0, MAX_LOGIT_NOISE, True),
+    "safety": (1.0, MAX_SAFETY, True), "declared": (0.0, MAX_LOGIT_NOISE, True),
+    "declared_prob": (0.0, 1.0, True), "min_floor": (0.0, MAX_LOGIT_NOISE, False),
+}
 
 
 def _run(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch import nn
 
 from veriprint.errors import ConfigError
@@ -143,6 +144,8 @@ def verify(
     fp = fingerprint if isinstance(fingerprint, Fingerprint) else Fingerprint.load(fingerprint, pubkey=pubkey)
     if len(fp) == 0:
         raise ConfigError("expected a fingerprint with at least one sample, got 0: nothing to compare")
+    if not torch.isfinite(fp.expected).all():
+        raise ConfigError("expected finite expected outputs in the fingerprint, got NaN or infinity")
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
     info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", "")}
