@@ -348,7 +348,7 @@ def test_bad_model_factories_are_inconclusive(vpf: Path, tmp_path: Path, capsys:
         "    def forward(self, x):\n        return x.flatten(1)[:, :10] * float('nan')\n"
         "def nan_model():\n    return Nan()\n"
     )
-    for name, words in (("raises", "no GPU here"), ("not_a_module", "expected"), ("tuple_model", "tensor"),
+    for name, words in (("raises", "no GPU here"), ("not_a_module", "not nn.Module"), ("tuple_model", "tensor"),
                         ("nan_model", "NaN")):
         code, text = cli(capsys, "verify", str(vpf), "--target", f"{tmp_path / 'factories.py'}:{name}")
         assert code == 2 and "INCONCLUSIVE" in text and words in text, (name, text)

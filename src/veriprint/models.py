@@ -127,7 +127,7 @@ def load_model(
         if ":" in spec and not path.exists():
             model = _import_factory(spec)()
             if not isinstance(model, nn.Module):
-                raise ModelError(f"factory {spec!r}: expected it to return an nn.Module, got {type(model).__name__}")
+                raise ModelError(f"factory {spec!r} returned {type(model).__name__}, not nn.Module")
         elif not path.exists():
             raise FileNotFoundError(
                 f"no model at {spec!r}: expected a file (.pt2, TorchScript, .onnx) or a "
