@@ -14,6 +14,8 @@ from veriprint import demo
 from veriprint.fingerprint import Fingerprint
 from veriprint.models import load_model, model_hash
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "veriprint.cli.main", "demo", *args], cwd=cwd,
@@ -51,6 +53,25 @@ def test_export_writes_a_manifest_that_loads(tmp_path: Path) -> None:
     manifest = json.loads(path.read_text())
     assert manifest["weights"]["sha256"] == shipped.manifest["weights"]["sha256"]
     assert demo.load_shipped(tmp_path).manifest["command"] == "veriprint demo --train --export x"
+
+
+def test_readme_table_is_what_the_demo_prints(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    shutil.copyfile(README, readme)
+    out = _cli("--quiet", "--write-readme", str(readme), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    inner = "\n".join(demo.readme_block_of(README.read_text()).splitlines()[1:-1])
+    assert inner in out.stdout, "the README's demo table is stale: run `veriprint demo --write-readme README.md`"
+    assert readme.read_text() == README.read_text()
+
+
+def test_readme_block_needs_its_markers() -> None:
+    block = f"{demo.README_BEGIN}\nnew\n{demo.README_END}"
+    text = f"before\n{demo.README_BEGIN}\nold\n{demo.README_END}\nafter\n"
+    assert demo.replace_readme_block(text, block) == f"before\n{block}\nafter\n"
+    assert demo.readme_block_of(text).splitlines()[1] == "old"
+    with pytest.raises(ValueError, match="expected the markers"):
+        demo.replace_readme_block("no markers here", block)
 
 
 def test_generation_options_need_regenerate(tmp_path: Path) -> None:

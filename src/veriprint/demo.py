@@ -37,6 +37,7 @@ __all__ = [
     "load_shipped",
     "machine_description",
     "readme_block",
+    "readme_block_of",
     "replace_readme_block",
     "tampered_copies",
     "verify_rows",
