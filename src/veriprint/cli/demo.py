@@ -1,116 +1,131 @@
-"""``veriprint demo``: the whole loop on the default data set, in a few minutes."""
+"""``veriprint demo``: the whole loop on the default data set, in a few seconds.
+
+By default the demo verifies the shipped fingerprint against the shipped Fashion-MNIST CNN
+and tampered copies of it, so that every machine prints the same table (the one in the
+README). ``--regenerate`` makes a new fingerprint on this machine, and ``--train`` also
+trains a new model; both results move with the CPU that computes them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
+import shutil
+import sys
 import time
+from pathlib import Path
 
-HELP = "train (or reuse) a small model, fingerprint it, verify it and tampered copies, print the verdicts"
+HELP = "verify the shipped fingerprint against the shipped model and tampered copies (or train, fingerprint and verify)"
+
+DEFAULTS = {"bag": 150, "steps": 250, "select": 8}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, choices=["fashion-mnist", "mnist-5k", "digits"],
-                   help="data set (default: fashion-mnist when installed, else digits)")
-    p.add_argument("--bag", type=int, default=150, help="seeds to generate from")
-    p.add_argument("--steps", type=int, default=250, help="ascent steps")
-    p.add_argument("--select", type=int, default=8, help="samples in the fingerprint")
-    p.add_argument("--out", default="demo.vpf", help="where to write the fingerprint")
+                   help="data set (default: fashion-mnist when installed, else digits); only fashion-mnist has "
+                        "shipped artefacts, the others train and fingerprint on this machine")
+    p.add_argument("--train", action="store_true",
+                   help="train the reference model on this machine (cached) instead of loading the shipped "
+                        "weights; implies --regenerate")
+    p.add_argument("--regenerate", action="store_true",
+                   help="make a new fingerprint on this machine instead of verifying the shipped one")
+    p.add_argument("--bag", type=int, default=None, help=f"seeds to generate from (with --regenerate; "
+                                                         f"default {DEFAULTS['bag']})")
+    p.add_argument("--steps", type=int, default=None, help=f"ascent steps (with --regenerate; default {DEFAULTS['steps']})")
+    p.add_argument("--select", type=int, default=None, help=f"samples in the fingerprint (with --regenerate; "
+                                                            f"default {DEFAULTS['select']})")
+    p.add_argument("--out", default="demo.vpf", help="where to write the fingerprint used (a copy of the shipped one)")
+    p.add_argument("--write-readme", metavar="README", default=None,
+                   help="rewrite the demo table between its markers in this file (shipped artefacts only)")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="write the model's weights, the fingerprint and their manifest (SHA-256, command, "
+                        "machine) to DIR; the shipped ones come from `scripts/make-demo-assets.sh`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _tampered(model):  # type: ignore[no-untyped-def]
-    """Simple weight edits: the tampering suite has the real attacks."""
-    import torch
-
-    def edit(fn):  # type: ignore[no-untyped-def]
-        m = copy.deepcopy(model)
-        with torch.no_grad():
-            fn(m)
-        return m
-
-    params = dict(model.named_parameters())
-    last_w = [n for n in params if n.endswith("weight") and params[n].dim() == 2][-1]
-    first_w = next(iter(params))
-
-    def cast16(m):  # type: ignore[no-untyped-def]
-        for p in m.parameters():
-            p.copy_(p.half().float())
-
-    def int8(m):  # type: ignore[no-untyped-def]
-        for p in m.parameters():
-            scale = p.abs().amax().clamp_min(1e-12) / 127
-            p.copy_((p / scale).round() * scale)
-
-    def one_last(m):  # type: ignore[no-untyped-def]
-        w = dict(m.named_parameters())[last_w]
-        i = int(w.abs().argmax())
-        w.view(-1)[i] *= 1.05
-
-    def one_first(m):  # type: ignore[no-untyped-def]
-        w = dict(m.named_parameters())[first_w]
-        i = int(w.abs().argmax())
-        w.view(-1)[i] *= 1.05
-
-    def noise(m):  # type: ignore[no-untyped-def]
-        g = torch.Generator().manual_seed(0)
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * p.std() * 1e-3)
-
-    def prune(m):  # type: ignore[no-untyped-def]
-        for p in m.parameters():
-            if p.dim() > 1:
-                k = max(1, int(0.02 * p.numel()))
-                thr = p.abs().flatten().kthvalue(k).values
-                p.masked_fill_(p.abs() <= thr, 0.0)
-
-    return [
-        ("intact copy", copy.deepcopy(model)),
-        ("float16 weights", edit(cast16)),
-        ("8-bit weights (per tensor)", edit(int8)),
-        ("2% magnitude pruning", edit(prune)),
-        ("Gaussian noise 1e-3 relative", edit(noise)),
-        (f"one weight of {last_w} x1.05", edit(one_last)),
-        (f"one weight of {first_w} x1.05", edit(one_first)),
-    ]
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
+    from veriprint import demo
     from veriprint.data import default_dataset_name, load_data
-    from veriprint.fingerprint import FingerprintConfig, make_fingerprint
+    from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
     from veriprint.generate import GenerationConfig
-    from veriprint.train import accuracy, reference_model
-    from veriprint.verify import verify
+    from veriprint.models import load_model, model_hash
+    from veriprint.train import REFERENCE_MODELS, accuracy, reference_model
 
     start = time.perf_counter()
     name = args.data or default_dataset_name()
-    print(f"[1/4] model: the reference model for {name} (trained once, then cached)")
-    model, factory, weights = reference_model(name, progress=not args.quiet)
+    train = args.train or name != "fashion-mnist"
+    regenerate = args.regenerate or train
+    given = [f"--{k}" for k in DEFAULTS if getattr(args, k) is not None]
+    if given and not regenerate:
+        return _fail(f"{', '.join(given)} set how a new fingerprint is made: add --regenerate")
+    if args.write_readme and regenerate:
+        return _fail("--write-readme records the table of the shipped artefacts: drop --train and --regenerate "
+                     "(remake the artefacts with scripts/make-demo-assets.sh first)")
+    if args.export and not regenerate:
+        return _fail("--export writes new artefacts: add --train (or --regenerate)")
+    if train and not args.train:
+        print(f"no shipped model for {name}: training and fingerprinting on this machine")
     test = load_data(name, split="test")
-    print(f"      {factory} with {weights}: test accuracy {accuracy(model, test):.1%}")
-    print(f"[2/4] fingerprint: {args.bag} seeds, {args.steps} steps, {args.select} queries "
-          "(refined to the decision boundary, in pairs across it)")
-    cfg = FingerprintConfig(bag=args.bag, select=args.select, generation=GenerationConfig(steps=args.steps))
-    fp, gen, _ = make_fingerprint(model, test, cfg, progress=not args.quiet, source=factory)
-    fp = fp.save(args.out)
+    shipped = None if train else demo.load_shipped()
+    if train:
+        print(f"[1/4] model: the reference model for {name}, trained on this machine (once, then cached)")
+        model, factory, weights = reference_model(name, progress=not args.quiet)
+        train_config = dataclasses.asdict(REFERENCE_MODELS[name][1])
+    else:
+        assert shipped is not None
+        if shipped.dataset != name:
+            return _fail(f"the shipped demo model is for {shipped.dataset}, not {name}")
+        factory, weights = shipped.factory, shipped.weights
+        train_config = shipped.manifest["train_config"]
+        print(f"[1/4] model: the shipped model for {name} (SHA-256 checked; made on {shipped.manifest['machine']})")
+        model = load_model(factory, weights=weights)
+    acc = accuracy(model, test)
+    print(f"      {factory} with {weights}: test accuracy {acc:.1%}")
+    if regenerate:
+        bag, steps, select = (getattr(args, k) if getattr(args, k) is not None else v for k, v in DEFAULTS.items())
+        print(f"[2/4] fingerprint, made on this machine: {bag} seeds, {steps} steps, {select} queries "
+              "(refined to the decision boundary, in pairs across it)")
+        cfg = FingerprintConfig(bag=bag, select=select, generation=GenerationConfig(steps=steps))
+        fp, gen, _ = make_fingerprint(model, test, cfg, progress=not args.quiet, source=factory)
+        fp = fp.save(args.out)
+        log_s = f"mean log S of the bag {gen.log_s_before.mean().item():.2f} -> {gen.log_s_after.mean().item():.2f}"
+    else:
+        assert shipped is not None
+        shutil.copyfile(shipped.fingerprint, args.out)
+        fp = Fingerprint.load(args.out)
+        if fp.meta.get("model_hash") != model_hash(model):
+            return _fail(f"the shipped fingerprint {shipped.fingerprint} is not of the shipped model {weights}")
+        print(f"[2/4] fingerprint: the shipped one (SHA-256 checked), made with `{shipped.manifest['command']}`; "
+              "`--regenerate` makes a new one on this machine")
+        log_s = f"log S of the samples {fp.log_s.min().item():.2f}..{fp.log_s.max().item():.2f}"
     print(f"      {fp.meta['selection']['pairs']} pairs, classes {sorted(set(fp.meta['labels']))}")
-    print(f"      wrote {args.out}: mean log S {gen.log_s_before.mean().item():.2f} -> "
-          f"{gen.log_s_after.mean().item():.2f}, PSNR {fp.psnr.mean().item():.1f} dB, noise floor "
+    print(f"      wrote {args.out}: {log_s}, PSNR {fp.psnr.mean().item():.1f} dB, noise floor "
           f"{fp.noise.floor:.2g}, margins {fp.margin.min().item():.2g}..{fp.margin.max().item():.2g}")
     reach = fp.meta.get("reach")
     if reach:
         print(f"      reach: a 5% change of one parameter flips a query for {reach['all'][0]:.0%} of parameters "
               f"(mean over {len(reach['tensors'])} tensors, first order; `veriprint inspect` lists them)")
     print("[3/4] verify the intact model and tampered copies (top-1 label API and full probabilities)")
-    rows = []
-    for label, candidate in _tampered(model):
-        top1 = verify(args.out, candidate, spec="top1")
-        probs = verify(args.out, candidate, spec="probs")
-        rows.append((label, top1.verdict, top1.mismatches, probs.verdict, probs.mismatches, top1.queries))
+    rows = demo.verify_rows(args.out, model, test.subset(slice(0, 500)))
     print("[4/4] verdicts")
-    width = max(len(r[0]) for r in rows)
-    print(f"  {'model':<{width}}  {'top1':<9} {'flips':>5}  {'probs':<9} {'diffs':>5}  queries")
-    for label, v1, m1, v2, m2, q in rows:
-        print(f"  {label:<{width}}  {v1:<9} {m1:>5}  {v2:<9} {m2:>5}  {q:>7}")
+    block = demo.readme_block(rows, accuracy=acc, meta=fp.meta, shipped=not regenerate)
+    print("\n".join(block.splitlines()[1:-1]))
+    if args.write_readme:
+        path = Path(args.write_readme)
+        try:
+            path.write_text(demo.replace_readme_block(path.read_text(), block))
+        except OSError as e:
+            return _fail(f"cannot rewrite {path}: {e.strerror}")
+        print(f"rewrote the demo table in {path}")
+    if args.export:
+        manifest = demo.export_assets(args.export, weights=weights, fingerprint=args.out, dataset=name,
+                                      factory=factory, train_config=train_config, test_accuracy=acc,
+                                      command="veriprint " + " ".join(sys.argv[1:]))
+        print(f"wrote {manifest} and the files it names")
     print(f"done in {time.perf_counter() - start:.0f} s. Try: veriprint inspect {args.out} --png out/")
     return 0
