@@ -106,6 +106,8 @@ def check_output(out: Any, *, form: OutputForm, rows: int, classes: int | None =
     if form in ("logits", "probs"):
         if arr.ndim != 2:
             raise TargetError(f"{where}: expected {form} of shape [{rows}, classes], got {list(arr.shape)}")
+        if arr.shape[1] < 1:
+            raise TargetError(f"{where}: expected {form} for at least one class, got shape {list(arr.shape)}")
         if classes is not None and arr.shape[1] != classes:
             raise TargetError(f"{where}: expected {classes} classes, got {arr.shape[1]} "
                               f"(shape {list(arr.shape)})")
