@@ -128,9 +128,9 @@ def prepare(out: Path, models: list[str], *, bag: int, steps: int, natural: int,
             epochs: int | None = None) -> dict[str, Any]:
     """Write the bundle to ``out`` and return its manifest."""
     from veriprint.data import load_data
-    from veriprint.fingerprint import FingerprintConfig, make_fingerprint
     from veriprint.generate import GenerationConfig
     from veriprint.models import save_weights
+    from veriprint.pipeline import FingerprintConfig, make_fingerprint
     from veriprint.train import accuracy
 
     out.mkdir(parents=True, exist_ok=True)

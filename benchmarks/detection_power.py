@@ -41,9 +41,10 @@ from torch import nn  # noqa: E402
 
 from veriprint.data import Dataset, load_data  # noqa: E402
 from veriprint.evaluate.missing import hypergeom_miss  # noqa: E402
-from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint  # noqa: E402
+from veriprint.fingerprint import Fingerprint  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.noise import as_logits  # noqa: E402
+from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.refine import boundary_twins  # noqa: E402
 from veriprint.targets import TorchTarget  # noqa: E402
 from veriprint.train import accuracy  # noqa: E402

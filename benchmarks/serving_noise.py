@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers.mlserver import MLServer, ServedModel  # noqa: E402
 from veriprint.data import load_data  # noqa: E402
-from veriprint.fingerprint import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.onnx_import import export_onnx  # noqa: E402
+from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.targets import QueryBatch  # noqa: E402
 from veriprint.targets.oip import OipTarget  # noqa: E402
 from veriprint.train import reference_model  # noqa: E402

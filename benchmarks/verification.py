@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fingerprint(model: torch.nn.Module, ctx: Context) -> Any:
-    from veriprint.fingerprint import FingerprintConfig, make_fingerprint
     from veriprint.generate import GenerationConfig
+    from veriprint.pipeline import FingerprintConfig, make_fingerprint
 
     seeds = inputs(16, ctx.seed)
     fp, _, _ = make_fingerprint(model, seeds, FingerprintConfig(

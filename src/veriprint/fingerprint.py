@@ -1,138 +1,41 @@
 """A model's fingerprint: a few Sensitive-Samples and the intact model's outputs on them.
 
-:func:`make_fingerprint` runs the whole owner-side pipeline: draw a bag of natural seeds,
-generate Sensitive-Samples (Algorithm 1), calibrate the numeric noise floor, optionally
-refine the samples towards the decision boundary (for label-only APIs), keep the samples
-whose margin clears the floor, pick ``k`` of them (by default the candidates whose labels
-reveal the smallest changes of every parameter tensor, :mod:`veriprint.reach`; the paper's
-MANC, Algorithm 2, on request), and record their outputs with the share of each tensor's
-parameters whose small change they reveal. The file format is in :mod:`veriprint.fileformat`.
+:class:`Fingerprint` is the type: its samples, expected outputs and noise floor, read
+(:meth:`Fingerprint.load`, which refuses any file whose contents no veriprint could have
+written), written (:meth:`Fingerprint.save`) and cut down (:meth:`Fingerprint.subset`).
+The file format is in :mod:`veriprint.fileformat`; the pipeline that makes a fingerprint
+is in :mod:`veriprint.pipeline` (``make_fingerprint`` and ``FingerprintConfig`` are also
+importable from here).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
-from veriprint import __version__
-from veriprint.data import Dataset, InputDomain
+from veriprint.data import InputDomain
 from veriprint.errors import ConfigError
 from veriprint.fileformat import FingerprintFileError, LoadedFile, read_file, write_file
-from veriprint.generate import GenerationConfig, GenerationResult, generate, result_for
-from veriprint.models import OutputKind, model_hash
-from veriprint.noise import NoiseFloor, as_logits, calibrate_noise
-from veriprint.reach import ParameterReach, parameter_reach, reach_coverage
-from veriprint.select import (
-    Selection,
-    activations,
-    boundary_events,
-    event_cover,
-    manc,
-    random_selection,
-    reach_cover,
-    simulate_flips,
-)
+from veriprint.models import OutputKind
+from veriprint.noise import NoiseFloor, as_logits
 
-__all__ = ["REACH_DELTAS", "Fingerprint", "FingerprintConfig", "make_fingerprint"]
+__all__ = ["Fingerprint"]
 
-#: Relative changes of one parameter for which a fingerprint records its first-order
-#: coverage (``meta["reach"]``, see :func:`veriprint.reach.reach_coverage`).
-REACH_DELTAS = (0.05, 0.01)
-
-log = logging.getLogger(__name__)
+_FROM_PIPELINE = {"FingerprintConfig": "veriprint.pipeline.config", "make_fingerprint": "veriprint.pipeline.make",
+                  "REACH_DELTAS": "veriprint.pipeline.describe"}
 
 
-@dataclass(frozen=True)
-class FingerprintConfig:
-    """How a fingerprint is made.
+def __getattr__(name: str) -> Any:
+    """``FingerprintConfig``, ``make_fingerprint`` and ``REACH_DELTAS`` live in the pipeline."""
+    if name in _FROM_PIPELINE:
+        import importlib
 
-    Args:
-        bag: natural seeds drawn for generation (default 500, the paper's bag).
-        seeds: how the bag is drawn: ``"boundary"`` (default with refinement): the natural
-            inputs with the smallest top-1 margins, the same number for each predicted class
-            (refinement reaches the boundary from them, and every class gets boundaries);
-            ``"random"``: uniformly, as the paper does.
-        select: samples kept in the fingerprint, ``N_S`` (default 8).
-        selector: ``"reach"`` (default): greedy cover of every parameter tensor by the
-            first-order reach of the candidates (:func:`veriprint.select.reach_cover`: the
-            smaller the change of a parameter that flips a chosen sample, the better);
-            ``"manc"``: the paper's active-neuron cover (with refinement, single-logit
-            boundary events first, :func:`veriprint.select.event_cover`); ``"random"``;
-            or ``"tamper-aware"``: greedy cover of the label flips caused by simulated
-            small weight changes (:func:`veriprint.select.simulate_flips`).
-        neurons: MANC's neurons of interest: ``"penultimate"`` (default) or ``"all"``.
-        threshold: activation threshold for MANC (default 0).
-        refine: move samples to just above the noise floor for label APIs (default True).
-        refine_factor: refinement target as a multiple of the floor (default 2).
-        twins: with refinement, store samples in pairs across the decision boundary
-            (:func:`veriprint.refine.boundary_twins`): a change of the margin in either
-            direction flips one of the pair (default True; ``select`` pairs' worth).
-        safety: factor on the measured noise (default 10).
-        min_floor: smallest margin floor in logits (default 1e-4).
-        tolerance: extra logit noise declared for the deployment (GPU, TF32, float16
-            serving), default 0.
-        prob_tolerance: extra probability noise declared likewise, default 0.
-        calibrate_onnx: include onnxruntime in the noise calibration (default False).
-        seed: seed for drawing the bag and for random selection (default 0).
-        generation: the :class:`GenerationConfig`.
-        version: config schema version.
-    """
-
-    bag: int = 500
-    seeds: Literal["boundary", "random"] = "boundary"
-    select: int = 8
-    selector: Literal["reach", "manc", "random", "tamper-aware"] = "reach"
-    neurons: Literal["penultimate", "all"] = "penultimate"
-    threshold: float = 0.0
-    refine: bool = True
-    refine_factor: float = 2.0
-    twins: bool = True
-    safety: float = 10.0
-    min_floor: float = 1e-4
-    tolerance: float = 0.0
-    prob_tolerance: float = 0.0
-    calibrate_onnx: bool = False
-    seed: int = 0
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("bag", self.bag >= 1),
-            ("seeds", self.seeds in ("boundary", "random")),
-            ("select", 1 <= self.select <= self.bag),
-            ("selector", self.selector in ("reach", "manc", "random", "tamper-aware")),
-            ("neurons", self.neurons in ("penultimate", "all")),
-            ("refine_factor", self.refine_factor >= 1),
-            ("safety", self.safety >= 1),
-            ("min_floor", self.min_floor > 0),
-            ("tolerance", self.tolerance >= 0),
-            ("prob_tolerance", self.prob_tolerance >= 0),
-        ]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"invalid FingerprintConfig.{name}: got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["generation"] = self.generation.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FingerprintConfig:
-        d = dict(d)
-        # Files written before these options existed drew seeds at random, without twins.
-        d.setdefault("seeds", "random")
-        d.setdefault("twins", False)
-        d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
-        return cls(**d)
+        return getattr(importlib.import_module(_FROM_PIPELINE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +99,32 @@ class Fingerprint:
         meta = {**self.meta, "noise": self.noise.to_dict()}
         digest = write_file(path, tensors, meta, key=key)
         return Fingerprint(**{**self.__dict__, "sha256": digest, "signature": "valid" if key else "unsigned"})
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> Fingerprint:
+        """The fingerprint made of the samples at ``indices`` (in that order).
+
+        The result keeps the metadata and noise floor, records the positions it kept in
+        ``meta["subset_of"]`` (with the parent file's hash), and is unsigned until saved
+        with a key: a signature covers exactly the samples of the file it signs.
+
+        Raises:
+            ConfigError: no index, or an index out of range.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        n = len(self)
+        if idx.numel() == 0:
+            raise ConfigError("expected at least one sample index for a subset, got none")
+        if int(idx.min()) < -n or int(idx.max()) >= n:
+            raise ConfigError(f"expected sample indices in [0, {n - 1}], got {idx.tolist()}")
+        idx = idx % n
+        meta = {**self.meta, "subset_of": {"sha256": self.sha256, "indices": idx.tolist(), "of": n}}
+        if "labels" in meta and isinstance(meta["labels"], list) and len(meta["labels"]) == n:
+            meta["labels"] = [meta["labels"][i] for i in idx.tolist()]
+        return Fingerprint(
+            samples=self.samples[idx].clone(), grid=None if self.grid is None else self.grid[idx].clone(),
+            expected=self.expected[idx].clone(), seeds=self.seeds[idx].clone(), log_s=self.log_s[idx].clone(),
+            margin=self.margin[idx].clone(), psnr=self.psnr[idx].clone(), noise=self.noise, meta=meta,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, pubkey: str | os.PathLike[str] | None = None) -> Fingerprint:
@@ -288,221 +217,3 @@ def _checked_contents(path: str, t: dict[str, torch.Tensor],
     except ConfigError as e:
         raise refuse(str(e)) from e
     return noise, meta
-
-
-def _draw_seeds(
-    data: Dataset | torch.Tensor, n: int, seed: int, how: str = "random",
-    model: nn.Module | None = None, model_outputs: OutputKind = "logits",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    x = data.x if isinstance(data, Dataset) else data
-    if n > len(x):
-        raise ValueError(f"expected a bag of at most {len(x)} seeds (the data size), got bag={n}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
-    if how == "random" or model is None:
-        idx = perm[:n]
-        return x[idx].float(), idx
-    cand = perm[: max(20 * n, min(len(x), 20000))]
-    with torch.inference_mode():
-        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], 500)])
-    top2 = z.topk(2, dim=1)
-    margin = top2.values[:, 0] - top2.values[:, 1]
-    # Round-robin over predicted classes, smallest margin first within each class.
-    queues = [cand_i[margin[cand_i].argsort()] for c in top2.indices[:, 0].unique()
-              for cand_i in [(top2.indices[:, 0] == c).nonzero().flatten()]]
-    picked: list[int] = []
-    depth = 0
-    while len(picked) < n:
-        for q in queues:
-            if depth < len(q) and len(picked) < n:
-                picked.append(int(q[depth]))
-        depth += 1
-    idx = cand[torch.tensor(picked, dtype=torch.long)]
-    return x[idx].float(), idx
-
-
-def make_fingerprint(
-    model: nn.Module,
-    data: Dataset | torch.Tensor,
-    config: FingerprintConfig | None = None,
-    *,
-    domain: InputDomain | None = None,
-    model_outputs: OutputKind = "logits",
-    progress: bool = True,
-    source: str | None = None,
-) -> tuple[Fingerprint, GenerationResult, Selection]:
-    """Fingerprint a model.
-
-    Args:
-        model: the intact classifier (eval mode).
-        data: natural inputs to draw seeds from (a :class:`Dataset` or a tensor).
-        config: :class:`FingerprintConfig` (default: bag 500, 8 samples as 4 twin pairs, refinement and selection by reach).
-        domain: input range and grid (default: the data set's, else ``[0, 1]`` 8-bit).
-        model_outputs: ``"logits"`` (default) or ``"probs"``.
-        progress: show progress bars.
-        source: a description of the model stored in the metadata.
-
-    Returns:
-        The :class:`Fingerprint`, the full :class:`GenerationResult` of the bag (after
-        refinement) and the :class:`Selection`.
-    """
-    cfg = config or FingerprintConfig()
-    domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
-    start = time.perf_counter()
-    boundary = cfg.seeds == "boundary" and cfg.refine
-    seeds, seed_idx = _draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model, model_outputs)
-    gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs, progress=progress)
-    noise = calibrate_noise(model, gen.samples, model_outputs=model_outputs, onnx=cfg.calibrate_onnx,
-                            safety=cfg.safety, declared=cfg.tolerance, declared_prob=cfg.prob_tolerance,
-                            min_floor=cfg.min_floor)
-    samples, reached = gen.samples, torch.zeros(len(gen), dtype=torch.bool)
-    if cfg.refine and cfg.generation.eps > 0:
-        from veriprint.refine import refine_to_boundary
-
-        ref = refine_to_boundary(model, gen.samples, seeds, target=cfg.refine_factor * noise.floor,
-                                 eps=cfg.generation.eps, norm=cfg.generation.norm, domain=domain,
-                                 model_outputs=model_outputs)
-        samples, reached = ref.samples, ref.reached
-        gen = _redescribe(model, gen, samples, model_outputs)
-    eligible = gen.margin > noise.floor
-    if cfg.refine and int((eligible & reached).sum()) >= cfg.select:
-        eligible = eligible & reached
-    n_ok = int(eligible.sum())
-    if n_ok < cfg.select:
-        raise ValueError(
-            f"only {n_ok} of {len(gen)} samples have a top-1 margin above the noise floor "
-            f"{noise.floor:.3g}; need {cfg.select}: use a larger bag or a smaller declared tolerance"
-        )
-    twins: torch.Tensor | None = None
-    pairs = 0
-    has_params = any(p.numel() for p in model.parameters())
-    # Reach needs parameters to differentiate; a model without any (weights held as
-    # buffers or constants) is selected by the boundary-event rule instead.
-    selector = "manc" if cfg.selector == "reach" and not has_params else cfg.selector
-    if cfg.refine and cfg.twins and cfg.select >= 2 and cfg.generation.eps > 0:
-        from veriprint.refine import boundary_twins
-
-        twins, twin_ok = boundary_twins(model, samples, seeds, target=cfg.refine_factor * noise.floor,
-                                        eps=cfg.generation.eps, norm=cfg.generation.norm, domain=domain,
-                                        model_outputs=model_outputs)
-        if int((eligible & twin_ok).sum()) >= cfg.select // 2:
-            pairs = cfg.select // 2
-        else:
-            log.warning("only %d samples have a twin across the boundary; storing single samples",
-                        int((eligible & twin_ok).sum()))
-    @functools.cache
-    def units() -> torch.Tensor:
-        return activations(model, samples, layers=cfg.neurons, threshold=cfg.threshold, model_outputs=model_outputs)
-
-    @functools.cache
-    def events(both_sides: bool) -> torch.Tensor:
-        with torch.inference_mode():
-            return boundary_events(as_logits(model(samples), model_outputs), both_sides=both_sides)
-
-    if pairs:
-        assert twins is not None
-        paired = eligible & twin_ok
-        if selector == "random":
-            sel = random_selection(len(gen), pairs, seed=cfg.seed, eligible=paired)
-        elif selector == "reach":
-            # A pair reveals a change of a parameter in a direction if either member flips.
-            pidx = paired.nonzero().flatten()
-            ra = parameter_reach(model, samples[pidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
-            rb = parameter_reach(model, twins[pidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
-            sub = reach_cover(torch.maximum(ra.directed(), rb.directed()), ra.directed_weights, pairs,
-                              score=-gen.margin[pidx])
-            sel = Selection(pidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
-        else:
-            # A last-layer weight w[k, j] shows only in a pair whose boundary involves class k
-            # while unit j is active: after new classes, cover new (class, unit) events.
-            ev = events(True)
-            joint = (ev[:, :, None] & units().bool()[:, None, :]).flatten(1) if cfg.neurons == "penultimate" else units()
-            sel = event_cover(joint, ev, pairs, score=-gen.margin, eligible=paired)
-        anchors = sel.indices
-        extra = torch.empty(0, dtype=torch.long)
-        if cfg.select % 2:
-            rest = eligible.clone()
-            rest[anchors] = False
-            extra = event_cover(units(), events(False), 1, score=-gen.margin, eligible=rest).indices
-        chosen = torch.cat([torch.stack([samples[anchors], twins[anchors]], dim=1).flatten(0, 1), samples[extra]])
-        idx = torch.cat([anchors.repeat_interleave(2), extra])
-    else:
-        if selector == "reach":
-            eidx = eligible.nonzero().flatten()
-            r = parameter_reach(model, samples[eidx], model_outputs=model_outputs, seed=cfg.seed, progress=progress)
-            sub = reach_cover(r.directed(), r.directed_weights, cfg.select, score=-gen.margin[eidx])
-            sel = Selection(eidx[sub.indices], sub.coverage, sub.gains, sub.levels, sub.neurons, sub.method)
-        elif selector == "manc" and cfg.refine:
-            sel = event_cover(units(), events(False), cfg.select, score=-gen.margin, eligible=eligible)
-        elif selector == "manc":
-            sel = manc(units(), cfg.select, score=gen.log_s_after, eligible=eligible)
-        elif selector == "tamper-aware":
-            flips = simulate_flips(model, samples, seed=cfg.seed)
-            sel = manc(flips, cfg.select, score=gen.log_s_after, eligible=eligible)
-        else:
-            sel = random_selection(len(gen), cfg.select, seed=cfg.seed, eligible=eligible)
-        idx = sel.indices
-        chosen = samples[idx]
-    with torch.inference_mode():
-        expected = model(chosen).float()
-    reach = parameter_reach(model, chosen, model_outputs=model_outputs, seed=cfg.seed) if has_params else None
-    described = result_for(model, chosen, seeds[idx], gen.config, domain=domain, model_outputs=model_outputs,
-                           history=gen.history, steps_run=gen.steps_run, seconds=gen.seconds,
-                           log_s_before=gen.log_s_before[idx])
-    meta: dict[str, Any] = {
-        "tool": "veriprint",
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model_hash": model_hash(model),
-        "model_source": source or type(model).__name__,
-        "model_outputs": model_outputs,
-        "domain": domain.to_dict(),
-        "input_shape": list(chosen.shape[1:]),
-        "num_classes": int(expected.shape[1]),
-        "config": cfg.to_dict(),
-        "selection": {
-            "method": sel.method,
-            "indices_in_bag": idx.tolist(),
-            "seed_indices_in_data": seed_idx[idx].tolist(),
-            "coverage": sel.coverage.tolist(),
-            "neurons": sel.neurons,
-            "eligible": n_ok,
-            "refined_reached": int(reached.sum()),
-            "pairs": pairs,
-            "seeds": "boundary" if boundary else "random",
-        },
-        "reach": {} if reach is None else _reach_meta(reach),
-        "generation": {"steps_run": gen.steps_run, "seconds": round(gen.seconds, 3)},
-        "labels": expected.argmax(1).tolist(),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    fp = Fingerprint(
-        samples=chosen.clone(),
-        grid=None if described.grid is None else described.grid.clone(),
-        expected=expected.clone(),
-        seeds=seeds[idx].clone(),
-        log_s=described.log_s_after.float().clone(),
-        margin=described.margin.float().clone(),
-        psnr=described.psnr.clone(),
-        noise=noise,
-        meta=meta,
-    )
-    return fp, gen, sel
-
-
-def _reach_meta(reach: ParameterReach) -> dict[str, Any]:
-    shares = [reach_coverage(reach, d) for d in REACH_DELTAS]
-    return {
-        "deltas": list(REACH_DELTAS),
-        "tensors": reach.tensors,
-        "sizes": reach.sizes,
-        "share": [[round(sh[n], 4) for n in reach.tensors] for sh in shares],
-        "all": [round(sh["all"], 4) for sh in shares],
-        "first_order": True,
-    }
-
-
-def _redescribe(model: nn.Module, gen: GenerationResult, samples: torch.Tensor, model_outputs: OutputKind) -> GenerationResult:
-    return result_for(model, samples, gen.seeds, gen.config, domain=gen.domain, model_outputs=model_outputs,
-                      history=gen.history, steps_run=gen.steps_run, seconds=gen.seconds,
-                      log_s_before=gen.log_s_before)

@@ -183,7 +183,8 @@ def verify(
         sent += len(batch)
         try:
             raw = tgt.query(batch)
-            answers.append(check_output(raw, form=tgt.output, rows=len(batch), classes=r, where=name))
+            answers.append(check_output(raw, form=tgt.output, rows=len(batch), classes=r, where=name,
+                                        keep_precision=True))
         except TargetError as e:
             error = f"target answer for samples {lo}..{lo + len(batch) - 1}: {e}"
             break

@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from veriprint.fingerprint import FingerprintConfig, make_fingerprint
     from veriprint.models import load_model
+    from veriprint.pipeline import FingerprintConfig, make_fingerprint
 
     model = load_model(args.model, weights=args.weights)
     data = load_data_from(args)

@@ -4,7 +4,7 @@ Four stages form a small task graph (the runner puts them on Dask):
 
 1. :func:`train_model` (one per model): train it, measure its test accuracy.
 2. :func:`build_pool` (model x method): fingerprint candidates made with the library's
-   own :func:`veriprint.fingerprint.make_fingerprint` (seeds from the test split,
+   own pipeline stages, :func:`veriprint.pipeline.build_candidates` (seeds from the test split,
    generation, noise calibration, optional refinement), keeping the samples whose margin
    clears the noise floor, as a fingerprint would.
 3. :func:`run_attack` (one per attack instance): :func:`veriprint.tamper.tamper`.
@@ -240,8 +240,15 @@ class Pool:
 def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: ModelArtifact, *,
                out: str | None = None) -> Pool:
     """Generate the candidate pool of ``method`` on the intact model."""
-    from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
+    from veriprint.fingerprint import Fingerprint
     from veriprint.generate import GenerationConfig, margins, psnr
+    from veriprint.pipeline import (
+        FingerprintConfig,
+        base_meta,
+        build_candidates,
+        eligible,
+        make_twins,
+    )
     from veriprint.select import activations
 
     key = pool_key(plan, model_spec, method)
@@ -262,11 +269,13 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
                             generation=gen_cfg)
     with _threads(plan.threads):
         net = build_module(model_spec, model.state)
-        fp_one, gen, _ = make_fingerprint(net, test, cfg, progress=False, source=model_spec.factory)
-        noise = fp_one.noise
+        cands = build_candidates(net, test, cfg, domain=test.domain, progress=False)
+        eligible(cands, cfg, 1)  # at least one candidate above the floor, or a clear error
+        gen, noise = cands.gen, cands.noise
         keep = (gen.margin > noise.floor).nonzero().flatten()
         if method.pairs:
-            keep, twins = _twins(net, gen, keep, target=cfg.refine_factor * noise.floor, domain=test.domain)
+            tw = make_twins(net, cands, cfg, keep=keep)
+            keep, twins = keep[tw.ok], tw.samples[tw.ok]
             samples = torch.stack([gen.samples[keep], twins], dim=1).flatten(0, 1)
             at = keep.repeat_interleave(2)
         else:
@@ -286,7 +295,9 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
     fp = Fingerprint(
         samples=samples.clone(), grid=None if gen.grid is None else test.domain.to_grid(samples).to(gen.grid.dtype),
         expected=expected, seeds=gen.seeds[at].clone(), log_s=gen.log_s_after[at].float(),
-        margin=margin, psnr=sample_psnr, noise=noise, meta={**fp_one.meta, "model_outputs": "logits"},
+        margin=margin, psnr=sample_psnr, noise=noise,
+        meta=base_meta(net, cands, cfg, model_outputs="logits", source=model_spec.factory,
+                       input_shape=list(samples.shape[1:]), num_classes=int(expected.shape[1])),
     )
     finite_psnr = gen.psnr[keep][torch.isfinite(gen.psnr[keep])]
     row = {
@@ -315,15 +326,6 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
     _save(path, {"fingerprint": {k: getattr(fp, k) for k in fp.__dataclass_fields__}, "active": active,
                  "picks": picks, "score": score, "row": row, "pairs": method.pairs})
     return pool
-
-
-def _twins(net: nn.Module, gen: Any, keep: torch.Tensor, *, target: float, domain: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kept samples that have a twin across the boundary, and their twins."""
-    from veriprint.refine import boundary_twins
-
-    twins, ok = boundary_twins(net, gen.samples[keep], gen.seeds[keep], target=target, eps=gen.config.eps,
-                               norm=gen.config.norm, domain=domain)
-    return keep[ok], twins[ok]
 
 
 def _pair_reach(net: nn.Module, samples: torch.Tensor, *, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -79,7 +79,7 @@ def _in_range(labels: np.ndarray, classes: int | None, what: str, where: str) ->
 
 
 def check_output(out: Any, *, form: OutputForm, rows: int, classes: int | None = None,
-                 where: str = "target") -> np.ndarray:
+                 where: str = "target", keep_precision: bool = False) -> np.ndarray:
     """Validate one answer and return it in the :class:`~veriprint.targets.base.Target` form.
 
     Args:
@@ -88,10 +88,12 @@ def check_output(out: Any, *, form: OutputForm, rows: int, classes: int | None =
         rows: how many samples were sent.
         classes: the model's number of classes, when known (checked for every form).
         where: named in error messages.
+        keep_precision: return float64 answers as float64 (default False: float32).
 
     Returns:
         float32 ``(rows, classes)`` for logits/probs, float32 ``(rows, 2)`` for top1-prob,
-        int64 ``(rows,)`` for labels, int64 ``(rows, K)`` for topk.
+        int64 ``(rows,)`` for labels, int64 ``(rows, K)`` for topk. With
+        ``keep_precision``, a float64 answer stays float64.
 
     Raises:
         TargetError: wrong count, shape or kind of values; non-finite, fractional,
@@ -104,6 +106,8 @@ def check_output(out: Any, *, form: OutputForm, rows: int, classes: int | None =
     if form in ("logits", "probs"):
         if arr.ndim != 2:
             raise TargetError(f"{where}: expected {form} of shape [{rows}, classes], got {list(arr.shape)}")
+        if arr.shape[1] < 1:
+            raise TargetError(f"{where}: expected {form} for at least one class, got shape {list(arr.shape)}")
         if classes is not None and arr.shape[1] != classes:
             raise TargetError(f"{where}: expected {classes} classes, got {arr.shape[1]} "
                               f"(shape {list(arr.shape)})")
@@ -127,6 +131,8 @@ def check_output(out: Any, *, form: OutputForm, rows: int, classes: int | None =
         if not np.isfinite(out32).all():
             raise TargetError(f"{where}: expected {form} within float32 range, got values up to "
                               f"{np.abs(arr).max():g}")
+        if keep_precision and arr.dtype == np.float64:
+            return arr
         return out32
     if form == "top1-prob":
         if arr.ndim != 2 or arr.shape[1] != 2:

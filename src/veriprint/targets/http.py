@@ -18,23 +18,27 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import math
-import os
 import socket
 import ssl
 import threading
-import time
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from veriprint.errors import ConfigError, UnknownOptionError
-from veriprint.redact import redact, refuse_url_credentials, remember
+from veriprint.errors import ConfigError
+from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OUTPUT_FORMS, OutputForm, QueryBatch, Target, TargetError
 from veriprint.targets.contract import check_output
+from veriprint.targets.transport import (
+    HttpOptions,
+    TransportOptions,
+    transport_options,
+    with_retries,
+)
+from veriprint.targets.transport import Retryable as _Retryable
 
 __all__ = [
     "DATATYPES",
@@ -43,9 +47,11 @@ __all__ = [
     "HttpResponse",
     "HttpTarget",
     "InputDatatype",
+    "TransportOptions",
     "as_array",
     "check_output",
     "parse_json",
+    "transport_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,97 +81,12 @@ def _snippet(body: bytes | str) -> str:
 
 
 @dataclass(frozen=True)
-class HttpOptions:
-    """How to talk to a server.
-
-    Attributes:
-        timeout: seconds allowed for one request: connecting, and the whole answer
-            (default 30.0).
-        retries: further attempts after a failure that is safe to retry (default 2).
-        backoff: seconds before the first retry, doubled for each next one (default 0.5).
-        retry_timeouts: also retry requests that timed out (default False: the server
-            may have run them, and a retry sends the samples again).
-        verify_tls: check the server's certificate and host name for https (default True).
-        ca_file: a PEM bundle of trusted certificates (default: the system's).
-        auth_env: name of an environment variable whose value is sent as the
-            ``auth_header`` header (default None: no auth). The value itself is never
-            taken from an argument, logged, or shown.
-        auth_header: the header that carries it (default ``"Authorization"``; put the
-            scheme in the variable, e.g. ``"Bearer abc..."``).
-        max_response_bytes: largest answer read (default 256 MiB).
-    """
-
-    timeout: float = 30.0
-    retries: int = 2
-    backoff: float = 0.5
-    retry_timeouts: bool = False
-    verify_tls: bool = True
-    ca_file: str | None = None
-    auth_env: str | None = None
-    auth_header: str = "Authorization"
-    max_response_bytes: int = 256 * 2**20
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ConfigError(f"expected timeout > 0 seconds, got {self.timeout}")
-        if not isinstance(self.retries, int) or self.retries < 0:
-            raise ConfigError(f"expected retries >= 0, got {self.retries!r}")
-        if not (math.isfinite(self.backoff) and self.backoff >= 0):
-            raise ConfigError(f"expected backoff >= 0 seconds, got {self.backoff}")
-        if self.max_response_bytes < 1:
-            raise ConfigError(f"expected max_response_bytes >= 1, got {self.max_response_bytes}")
-        if self.auth_env is not None and not self.auth_env:
-            raise ConfigError("expected auth_env to name an environment variable, got ''")
-        if not self.auth_header or any(c in self.auth_header for c in ":\r\n "):
-            raise ConfigError(f"expected auth_header to be a header name, got {self.auth_header!r}")
-        if self.ca_file is not None and not os.path.exists(self.ca_file):
-            raise ConfigError(f"expected ca_file to be an existing file, got {self.ca_file!r}")
-
-    def auth_headers(self) -> dict[str, str]:
-        """The auth header read from the environment (empty when ``auth_env`` is None).
-
-        Raises:
-            ValueError: ``auth_env`` names a variable that is unset or empty.
-        """
-        if self.auth_env is None:
-            return {}
-        value = os.environ.get(self.auth_env)
-        if value:
-            remember(value)  # masked in everything printed or stored from now on
-        if not value:
-            raise ConfigError(
-                f"expected environment variable {self.auth_env} (named by auth_env) to hold "
-                "the auth header value, but it is unset or empty"
-            )
-        return {self.auth_header: value}
-
-
-def transport_options(http: HttpOptions | None, fields: dict[str, Any], owner: str) -> HttpOptions:
-    """``http``, or an :class:`HttpOptions` made of ``fields``; a clear error for unknown names."""
-    if http is not None and fields:
-        raise ConfigError(f"give either http=HttpOptions(...) or its fields, got both "
-                          f"(extra: {sorted(fields)})")
-    if http is not None:
-        return http
-    known = set(HttpOptions.__dataclass_fields__)
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise UnknownOptionError(f"unknown option{'s' * (len(unknown) > 1)} for {owner}: "
-                                 f"{', '.join(unknown)}; transport options are {sorted(known)}")
-    return HttpOptions(**fields)
-
-
-@dataclass(frozen=True)
 class HttpResponse:
     """One HTTP answer: status code, lower-cased headers and the body."""
 
     status: int
     headers: dict[str, str]
     body: bytes
-
-
-class _Retryable(Exception):
-    """A failure after which the request may be sent again."""
 
 
 class _Watchdog:
@@ -361,18 +282,7 @@ class HttpClient:
         Raises:
             TargetError: on timeouts, connection failures and retried statuses that persist.
         """
-        delay = self.options.backoff
-        for attempt in range(self.options.retries + 1):
-            try:
-                return self._once(method, path, body, headers or {})
-            except _Retryable as e:
-                if attempt == self.options.retries:
-                    tries = self.options.retries + 1
-                    raise TargetError(f"{e} (after {tries} attempt{'s' * (tries > 1)})") from e
-                log.info("%s; retrying in %.2f s", e, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+        return with_retries(lambda: self._once(method, path, body, headers or {}), self.options)
 
     def get_json(self, path: str) -> Any:
         """GET ``path``; the parsed JSON body of a 2xx answer, else :class:`TargetError`."""
@@ -431,7 +341,7 @@ def as_array(data: Any, where: str) -> np.ndarray:
                       if arr.size else f"{where}: expected numbers, got an empty value")
 
 
-class HttpTarget(Target):
+class HttpTarget(Target, ABC):
     """A model behind an HTTP API; subclasses implement :meth:`_infer` for one request.
 
     Args:
@@ -480,20 +390,11 @@ class HttpTarget(Target):
             raise TargetError(f"expected grid values in [0, 255] for UINT8, got [{g.min()}, {g.max()}]")
         return g.astype(np.uint8)
 
-    def query(self, batch: QueryBatch) -> np.ndarray:
-        data = self._payload_data(batch)
-        self._prepare()
-        n = data.shape[0]
-        step = self.max_batch or max(n, 1)
-        parts = []
-        for start in range(0, n, step):
-            chunk = data[start:start + step]
-            raw = self._infer(chunk)
-            parts.append(check_output(raw, form=self.output, rows=chunk.shape[0],
-                                      classes=self.classes, where=self.description))
-        if not parts:
-            return np.zeros((0, self.classes or 0), np.float32)
-        return np.concatenate(parts, axis=0)
+    keep_precision = False  # the wire carries float32 (FP32) answers
+    _counts_itself = True  # every HTTP attempt, retries included (see _post)
+
+    def _answer(self, batch: QueryBatch) -> np.ndarray:
+        return self._infer(self._payload_data(batch))
 
     def _post(self, path: str, payload: Any, samples: int) -> Any:
         """POST a query carrying ``samples`` samples; counts every attempt."""
@@ -504,9 +405,6 @@ class HttpTarget(Target):
             sent = self.client.attempts - before
             self.requests_sent += sent
             self.samples_sent += sent * samples
-
-    def _prepare(self) -> None:
-        """Called before each query (e.g. to read the model's metadata once)."""
 
     @abstractmethod
     def _infer(self, data: np.ndarray) -> np.ndarray:

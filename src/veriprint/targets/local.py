@@ -35,7 +35,7 @@ class TorchTarget(Target):
         self.threads = threads
         self.description = f"torch:{type(model).__name__}"
 
-    def query(self, batch: QueryBatch) -> np.ndarray:
+    def _answer(self, batch: QueryBatch) -> np.ndarray:
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -78,7 +78,7 @@ class OnnxTarget(Target):
         self.max_batch = max_batch
         self.description = f"onnxruntime:{Path(path).name}"
 
-    def query(self, batch: QueryBatch) -> np.ndarray:
+    def _answer(self, batch: QueryBatch) -> np.ndarray:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch.x, dtype=np.float32)})
         return np.asarray(out[0])
 
@@ -101,7 +101,7 @@ class CallableTarget(Target):
         self.max_batch = max_batch
         self.description = f"callable:{getattr(fn, '__name__', type(fn).__name__)}"
 
-    def query(self, batch: QueryBatch) -> np.ndarray:
+    def _answer(self, batch: QueryBatch) -> np.ndarray:
         if self.uint8:
             if batch.grid is None:
                 raise TargetError("this target takes 8-bit inputs but the fingerprint has no grid")

@@ -13,22 +13,16 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import time
 from typing import Any
 
 import numpy as np
 
 from veriprint.errors import ConfigError
-from veriprint.redact import refuse_url_credentials
+from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
-from veriprint.targets.contract import check_output
-from veriprint.targets.http import (
-    HttpOptions,
-    InputDatatype,
-    check_target_options,
-    transport_options,
-)
+from veriprint.targets.http import HttpOptions, InputDatatype, check_target_options
 from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
+from veriprint.targets.transport import Retryable, transport_options, with_retries
 
 __all__ = ["GrpcOipTarget", "parse_grpc_url"]
 
@@ -110,26 +104,24 @@ class GrpcOipTarget(Target):
         self._attempts = 0
 
     def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        """One gRPC call under the call deadline, through the shared retry loop."""
         from tritonclient.utils import InferenceServerException
 
-        delay = self.options.backoff
-        for attempt in range(self.options.retries + 1):
+        def attempt() -> Any:
             self._attempts += 1
             try:
                 return fn(*args, headers=self._headers or None, client_timeout=self.options.timeout, **kw)
             except InferenceServerException as e:
                 status = str(e.status() or "")
-                text = e.message() or str(e)
-                retry = "UNAVAILABLE" in status or (self.options.retry_timeouts and "DEADLINE" in status)
+                text = redact(e.message() or str(e))
                 if "DEADLINE" in status:
                     text = f"no answer within the {self.options.timeout:g} s timeout"
-                if not retry or attempt == self.options.retries:
-                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                    raise TargetError(f"{self.description}: {what} failed: {status} {text}{tries}") from e
-                log.info("%s: %s; retrying in %.2f s", self.description, status, delay)
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
+                message = f"{self.description}: {what} failed: {status} {text}"
+                if "UNAVAILABLE" in status or (self.options.retry_timeouts and "DEADLINE" in status):
+                    raise Retryable(message) from e
+                raise TargetError(message) from e
+
+        return with_retries(attempt, self.options)
 
     def _prepare(self) -> None:
         if self.input_name is not None:
@@ -148,7 +140,10 @@ class GrpcOipTarget(Target):
             log.info("no usable metadata (%s); sending the input as %r", e, name)
         self.input_name = name
 
-    def query(self, batch: QueryBatch) -> np.ndarray:
+    keep_precision = False  # the wire carries float32 (FP32) answers
+    _counts_itself = True  # every gRPC attempt, retries included (see _infer)
+
+    def _answer(self, batch: QueryBatch) -> np.ndarray:
         if self.datatype == "UINT8":
             if batch.grid is None:
                 raise TargetError("this target takes UINT8 inputs but the fingerprint's samples have no "
@@ -156,12 +151,7 @@ class GrpcOipTarget(Target):
             data = np.asarray(batch.grid).astype(np.uint8)
         else:
             data = np.asarray(batch.x, dtype=np.float32)
-        self._prepare()
-        step = self.max_batch or max(len(data), 1)
-        parts = [check_output(self._infer(data[s:s + step]), form=self.output, rows=len(data[s:s + step]),
-                              classes=self.classes, where=self.description)
-                 for s in range(0, len(data), step)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.classes or 0), np.float32)
+        return self._infer(data)
 
     def _infer(self, data: np.ndarray) -> np.ndarray:
         inp = self._grpc.InferInput(self.input_name, list(data.shape), self.datatype)

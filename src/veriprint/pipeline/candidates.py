@@ -1,0 +1,93 @@
+"""The candidates a fingerprint is chosen from, and the stages that make them.
+
+:func:`build_candidates` runs stages 1 to 4 on a bag: draw seeds (:mod:`.seeds`),
+generate Sensitive-Samples (:func:`veriprint.generate.generate`, Algorithm 1), calibrate
+the noise floor (:mod:`.calibrate`) and refine towards the decision boundary
+(:mod:`.refinement`). Its result, :class:`Candidates`, is what selection, the evaluation
+harness and enrollment start from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from veriprint.data import Dataset, InputDomain
+from veriprint.errors import ConfigError
+from veriprint.generate import GenerationResult, generate
+from veriprint.models import OutputKind
+from veriprint.noise import NoiseFloor
+from veriprint.pipeline.calibrate import calibrate
+from veriprint.pipeline.config import FingerprintConfig
+from veriprint.pipeline.refinement import refine
+from veriprint.pipeline.seeds import draw_seeds
+
+__all__ = ["Candidates", "build_candidates", "eligible"]
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A bag of generated (and possibly refined) samples, described.
+
+    Attributes:
+        gen: the generation result, describing the current ``samples`` (margins, PSNR,
+            ``log S``, grid), with the ascent's history.
+        seed_indices: each sample's seed's index in the data.
+        noise: the calibrated noise floor.
+        reached: which samples refinement brought to its target margin (all False
+            without refinement).
+        boundary: whether the seeds were drawn near decision boundaries.
+    """
+
+    gen: GenerationResult
+    seed_indices: torch.Tensor
+    noise: NoiseFloor
+    reached: torch.Tensor
+    boundary: bool
+
+    @property
+    def samples(self) -> torch.Tensor:
+        return self.gen.samples
+
+    @property
+    def seeds(self) -> torch.Tensor:
+        return self.gen.seeds
+
+    def __len__(self) -> int:
+        return len(self.gen)
+
+
+def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, *,
+                     domain: InputDomain, model_outputs: OutputKind = "logits",
+                     progress: bool = True) -> Candidates:
+    """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement."""
+    boundary = cfg.seeds == "boundary" and cfg.refine
+    seeds, seed_idx = draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model,
+                                 model_outputs)
+    gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs, progress=progress)
+    noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
+    reached = torch.zeros(len(gen), dtype=torch.bool)
+    if cfg.refine and cfg.generation.eps > 0:
+        gen, reached = refine(model, gen, noise, cfg, model_outputs=model_outputs)
+    return Candidates(gen, seed_idx, noise, reached, boundary)
+
+
+def eligible(c: Candidates, cfg: FingerprintConfig, need: int) -> torch.Tensor:
+    """Which candidates may be chosen: margin above the floor (and, with refinement, when
+    enough of them did, refined to the target).
+
+    Raises:
+        ConfigError: fewer than ``need`` are eligible, with what to change.
+    """
+    ok = c.gen.margin > c.noise.floor
+    if cfg.refine and int((ok & c.reached).sum()) >= need:
+        ok = ok & c.reached
+    n_ok = int(ok.sum())
+    if n_ok < need:
+        raise ConfigError(
+            f"only {n_ok} of {len(c)} samples have a top-1 margin above the noise floor "
+            f"{c.noise.floor:.3g}; need {need}: use a larger bag or a smaller declared tolerance"
+        )
+    return ok

@@ -1,0 +1,111 @@
+"""How a fingerprint is made: :class:`FingerprintConfig`, the single source of its defaults.
+
+The command line, ``--config FILE.toml`` and the library all build this one dataclass
+(:func:`veriprint.configs.from_mapping` of the keys the user set), so a default lives here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from veriprint.configs import check_version, from_mapping
+from veriprint.errors import ConfigError
+from veriprint.generate import GenerationConfig
+
+__all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
+
+#: The selectors a config may name (each is a file in :mod:`veriprint.selectors`).
+SELECTOR_NAMES = ("reach", "manc", "random", "tamper-aware")
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """How a fingerprint is made.
+
+    Args:
+        bag: natural seeds drawn for generation (default 500, the paper's bag).
+        seeds: how the bag is drawn: ``"boundary"`` (default with refinement): the natural
+            inputs with the smallest top-1 margins, the same number for each predicted class
+            (refinement reaches the boundary from them, and every class gets boundaries);
+            ``"random"``: uniformly, as the paper does.
+        select: samples kept in the fingerprint, ``N_S`` (default 8).
+        selector: ``"reach"`` (default): greedy cover of every parameter tensor by the
+            first-order reach of the candidates (:func:`veriprint.select.reach_cover`: the
+            smaller the change of a parameter that flips a chosen sample, the better);
+            ``"manc"``: the paper's active-neuron cover (with refinement, single-logit
+            boundary events first, :func:`veriprint.select.event_cover`); ``"random"``;
+            or ``"tamper-aware"``: greedy cover of the label flips caused by simulated
+            small weight changes (:func:`veriprint.select.simulate_flips`).
+        neurons: MANC's neurons of interest: ``"penultimate"`` (default) or ``"all"``.
+        threshold: activation threshold for MANC (default 0).
+        refine: move samples to just above the noise floor for label APIs (default True).
+        refine_factor: refinement target as a multiple of the floor (default 2).
+        twins: with refinement, store samples in pairs across the decision boundary
+            (:func:`veriprint.refine.boundary_twins`): a change of the margin in either
+            direction flips one of the pair (default True; ``select`` pairs' worth).
+        safety: factor on the measured noise (default 10).
+        min_floor: smallest margin floor in logits (default 1e-4).
+        tolerance: extra logit noise declared for the deployment (GPU, TF32, float16
+            serving), default 0.
+        prob_tolerance: extra probability noise declared likewise, default 0.
+        calibrate_onnx: include onnxruntime in the noise calibration (default False).
+        seed: seed for drawing the bag and for random selection (default 0).
+        generation: the :class:`GenerationConfig`.
+        version: config schema version.
+    """
+
+    bag: int = 500
+    seeds: Literal["boundary", "random"] = "boundary"
+    select: int = 8
+    selector: Literal["reach", "manc", "random", "tamper-aware"] = "reach"
+    neurons: Literal["penultimate", "all"] = "penultimate"
+    threshold: float = 0.0
+    refine: bool = True
+    refine_factor: float = 2.0
+    twins: bool = True
+    safety: float = 10.0
+    min_floor: float = 1e-4
+    tolerance: float = 0.0
+    prob_tolerance: float = 0.0
+    calibrate_onnx: bool = False
+    seed: int = 0
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("bag", self.bag >= 1),
+            ("seeds", self.seeds in ("boundary", "random")),
+            ("select", 1 <= self.select <= self.bag),
+            ("selector", self.selector in SELECTOR_NAMES),
+            ("neurons", self.neurons in ("penultimate", "all")),
+            ("refine_factor", self.refine_factor >= 1),
+            ("safety", self.safety >= 1),
+            ("min_floor", self.min_floor > 0),
+            ("tolerance", self.tolerance >= 0),
+            ("prob_tolerance", self.prob_tolerance >= 0),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"invalid FingerprintConfig.{name}: got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["generation"] = self.generation.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FingerprintConfig:
+        """Read a config as stored in a fingerprint's metadata (or written by hand).
+
+        Files written before ``seeds`` and ``twins`` existed drew seeds at random, without
+        twins; those keys default accordingly. A ``version`` newer than this veriprint's,
+        or a key it does not know, is refused with the key named.
+        """
+        d = check_version(cls, d)
+        d.setdefault("seeds", "random")
+        d.setdefault("twins", False)
+        d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
+        return from_mapping(cls, d)

@@ -1,0 +1,99 @@
+"""``make_fingerprint``: the owner-side pipeline, stage by stage.
+
+1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
+5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`); 7. describe
+(:mod:`.describe`). Each stage is callable on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from veriprint.data import Dataset, InputDomain
+from veriprint.fingerprint import Fingerprint
+from veriprint.generate import GenerationResult
+from veriprint.models import OutputKind
+from veriprint.pipeline.candidates import build_candidates, eligible
+from veriprint.pipeline.config import FingerprintConfig
+from veriprint.pipeline.describe import describe
+from veriprint.pipeline.twins import Twins, make_twins, wants_twins
+from veriprint.select import Selection, event_cover
+from veriprint.selectors import SelectionContext, get_selector
+
+__all__ = ["make_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+
+def make_fingerprint(
+    model: nn.Module,
+    data: Dataset | torch.Tensor,
+    config: FingerprintConfig | None = None,
+    *,
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    progress: bool = True,
+    source: str | None = None,
+) -> tuple[Fingerprint, GenerationResult, Selection]:
+    """Fingerprint a model.
+
+    Args:
+        model: the intact classifier (eval mode).
+        data: natural inputs to draw seeds from (a :class:`Dataset` or a tensor).
+        config: :class:`FingerprintConfig` (default: bag 500, 8 samples as 4 twin pairs,
+            refinement and selection by reach).
+        domain: input range and grid (default: the data set's, else ``[0, 1]`` 8-bit).
+        model_outputs: ``"logits"`` (default) or ``"probs"``.
+        progress: show progress bars.
+        source: a description of the model stored in the metadata.
+
+    Returns:
+        The :class:`Fingerprint`, the full :class:`GenerationResult` of the bag (after
+        refinement) and the :class:`Selection`.
+    """
+    cfg = config or FingerprintConfig()
+    domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
+    start = time.perf_counter()
+    cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress)
+    ok = eligible(cands, cfg, cfg.select)
+    twins: Twins | None = None
+    pairs = 0
+    if wants_twins(cfg):
+        twins = make_twins(model, cands, cfg, model_outputs=model_outputs)
+        if int((ok & twins.ok).sum()) >= cfg.select // 2:
+            pairs = cfg.select // 2
+        else:
+            log.warning("only %d samples have a twin across the boundary; storing single samples",
+                        int((ok & twins.ok).sum()))
+    # Reach differentiates through parameters; a model without any (weights held as
+    # buffers or constants) is selected by the boundary-event rule instead.
+    name = cfg.selector
+    if name == "reach" and not any(p.numel() for p in model.parameters()):
+        name = "manc"
+    ctx = SelectionContext(model, cands, ok, twins if pairs else None, cfg, model_outputs, progress)
+    selector = get_selector(name)
+    samples = cands.samples
+    if pairs:
+        assert twins is not None
+        sel = selector.pairs(ctx, pairs)
+        anchors = sel.indices
+        extra = torch.empty(0, dtype=torch.long)
+        if cfg.select % 2:  # an odd size: one single sample after the pairs
+            rest = ok.clone()
+            rest[anchors] = False
+            extra = event_cover(ctx.units(), ctx.events(False), 1, score=-cands.gen.margin, eligible=rest).indices
+        chosen = torch.cat([torch.stack([samples[anchors], twins.samples[anchors]], dim=1).flatten(0, 1),
+                            samples[extra]])
+        idx = torch.cat([anchors.repeat_interleave(2), extra])
+    else:
+        sel = selector.singles(ctx, cfg.select)
+        idx = sel.indices
+        chosen = samples[idx]
+    fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()), pairs=pairs,
+                  model_outputs=model_outputs, source=source, started=start)
+    return fp, cands.gen, sel
