@@ -202,13 +202,6 @@ class LastLayer:
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
 
-def _param_name(model: nn.Module, tensor: torch.Tensor) -> str | None:
-    for name, p in model.named_parameters():
-        if p is tensor:
-            return name
-    return None
-
-
 def _split_by_hooks(model: nn.Module, x: torch.Tensor) -> LastLayer | None:
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:

@@ -80,10 +80,6 @@ class OutputSpec:
             return f"{self.kind}:{self.decimals}"
         return self.kind
 
-    @property
-    def labels_only(self) -> bool:
-        return self.kind in ("top1", "topk")
-
     def accepts(self, form: OutputForm) -> bool:
         """Whether a target answering in ``form`` reveals enough for this spec."""
         if form in ("logits",):

@@ -88,11 +88,6 @@ class DecoyTarget(Target):
         return DecoyCounts(self._real, self._decoys)
 
     @property
-    def real_queries(self) -> int:
-        """Fingerprint samples sent so far."""
-        return self._real
-
-    @property
     def decoy_queries(self) -> int:
         """Decoys sent so far (what a verification report counts)."""
         return self._decoys
