@@ -131,42 +131,50 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_dataclass_arguments(p: argparse.ArgumentParser | Any, cls: type, *, prefix: str = "",
-                            skip: tuple[str, ...] = ("version",), dest_prefix: str = "") -> list[str]:
-    """Add one flag per field of ``cls`` (``--field-name``), defaulting to "not set".
+def add_dataclass_arguments(p: argparse.ArgumentParser | Any, cls: type, *,
+                            help: Mapping[str, str] | None = None,
+                            aliases: Mapping[str, tuple[str, ...]] | None = None,
+                            skip: tuple[str, ...] = ("version",)) -> list[str]:
+    """Add one flag per field of ``cls`` (``--field-name``); a flag the user does not give
+    leaves no attribute at all, so only what was set flows into :func:`from_mapping`.
 
-    The help text shows the dataclass's default. Booleans take ``--name`` / ``--no-name``.
-    Returns the ``dest`` names added.
+    Args:
+        p: the parser (or argument group).
+        cls: the dataclass.
+        help: help text per field (the default shown is the dataclass's own).
+        aliases: extra flag spellings per field (kept for older command lines).
+        skip: fields without a flag (default: ``version``; nested dataclasses have none).
+
+    Booleans take ``--name`` / ``--no-name``. Returns the ``dest`` names added.
     """
     added = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
+        if f.name in skip:
             continue
         kind = _flag_type(hints[f.name])
         if kind is None:
             continue
         typ, extra = kind
-        flag = "--" + prefix + f.name.replace("_", "-")
-        dest = dest_prefix + f.name
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        shown = default if not isinstance(default, tuple) else ",".join(default)
-        text = f.metadata.get("help", "") or f"{cls.__name__}.{f.name}"
-        if typ is bool:
-            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{text} (default: {shown})")
+        flags = ["--" + f.name.replace("_", "-"), *((aliases or {}).get(f.name, ()))]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
-            p.add_argument(flag, dest=dest, type=typ, default=None, help=f"{text} (default: {shown})", **extra)
-        added.append(dest)
+            default = None
+        shown = ",".join(default) if isinstance(default, tuple) else f"{default:.6g}" if isinstance(
+            default, float) else default
+        text = f"{(help or {}).get(f.name, f'{cls.__name__}.{f.name}')} (default: {shown})"
+        if typ is bool:
+            p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=text)
+        else:
+            p.add_argument(*flags, dest=f.name, type=typ, default=argparse.SUPPRESS, help=text, **extra)
+        added.append(f.name)
     return added
 
 
-def set_values(args: argparse.Namespace, dests: list[str], dest_prefix: str = "") -> dict[str, Any]:
-    """The fields among ``dests`` that the user set (not None), keyed by field name."""
-    out = {}
-    for dest in dests:
-        value = getattr(args, dest, None)
-        if value is not None:
-            out[dest[len(dest_prefix):]] = value
-    return out
+def set_values(args: argparse.Namespace, dests: list[str]) -> dict[str, Any]:
+    """The fields among ``dests`` that the user gave on the command line."""
+    return {dest: getattr(args, dest) for dest in dests if hasattr(args, dest)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_model_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -23,28 +24,104 @@ def add_data_arguments(p: argparse.ArgumentParser, *, default: str | None = None
                    help="quantization levels of user data (default: the data set's, else 255)")
 
 
-def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--objective", choices=["ssf", "entropy"], default="ssf",
-                   help="ssf: the paper's sensitivity (Eq. 6); entropy: IBSF top-k entropy")
-    p.add_argument("--params", default="last",
-                   help="parameters of interest: last, all, or comma-separated names/globs")
-    p.add_argument("--outputs", choices=["probs", "logits"], default="probs", help="f in Eq. 6")
-    p.add_argument("--eps", type=float, default=8 / 255, help="radius of the ball around each seed (input units)")
-    p.add_argument("--norm", choices=["linf", "l2"], default="linf", help="norm of the ball")
-    p.add_argument("--steps", type=int, default=1000, help="ascent steps (the paper's itr_max)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--batch-size", type=int, default=500, help="samples optimized together (bounds memory)")
+GENERATION_HELP = {
+    "steps": "ascent steps (the paper's itr_max)",
+    "lr": "Adam learning rate (input units)",
+    "eps": "radius of the ball around each seed (input units)",
+    "norm": "norm of the ball",
+    "objective": "ssf: the paper's sensitivity (Eq. 6); entropy: IBSF top-k entropy",
+    "params": "parameters of interest: last, all, or comma-separated names/globs",
+    "outputs": "f in Eq. 6",
+    "log_space": "ascend log S (keeps its scale on saturated models)",
+    "entropy_k": "k of the entropy objective",
+    "batch_size": "samples optimized together (bounds memory)",
+    "patience": "stop a chunk after this many steps without improvement (0: never)",
+    "min_delta": "improvement that resets the patience counter",
+}
+
+FINGERPRINT_HELP = {
+    "bag": "natural seeds to generate from",
+    "seeds": "boundary: the smallest margins, balanced over classes (with refinement); random: as the paper",
+    "select": "samples in the fingerprint (N_S)",
+    "selector": "reach: samples whose labels reveal the smallest change of every parameter tensor; "
+                "manc: the paper's; random; tamper-aware: covers simulated small changes",
+    "neurons": "MANC's neurons of interest",
+    "threshold": "MANC's activation threshold",
+    "refine": "refine samples to just above the noise floor (helps label-only APIs)",
+    "refine_factor": "refinement target as a multiple of the floor",
+    "twins": "store pairs across the decision boundary (else single refined samples)",
+    "safety": "factor on the measured noise",
+    "min_floor": "smallest margin floor in logits",
+    "tolerance": "extra logit noise the deployment may add (GPU, TF32, float16 serving)",
+    "prob_tolerance": "extra probability noise likewise",
+    "calibrate_onnx": "include onnxruntime in the noise calibration",
+    "seed": "seed for drawing the bag and for random selection",
+}
+
+
+def add_config_file_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="settings in TOML with the same names as the flags (underscores; a [generation] "
+                        "table for generation settings); flags given on the command line win")
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> list[str]:
+    """Flags for every :class:`~veriprint.generate.GenerationConfig` field; returns their names."""
+    from veriprint.configs import add_dataclass_arguments
+    from veriprint.generate import GenerationConfig
+
+    group = p.add_argument_group("generation (Algorithm 1)")
+    return add_dataclass_arguments(group, GenerationConfig, help=GENERATION_HELP)
+
+
+def add_fingerprint_arguments(p: argparse.ArgumentParser) -> list[str]:
+    """Flags for every :class:`~veriprint.pipeline.config.FingerprintConfig` field."""
+    from veriprint.configs import add_dataclass_arguments
+    from veriprint.pipeline.config import FingerprintConfig
+
+    group = p.add_argument_group("fingerprint")
+    return add_dataclass_arguments(group, FingerprintConfig, help=FINGERPRINT_HELP,
+                                   aliases={"calibrate_onnx": ("--onnx-noise",)})
+
+
+def _file_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from veriprint.configs import load_toml
+
+    return load_toml(args.config) if getattr(args, "config", None) else {}
+
+
+def _generation_from(settings: dict[str, Any], args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from veriprint.configs import from_mapping, set_values
+    from veriprint.generate import GenerationConfig
+
+    values = {**settings, **set_values(args, list(GENERATION_HELP))}
+    text = values.get("params")
+    if isinstance(text, str) and text not in ("last", "all"):
+        values["params"] = tuple(s.strip() for s in text.split(",") if s.strip())
+    return from_mapping(GenerationConfig, values)
 
 
 def generation_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from veriprint.generate import GenerationConfig
+    """The :class:`GenerationConfig` of ``--config`` (its ``[generation]`` table, or the top
+    level) and the flags given."""
+    settings = _file_settings(args)
+    table = settings.get("generation", settings)
+    return _generation_from(dict(table) if isinstance(table, dict) else {}, args)
 
-    text: str = args.params
-    params: str | tuple[str, ...] = text
-    if text not in ("last", "all"):
-        params = tuple(s.strip() for s in text.split(",") if s.strip())
-    return GenerationConfig(steps=args.steps, lr=args.lr, eps=args.eps, norm=args.norm, objective=args.objective,
-                            params=params, outputs=args.outputs, batch_size=args.batch_size)
+
+def fingerprint_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The :class:`FingerprintConfig` of ``--config`` and the flags given (flags win)."""
+    from veriprint.configs import from_mapping, set_values
+    from veriprint.errors import ConfigError
+    from veriprint.pipeline.config import FingerprintConfig
+
+    settings = _file_settings(args)
+    gen = settings.pop("generation", {})
+    if not isinstance(gen, dict):
+        raise ConfigError(f"--config: expected [generation] to be a table, got {type(gen).__name__}")
+    values = {**settings, **set_values(args, list(FINGERPRINT_HELP))}
+    values["generation"] = _generation_from(gen, args)
+    return from_mapping(FingerprintConfig, values)
 
 
 def load_data_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from veriprint.cli.common import (
+    add_config_file_argument,
     add_data_arguments,
     add_generation_arguments,
     add_model_arguments,
@@ -18,6 +19,7 @@ HELP = "generate Sensitive-Samples from natural seeds and print a summary (optio
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     add_data_arguments(p)
+    add_config_file_argument(p)
     add_generation_arguments(p)
     p.add_argument("--bag", type=int, default=100, help="number of seeds")
     p.add_argument("--seed", type=int, default=0, help="seed for drawing the seeds")

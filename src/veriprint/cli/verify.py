@@ -7,6 +7,18 @@ import os
 import sys
 from typing import Any
 
+TRANSPORT_HELP = {
+    "timeout": "seconds per request, whole: connect, TLS, headers and body",
+    "retries": "further attempts after a failure that is safe to retry",
+    "backoff": "seconds before the first retry, doubled for each next one",
+    "retry_timeouts": "also retry requests that timed out (the server may have run them)",
+    "verify_tls": "check the server's certificate and host name",
+    "ca_file": "PEM bundle of trusted certificates; none: the system's",
+    "auth_env": "name of an environment variable holding the auth header value (never the value itself)",
+    "auth_header": "header that carries it",
+    "max_response_bytes": "largest answer read",
+}
+
 HELP = "query a target with a fingerprint; exit 0 INTACT, 1 TAMPERED, 2 INCONCLUSIVE or error"
 
 
@@ -20,14 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, choices=["logits", "probs", "labels", "topk", "top1-prob"],
                    help="what the target returns (default: logits for local models)")
     p.add_argument("--max-batch", type=_positive_int, default=None, help="most samples per request (>= 1)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per request (remote targets)")
-    p.add_argument("--retries", type=int, default=None, help="retries with backoff (remote targets)")
     p.add_argument("--input-name", default=None, help="input tensor name (remote targets)")
     p.add_argument("--output-name", default=None, help="output tensor name (remote targets)")
     p.add_argument("--datatype", default=None, choices=["FP32", "UINT8"], help="input datatype (remote targets)")
-    p.add_argument("--auth-env", default=None,
-                   help="name of an environment variable holding the Authorization header value")
-    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (as --no-verify-tls)")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="transport settings in TOML with the flags' names (underscores); flags win")
+    from veriprint.configs import add_dataclass_arguments
+    from veriprint.targets.transport import TransportOptions
+
+    add_dataclass_arguments(p.add_argument_group("transport (remote targets)"), TransportOptions,
+                            help=TRANSPORT_HELP)
     p.add_argument("--decoys", type=int, default=0,
                    help="natural decoy queries to mix among the fingerprint's (needs --decoy-data)")
     p.add_argument("--decoy-data", default=None,
@@ -81,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
         if os.path.isdir(args.report):
             print(f"error: --report {args.report!r} is a directory; expected a file name", file=sys.stderr)
             return 2
-    options: dict[str, Any] = {}
-    for name in ("timeout", "retries", "input_name", "output_name", "datatype", "auth_env"):
+    from veriprint.configs import load_toml, set_values
+    from veriprint.targets.transport import TransportOptions
+
+    options: dict[str, Any] = load_toml(args.config) if args.config else {}
+    options.update(set_values(args, list(TransportOptions.__dataclass_fields__)))
+    for name in ("input_name", "output_name", "datatype"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value

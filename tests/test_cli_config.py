@@ -1,0 +1,81 @@
+"""Configs reach every command one way: dataclass defaults, then --config FILE.toml, then flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veriprint.cli.common import fingerprint_config, generation_config
+from veriprint.cli.main import build_parser, main
+from veriprint.errors import ConfigError
+from veriprint.generate import GenerationConfig
+from veriprint.pipeline import FingerprintConfig
+
+
+def _args(*argv: str):  # type: ignore[no-untyped-def]
+    return build_parser().parse_args(["fingerprint", "--model", "m", "--data", "d", "--out", "o", *argv])
+
+
+def test_defaults_come_from_the_dataclasses_alone() -> None:
+    assert fingerprint_config(_args()) == FingerprintConfig()
+
+
+def test_every_field_is_reachable_from_the_command_line() -> None:
+    cfg = fingerprint_config(_args(
+        "--bag", "60", "--seeds", "random", "--select", "6", "--selector", "manc", "--neurons", "all",
+        "--threshold", "0.5", "--no-refine", "--refine-factor", "3", "--no-twins", "--safety", "20",
+        "--min-floor", "1e-5", "--tolerance", "0.01", "--prob-tolerance", "0.001", "--onnx-noise", "--seed", "4",
+        "--steps", "7", "--lr", "0.01", "--eps", "0.1", "--norm", "l2", "--objective", "entropy",
+        "--params", "fc.weight,fc.bias", "--outputs", "logits", "--no-log-space", "--entropy-k", "3",
+        "--batch-size", "9", "--patience", "0", "--min-delta", "0.5"))
+    gen = GenerationConfig(steps=7, lr=0.01, eps=0.1, norm="l2", objective="entropy", params=("fc.weight", "fc.bias"),
+                           outputs="logits", log_space=False, entropy_k=3, batch_size=9, patience=0, min_delta=0.5)
+    assert cfg == FingerprintConfig(bag=60, seeds="random", select=6, selector="manc", neurons="all", threshold=0.5,
+                                    refine=False, refine_factor=3.0, twins=False, safety=20.0, min_floor=1e-5,
+                                    tolerance=0.01, prob_tolerance=0.001, calibrate_onnx=True, seed=4, generation=gen)
+
+
+def test_help_lists_every_field_with_its_dataclass_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fingerprint", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for cls in (FingerprintConfig, GenerationConfig):
+        for name in cls.__dataclass_fields__:
+            if name in ("generation", "version"):
+                continue
+            assert "--" + name.replace("_", "-") in text, name
+    assert "--bag BAG natural seeds to generate from (default: 500)" in text
+
+
+def test_config_file_then_flags(tmp_path: Path) -> None:
+    (tmp_path / "fp.toml").write_text('bag = 60\nselector = "random"\ntwins = false\n[generation]\nsteps = 9\n')
+    cfg = fingerprint_config(_args("--config", str(tmp_path / "fp.toml"), "--bag", "70"))
+    assert (cfg.bag, cfg.selector, cfg.twins, cfg.generation.steps) == (70, "random", False, 9)
+    (tmp_path / "typo.toml").write_text("bagg = 60\n")
+    with pytest.raises(ConfigError, match="unknown setting bagg"):
+        fingerprint_config(_args("--config", str(tmp_path / "typo.toml")))
+    (tmp_path / "new.toml").write_text("version = 9\n")
+    with pytest.raises(ConfigError, match="reads versions up to 1, got 9"):
+        fingerprint_config(_args("--config", str(tmp_path / "new.toml")))
+    gen_args = build_parser().parse_args(["generate", "--model", "m", "--data", "d", "--config",
+                                          str(tmp_path / "fp.toml"), "--lr", "0.5"])
+    assert generation_config(gen_args) == GenerationConfig(steps=9, lr=0.5)
+
+
+def test_generate_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", "--model", "veriprint.zoo:digits_mlp", "--data", "digits", "--bag", "6", "--steps", "3",
+                 "--eps", "0.125", "--out", str(tmp_path / "g.npz")])
+    out = capsys.readouterr().out
+    assert code == 0 and "6 samples in" in out
+    saved = np.load(tmp_path / "g.npz")
+    assert saved["samples"].shape[0] == 6 and set(saved) >= {"samples", "seeds", "log_s", "margin", "psnr"}
+
+
+def test_bad_settings_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", "--model", "veriprint.zoo:digits_mlp", "--data", "digits", "--steps", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "GenerationConfig.steps" in err and len(err.strip().splitlines()) == 1
+    code = main(["evaluate", "--quick", "--plan", "full"])
+    assert code == 2 and "give one of --config, --quick and --plan" in capsys.readouterr().err
