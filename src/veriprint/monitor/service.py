@@ -194,6 +194,7 @@ class Monitor:
             with self._lock:
                 if not self._running:
                     break
+            self._reap_timeouts()
             time.sleep(0.05)
         self.dispatcher.deliver_due()
         self.dispatcher.stop()
