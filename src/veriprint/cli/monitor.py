@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 
 HELP = "watch deployed models on a schedule, with history, metrics, alerts and a dashboard"
@@ -110,9 +112,19 @@ def _serve(monitor, *, checks: bool) -> int:  # type: ignore[no-untyped-def]
     log.info("dashboard and /metrics on http://%s:%d/", config.host, config.port)
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
                                            access_log=False, lifespan="off"))
+    # SIGTERM or SIGINT: stop serving, then let running checks finish and exit 0 (uvicorn's own
+    # handlers would re-raise the signal after its shutdown, ending the process before that).
+    def stop(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        server.should_exit = True
+
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if checks:
             monitor.stop()
         else:
