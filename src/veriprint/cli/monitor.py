@@ -118,7 +118,7 @@ def _serve(monitor, *, checks: bool) -> int:  # type: ignore[no-untyped-def]
         log.info("signal %d: stopping", signum)
         server.should_exit = True
 
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run()
