@@ -32,6 +32,8 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from veriprint.redact import RedactingFilter
+
     try:
         from veriprint.monitor.config import ConfigError, load_config
     except ImportError as e:
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         if not lg.handlers:
             h = logging.StreamHandler(sys.stderr)
             h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            h.addFilter(RedactingFilter())
             lg.addHandler(h)
             lg.propagate = False
     try:

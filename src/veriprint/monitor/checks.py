@@ -24,6 +24,7 @@ from veriprint.fingerprint import Fingerprint
 from veriprint.monitor.config import EndpointConfig, MonitorConfig
 from veriprint.monitor.db import Store, StoredCheck
 from veriprint.monitor.pool import LARGER_POOL_HINT, Draw, Pool, subset
+from veriprint.redact import redact
 from veriprint.targets import QueryBatch, Target, open_target
 from veriprint.verify import VerificationReport, verify
 
@@ -276,7 +277,7 @@ def _row(rt: EndpointRuntime, slot: int, scheduled_at: float, started: float, re
         "endpoint": rt.cfg.name, "slot": slot, "scheduled_at": scheduled_at, "started_at": started,
         "finished_at": time.time(), "target": rt.cfg.shown_target, "spec": rt.cfg.spec,
         "fingerprint_sha256": fp.sha256, "signature": fp.signature,
-        "model_hash": str(fp.meta.get("model_hash", ""))[:128], "verdict": verdict, "reason": reason[:4000],
+        "model_hash": str(fp.meta.get("model_hash", ""))[:128], "verdict": verdict, "reason": redact(reason)[:4000],
         "queries": report.queries if report else 0, "decoys": report.decoys if report else 0,
         "compared": report.compared if report else 0, "mismatches": report.mismatches if report else 0,
         "ambiguous": report.ambiguous if report else 0, "duration_s": duration, "target_s": target_s,

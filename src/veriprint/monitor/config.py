@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from veriprint import errors
+
 __all__ = [
     "AlertSink",
     "ConfigError",
@@ -80,7 +82,7 @@ TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ConfigError):
     """A configuration mistake: which key, what was expected and what came."""
 
     def __init__(self, key: str, expected: str, got: Any, *, source: str = "") -> None:
