@@ -24,13 +24,20 @@ if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.fi
 fi
 bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
 
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
-    if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
-      ($SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-        || echo "note: could not install dataset-fashion-mnist; the demo falls back to digits" >&2
-    fi
+# Debian packages, each only when missing: the data set, and for the monitor's tests a
+# PostgreSQL server (started by the tests as a non-root user) and Chromium with its driver.
+want=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || want+=(chromium-driver)
+if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
+    ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${want[@]}") \
+      >/dev/null 2>&1 \
+      || echo "note: could not install ${want[*]}; the demo falls back to digits without the data set," \
+              "and the monitor's PostgreSQL and browser tests need the others" >&2
   fi
 fi

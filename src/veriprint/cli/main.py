@@ -13,7 +13,8 @@ import importlib.util
 import logging
 import sys
 
-SUBCOMMANDS = ("fingerprint", "verify", "inspect", "keygen", "demo", "generate", "tamper", "evaluate")
+SUBCOMMANDS = ("fingerprint", "verify", "inspect", "keygen", "demo", "generate", "tamper", "evaluate",
+               "monitor")
 
 
 def _available() -> list[str]:

@@ -1,0 +1,151 @@
+"""Alert delivery: webhooks (generic JSON or Slack-compatible), retried, every attempt recorded.
+
+Alerts are queued in the database in the same transaction as the check that raised them
+(an outbox), one row per sink, under a de-duplication key: ``ENDPOINT/tampered/SLOT`` when
+an endpoint turns TAMPERED (not again while it stays so), ``ENDPOINT/inconclusive/SLOT``
+when the N-th INCONCLUSIVE check in a row is stored (SLOT: the first of the streak), and
+``ENDPOINT/resolved/SLOT`` when an endpoint with an open alert is INTACT again. A
+:class:`Dispatcher` sends what is due, with exponential backoff between attempts, and
+gives up after the sink's ``attempts``. Delivery is at least once: a receiver may see an
+alert twice if the monitor dies between sending and recording, so each carries its
+``dedup_key``.
+
+The JSON body is the alert itself (``kind``, ``endpoint``, ``verdict``, ``reason``,
+``check_id``, ``dedup_key``, ...); the Slack body is ``{"text": ...}``. Webhook URLs and
+auth header values come from environment variables and are never logged or stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from veriprint.monitor.config import AlertSink, MonitorConfig
+from veriprint.monitor.db import Alert, Store
+
+__all__ = ["Dispatcher", "format_body"]
+
+log = logging.getLogger(__name__)
+
+_TITLES = {"tampered": "TAMPERED", "inconclusive": "cannot be checked", "resolved": "INTACT again"}
+
+
+def format_body(sink: AlertSink, payload: dict[str, Any], public_url: str = "") -> dict[str, Any]:
+    """The request body for one sink."""
+    base = public_url.rstrip("/")
+    link = f"{base}/checks/{payload.get('check_id')}" if base else ""
+    if sink.format == "json":
+        return {**payload, "check_url": link}
+    kind = payload.get("kind", "")
+    head = f"veriprint: {payload.get('endpoint')} is {_TITLES.get(kind, kind)}"
+    lines = [f"*{head}*", f"verdict {payload.get('verdict')}: {payload.get('reason')}",
+             f"target {payload.get('target')}, spec {payload.get('spec')}, fingerprint "
+             f"{str(payload.get('fingerprint_sha256', ''))[:12]} ({payload.get('signature')})"]
+    if kind == "inconclusive":
+        lines.append(f"{payload.get('consecutive_inconclusive')} INCONCLUSIVE checks in a row")
+    if link:
+        lines.append(f"<{link}|check {payload.get('check_id')}>")
+    return {"text": "\n".join(lines)}
+
+
+class Dispatcher:
+    """Sends due alerts from the outbox.
+
+    Args:
+        store: the database.
+        config: sinks and the dashboard's public address.
+        on_attempt: called with ``(sink, ok)`` after each attempt (metrics).
+    """
+
+    def __init__(self, store: Store, config: MonitorConfig, on_attempt: Any = None) -> None:
+        self.store = store
+        self.config = config
+        self.sinks = {s.name: s for s in config.alerts}
+        self.on_attempt = on_attempt
+        self._client = httpx.Client(follow_redirects=False, trust_env=False)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def deliver_due(self) -> int:
+        """Attempt every due alert once; how many were attempted."""
+        n = 0
+        for alert in self.store.due_alerts(time.time()):
+            sink = self.sinks.get(alert.sink)
+            if sink is None:
+                self.store.record_delivery(alert.id, ok=False, status_code=None, seconds=0.0,
+                                           error=f"no sink named {alert.sink!r} in the configuration",
+                                           max_attempts=1, backoff=0)
+                continue
+            self._attempt(alert, sink)
+            n += 1
+        return n
+
+    def _attempt(self, alert: Alert, sink: AlertSink) -> None:
+        url = sink.resolve_url()
+        headers = {"User-Agent": "veriprint-monitor", "Content-Type": "application/json"}
+        if sink.auth_env:
+            headers["Authorization"] = os.environ.get(sink.auth_env, "")
+        body = format_body(sink, alert.payload, self.config.public_url)
+        t0 = time.perf_counter()
+        ok, code, error = False, None, ""
+        if not url:
+            error = f"environment variable {sink.url_env} is unset or empty"
+        else:
+            try:
+                r = self._client.post(url, json=body, headers=headers, timeout=sink.timeout)
+                code = r.status_code
+                ok = 200 <= code < 300
+                if not ok:
+                    error = f"HTTP {code}"
+            except httpx.HTTPError as e:
+                error = f"{type(e).__name__}"  # the message could quote the URL, which may hold a token
+        seconds = time.perf_counter() - t0
+        status = self.store.record_delivery(alert.id, ok=ok, status_code=code, error=error, seconds=seconds,
+                                            max_attempts=sink.attempts, backoff=sink.backoff)
+        if self.on_attempt is not None:
+            self.on_attempt(sink.name, ok)
+        if ok:
+            log.info("alert %s (%s) delivered to %s", alert.dedup_key, alert.kind, sink.name)
+        elif status == "failed":
+            log.error("alert %s to %s given up after %d attempts: %s", alert.dedup_key, sink.name,
+                      alert.attempts + 1, error)
+        else:
+            log.warning("alert %s to %s failed (%s); will retry", alert.dedup_key, sink.name, error)
+
+    def drain(self, timeout: float) -> None:
+        """Deliver until nothing is pending or ``timeout`` seconds pass (for ``--once``)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.deliver_due()
+            if not self.store.pending_alerts():
+                return
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.deliver_due()
+                except Exception:
+                    log.exception("alert delivery failed")
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+        self._thread = threading.Thread(target=loop, name="veriprint-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._client.close()

@@ -1,0 +1,584 @@
+"""The monitor's configuration: one TOML file, checked completely before anything starts.
+
+Layout (every key is optional unless marked required)::
+
+    [monitor]
+    database = "sqlite:///monitor.db"    # or database_env = "VAR" holding a PostgreSQL URL
+    listen = "127.0.0.1:9108"             # dashboard and /metrics
+    concurrency = 8                       # checks in flight at once, all endpoints together
+    public_url = ""                       # dashboard address put in alerts (default: none)
+
+    [defaults]                            # any endpoint key, applied where an endpoint omits it
+    interval = "1h"
+
+    [[alerts]]                            # webhooks
+    name = "oncall"                       # required
+    format = "slack"                      # "json" (default) or "slack"
+    url_env = "SLACK_WEBHOOK_URL"         # or url = "http://..." (no secrets in the file)
+
+    [[endpoints]]
+    name = "cnn-prod"                     # required: letters, digits, . _ -
+    target = "http://host:8080/v2/models/cnn"   # required: any URL veriprint verify takes
+    fingerprint = "cnn.vpf"               # required; relative paths are from this file
+    pubkey = "owner.key.pub"
+    spec = "top1"
+    interval = "1h"
+    jitter = "5m"
+    pairs_per_check = 4                   # twin pairs per check; 0: the whole fingerprint
+    [endpoints.options]                   # target options: timeout, retries, auth_env, ...
+    [endpoints.decoys]                    # data = "fashion-mnist", ratio = 1.0
+
+A mistake raises :class:`ConfigError` naming the key, what was expected and what came.
+Secrets never appear in the file: auth values, webhook URLs that embed a token and database
+passwords come from environment variables named here (``auth_env``, ``url_env``,
+``database_env``), and a literal password in a URL is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from veriprint import errors
+
+__all__ = [
+    "AlertSink",
+    "ConfigError",
+    "DecoyConfig",
+    "EndpointConfig",
+    "MonitorConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "redact_url",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+SPECS_HINT = "top1, topk:K, probs, probs:N, top1-prob:N or logits"
+
+#: Target options an endpoint may set, with their types (passed to ``open_target``).
+TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
+    "output": (str,),
+    "datatype": (str,),
+    "max_batch": (int,),
+    "classes": (int,),
+    "input_name": (str,),
+    "output_name": (str,),
+    "timeout": (int, float, str),
+    "retries": (int,),
+    "backoff": (int, float, str),
+    "auth_env": (str,),
+    "auth_header": (str,),
+    "verify_tls": (bool,),
+    "ca_file": (str,),
+}
+
+
+class ConfigError(errors.ConfigError):
+    """A configuration mistake: which key, what was expected and what came."""
+
+    def __init__(self, key: str, expected: str, got: Any, *, source: str = "") -> None:
+        self.key, self.expected, self.got = key, expected, got
+        # "<...>" marks a description of what came rather than the value itself
+        shown = got[1:-1] if isinstance(got, str) and got.startswith("<") and got.endswith(">") else repr(got)
+        prefix = f"{source}: " if source else ""
+        super().__init__(f"{prefix}{key}: expected {expected}, got {shown}")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from a number or a string such as ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(key, "a duration >= 0", value)
+    return seconds
+
+
+def redact_url(url: str) -> str:
+    """The URL with any user name, password and query string values replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{kv.split('=', 1)[0]}=***" if "=" in kv else kv for kv in parts.query.split("&")
+                     ) if parts.query else ""
+    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url.split("?")[0]
+    return out + (f"?{query}" if query else "")
+
+
+@dataclass(frozen=True)
+class DecoyConfig:
+    """Natural inputs mixed among each check's queries.
+
+    Attributes:
+        data: a built-in data set name or an ``.npz`` file (see :func:`veriprint.data.load_data`).
+        split: its split (default ``"test"``).
+        ratio: decoys per fingerprint sample (default 1.0).
+    """
+
+    data: str
+    split: str = "test"
+    ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One deployed model to watch.
+
+    Attributes:
+        name: unique name (metric label, URL path): letters, digits, ``.``, ``_``, ``-``.
+        target: the model's URL (or any target :func:`veriprint.targets.open_target` takes).
+        fingerprint: the ``.vpf`` file (absolute path after loading).
+        pubkey: Ed25519 public key the file must be signed with (None: unsigned accepted).
+        spec: what the API reveals (default ``"top1"``).
+        interval: seconds between scheduled checks (default 3600).
+        jitter: each check starts up to this many seconds after its slot begins, at an
+            offset fixed per slot (default: 10% of the interval).
+        check_timeout: seconds a whole check may take before it is recorded INCONCLUSIVE
+            (default 120).
+        max_batch: most samples per query batch (default: the target's own limit).
+        pairs_per_check: twin pairs (or single samples of an unpaired fingerprint) each
+            check spends from the pool; 0 spends the whole fingerprint every time (default 4).
+        pool_warn_checks: warn when fewer checks than this remain in the pool (default 24).
+        on_pool_exhausted: ``"wrap"`` (default: start over in a new shuffled order, with a
+            warning) or ``"refuse"`` (record INCONCLUSIVE until a larger pool is given).
+        queries_per_day: query budget over any 24 hours, decoys included (0: none).
+        inconclusive_alert_after: alert after this many INCONCLUSIVE checks in a row (default 3).
+        options: target options (``timeout``, ``retries``, ``auth_env``, ``datatype``, ...).
+        decoys: natural decoys to mix in, or None.
+    """
+
+    name: str
+    target: str
+    fingerprint: str
+    pubkey: str | None = None
+    spec: str = "top1"
+    interval: float = 3600.0
+    jitter: float | None = None
+    check_timeout: float = 120.0
+    max_batch: int | None = None
+    pairs_per_check: int = 4
+    pool_warn_checks: int = 24
+    on_pool_exhausted: Literal["wrap", "refuse"] = "wrap"
+    queries_per_day: int = 0
+    inconclusive_alert_after: int = 3
+    options: dict[str, Any] = field(default_factory=dict)
+    decoys: DecoyConfig | None = None
+
+    @property
+    def jitter_s(self) -> float:
+        return 0.1 * self.interval if self.jitter is None else self.jitter
+
+    @property
+    def shown_target(self) -> str:
+        """The target as it may be shown and stored (credentials redacted)."""
+        return redact_url(self.target) if "://" in self.target else self.target
+
+    def target_options(self) -> dict[str, Any]:
+        """Options for ``open_target`` (durations as seconds)."""
+        out = dict(self.options)
+        for k in ("timeout", "backoff"):
+            if k in out:
+                out[k] = parse_duration(out[k], k)
+        return out
+
+
+@dataclass(frozen=True)
+class AlertSink:
+    """A webhook that receives alerts.
+
+    Attributes:
+        name: unique name (recorded with each delivery).
+        format: ``"json"`` (the alert as a JSON object) or ``"slack"`` (``{"text": ...}``,
+            which Slack, Mattermost and Rocket.Chat incoming webhooks take).
+        url: the webhook URL, when it holds no secret.
+        url_env: or the environment variable that holds it.
+        auth_env: environment variable with an ``Authorization`` header value (optional).
+        timeout: seconds per delivery attempt (default 10).
+        attempts: tries before the delivery is given up (default 5).
+        backoff: seconds before the second try, doubled for each next one (default 2).
+    """
+
+    name: str
+    format: Literal["json", "slack"] = "json"
+    url: str | None = None
+    url_env: str | None = None
+    auth_env: str | None = None
+    timeout: float = 10.0
+    attempts: int = 5
+    backoff: float = 2.0
+
+    def resolve_url(self) -> str:
+        if self.url_env:
+            return os.environ.get(self.url_env, "")
+        return self.url or ""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The whole configuration.
+
+    Attributes:
+        database: SQLAlchemy URL (default ``sqlite:///veriprint-monitor.db`` beside the file).
+        database_env: environment variable holding the URL instead (e.g. with a password).
+        listen: ``HOST:PORT`` of the dashboard and ``/metrics`` (default ``127.0.0.1:9108``).
+        concurrency: checks in flight at once over all endpoints (default 8).
+        public_url: the dashboard's address as people reach it, used in alert links.
+        refresh: seconds between dashboard page reloads (default 30; 0: never).
+        endpoints: what to watch.
+        alerts: where to send alerts.
+        source: the file it was read from.
+    """
+
+    endpoints: tuple[EndpointConfig, ...]
+    alerts: tuple[AlertSink, ...] = ()
+    database: str = "sqlite:///veriprint-monitor.db"
+    database_env: str | None = None
+    listen: str = "127.0.0.1:9108"
+    concurrency: int = 8
+    public_url: str = ""
+    refresh: float = 30.0
+    source: str = ""
+
+    def database_url(self) -> str:
+        if self.database_env:
+            return os.environ.get(self.database_env, "")
+        return self.database
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        for e in self.endpoints:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+class _Table:
+    """Typed reads from one TOML table; what is left unread at the end is an unknown key."""
+
+    def __init__(self, data: Any, key: str, source: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(key or "(top level)", "a table", f"<{type(data).__name__}>", source=source)
+        self.data = dict(data)
+        self.key = key
+        self.source = source
+
+    def path(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def error(self, name: str, expected: str, got: Any) -> ConfigError:
+        return ConfigError(self.path(name), expected, got, source=self.source)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def pop(self, name: str, types: tuple[type, ...], expected: str, default: Any = None,
+            required: bool = False) -> Any:
+        if name not in self.data:
+            if required:
+                raise self.error(name, expected, "<nothing (the key is required)>")
+            return default
+        value = self.data.pop(name)
+        if isinstance(value, bool) and bool not in types:
+            raise self.error(name, expected, value)
+        if not isinstance(value, types):
+            raise self.error(name, expected, value if isinstance(value, str | int | float) else
+                             f"<{type(value).__name__}>")
+        return value
+
+    def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
+        return self.pop(name, (str,), "a string", default, required)
+
+    def integer(self, name: str, default: int, lo: int = 0, hi: int | None = None) -> int:
+        value: int = self.pop(name, (int,), "an integer", default)
+        if value < lo or (hi is not None and value > hi):
+            bound = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+            raise self.error(name, bound, value)
+        return value
+
+    def number(self, name: str, default: float, lo: float = 0.0) -> float:
+        value = float(self.pop(name, (int, float), "a number", default))
+        if not math.isfinite(value) or value < lo:
+            raise self.error(name, f"a number >= {lo:g}", value)
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        if name not in self.data:
+            return default
+        try:
+            return parse_duration(self.data.pop(name), self.path(name))
+        except ConfigError as e:
+            raise ConfigError(e.key, e.expected, e.got, source=self.source) from None
+
+    def table(self, name: str) -> _Table | None:
+        if name not in self.data:
+            return None
+        return _Table(self.data.pop(name), self.path(name), self.source)
+
+    def done(self) -> None:
+        for name in self.data:
+            raise self.error(name, f"one of the known keys ({self.known})", "<an unknown key>")
+
+    known = ""
+
+
+def _env_name(t: _Table, name: str) -> str | None:
+    value: str | None = t.string(name)
+    if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise t.error(name, "the name of an environment variable", value)
+    return value
+
+
+def _check_no_password(t: _Table, name: str, url: str, env_key: str) -> None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        raise t.error(name, "a URL", url) from None
+    if password:
+        raise t.error(name, f"no password in the file (put the URL in an environment variable named by {env_key})",
+                      redact_url(url))
+
+
+_ENDPOINT_KEYS = ("name", "target", "fingerprint", "pubkey", "spec", "interval", "jitter", "check_timeout",
+                  "max_batch", "pairs_per_check", "pool_warn_checks", "on_pool_exhausted", "queries_per_day",
+                  "inconclusive_alert_after", "options", "decoys")
+
+
+def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, Any], check_files: bool
+              ) -> EndpointConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(key, "a table", f"<{type(data).__name__}>", source=source)
+    merged = {**defaults, **data}
+    if isinstance(defaults.get("options"), dict) and isinstance(data.get("options"), dict):
+        merged["options"] = {**defaults["options"], **data["options"]}
+    t = _Table(merged, key, source)
+    t.known = ", ".join(_ENDPOINT_KEYS)
+    name = t.string("name", required=True)
+    if not _NAME.match(name):
+        raise t.error("name", "letters, digits, '.', '_' or '-' (at most 63, starting with a letter or digit)", name)
+    target = t.string("target", required=True)
+    if "://" in target:
+        _check_no_password(t, "target", target, "options.auth_env")
+    fingerprint = t.string("fingerprint", required=True)
+    fp_path = (base / fingerprint).resolve()
+    if check_files and not fp_path.is_file():
+        raise t.error("fingerprint", "an existing .vpf file", str(fp_path))
+    pubkey = t.string("pubkey")
+    pub_path: str | None = None
+    if pubkey is not None:
+        pub_path = str((base / pubkey).resolve())
+        if check_files and not Path(pub_path).is_file():
+            raise t.error("pubkey", "an existing public key file (from `veriprint keygen`)", pub_path)
+    spec = t.string("spec", "top1")
+    try:
+        from veriprint.specs import parse_spec
+
+        parse_spec(spec)
+    except ValueError:
+        raise t.error("spec", SPECS_HINT, spec) from None
+    interval = t.duration("interval", 3600.0)
+    if interval < 1:
+        raise t.error("interval", "at least 1 second", interval)
+    jitter = t.duration("jitter", -1.0) if t.has("jitter") else None
+    if jitter is not None and jitter >= interval:
+        raise t.error("jitter", f"less than the interval ({interval:g} s)", jitter)
+    check_timeout = t.duration("check_timeout", 120.0)
+    if check_timeout <= 0:
+        raise t.error("check_timeout", "a duration > 0", check_timeout)
+    max_batch = t.pop("max_batch", (int,), "an integer >= 1", None)
+    if max_batch is not None and max_batch < 1:
+        raise t.error("max_batch", "an integer >= 1", max_batch)
+    pairs = t.integer("pairs_per_check", 4)
+    warn = t.integer("pool_warn_checks", 24)
+    exhausted = t.string("on_pool_exhausted", "wrap")
+    if exhausted not in ("wrap", "refuse"):
+        raise t.error("on_pool_exhausted", "'wrap' or 'refuse'", exhausted)
+    budget = t.integer("queries_per_day", 0)
+    after = t.integer("inconclusive_alert_after", 3, lo=1)
+    options: dict[str, Any] = {}
+    ot = t.table("options")
+    if ot is not None:
+        for k in list(ot.data):
+            if k not in TARGET_OPTIONS:
+                raise ot.error(k, f"a target option ({', '.join(TARGET_OPTIONS)})", "<an unknown key>")
+            if k in ("auth_env",):
+                options[k] = _env_name(ot, k)
+                if not os.environ.get(options[k] or ""):
+                    raise ot.error(k, f"environment variable {options[k]} to be set", "<unset or empty>")
+                continue
+            want = TARGET_OPTIONS[k]
+            value = ot.pop(k, want, f"{' or '.join(x.__name__ for x in want)}")
+            if k in ("timeout", "backoff"):
+                try:
+                    parse_duration(value, ot.path(k))
+                except ConfigError as e:
+                    raise ConfigError(e.key, e.expected, e.got, source=source) from None
+            options[k] = value
+        if "output" in options and options["output"] not in ("logits", "probs", "labels", "topk", "top1-prob"):
+            raise ConfigError(f"{key}.options.output", "logits, probs, labels, topk or top1-prob",
+                              options["output"], source=source)
+        if "datatype" in options and options["datatype"] not in ("FP32", "UINT8"):
+            raise ConfigError(f"{key}.options.datatype", "FP32 or UINT8", options["datatype"], source=source)
+        if "ca_file" in options:
+            options["ca_file"] = str((base / options["ca_file"]).resolve())
+    decoys = None
+    dt = t.table("decoys")
+    if dt is not None:
+        dt.known = "data, split, ratio"
+        data_name = dt.string("data", required=True)
+        if data_name not in ("fashion-mnist", "mnist-5k", "digits"):
+            p = (base / data_name).resolve()
+            if check_files and not p.exists():
+                raise dt.error("data", "fashion-mnist, mnist-5k, digits or an existing .npz file or folder", data_name)
+            data_name = str(p)
+        split = dt.string("split", "test")
+        if split not in ("train", "test"):
+            raise dt.error("split", "'train' or 'test'", split)
+        ratio = dt.number("ratio", 1.0)
+        dt.done()
+        decoys = DecoyConfig(data_name, split, ratio)
+    t.done()
+    return EndpointConfig(name=name, target=target, fingerprint=str(fp_path), pubkey=pub_path, spec=spec,
+                          interval=interval, jitter=jitter, check_timeout=check_timeout, max_batch=max_batch,
+                          pairs_per_check=pairs, pool_warn_checks=warn, on_pool_exhausted=exhausted,
+                          queries_per_day=budget, inconclusive_alert_after=after, options=options, decoys=decoys)
+
+
+def _sink(data: Any, key: str, source: str) -> AlertSink:
+    t = _Table(data, key, source)
+    t.known = "name, format, url, url_env, auth_env, timeout, attempts, backoff"
+    name = t.string("name", required=True)
+    if not _NAME.match(name):
+        raise t.error("name", "letters, digits, '.', '_' or '-'", name)
+    fmt = t.string("format", "json")
+    if fmt not in ("json", "slack"):
+        raise t.error("format", "'json' or 'slack'", fmt)
+    url = t.string("url")
+    url_env = _env_name(t, "url_env")
+    if (url is None) == (url_env is None):
+        raise t.error("url", "exactly one of url and url_env", "<both>" if url else "<neither>")
+    if url is not None:
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise t.error("url", "an http:// or https:// URL", redact_url(url))
+        _check_no_password(t, "url", url, "url_env")
+        if "hooks.slack.com" in url:
+            raise t.error("url", "a Slack webhook URL (a secret) in an environment variable named by url_env",
+                          redact_url(url))
+    elif not os.environ.get(url_env or ""):
+        raise t.error("url_env", f"environment variable {url_env} to hold the webhook URL", "<unset or empty>")
+    auth_env = _env_name(t, "auth_env")
+    if auth_env and not os.environ.get(auth_env):
+        raise t.error("auth_env", f"environment variable {auth_env} to be set", "<unset or empty>")
+    timeout = t.duration("timeout", 10.0)
+    attempts = t.integer("attempts", 5, lo=1, hi=100)
+    backoff = t.duration("backoff", 2.0)
+    t.done()
+    return AlertSink(name, fmt, url, url_env, auth_env, timeout, attempts, backoff)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathLike[str] = ".",
+                 check_files: bool = True) -> MonitorConfig:
+    """Check a parsed TOML document and build the :class:`MonitorConfig`.
+
+    Args:
+        data: the document.
+        source: its file name, shown in errors.
+        base: folder that relative paths are resolved against.
+        check_files: require the fingerprint and key files to exist (default True).
+    """
+    root = _Table(data, "", source)
+    root.known = "monitor, defaults, alerts, endpoints"
+    base_dir = Path(base)
+    mt = root.table("monitor") or _Table({}, "monitor", source)
+    mt.known = "database, database_env, listen, concurrency, public_url, refresh"
+    database = mt.string("database")
+    database_env = _env_name(mt, "database_env")
+    if database is not None and database_env is not None:
+        raise mt.error("database", "either database or database_env", "<both>")
+    if database_env is not None and not os.environ.get(database_env):
+        raise mt.error("database_env", f"environment variable {database_env} to hold a database URL",
+                       "<unset or empty>")
+    if database is None:
+        database = f"sqlite:///{(base_dir / 'veriprint-monitor.db').resolve()}"
+    else:
+        _check_no_password(mt, "database", database, "database_env")
+        scheme = database.split("://", 1)[0] if "://" in database else ""
+        if not scheme.startswith(("sqlite", "postgresql")):
+            raise mt.error("database", "a sqlite:/// or postgresql:// URL", redact_url(database))
+        if scheme.startswith("sqlite") and database.startswith("sqlite:///") and \
+                not database.startswith("sqlite:////") and database != "sqlite:///:memory:":
+            database = f"sqlite:///{(base_dir / database[len('sqlite:///'):]).resolve()}"
+    listen = mt.string("listen", "127.0.0.1:9108")
+    m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})", listen)
+    if not m or int(m.group(2)) > 65535:
+        raise mt.error("listen", "HOST:PORT", listen)
+    concurrency = mt.integer("concurrency", 8, lo=1, hi=1024)
+    public_url = mt.string("public_url", "")
+    refresh = mt.number("refresh", 30.0)
+    mt.done()
+    dt = root.table("defaults")
+    defaults = dict(dt.data) if dt is not None else {}
+    for k in defaults:
+        if k not in _ENDPOINT_KEYS or k == "name":
+            raise ConfigError(f"defaults.{k}", f"an endpoint key ({', '.join(_ENDPOINT_KEYS[1:])})",
+                              "<an unknown key>", source=source)
+    raw_alerts = root.pop("alerts", (list,), "an array of tables ([[alerts]])", [])
+    sinks = tuple(_sink(a, f"alerts[{i}]", source) for i, a in enumerate(raw_alerts))
+    names = [s.name for s in sinks]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"alerts[{i}].name", "a name not used by another alert", n, source=source)
+    raw = root.pop("endpoints", (list,), "an array of tables ([[endpoints]])", required=True)
+    if not raw:
+        raise ConfigError("endpoints", "at least one [[endpoints]] table", "<none>", source=source)
+    endpoints = tuple(_endpoint(e, f"endpoints[{i}]", source, base_dir, defaults, check_files)
+                      for i, e in enumerate(raw))
+    seen: set[str] = set()
+    for i, e in enumerate(endpoints):
+        if e.name in seen:
+            raise ConfigError(f"endpoints[{i}].name", "a name not used by another endpoint", e.name, source=source)
+        seen.add(e.name)
+    root.done()
+    return MonitorConfig(endpoints=endpoints, alerts=sinks, database=database, database_env=database_env,
+                         listen=listen, concurrency=concurrency, public_url=public_url, refresh=refresh,
+                         source=source)
+
+
+def load_config(path: str | os.PathLike[str], **overrides: Any) -> MonitorConfig:
+    """Read and check a monitor TOML file; ``overrides`` replace top-level fields."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("--config", "a readable TOML file", f"<{e.strerror}: {p}>") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("(file)", "valid TOML", f"<{e}>", source=str(p)) from None
+    cfg = parse_config(data, source=str(p), base=p.resolve().parent)
+    return replace(cfg, **overrides) if overrides else cfg

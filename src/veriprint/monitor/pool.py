@@ -1,0 +1,154 @@
+"""Query rotation: a large fingerprint is a pool that checks spend a few pairs at a time.
+
+A provider that sees the same few queries every hour can learn to answer just those
+honestly. So the monitor does not send the whole fingerprint each time: each check takes
+the next ``pairs_per_check`` unspent *units* of the pool. A unit is a twin pair (two
+samples on either side of a decision boundary, stored next to each other: samples
+``2i`` and ``2i + 1`` for ``i < meta["selection"]["pairs"]``), or a single sample of a
+fingerprint stored without twins. Consecutive checks thus never repeat a query until the
+pool is spent.
+
+The first pass goes through the units in file order (the selector put the most revealing
+first); when the pool runs out, ``"wrap"`` starts a new cycle in an order shuffled by the
+fingerprint's hash and the cycle number (so repeats come in new combinations), with a
+loud warning, and ``"refuse"`` stops checking (INCONCLUSIVE) until a larger pool is
+given. Make a larger pool with ``veriprint fingerprint --select 64`` (32 pairs: 8 checks
+of 4 pairs) or more.
+
+The signature covers the whole file: it is checked when the file is loaded, and a check
+then queries a :func:`subset` of the loaded fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from veriprint.fingerprint import Fingerprint
+
+__all__ = ["Draw", "Pool", "subset", "units_of"]
+
+LARGER_POOL_HINT = ("make a larger pool: `veriprint fingerprint ... --select 64` stores 32 twin pairs "
+                    "(8 checks of 4 pairs)")
+
+
+def units_of(fp: Fingerprint) -> list[tuple[int, ...]]:
+    """The fingerprint's sample indices grouped into units: twin pairs, then single samples."""
+    pairs = int((fp.meta.get("selection") or {}).get("pairs") or 0)
+    pairs = min(pairs, len(fp) // 2)
+    units: list[tuple[int, ...]] = [(2 * i, 2 * i + 1) for i in range(pairs)]
+    units += [(i,) for i in range(2 * pairs, len(fp))]
+    return units
+
+
+def subset(fp: Fingerprint, indices: list[int] | tuple[int, ...]) -> Fingerprint:
+    """The fingerprint restricted to ``indices`` (same noise floor, file hash and signature status).
+
+    The hash and signature fields keep describing the file that was loaded and checked; the
+    samples are the chosen ones, in the order given.
+    """
+    if not indices:
+        raise ValueError("expected at least one sample index, got none")
+    bad = [i for i in indices if not 0 <= i < len(fp)]
+    if bad:
+        raise ValueError(f"expected sample indices in [0, {len(fp)}), got {bad}")
+    idx = torch.tensor(list(indices), dtype=torch.long)
+    meta = dict(fp.meta)
+    if isinstance(meta.get("labels"), list) and len(meta["labels"]) == len(fp):
+        meta["labels"] = [meta["labels"][i] for i in indices]
+    meta["subset_of"] = {"sha256": fp.sha256, "size": len(fp), "indices": list(indices)}
+    return replace(
+        fp, samples=fp.samples[idx], grid=None if fp.grid is None else fp.grid[idx],
+        expected=fp.expected[idx], seeds=fp.seeds[idx], log_s=fp.log_s[idx], margin=fp.margin[idx],
+        psnr=fp.psnr[idx], meta=meta,
+    )
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The units one check spends.
+
+    Attributes:
+        cycle: pass over the pool (0 first; more after wrapping).
+        start: position in that pass of the first unit taken.
+        units: unit numbers taken (positions in :func:`units_of`).
+        indices: their sample indices, in the order sent.
+        checks_left: whole checks left in this pass after this one (None: no rotation).
+        wrapped: this draw started a new pass.
+        refused: the pool is spent and the endpoint refuses to repeat queries.
+    """
+
+    cycle: int
+    start: int
+    units: tuple[int, ...]
+    indices: tuple[int, ...]
+    checks_left: int | None
+    wrapped: bool = False
+    refused: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.units)
+
+
+class Pool:
+    """The rotation over one fingerprint.
+
+    Args:
+        fp: the loaded (and signature-checked) fingerprint.
+        per_check: units per check; 0 or at least the pool's size: every check takes all.
+        on_exhausted: ``"wrap"`` or ``"refuse"``.
+    """
+
+    def __init__(self, fp: Fingerprint, per_check: int, on_exhausted: str = "wrap") -> None:
+        self.fp = fp
+        self.units = units_of(fp)
+        self.size = len(self.units)
+        self.per_check = self.size if per_check <= 0 or per_check >= self.size else per_check
+        self.on_exhausted = on_exhausted
+        self._orders: list[list[int]] = [list(range(self.size))]
+
+    @property
+    def rotates(self) -> bool:
+        return self.per_check < self.size
+
+    @property
+    def checks_per_cycle(self) -> int:
+        return self.size // self.per_check
+
+    def order(self, cycle: int) -> list[int]:
+        """Unit numbers in the order of pass ``cycle``.
+
+        A new pass is shuffled, then the units of the previous pass's last check are moved
+        to its end, so that the checks either side of a wrap share no query.
+        """
+        while len(self._orders) <= cycle:
+            c = len(self._orders)
+            seed = int.from_bytes(hashlib.sha256(f"{self.fp.sha256}/{c}".encode()).digest()[:8], "big")
+            shuffled = [int(i) for i in np.random.default_rng(seed).permutation(self.size)]
+            prev = self._orders[c - 1]
+            last = (self.checks_per_cycle - 1) * self.per_check
+            spent = set(prev[last: last + self.per_check])
+            self._orders.append([u for u in shuffled if u not in spent] + [u for u in shuffled if u in spent])
+        return self._orders[cycle]
+
+    def draw(self, cycle: int, position: int) -> Draw:
+        """The next units after ``position`` units of pass ``cycle`` were spent."""
+        if not self.rotates:
+            units = tuple(range(self.size))
+            return Draw(cycle, 0, units, self._indices(units), checks_left=None)
+        wrapped = False
+        if position + self.per_check > self.size:
+            if self.on_exhausted == "refuse":
+                return Draw(cycle, position, (), (), checks_left=0, refused=True)
+            cycle, position, wrapped = cycle + 1, 0, True
+        order = self.order(cycle)
+        units = tuple(order[position: position + self.per_check])
+        left = (self.size - position - self.per_check) // self.per_check
+        return Draw(cycle, position, units, self._indices(units), checks_left=left, wrapped=wrapped)
+
+    def _indices(self, units: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(i for u in units for i in self.units[u])

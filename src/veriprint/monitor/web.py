@@ -1,0 +1,193 @@
+"""The dashboard and ``/metrics``: a small server-rendered Starlette app (Jinja2 templates).
+
+Pages: ``/`` (every endpoint and its state, with a short verdict strip), ``/endpoints/NAME``
+(verdict timeline as inline SVG, recent checks and alerts), ``/checks/ID`` (one check:
+which samples flipped, with each seed and sample image side by side, and its alerts with
+their delivery attempts), ``/alerts``. ``/metrics`` is Prometheus' text format;
+``/healthz`` answers 200 while the scheduler runs; ``/api/endpoints`` and
+``/api/checks/ID`` give the same data as JSON. Nothing needs a build step or JavaScript.
+The dashboard has no login: it binds 127.0.0.1 by default and shows no secrets; put it
+behind your proxy's authentication to expose it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import math
+import time as _clock
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from veriprint.fingerprint import Fingerprint
+from veriprint.monitor.db import Check, Store
+
+__all__ = ["create_app", "sample_png"]
+
+TEMPLATES = Path(__file__).with_name("templates")
+COLORS = {"INTACT": "#2e7d32", "TAMPERED": "#c62828", "INCONCLUSIVE": "#f9a825"}
+
+
+def _time(t: float | None) -> str:
+    if t is None:
+        return "never"
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _ago(t: float | None, now: float) -> str:
+    if t is None:
+        return ""
+    s = max(0.0, now - t)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s / size:.0f}{unit} ago"
+    return f"{s:.0f}s ago"
+
+
+def sample_png(fp: Fingerprint, index: int, which: str, scale: int = 8) -> bytes:
+    """A PNG of one sample (``which="sample"``) or its natural seed (``"seed"``)."""
+    from PIL import Image
+
+    t = (fp.samples if which == "sample" else fp.seeds)[index].float().numpy()
+    d = fp.domain
+    x = np.clip((t - d.lo) / max(d.hi - d.lo, 1e-12), 0, 1)
+    if x.ndim == 1:
+        side = math.isqrt(x.size)
+        x = x.reshape(side, side) if side * side == x.size else x.reshape(1, -1)
+    elif x.ndim == 3:
+        x = x[0] if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1)
+    img = Image.fromarray((x * 255).round().astype(np.uint8))
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def timeline_svg(checks: list[Check], width: int = 900, height: int = 36) -> str:
+    """Oldest left to newest right: one bar per check, coloured by verdict, linking to it."""
+    checks = sorted(checks, key=lambda c: c.slot)
+    if not checks:
+        return f'<svg class="timeline" width="{width}" height="{height}" role="img" aria-label="no checks yet"></svg>'
+    w = max(2.0, min(24.0, width / len(checks)))
+    parts = [f'<svg class="timeline" width="{w * len(checks):.0f}" height="{height}" role="img" '
+             f'aria-label="verdict timeline">']
+    for i, c in enumerate(checks):
+        parts.append(
+            f'<a href="/checks/{c.id}"><rect class="bar {c.verdict.lower()}" data-verdict="{c.verdict}" '
+            f'x="{i * w:.1f}" y="0" width="{max(w - 1, 1):.1f}" height="{height}" fill="{COLORS[c.verdict]}">'
+            f'<title>{_time(c.finished_at)}: {c.verdict}</title></rect></a>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], metrics_registry: Any = None,
+               health: Any = None) -> Starlette:
+    """The dashboard app.
+
+    Args:
+        store: the database.
+        config: the :class:`~veriprint.monitor.config.MonitorConfig`.
+        fingerprints: loaded fingerprints by SHA-256 (for the sample images).
+        metrics_registry: the Prometheus registry served at ``/metrics``.
+        health: a callable returning True while the scheduler runs (default: always).
+    """
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    templates.env.globals.update(time=_time, colors=COLORS, refresh=config.refresh)
+    names = [e.name for e in config.endpoints]
+
+    def endpoint_rows() -> list[dict[str, Any]]:
+        now = _clock.time()
+        latest = store.latest()
+        conclusive = store.last_conclusive()
+        rows = []
+        for e in config.endpoints:
+            c = latest.get(e.name)
+            rows.append({
+                "name": e.name, "target": e.shown_target, "spec": e.spec, "interval": e.interval,
+                "verdict": c.verdict if c else "NONE", "reason": c.reason if c else "no check yet",
+                "last": _time(c.finished_at) if c else "never", "ago": _ago(c.finished_at if c else None, now),
+                "last_conclusive": _time(conclusive.get(e.name)),
+                "streak": c.consecutive_inconclusive if c else 0,
+                "pool_left": None if c is None else c.pool_checks_left, "warn": e.pool_warn_checks,
+                "check_id": c.id if c else None,
+                "strip": timeline_svg(store.checks(e.name, limit=40), width=240, height=16),
+            })
+        return rows
+
+    async def index(request: Request) -> Response:
+        return templates.TemplateResponse(request, "index.html", {"endpoints": endpoint_rows()})
+
+    async def endpoint(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in names:
+            raise HTTPException(404, f"no endpoint named {name!r}")
+        checks = store.checks(name, limit=200)
+        cfg = config.endpoint(name)
+        return templates.TemplateResponse(request, "endpoint.html", {
+            "e": cfg, "checks": checks, "timeline": timeline_svg(checks), "alerts": store.alerts(endpoint=name),
+            "row": next(r for r in endpoint_rows() if r["name"] == name)})
+
+    async def check(request: Request) -> Response:
+        c = store.check(int(request.path_params["id"]))
+        if c is None:
+            raise HTTPException(404, "no such check")
+        alerts = [(a, store.alert_attempts(a.id)) for a in store.alerts(check_id=c.id)]
+        samples = []
+        for s in c.samples:
+            exp, obs = s.get("expected") or [], s.get("observed")
+            samples.append({**s, "expected_label": int(np.argmax(exp)) if exp else None,
+                            "observed_label": int(np.argmax(obs)) if obs else None,
+                            "flipped": s.get("match") is False})
+        return templates.TemplateResponse(request, "check.html", {
+            "c": c, "samples": samples, "alerts": alerts, "images": c.fingerprint_sha256 in fingerprints})
+
+    async def alerts(request: Request) -> Response:
+        return templates.TemplateResponse(request, "alerts.html", {
+            "alerts": [(a, store.alert_attempts(a.id)) for a in store.alerts(limit=200)]})
+
+    async def image(request: Request) -> Response:
+        fp = fingerprints.get(request.path_params["sha"])
+        which = request.path_params["which"]
+        index = int(request.path_params["index"])
+        if fp is None or which not in ("seed", "sample") or not 0 <= index < len(fp):
+            raise HTTPException(404, "no such image")
+        return Response(sample_png(fp, index, which), media_type="image/png",
+                        headers={"Cache-Control": "max-age=86400"})
+
+    async def metrics(request: Request) -> Response:
+        if metrics_registry is None:
+            return PlainTextResponse("", status_code=404)
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        ok = True if health is None else bool(health())
+        return JSONResponse({"status": "ok" if ok else "scheduler stalled"}, status_code=200 if ok else 503)
+
+    async def api_endpoints(request: Request) -> Response:
+        rows = endpoint_rows()
+        for r in rows:
+            r.pop("strip")
+        return JSONResponse(rows)
+
+    async def api_check(request: Request) -> Response:
+        c = store.check(int(request.path_params["id"]))
+        if c is None:
+            raise HTTPException(404, "no such check")
+        return JSONResponse({col.name: getattr(c, col.name) for col in Check.__table__.columns})
+
+    routes = [
+        Route("/", index), Route("/endpoints/{name}", endpoint), Route("/checks/{id:int}", check),
+        Route("/alerts", alerts), Route("/fingerprints/{sha}/{index:int}/{which}.png", image),
+        Route("/metrics", metrics), Route("/healthz", healthz), Route("/api/endpoints", api_endpoints),
+        Route("/api/checks/{id:int}", api_check),
+    ]
+    return Starlette(routes=routes)
