@@ -46,7 +46,7 @@ def render_report(plan: Plan, rows: Sequence[dict[str, Any]], *, command: str, s
         "are indicative).\n",
         "Protocol. Every model is trained (seeded) on its training split; its test split gives the natural "
         "samples and the seeds of generation. For each method a pool of candidates is made with "
-        "`veriprint.fingerprint.make_fingerprint` and only candidates whose top-1 margin clears the calibrated "
+        "the pipeline's stages 1-4 (`veriprint.pipeline.build_candidates`: seeds, generation, calibration, refinement) and only candidates whose top-1 margin clears the calibrated "
         "noise floor are kept (a fingerprint could use no others). Each pool sample is verified against each "
         "tampered model with `veriprint.verify.verify` under each output spec; the mismatching ones detect. "
         "With `d` of `n` pool samples detecting, random selection (and natural samples) misses with the exact "
