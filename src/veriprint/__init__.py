@@ -1,10 +1,11 @@
 """veriprint: Sensitive-Sample fingerprints for black-box integrity checks of neural networks.
 
 The pipeline (He, Zhang, Lee, CVPR 2019): :func:`generate` Sensitive-Samples from natural
-seeds (the objective lives in :mod:`veriprint.objective`), pick a few with
-:func:`manc`, freeze them with their expected outputs in a :class:`Fingerprint`
-file (:func:`make_fingerprint`), and later verify a deployed model with
-:func:`veriprint.verify.verify` through any :class:`Target`.
+seeds (the objective lives in :mod:`veriprint.objective`), pick a few (:mod:`veriprint.selectors`;
+the paper's :func:`manc`), freeze them with their expected outputs in a :class:`Fingerprint`
+file (:func:`make_fingerprint`, stage by stage in :mod:`veriprint.pipeline`), and later
+:func:`verify` a deployed model through any :class:`Target`. Errors of the inputs raise a
+:class:`VeriprintError`.
 
 Heavy submodules are imported on first use, so ``import veriprint`` stays cheap.
 """
@@ -31,10 +32,16 @@ _EXPORTS = {
     "tamper": "veriprint.tamper",
     "manc": "veriprint.select",
     "Fingerprint": "veriprint.fingerprint",
-    "FingerprintConfig": "veriprint.fingerprint",
-    "make_fingerprint": "veriprint.fingerprint",
+    "FingerprintConfig": "veriprint.pipeline",
+    "make_fingerprint": "veriprint.pipeline",
+    "build_candidates": "veriprint.pipeline",
+    "verify": "veriprint.verify",
     "VerificationReport": "veriprint.verify",
     "Target": "veriprint.targets",
+    "TargetError": "veriprint.targets",
+    "VeriprintError": "veriprint.errors",
+    "ConfigError": "veriprint.errors",
+    "list_selectors": "veriprint.selectors",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

@@ -12,7 +12,7 @@ The subclasses also derive from the built-in exception they refine (``ValueError
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "UnknownOptionError", "VeriprintError"]
+__all__ = ["ConfigError", "ModelError", "UnknownOptionError", "VeriprintError"]
 
 
 class VeriprintError(Exception):
@@ -26,3 +26,7 @@ class ConfigError(VeriprintError, ValueError):
 class UnknownOptionError(ConfigError, TypeError):
     """An option that the receiving target or stage does not take (its name is misspelt,
     or it belongs to another kind of target)."""
+
+
+class ModelError(VeriprintError, ValueError):
+    """A model or its weights cannot be loaded (a bad factory, file or state dict)."""

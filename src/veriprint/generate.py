@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from veriprint._callable import callable_module
 from veriprint.data import InputDomain
 from veriprint.models import LastLayer, OutputKind, split_last_layer
 from veriprint.objective import entropy_topk, log_sensitivity
@@ -374,3 +375,6 @@ def _describe(
                 v = log_sensitivity(model, chunk, params=params, outputs=cfg.outputs, model_outputs=model_outputs)
             values.append(v.detach())
     return torch.cat(values), torch.cat(outs)
+
+
+callable_module(__name__, "generate")  # ``veriprint.generate`` is this module and this function alike

@@ -31,7 +31,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from veriprint.errors import VeriprintError
+from veriprint.errors import ModelError
 
 __all__ = [
     "LastLayer",
@@ -46,10 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OutputKind = Literal["logits", "probs"]
-
-
-class ModelError(VeriprintError, ValueError):
-    """A model could not be loaded or does not behave like a classifier."""
 
 
 def _import_factory(spec: str) -> Callable[[], nn.Module]:

@@ -141,7 +141,7 @@ def _onnx_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     try:
         import onnxruntime as ort
 
-        from veriprint.onnx_import import export_onnx
+        from veriprint.onnx_export import export_onnx
     except ImportError:
         return None
     with tempfile.TemporaryDirectory() as d:

@@ -1,4 +1,4 @@
-"""ONNX graphs as differentiable PyTorch modules, and the matching export.
+"""ONNX graphs as differentiable PyTorch modules (the export is in :mod:`veriprint.onnx_export`).
 
 :func:`import_onnx` turns an ONNX classifier into an ``nn.Module`` that evaluates the
 graph node by node with torch ops, so that the objective (``torch.func`` transforms,
@@ -21,9 +21,8 @@ The graph is evaluated in inference mode (``BatchNormalization`` uses its runnin
 statistics, ``Dropout`` is the identity). Floating-point ``Cast`` nodes keep the working
 precision of the input, so a module converted with ``.double()`` computes in float64.
 
-:func:`export_onnx` writes the self-contained file this project reads and serves: the
-legacy TorchScript-based exporter, opset 17, input ``"input"`` and output ``"output"``
-with a dynamic batch axis, weights embedded.
+:func:`veriprint.onnx_export.export_onnx` (re-exported here) writes the self-contained file
+this project reads and serves.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from veriprint.models import ModelError
+from veriprint.errors import ModelError
+from veriprint.onnx_export import OPSET, export_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -51,7 +50,6 @@ __all__ = ["SUPPORTED_OPS", "OnnxImportError", "OnnxModule", "export_onnx", "imp
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 
 
 class OnnxImportError(ModelError):
@@ -775,35 +773,3 @@ def import_onnx(source: str | os.PathLike[str] | onnx.ModelProto) -> OnnxModule:
     log.debug("imported ONNX graph: %d nodes, %d parameters", len(module._nodes),
               sum(p.numel() for p in module.parameters()))
     return module.eval()
-
-
-def export_onnx(model: nn.Module, example_x: torch.Tensor, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a self-contained ONNX file (opset 17, dynamic batch axis).
-
-    Uses the legacy TorchScript-based exporter (``dynamo=False``), which needs only the
-    ``onnx`` package and embeds the weights in the file. The model is exported in eval
-    mode (batch norm folded into the convolutions) and left unchanged.
-
-    Args:
-        model: the classifier.
-        example_x: an example batch ``(N, ...)`` fixing every dimension but the first.
-        path: the ``.onnx`` file to write.
-
-    Returns:
-        The path written.
-    """
-    out = Path(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter warns that it is deprecated
-        torch.onnx.export(
-            model,
-            (example_x,),
-            str(out),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            training=torch.onnx.TrainingMode.EVAL,
-        )
-    return out

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from veriprint._callable import callable_module
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.redact import redact
@@ -224,3 +225,6 @@ def verify(
     within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
     return report("INTACT", f"all {n} samples match the intact model{within}", compared, 0, amb, results,
                   name, decoys, sent)
+
+
+callable_module(__name__, "verify")  # ``veriprint.verify`` is this module and this function alike

@@ -456,7 +456,7 @@ def _variant_target(variant: str, net: nn.Module, example: torch.Tensor, tmp: Pa
     if variant.startswith("torch-threads"):
         return TorchTarget(net, threads=int(variant.removeprefix("torch-threads")))
     if variant.startswith("onnx"):
-        from veriprint.onnx_import import export_onnx
+        from veriprint.onnx_export import export_onnx
 
         path = export_onnx(net, example, tmp / "model.onnx")
         return OnnxTarget(path, max_batch=1 if variant == "onnx-batch1" else None, threads=1)

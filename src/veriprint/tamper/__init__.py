@@ -17,10 +17,7 @@ Attacks, by family (one module each):
 
 from __future__ import annotations
 
-import sys as _sys
-import types as _types
-from typing import Any as _Any
-
+from veriprint._callable import callable_module as _callable_module
 from veriprint.tamper.adaptive import AdversarialFineTuneConfig
 from veriprint.tamper.backdoor import BadNetsConfig, CleanLabelConfig
 from veriprint.tamper.base import (
@@ -77,12 +74,4 @@ __all__ = [
 ]
 
 
-class _CallableModule(_types.ModuleType):
-    """Lets ``veriprint.tamper(model, config, data=...)`` call :func:`tamper` directly,
-    although ``veriprint.tamper`` is also this package."""
-
-    def __call__(self, *args: _Any, **kwargs: _Any) -> TamperResult:
-        return tamper(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
+_callable_module(__name__, "tamper")  # ``veriprint.tamper(model, config, data=...)`` runs :func:`tamper`
