@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from veriprint.numerics import softmax_np, top2_margin_np
+
 BUNDLE_FORMAT = "veriprint.deployment-noise-bundle"
 BUNDLE_VERSION = 1
 SPECS = ("top1", "probs", "logits")
@@ -338,17 +340,8 @@ def make_forward(model: nn.Module, variant: Variant, device: str) -> DeviceForwa
 # --------------------------------------------------------------------------- measuring
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64)
-    e = np.exp(z - z.max(1, keepdims=True))
-    out: np.ndarray = e / e.sum(1, keepdims=True)
-    return out
-
-
-def _margins(z: np.ndarray) -> np.ndarray:
-    s = np.sort(z.astype(np.float64), axis=1)
-    out: np.ndarray = s[:, -1] - s[:, -2]
-    return out
+_softmax = softmax_np
+_margins = top2_margin_np
 
 
 def deviation(got: np.ndarray, z32: np.ndarray, z64: np.ndarray, floor: float) -> dict[str, Any]:

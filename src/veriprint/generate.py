@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from veriprint._callable import callable_module
 from veriprint.data import InputDomain
 from veriprint.models import LastLayer, OutputKind, split_last_layer
+from veriprint.numerics import top2_margin
 from veriprint.objective import entropy_topk, log_sensitivity
 
 __all__ = [
@@ -203,8 +204,7 @@ def psnr(x: torch.Tensor, v0: torch.Tensor, domain: InputDomain) -> torch.Tensor
 def margins(out: torch.Tensor, model_outputs: OutputKind = "logits") -> torch.Tensor:
     """Top-1 minus top-2 logit per sample (for a probs model, of ``log p``)."""
     z = torch.log(out.clamp_min(1e-45)) if model_outputs == "probs" else out
-    top2 = z.topk(2, dim=-1).values
-    return top2[:, 0] - top2[:, 1]
+    return top2_margin(z)
 
 
 def _objective(model: nn.Module, x: torch.Tensor, cfg: GenerationConfig, model_outputs: OutputKind,

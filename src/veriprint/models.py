@@ -32,6 +32,7 @@ import torch.fx as fx
 from torch import nn
 
 from veriprint.errors import ModelError
+from veriprint.numerics import freeze
 
 __all__ = [
     "LastLayer",
@@ -152,10 +153,7 @@ def load_model(
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise ModelError(f"{weights}: weights do not fit the model: {e}") from e
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return freeze(model)
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
+from veriprint.numerics import top2_margin as _margins
 
 __all__ = ["MAX_LOGIT_NOISE", "MAX_SAFETY", "NoiseFloor", "as_logits", "calibrate_noise"]
 
@@ -37,11 +38,6 @@ log = logging.getLogger(__name__)
 def as_logits(out: torch.Tensor, model_outputs: OutputKind) -> torch.Tensor:
     """Model outputs as logits (``log p`` for a softmax-ending model)."""
     return torch.log(out.double().clamp_min(1e-300)) if model_outputs == "probs" else out.double()
-
-
-def _margins(z: torch.Tensor) -> torch.Tensor:
-    top2 = z.topk(2, dim=-1).values
-    return top2[:, 0] - top2[:, 1]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from veriprint.data import InputDomain
 from veriprint.generate import Norm, snap_to_ball
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
+from veriprint.numerics import top2_margin
 
 __all__ = ["RefineResult", "boundary_twins", "label_margin", "refine_to_boundary", "settle_margin"]
 
@@ -287,8 +288,7 @@ def boundary_twins(
     with torch.no_grad():
         z = as_logits(model(twins), model_outputs)
     new = z.argmax(dim=1)
-    top2 = z.topk(2, dim=1).values
-    ok = (new != labels) & ((top2[:, 0] - top2[:, 1]) >= tau / 2)
+    ok = (new != labels) & (top2_margin(z) >= tau / 2)
     return twins, ok
 
 

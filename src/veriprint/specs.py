@@ -24,6 +24,7 @@ import numpy as np
 
 from veriprint.errors import ConfigError
 from veriprint.noise import NoiseFloor
+from veriprint.numerics import softmax_np as _softmax
 from veriprint.targets.base import OutputForm, TargetError
 
 __all__ = ["Comparison", "OutputSpec", "parse_spec"]
@@ -48,12 +49,6 @@ class Comparison:
     ambiguous: Any
     expected: list[Any]
     observed: list[Any]
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
 
 
 def _rounded_match(obs: np.ndarray, exp: np.ndarray, decimals: int, tol: float) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from veriprint.data import Dataset
+from veriprint.numerics import freeze
 
 __all__ = ["TrainConfig", "accuracy", "cache_dir", "predict", "train_"]
 
@@ -71,10 +72,7 @@ def train_(model: nn.Module, data: Dataset, config: TrainConfig | None = None, *
                 opt.step()
                 step += 1
                 bar.update(1)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return freeze(model)
 
 
 @torch.inference_mode()

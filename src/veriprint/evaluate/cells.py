@@ -155,15 +155,13 @@ class ModelArtifact:
 def build_module(spec: ModelSpec, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The model of ``spec``, with ``state`` loaded, in eval mode."""
     from veriprint.models import load_model
+    from veriprint.numerics import freeze
 
     torch.manual_seed(spec.seed)
     model = load_model(spec.factory)
     if state is not None:
         model.load_state_dict(state)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return freeze(model)
 
 
 def model_key(spec: ModelSpec) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from veriprint.data import Dataset
+from veriprint.numerics import freeze as _freeze
 from veriprint.train import accuracy, predict
 
 __all__ = [
@@ -283,13 +284,6 @@ class TamperResult:
 
     model: nn.Module
     report: TamperReport
-
-
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def tamper(
