@@ -79,3 +79,17 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path, capsys: pytest.Capture
     assert code == 2 and "GenerationConfig.steps" in err and len(err.strip().splitlines()) == 1
     code = main(["evaluate", "--quick", "--plan", "full"])
     assert code == 2 and "give one of --config, --quick and --plan" in capsys.readouterr().err
+
+
+def test_every_command_takes_a_settings_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in commands.items():
+        assert any("--config" in a.option_strings for a in sub._actions), name
+    (tmp_path / "t.toml").write_text("list = true\n")
+    assert main(["tamper", "--config", str(tmp_path / "t.toml")]) == 0
+    assert "The paper's attacks" in capsys.readouterr().out
+    (tmp_path / "typo.toml").write_text("lst = true\n")
+    assert main(["tamper", "--config", str(tmp_path / "typo.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown setting lst for `veriprint tamper`" in err and len(err.strip().splitlines()) == 1

@@ -37,8 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
+        if not any("--config" in a.option_strings for a in p._actions):
+            p.add_argument("--config", default=None, metavar="FILE.toml",
+                           help="defaults for this command's options, in TOML with the flags' names "
+                                "(underscores); flags given on the command line win")
+            p.set_defaults(_settings_parser=p)
         p.set_defaults(_module=module)
     return parser
+
+
+def _apply_settings_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                         argv: list[str] | None) -> argparse.Namespace:
+    """Re-parse with a ``--config`` file's values as the command's defaults."""
+    from veriprint.configs import load_toml
+    from veriprint.errors import ConfigError
+
+    sub: argparse.ArgumentParser = args._settings_parser
+    values = load_toml(args.config)
+    known = {a.dest for a in sub._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"--config {args.config!r}: unknown setting{'s' * (len(unknown) > 1)} "
+                          f"{', '.join(unknown)} for `veriprint {args.command}`; known: {', '.join(sorted(known))}")
+    sub.set_defaults(**values)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "_settings_parser", None) is not None and args.config:
+            args = _apply_settings_file(parser, args, argv)
         return int(args._module.run(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
