@@ -159,16 +159,16 @@ def export_assets(
 
 
 def tampered_copies(model: nn.Module, data: Dataset) -> list[tuple[str, nn.Module]]:
-    """The intact model and tampered copies: the tampering registry's attacks, plus two
-    simple edits (the tampering suite has the rest). ``data``: labelled data for the
-    registry's before/after measures."""
-    from veriprint.tamper import CastConfig, QuantizeConfig, WeightEditConfig, tamper
-
-    def edit(fn):  # type: ignore[no-untyped-def]
-        m = copy.deepcopy(model)
-        with torch.no_grad():
-            fn(m)
-        return m
+    """The intact model and tampered copies, every one an attack of the tampering registry.
+    ``data``: labelled data for the registry's before/after measures."""
+    from veriprint.tamper import (
+        CastConfig,
+        PruneConfig,
+        QuantizeConfig,
+        WeightEditConfig,
+        WeightNoiseConfig,
+        tamper,
+    )
 
     def attack(config: object) -> nn.Module:
         return tamper(model, config, data=data, progress=False).model
@@ -180,24 +180,12 @@ def tampered_copies(model: nn.Module, data: Dataset) -> list[tuple[str, nn.Modul
     def largest_x105(name: str) -> WeightEditConfig:
         return WeightEditConfig(layer=name, mode="scale", amount=0.05, select="largest")
 
-    def noise(m):  # type: ignore[no-untyped-def]
-        g = torch.Generator().manual_seed(0)
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * p.std() * 1e-3)
-
-    def prune(m):  # type: ignore[no-untyped-def]
-        for p in m.parameters():
-            if p.dim() > 1:
-                k = max(1, int(0.02 * p.numel()))
-                thr = p.abs().flatten().kthvalue(k).values
-                p.masked_fill_(p.abs() <= thr, 0.0)
-
     return [
         ("intact copy", copy.deepcopy(model)),
         ("float16 weights", attack(CastConfig(dtype="float16", buffers=False))),
         ("8-bit weights (per tensor)", attack(QuantizeConfig(bits=8, granularity="tensor", scope="all"))),
-        ("2% magnitude pruning", edit(prune)),
-        ("Gaussian noise 1e-3 relative", edit(noise)),
+        ("2% magnitude pruning (per tensor)", attack(PruneConfig(amount=0.02, scope="layer"))),
+        ("Gaussian weight noise, 1e-3 of each weight", attack(WeightNoiseConfig(relative=1e-3))),
         (f"largest weight of {last_w} (last layer) x1.05", attack(largest_x105(last_w))),
         (f"largest weight of {first_w} (first layer) x1.05", attack(largest_x105(first_w))),
     ]
