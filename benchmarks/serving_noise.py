@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from servers.mlserver import MLServer, ServedModel  # noqa: E402
 from veriprint.data import load_data  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
+from veriprint.numerics import softmax_np  # noqa: E402
 from veriprint.onnx_import import export_onnx  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.targets import QueryBatch  # noqa: E402
@@ -42,11 +43,6 @@ from veriprint.verify import verify  # noqa: E402
 SPECS = ("top1", "probs", "logits")
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
     agree = ref64.argmax(1) == got64.argmax(1)
@@ -54,7 +50,7 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     margin = top2[:, 1] - top2[:, 0]
     return {
         "max_logit_diff": float(np.abs(ref64 - got64).max()),
-        "max_prob_diff": float(np.abs(softmax(ref64) - softmax(got64)).max()),
+        "max_prob_diff": float(np.abs(softmax_np(ref64) - softmax_np(got64)).max()),
         "label_agreement": float(agree.mean()),
         "disagreements": int((~agree).sum()),
         "smallest_margin": float(margin.min()),

@@ -298,7 +298,7 @@ def generate(
     with tqdm(total=steps * len(chunks), desc="generate", unit="step", disable=not progress, leave=False) as bar:
         for v0 in chunks:
             if steps:
-                x, hist = _ascend(model, v0, replace_steps(cfg, steps), domain, model_outputs, bar)
+                x, hist = _ascend(model, v0, cfg, domain, model_outputs, bar)
             else:
                 x, hist = v0.clone(), torch.zeros(0, 2)
             outs.append(snap_to_ball(x, v0, cfg.eps, cfg.norm, domain))
@@ -351,12 +351,6 @@ def result_for(
         config=cfg,
         domain=domain,
     )
-
-
-def replace_steps(cfg: GenerationConfig, steps: int) -> GenerationConfig:
-    if steps == cfg.steps:
-        return cfg
-    return GenerationConfig.from_dict({**cfg.to_dict(), "steps": steps})
 
 
 def _describe(

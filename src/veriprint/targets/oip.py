@@ -78,13 +78,6 @@ class OipTarget(HttpTarget):
                               f"got {type(meta).__name__}")
         return meta
 
-    def ready(self) -> bool:
-        """Whether the server says the model is ready (``GET .../ready`` answers 200)."""
-        try:
-            return self.client.request("GET", self.path + "/ready").status == 200
-        except TargetError:
-            return False
-
     def _prepare(self) -> None:
         if self.input_name is not None:
             return
