@@ -93,3 +93,17 @@ def test_every_command_takes_a_settings_file(tmp_path: Path, capsys: pytest.Capt
     assert main(["tamper", "--config", str(tmp_path / "typo.toml")]) == 2
     err = capsys.readouterr().err
     assert "unknown setting lst for `veriprint tamper`" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_command_runs_a_tiny_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "tiny.toml"
+    plan.write_text(
+        'name = "tiny"\npool = 20\nbag = 10\nbags = 5\nn_max = 8\nns = [1, 8]\nspecs = ["top1"]\n'
+        '[[models]]\nname = "d"\nfactory = "veriprint.zoo:digits_mlp"\ndata = "digits"\nepochs = 2\neps = 0.125\n'
+        '[[methods]]\nname = "natural"\nkind = "natural"\nsteps = 0\n'
+        '[[attacks]]\nname = "w"\nmodel = "d"\nattack = "weight-edit"\nparams = { layer = "7.weight" }\n'
+    )
+    code = main(["evaluate", "--config", str(plan), "--out", str(tmp_path / "out"), "--workers", "1",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    assert (tmp_path / "out" / "report.md").stat().st_size > 0

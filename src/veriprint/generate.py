@@ -103,10 +103,13 @@ class GenerationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
+        """Read a stored config; a newer ``version`` or an unknown key is refused, named."""
+        from veriprint.configs import from_mapping
+
         d = dict(d)
         if isinstance(d.get("params"), list):
             d["params"] = tuple(d["params"])
-        return cls(**d)
+        return from_mapping(cls, d)
 
 
 @dataclass(frozen=True)
