@@ -60,6 +60,7 @@ def _peak_mib() -> float:
 def worker(n: int, steps: int, threads: int, seed: int, train: bool, device: str = "cpu") -> dict[str, Any]:
     torch.set_num_threads(threads)
     from veriprint.generate import GenerationConfig, generate
+    from veriprint.numerics import freeze
     from veriprint.zoo import fashion_cnn
 
     torch.manual_seed(seed)
@@ -88,10 +89,7 @@ def worker(n: int, steps: int, threads: int, seed: int, train: bool, device: str
         real = True
     except (OSError, ValueError, RuntimeError, ImportError) as e:
         source += f" ({type(e).__name__}: {e})"
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model = model.to(device)
+    model = freeze(model).to(device)
     seeds = seeds.to(device)
     unit = unit_step(model, seeds)
     unit()

@@ -24,16 +24,14 @@ from torch import nn
 
 from benchmarks.common import Check, Context, Section, cnn, fmt_s, fmt_x, inputs, paired
 from veriprint.baselines import literal_value_and_grad
+from veriprint.numerics import freeze
 from veriprint.objective import log_sensitivity, resolve_params, sensitivity_loop
 from veriprint.zoo import digits_mlp
 
 
 def _mlp(seed: int, device: str = "cpu") -> nn.Module:
     torch.manual_seed(seed)
-    model = digits_mlp().eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.to(device)
+    return freeze(digits_mlp()).to(device)
 
 
 def _scope(ctx: Context) -> contextlib.AbstractContextManager[Any]:
