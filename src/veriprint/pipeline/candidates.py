@@ -9,6 +9,8 @@ harness and enrollment start from.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +23,7 @@ from veriprint.models import OutputKind
 from veriprint.noise import NoiseFloor
 from veriprint.pipeline.calibrate import calibrate
 from veriprint.pipeline.config import FingerprintConfig
+from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.refinement import refine
 from veriprint.pipeline.seeds import draw_seeds
 
@@ -61,17 +64,31 @@ class Candidates:
 
 def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, *,
                      domain: InputDomain, model_outputs: OutputKind = "logits",
-                     progress: bool = True) -> Candidates:
-    """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement."""
+                     progress: bool = True, meter: CostMeter | None = None) -> Candidates:
+    """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement.
+
+    ``meter`` (optional) records each stage's seconds and model passes.
+    """
+    stage = meter.stage if meter is not None else _no_meter
     boundary = cfg.seeds == "boundary" and cfg.refine
-    seeds, seed_idx = draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model,
-                                 model_outputs)
-    gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs, progress=progress)
-    noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
+    with stage("seeds"):
+        seeds, seed_idx = draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model,
+                                     model_outputs)
+    with stage("generate"):
+        gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs,
+                       progress=progress)
+    with stage("calibrate"):
+        noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
     reached = torch.zeros(len(gen), dtype=torch.bool)
     if cfg.refine and cfg.generation.eps > 0:
-        gen, reached = refine(model, gen, noise, cfg, model_outputs=model_outputs)
+        with stage("refine"):
+            gen, reached = refine(model, gen, noise, cfg, model_outputs=model_outputs)
     return Candidates(gen, seed_idx, noise, reached, boundary)
+
+
+@contextmanager
+def _no_meter(_name: str) -> Iterator[None]:
+    yield
 
 
 def eligible(c: Candidates, cfg: FingerprintConfig, need: int) -> torch.Tensor:

@@ -18,12 +18,13 @@ from veriprint.data import Dataset, InputDomain
 from veriprint.fingerprint import Fingerprint
 from veriprint.generate import GenerationResult
 from veriprint.models import OutputKind
-from veriprint.pipeline.candidates import build_candidates, eligible
+from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
+from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
-from veriprint.selectors import SelectionContext, get_selector
+from veriprint.selectors import SelectionContext, Selector, get_selector
 
 __all__ = ["make_fingerprint"]
 
@@ -59,12 +60,26 @@ def make_fingerprint(
     cfg = config or FingerprintConfig()
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
-    cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress)
+    meter = CostMeter(model)
+    try:
+        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter)
+    finally:
+        meter.close()
+    fp.meta["stages"] = meter.report()
+    return fp, gen, sel
+
+
+def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, domain: InputDomain,
+         model_outputs: OutputKind, progress: bool, source: str | None, start: float,
+         meter: CostMeter) -> tuple[Fingerprint, GenerationResult, Selection]:
+    cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress,
+                             meter=meter)
     ok = eligible(cands, cfg, cfg.select)
     twins: Twins | None = None
     pairs = 0
     if wants_twins(cfg):
-        twins = make_twins(model, cands, cfg, model_outputs=model_outputs)
+        with meter.stage("twins"):
+            twins = make_twins(model, cands, cfg, model_outputs=model_outputs)
         if int((ok & twins.ok).sum()) >= cfg.select // 2:
             pairs = cfg.select // 2
         else:
@@ -78,6 +93,17 @@ def make_fingerprint(
     ctx = SelectionContext(model, cands, ok, twins if pairs else None, cfg, model_outputs, progress)
     selector = get_selector(name)
     samples = cands.samples
+    with meter.stage("select"):
+        sel, idx, chosen = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
+    with meter.stage("describe"):
+        fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()),
+                      pairs=pairs, model_outputs=model_outputs, source=source, started=start)
+    return fp, cands.gen, sel
+
+
+def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, cands: Candidates,
+            twins: Twins | None, ok: torch.Tensor, pairs: int,
+            samples: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor]:
     if pairs:
         assert twins is not None
         sel = selector.pairs(ctx, pairs)
@@ -94,6 +120,4 @@ def make_fingerprint(
         sel = selector.singles(ctx, cfg.select)
         idx = sel.indices
         chosen = samples[idx]
-    fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()), pairs=pairs,
-                  model_outputs=model_outputs, source=source, started=start)
-    return fp, cands.gen, sel
+    return sel, idx, chosen

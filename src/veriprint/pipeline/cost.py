@@ -1,0 +1,73 @@
+"""What each stage of the pipeline costs: seconds, and samples through the model.
+
+:class:`CostMeter` times the stages of one :func:`~veriprint.pipeline.make_fingerprint`
+run and counts the samples that pass through the model's first layer, split into those
+run with gradients (each followed by a backward pass, in practice) and those without.
+Counting at the first layer catches every way a stage runs the model (whole, split into
+body and head, through ``torch.func``), at the price of counting a vmapped batch once.
+The result is stored in ``meta["stages"]`` and printed by ``veriprint fingerprint``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CostMeter", "format_costs"]
+
+
+class CostMeter:
+    """Per-stage seconds and model passes of one pipeline run (see the module's docs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+        self._forward = 0
+        self._backward = 0
+        first = next((m for m in model.modules() if not list(m.children()) and any(
+            True for _ in m.parameters(recurse=False))), None)
+        self._hook = None if first is None else first.register_forward_hook(self._count)
+
+    def _count(self, _m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        n = int(x.shape[0]) if x is not None and x.dim() > 0 else 1
+        if torch.is_grad_enabled():
+            self._backward += n
+        else:
+            self._forward += n
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block and count its passes under ``name`` (added to earlier ones)."""
+        start, f0, b0 = time.perf_counter(), self._forward, self._backward
+        try:
+            yield
+        finally:
+            row = self.stages.setdefault(name, {"seconds": 0.0, "forward": 0, "forward_backward": 0})
+            row["seconds"] = round(row["seconds"] + time.perf_counter() - start, 3)
+            row["forward"] += self._forward - f0
+            row["forward_backward"] += self._backward - b0
+
+    def close(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {k: dict(v) for k, v in self.stages.items()}
+
+
+def format_costs(stages: dict[str, dict[str, float]]) -> str:
+    """A small table of ``meta["stages"]``: seconds and samples through the model per stage."""
+    if not stages:
+        return ""
+    total = sum(v["seconds"] for v in stages.values()) or 1.0
+    lines = [f"{'stage':<10} {'seconds':>8} {'share':>6} {'forward':>9} {'fwd+bwd':>9}"]
+    for name, v in stages.items():
+        lines.append(f"{name:<10} {v['seconds']:>8.2f} {v['seconds'] / total:>6.0%} {int(v['forward']):>9} "
+                     f"{int(v['forward_backward']):>9}")
+    return "\n".join(lines)
