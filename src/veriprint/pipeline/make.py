@@ -66,6 +66,8 @@ def make_fingerprint(
     finally:
         meter.close()
     fp.meta["stages"] = meter.report()
+    if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
+        fp.meta["data"] = {"name": data.name, "size": len(data)}
     return fp, gen, sel
 
 
