@@ -175,9 +175,15 @@ def test_cli_enroll_then_verify(demo: tuple[nn.Module, Fingerprint, Path], tmp_p
     data = json.loads(report.read_text())
     assert data["kept"] == 4 and len(data["candidates"]) == 8
     assert main(["verify", str(out), "--target", s.factory, "--weights", weights]) == 0
+    assert main(["inspect", str(out)]) == 0
+    assert "enrolled: " in capsys.readouterr().out
     # a refusal: exit 2, one line naming why, nothing written
     bad = tmp_path / "bad.vpf"
-    code = main(["enroll", str(pool_path), "--target", "veriprint.zoo:fashion_cnn", "--out", str(bad)])
+    code = main(["enroll", str(pool_path), "--target", "veriprint.zoo:fashion_cnn", "--out", str(bad),
+                 "--report", str(report)])
     err = capsys.readouterr().err
     assert code == 2 and not bad.exists()
     assert err.startswith("error: enrollment refused: the endpoint disagrees") and err.count("\n") == 1
+    assert json.loads(report.read_text())["disagreeing"] == list(range(8))
+    assert main(["enroll", str(pool_path), "--target", s.factory, "--rounds", "1", "--out", str(bad)]) == 2
+    assert "expected rounds to be a whole number >= 2, got 1" in capsys.readouterr().err

@@ -76,12 +76,13 @@ class CandidateStats:
         labels: distinct top-1 labels answered.
         spread: largest range of a numeric answer over the rounds (logits or
             probabilities, in the target's units; 0 for label answers).
-        disagrees: some answer differed from the local fingerprint beyond the tolerance.
         stable: every repeat gave the same answer under the spec, within the tolerance.
         decided: decided (not within noise of a decision) under the enrolled floor.
         kept: in the enrolled fingerprint.
-        why: ``"kept"`` or why not (``"unstable"``, ``"disagrees"``, ``"undecided"``,
-            ``"twin dropped"``, ``"not selected"``).
+        why: ``"kept"`` or why not: ``"unstable"`` (the repeats differ), ``"inconsistent"``
+            (an answer does not match the enrolled expectation), ``"undecided"`` (within
+            the enrolled floor of a decision), ``"twin dropped"`` (its pair's other member
+            was not kept), ``"not selected"`` (more candidates than ``keep``).
     """
 
     index: int
@@ -89,7 +90,6 @@ class CandidateStats:
     answers: int
     labels: list[int]
     spread: float
-    disagrees: bool
     stable: bool
     decided: bool
     kept: bool
@@ -428,7 +428,7 @@ def enroll(
     pair_of = {i: p for p, u in enumerate(units) if len(u) == 2 for i in u}
     stats = [CandidateStats(index=i, pair=pair_of.get(i), answers=rounds,
                             labels=sorted({int(v) for v in labels[:, i, 0]}), spread=float(spread[i]),
-                            disagrees=False, stable=bool(stable[i]), decided=bool(decided_new[i]),
+                            stable=bool(stable[i]), decided=bool(decided_new[i]),
                             kept=i in chosen, why=state(i)) for i in range(n)]
     counts: dict[str, int] = {}
     for c in stats:
@@ -472,7 +472,9 @@ def enroll(
     seed_of_reach = cfg.get("seed", 0) if isinstance(cfg, dict) and isinstance(cfg.get("seed", 0), int) else 0
     meta.update(selection=sel, labels=np.argmax(z_new[chosen], axis=1).tolist(), enrollment=info,
                 reach=_reach(model, sub.samples, pool.model_outputs, seed_of_reach))
-    fp = dataclasses.replace(sub, expected=torch.from_numpy(expected[chosen]).float(), noise=new_noise, meta=meta)
+    top2 = np.sort(z_new[chosen], axis=1)[:, -2:]
+    fp = dataclasses.replace(sub, expected=torch.from_numpy(expected[chosen]).float(), noise=new_noise, meta=meta,
+                             margin=torch.from_numpy(top2[:, 1] - top2[:, 0]).float())
     return EnrollmentReport(
         fingerprint=fp, target=names, spec=str(out_spec), rounds=rounds, batch_sizes=used_sizes,
         pool=pool_info, kept=len(chosen), kept_pairs=n_pairs, candidates=stats,
