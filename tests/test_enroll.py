@@ -81,6 +81,13 @@ def test_local_model_enrolls_whole_and_verifies(demo: tuple[nn.Module, Fingerpri
     info = rep.fingerprint.meta["enrollment"]
     assert info["kept"] == 8 and info["dropped"] == 0 and info["pool"]["sha256"] == pool.sha256
     assert verify(rep.fingerprint, model, spec="top1").verdict == "INTACT"
+    # labels only: the local logits stay, the labels agree with them, the tolerance is carried
+    labels = CallableTarget(lambda x: model(torch.from_numpy(x)).argmax(1), output="labels")
+    rep = enroll(pool, labels, spec="top1", tolerance=5e-5, rounds=8)
+    assert rep.kept == 8 and rep.fingerprint.meta["enrollment"]["expected_from"].startswith("local model")
+    assert rep.fingerprint.noise.declared == 5e-5
+    torch.testing.assert_close(rep.fingerprint.expected, pool.expected)
+    assert verify(rep.fingerprint, labels, spec="top1", max_batch=3).verdict == "INTACT"
 
 
 def test_bfloat16_deployment_enrolls_and_never_false_alarms(demo: tuple[nn.Module, Fingerprint, Path],
@@ -158,6 +165,14 @@ def test_bad_arguments_are_refused(demo: tuple[nn.Module, Fingerprint, Path]) ->
             enroll(pool, model, **kw)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="needs more than this target's 'labels'"):
         enroll(pool, CallableTarget(lambda x: np.zeros(len(x), np.int64), output="labels"), spec="probs")
+    with pytest.raises(ConfigError, match="every replica to answer in the same form"):
+        enroll(pool, [model, CallableTarget(lambda x: model(torch.from_numpy(x)).argmax(1), output="labels")])
+    two = CallableTarget(lambda x: model(torch.from_numpy(x)).topk(2).indices, output="topk")
+    with pytest.raises(EnrollmentError, match="cannot be compared under spec topk:3"):
+        enroll(pool, two, spec="topk:3")
+    broken = CallableTarget(lambda x: np.full((len(x), 10), np.nan), output="logits")
+    with pytest.raises(EnrollmentError, match=r"the target failed in round 1 of 6 .*batch of 1"):
+        enroll(pool, broken)
 
 
 def test_cli_enroll_then_verify(demo: tuple[nn.Module, Fingerprint, Path], tmp_path: Path,

@@ -303,7 +303,10 @@ def enroll(
     # --- disagreement with the local fingerprint -----------------------------------------
     declared = dataclasses.replace(pool.noise, declared=max(pool.noise.declared, float(tolerance)),
                                    declared_prob=max(pool.noise.declared_prob, float(prob_tolerance)))
-    local_cmp = [out_spec.compare(z_local, a, form, declared) for a in answers]
+    try:
+        local_cmp = [out_spec.compare(z_local, a, form, declared) for a in answers]
+    except TargetError as e:  # e.g. fewer labels per answer than the spec needs
+        raise EnrollmentError(redact(f"the target's answers cannot be compared under spec {out_spec}: {e}")) from e
     disagrees = np.any([c.mismatch for c in local_cmp], axis=0)
     if form in ("logits", "probs"):
         # Answers that reveal values are compared whole (every class), so that a model
