@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,25 @@ def test_noisy_deployment_keeps_only_stable_pairs(demo: tuple[nn.Module, Fingerp
     labels = CallableTarget(FlakyOnSome(model, pool, flaky=[2, 5], sigma=1e-3, labels=True), output="labels")
     with pytest.raises(EnrollmentError, match="disagrees"):
         enroll(pool, labels, spec="top1")
+
+
+def test_noisy_http_deployment_and_a_failing_one(demo: tuple[nn.Module, Fingerprint, Path]) -> None:
+    """The same through an in-process OIP server on 127.0.0.1: only stable pairs kept, no false
+    alarm; a server that starts failing refuses the enrollment."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from servers.fake_oip import FakeOip
+
+    model, pool, _ = demo
+    with FakeOip({"cnn": FlakyOnSome(model, pool, flaky=[0], sigma=1e-3, seed=3)}, (1, 28, 28)) as fake:
+        url = fake.url("cnn")
+        rep = enroll(pool, url, spec="top1", model=model, tolerance=0.01, max_batch=4, retries=0)
+        assert {c.index: c.why for c in rep.candidates if not c.kept} == {0: "unstable", 1: "twin dropped"}
+        assert rep.kept == 6 and "oip:http://127.0.0.1" in rep.fingerprint.meta["enrollment"]["target"]
+        verdicts = [verify(rep.fingerprint, url, spec="top1", max_batch=1 + i % 3).verdict for i in range(50)]
+        assert verdicts.count("INTACT") == 50
+        fake.faults["cnn"] = "500"
+        with pytest.raises(EnrollmentError, match=r"the target failed in round 1 of 6 .*HTTP 500"):
+            enroll(pool, url, spec="top1", retries=0)
 
 
 def test_probs_spec_stores_the_endpoint_answers(demo: tuple[nn.Module, Fingerprint, Path]) -> None:
