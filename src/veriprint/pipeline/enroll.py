@@ -361,7 +361,8 @@ def enroll(
 
     # --- the enrolled expectation and noise floor --------------------------------------
     if numeric:
-        expected = _median_answers(stack, form, pool.model_outputs)
+        # as stored (float32), so that every check below sees what verification will
+        expected = _median_answers(stack, form, pool.model_outputs).astype(np.float32).astype(np.float64)
         z_new = as_logits(torch.from_numpy(expected), pool.model_outputs).numpy()
     else:
         expected = pool.expected.double().numpy()
@@ -386,7 +387,7 @@ def enroll(
     new_noise = pool.noise
     decided_new = np.ones(n, dtype=bool)
     lg = pr = mg = 0.0
-    for _ in range(3):
+    for attempt in range(3):
         lg, pr, mg = measured(ok)
         if max(lg, mg) > MAX_LOGIT_NOISE:
             raise EnrollmentError(f"the endpoint's answers spread by {max(lg, mg):.3g} logits over the "
@@ -403,7 +404,7 @@ def enroll(
         nxt = stable & consistent & decided_new
         if np.array_equal(nxt, ok):
             break
-        ok = nxt & ok if _ == 2 else nxt
+        ok = nxt & ok if attempt == 2 else nxt
     ok = ok & stable & consistent & decided_new
 
     # --- reselection: whole pairs first, then singles ------------------------------------
