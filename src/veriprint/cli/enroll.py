@@ -101,9 +101,13 @@ def run(args: argparse.Namespace) -> int:
                      seed=args.seed, keep=args.keep, model=model, tolerance=args.tolerance,
                      prob_tolerance=args.prob_tolerance, interval=args.interval, **options)
     except EnrollmentError as e:
-        if args.report:
-            _write_report(args.report, json.dumps({"refused": redact(str(e)), **e.details}, indent=2))
         print(f"error: enrollment refused: {redact(' '.join(str(e).split()))}", file=sys.stderr)
+        if args.report:
+            try:
+                _write_report(args.report, json.dumps({"refused": redact(str(e)), **e.details}, indent=2))
+            except OSError as err:
+                print(f"error: could not write the report to {args.report!r}: {err.strerror or err}",
+                      file=sys.stderr)
         return 2
     fp = rep.fingerprint.save(args.out, key=args.key)
     print(rep.summary())
