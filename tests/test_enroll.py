@@ -56,20 +56,26 @@ def demo() -> tuple[nn.Module, Fingerprint, Path]:
 
 class FlakyOnSome:
     """A deployment that answers the model's logits exactly, except on the pool samples
-    ``flaky``, where each call adds fresh noise (enough to flip their labels)."""
+    ``flaky``, where each call adds fresh noise (enough to flip their labels). The pool's
+    answers are computed once and looked up, so hundreds of checks stay fast."""
 
     def __init__(self, model: nn.Module, pool: Fingerprint, flaky: list[int], sigma: float, seed: int = 0,
                  labels: bool = False) -> None:
         self.model, self.sigma, self.labels = model, sigma, labels
-        self.flaky = pool.samples[flaky].flatten(1).numpy()
+        self.rows = pool.samples.flatten(1).numpy()
+        with torch.inference_mode():
+            self.z = model(pool.samples).double().numpy()
+        self.flaky = np.zeros(len(pool), dtype=bool)
+        self.flaky[flaky] = True
         self.rng = np.random.default_rng(seed)
         self.__name__ = "flaky"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            z = self.model(torch.from_numpy(x)).double().numpy()
-        rows = x.reshape(len(x), -1)
-        hit = (rows[:, None, :] == self.flaky[None]).all(axis=2).any(axis=1)
+        match = (x.reshape(len(x), 1, -1) == self.rows[None]).all(axis=2)
+        assert match.any(axis=1).all(), "this fake only answers the pool's samples"
+        idx = match.argmax(axis=1)
+        z = self.z[idx].copy()
+        hit = self.flaky[idx]
         z[hit] += self.rng.normal(0.0, self.sigma, size=z[hit].shape)
         return z.argmax(1) if self.labels else z
 
@@ -108,7 +114,7 @@ def test_bfloat16_deployment_enrolls_and_never_false_alarms(demo: tuple[nn.Modul
     path = tmp_path / "enrolled.vpf"
     rep.fingerprint.save(path, key=key)
     fp = Fingerprint.load(path, pubkey=f"{key}.pub")
-    for mb in (None, 1, 2, 3, 5) * 10:
+    for mb in (None, 1, 2, 3, 5) * 4:
         r = verify(fp, served, spec="top1", max_batch=mb)
         assert r.verdict == "INTACT" and r.compared == len(fp), r.reason
     for scale in (0.01, 0.05):
