@@ -4,7 +4,8 @@ The pipeline (He, Zhang, Lee, CVPR 2019): :func:`generate` Sensitive-Samples fro
 seeds (the objective lives in :mod:`veriprint.objective`), pick a few (:mod:`veriprint.selectors`;
 the paper's :func:`manc`), freeze them with their expected outputs in a :class:`Fingerprint`
 file (:func:`make_fingerprint`, stage by stage in :mod:`veriprint.pipeline`), and later
-:func:`verify` a deployed model through any :class:`Target`. Errors of the inputs raise a
+:func:`verify` a deployed model through any :class:`Target` (or first :func:`enroll` a fresh
+deployment: fingerprint what it answers stably). Errors of the inputs raise a
 :class:`VeriprintError`.
 
 Heavy submodules are imported on first use, so ``import veriprint`` stays cheap.
@@ -37,6 +38,9 @@ _EXPORTS = {
     "build_candidates": "veriprint.pipeline",
     "verify": "veriprint.verify",
     "VerificationReport": "veriprint.verify",
+    "enroll": "veriprint.pipeline.enroll",
+    "EnrollmentReport": "veriprint.pipeline.enroll",
+    "EnrollmentError": "veriprint.pipeline.enroll",
     "Target": "veriprint.targets",
     "TargetError": "veriprint.targets",
     "VeriprintError": "veriprint.errors",

@@ -36,6 +36,13 @@ def run(args: argparse.Namespace) -> int:
     nf = fp.noise
     print(f"noise: measured logit {nf.logit:.3g}, margin {nf.margin:.3g}, prob {nf.prob:.3g} over "
           f"{', '.join(nf.variants)}; floor {nf.floor:.3g}, declared {nf.declared:g}")
+    enr = m.get("enrollment")
+    if isinstance(enr, dict):
+        spread = enr.get("measured_spread", {})
+        print(f"enrolled: {enr.get('time')} against {enr.get('target')} (spec {enr.get('spec')}, "
+              f"{enr.get('form')} answers), {enr.get('rounds')} rounds; kept {enr.get('kept')} of a pool of "
+              f"{enr.get('pool', {}).get('size')}; measured spread: logits {spread.get('logit', 0):.3g}, "
+              f"margins {spread.get('margin', 0):.3g}; expected from the {enr.get('expected_from')}")
     print(f"{'#':>3} {'label':>5} {'margin':>10} {'log S':>9} {'PSNR dB':>8} {'Linf':>7}")
     linf = (fp.samples - fp.seeds).flatten(1).abs().amax(1)
     labels = fp.expected.argmax(1)

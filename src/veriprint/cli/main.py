@@ -13,8 +13,8 @@ import importlib.util
 import logging
 import sys
 
-SUBCOMMANDS = ("fingerprint", "verify", "inspect", "keygen", "demo", "generate", "tamper", "evaluate",
-               "monitor")
+SUBCOMMANDS = ("fingerprint", "verify", "enroll", "inspect", "keygen", "demo", "generate", "tamper",
+               "evaluate", "monitor")
 
 
 def _available() -> list[str]:
