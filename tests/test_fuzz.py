@@ -22,6 +22,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from servers.raw_http import read_request
 from veriprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.fingerprint import Fingerprint
 from veriprint.targets import QueryBatch, TargetError
@@ -227,13 +228,7 @@ def _serve_once(payload: bytes) -> int:
         try:
             conn, _ = sock.accept()
             with conn:
-                conn.settimeout(2)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
+                read_request(conn)
                 conn.sendall(payload)
         except OSError:
             pass

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from servers.raw_http import read_request
 from veriprint import redact
 from veriprint.cli.main import main
 from veriprint.errors import ConfigError, VeriprintError
@@ -407,26 +408,6 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
     yield start
     for s in servers:
         s.close()
-
-
-def read_request(conn: socket.socket) -> tuple[str, dict[str, str], bytes]:
-    conn.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    want = int(headers.get("content-length", 0))
-    while len(body) < want:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return lines[0], headers, body
 
 
 def trickle(data: bytes, every: float = 0.2) -> Callable[[socket.socket, threading.Event], None]:

@@ -11,11 +11,9 @@ picked at start; the server runs in its own process group and is stopped with SI
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from servers.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = Path(__file__).with_name("onnx_runtime.py")
@@ -138,15 +138,7 @@ class MLServer:
         if self.proc is None:
             return 0
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return int(proc.returncode)
+        return stop_group(proc, grace)
 
     def __enter__(self) -> MLServer:
         return self.start()

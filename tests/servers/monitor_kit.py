@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from servers.digits import digits_models
+from servers.processes import stop_group
 from veriprint.fileformat import generate_keypair
 from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
 from veriprint.generate import GenerationConfig
@@ -162,11 +163,4 @@ class MonitorProcess:
         if self.proc is None:
             return 0
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return int(proc.returncode)
+        return stop_group(proc, grace)

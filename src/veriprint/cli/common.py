@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -132,3 +133,87 @@ def load_data_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         lo, hi = args.range if args.range is not None else (0.0, 1.0)
         domain = InputDomain(lo, hi, args.levels if args.levels is not None else 255)
     return load_data(args.data, split=args.split, domain=domain)
+
+
+TRANSPORT_HELP = {
+    "timeout": "seconds per request, whole: connect, TLS, headers and body",
+    "retries": "further attempts after a failure that is safe to retry",
+    "backoff": "seconds before the first retry, doubled for each next one",
+    "retry_timeouts": "also retry requests that timed out (the server may have run them)",
+    "verify_tls": "check the server's certificate and host name",
+    "ca_file": "PEM bundle of trusted certificates; none: the system's",
+    "auth_env": "name of an environment variable holding the auth header value (never the value itself)",
+    "auth_header": "header that carries it",
+    "max_response_bytes": "largest answer read",
+}
+
+
+def add_target_arguments(p: argparse.ArgumentParser, *, max_batch: bool = True) -> None:
+    """The flags that say how to reach a target: its output form, request size, tensor
+    names, datatype, TLS, ``--config`` and every transport option (from
+    :class:`~veriprint.targets.transport.TransportOptions`)."""
+    from veriprint.configs import add_dataclass_arguments
+    from veriprint.targets.transport import TransportOptions
+
+    p.add_argument("--output", default=None, choices=["logits", "probs", "labels", "topk", "top1-prob"],
+                   help="what the target returns (default: logits for local models)")
+    if max_batch:
+        p.add_argument("--max-batch", type=positive_int, default=None, help="most samples per request (>= 1)")
+    p.add_argument("--input-name", default=None, help="input tensor name (remote targets)")
+    p.add_argument("--output-name", default=None, help="output tensor name (remote targets)")
+    p.add_argument("--datatype", default=None, choices=["FP32", "UINT8"], help="input datatype (remote targets)")
+    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (as --no-verify-tls)")
+    p.add_argument("--config", default=None, metavar="FILE.toml",
+                   help="transport settings in TOML with the flags' names (underscores); flags win")
+    add_dataclass_arguments(p.add_argument_group("transport (remote targets)"), TransportOptions,
+                            help=TRANSPORT_HELP)
+
+
+def target_options(args: argparse.Namespace, *, include_max_batch: bool = False) -> dict[str, Any]:
+    """The target options of :func:`add_target_arguments`'s flags and ``--config``: only
+    what was set."""
+    from veriprint.configs import load_toml, set_values
+    from veriprint.targets.transport import TransportOptions
+
+    options: dict[str, Any] = load_toml(args.config) if args.config else {}
+    options.update(set_values(args, list(TransportOptions.__dataclass_fields__)))
+    names = ["input_name", "output_name", "datatype", "output"] + (["max_batch"] if include_max_batch else [])
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            options[name] = value
+    if args.insecure:
+        options["verify_tls"] = False
+    return options
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def same_file(a: str, b: str | None) -> bool:
+    if not b:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def write_report(path: str, text: str) -> None:
+    """Write the report atomically (a half-written report is never left behind)."""
+    target = os.path.abspath(path)
+    tmp = f"{target}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+
+from veriprint.cli.common import (
+    add_target_arguments,
+    positive_int,
+    same_file,
+    target_options,
+    write_report,
+)
 
 HELP = ("trust on deploy: query a just-deployed endpoint with a pool fingerprint, keep the stably "
         "answered samples and write an enrolled fingerprint; exit 0 written, 2 refused or error")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from veriprint.cli.verify import TRANSPORT_HELP, _positive_int
-    from veriprint.configs import add_dataclass_arguments
-    from veriprint.targets.transport import TransportOptions
-
     p.add_argument("pool", help="the pool .vpf file (a fingerprint made with many more samples than kept)")
     p.add_argument("--target", required=True, action="append",
                    help="the deployment: server URL, model file or factory; repeat for replicas "
@@ -27,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="the local intact model (factory or file): reselection by reach, model hash check")
     p.add_argument("--weights", default=None, help="weights for a factory --model")
-    p.add_argument("--rounds", type=_positive_int, default=6, help="answers recorded per candidate (>= 2)")
+    p.add_argument("--rounds", type=positive_int, default=6, help="answers recorded per candidate (>= 2)")
     p.add_argument("--batch-sizes", default="1,7,0",
                    help="batch size of each round, cycled, comma-separated (0: the whole pool)")
-    p.add_argument("--keep", type=_positive_int, default=8, help="queries to keep (a pair counts two)")
+    p.add_argument("--keep", type=positive_int, default=8, help="queries to keep (a pair counts two)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="logit noise the deployment may add (bfloat16, float16, TF32 serving)")
     p.add_argument("--prob-tolerance", type=float, default=0.0, help="probability noise likewise")
@@ -39,17 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", default=None, help="Ed25519 private key to sign the enrolled file")
     p.add_argument("--pubkey", default=None, help="Ed25519 public key the pool must be signed with")
     p.add_argument("--report", default=None, help="write the enrollment report (JSON) here")
-    p.add_argument("--output", default=None, choices=["logits", "probs", "labels", "topk", "top1-prob"],
-                   help="what the target returns (default: logits for local models)")
-    p.add_argument("--max-batch", type=_positive_int, default=None, help="most samples per request (>= 1)")
-    p.add_argument("--input-name", default=None, help="input tensor name (remote targets)")
-    p.add_argument("--output-name", default=None, help="output tensor name (remote targets)")
-    p.add_argument("--datatype", default=None, choices=["FP32", "UINT8"], help="input datatype (remote targets)")
-    p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (as --no-verify-tls)")
-    p.add_argument("--config", default=None, metavar="FILE.toml",
-                   help="transport settings in TOML with the flags' names (underscores); flags win")
-    add_dataclass_arguments(p.add_argument_group("transport (remote targets)"), TransportOptions,
-                            help=TRANSPORT_HELP)
+    add_target_arguments(p, max_batch=True)
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -66,28 +59,18 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from veriprint.cli.verify import _same_file, _write_report
-    from veriprint.configs import load_toml, set_values
     from veriprint.fingerprint import Fingerprint
     from veriprint.pipeline.enroll import EnrollmentError, enroll
     from veriprint.redact import redact
-    from veriprint.targets.transport import TransportOptions
 
     for path, what in ((args.out, "--out"), (args.report, "--report")):
-        if path and (_same_file(path, args.pool) or _same_file(path, args.pubkey) or _same_file(path, args.key)):
+        if path and (same_file(path, args.pool) or same_file(path, args.pubkey) or same_file(path, args.key)):
             print(f"error: {what} {path!r} is an input file; refusing to overwrite it", file=sys.stderr)
             return 2
         if path and os.path.isdir(path):
             print(f"error: {what} {path!r} is a directory; expected a file name", file=sys.stderr)
             return 2
-    options: dict[str, Any] = load_toml(args.config) if args.config else {}
-    options.update(set_values(args, list(TransportOptions.__dataclass_fields__)))
-    for name in ("input_name", "output_name", "datatype", "max_batch", "output"):
-        value = getattr(args, name)
-        if value is not None:
-            options[name] = value
-    if args.insecure:
-        options["verify_tls"] = False
+    options = target_options(args, include_max_batch=True)
     if args.target_weights:
         options["weights"] = args.target_weights
     pool = Fingerprint.load(args.pool, pubkey=args.pubkey)
@@ -104,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: enrollment refused: {redact(' '.join(str(e).split()))}", file=sys.stderr)
         if args.report:
             try:
-                _write_report(args.report, json.dumps({"refused": redact(str(e)), **e.details}, indent=2))
+                write_report(args.report, json.dumps({"refused": redact(str(e)), **e.details}, indent=2))
             except OSError as err:
                 print(f"error: could not write the report to {args.report!r}: {err.strerror or err}",
                       file=sys.stderr)
@@ -116,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
           f"--spec {rep.spec}")
     if args.report:
         try:
-            _write_report(args.report, json.dumps({**rep.to_dict(), "sha256": fp.sha256}, indent=2))
+            write_report(args.report, json.dumps({**rep.to_dict(), "sha256": fp.sha256}, indent=2))
         except OSError as e:
             print(f"error: could not write the report to {args.report!r}: {e.strerror or e}", file=sys.stderr)
             return 2
