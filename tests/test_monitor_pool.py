@@ -14,15 +14,15 @@ from servers.digits import digits_models, tampered_copy
 from servers.monitor_kit import pool_files
 from veriprint.fileformat import FingerprintFileError
 from veriprint.fingerprint import Fingerprint
-from veriprint.monitor.pool import Pool, subset, units_of
+from veriprint.monitor.pool import Pool
 from veriprint.verify import verify
 
 
 def test_units_are_the_stored_twin_pairs() -> None:
     _path, _pub, fp = pool_files()
-    assert units_of(fp) == [(2 * i, 2 * i + 1) for i in range(12)]
+    assert fp.units() == [(2 * i, 2 * i + 1) for i in range(12)]
     single = Fingerprint(**{**fp.__dict__, "meta": {**fp.meta, "selection": {**fp.meta["selection"], "pairs": 0}}})
-    assert units_of(single) == [(i,) for i in range(24)]
+    assert single.units() == [(i,) for i in range(24)]
 
 
 def test_consecutive_checks_do_not_repeat_queries_until_the_pool_is_spent() -> None:
@@ -60,13 +60,13 @@ def test_a_subset_is_verified_after_the_whole_file_is_signature_checked(tmp_path
     fp = Fingerprint.load(path, pubkey=pub)
     assert fp.signature == "valid"
     m = digits_models()
-    part = subset(fp, [4, 5, 10, 11])
+    part = fp.subset([4, 5, 10, 11])
     assert len(part) == 4 and part.sha256 == fp.sha256 and part.meta["subset_of"]["indices"] == [4, 5, 10, 11]
     r = verify(part, m.model, spec="top1")
     assert r.verdict == "INTACT" and r.queries == 4
     assert r.fingerprint["signature"] == "valid"
-    assert any(verify(subset(fp, list(u)), tampered_copy(m.model, 4), spec="probs").verdict == "TAMPERED"
-               for u in units_of(fp))
+    assert any(verify(fp.subset(list(u)), tampered_copy(m.model, 4), spec="probs").verdict == "TAMPERED"
+               for u in fp.units())
     edited = tmp_path / "edited.vpf"
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 1
@@ -74,4 +74,4 @@ def test_a_subset_is_verified_after_the_whole_file_is_signature_checked(tmp_path
     with pytest.raises(FingerprintFileError):
         Fingerprint.load(edited, pubkey=pub)
     with pytest.raises(ValueError, match=r"expected sample indices in \[0, 24\), got \[24\]"):
-        subset(fp, [24])
+        fp.subset([24])

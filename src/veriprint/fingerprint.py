@@ -10,6 +10,7 @@ importable from here).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -100,12 +101,27 @@ class Fingerprint:
         digest = write_file(path, tensors, meta, key=key)
         return Fingerprint(**{**self.__dict__, "sha256": digest, "signature": "valid" if key else "unsigned"})
 
+    def units(self) -> list[tuple[int, ...]]:
+        """The samples grouped as the pipeline stores them: twin pairs first (samples ``2i``
+        and ``2i + 1`` for ``i < meta["selection"]["pairs"]``), then single samples.
+
+        Raises:
+            ConfigError: ``selection.pairs`` is not a count the samples can hold.
+        """
+        n = len(self)
+        sel = self.meta.get("selection")
+        pairs = sel.get("pairs", 0) if isinstance(sel, dict) else 0
+        if isinstance(pairs, bool) or not isinstance(pairs, int) or not 0 <= 2 * pairs <= n:
+            raise ConfigError(f"expected selection.pairs to be a count in [0, {n // 2}], got {pairs!r}")
+        return [(2 * i, 2 * i + 1) for i in range(pairs)] + [(i,) for i in range(2 * pairs, n)]
+
     def subset(self, indices: Sequence[int] | torch.Tensor) -> Fingerprint:
         """The fingerprint made of the samples at ``indices`` (in that order).
 
-        The result keeps the metadata and noise floor, records the positions it kept in
-        ``meta["subset_of"]`` (with the parent file's hash), and is unsigned until saved
-        with a key: a signature covers exactly the samples of the file it signs.
+        The result keeps the metadata, the noise floor, and the hash and signature status
+        of the file it was read from (a check of the subset reports the file that was
+        checked), and records the positions it kept in ``meta["subset_of"]``. Saving it
+        writes a new file with its own hash, signed only if a key is given.
 
         Raises:
             ConfigError: no index, or an index out of range.
@@ -114,16 +130,16 @@ class Fingerprint:
         n = len(self)
         if idx.numel() == 0:
             raise ConfigError("expected at least one sample index for a subset, got none")
-        if int(idx.min()) < -n or int(idx.max()) >= n:
-            raise ConfigError(f"expected sample indices in [0, {n - 1}], got {idx.tolist()}")
-        idx = idx % n
-        meta = {**self.meta, "subset_of": {"sha256": self.sha256, "indices": idx.tolist(), "of": n}}
-        if "labels" in meta and isinstance(meta["labels"], list) and len(meta["labels"]) == n:
+        bad = [i for i in idx.tolist() if not 0 <= i < n]
+        if bad:
+            raise ConfigError(f"expected sample indices in [0, {n}), got {bad}")
+        meta = {**self.meta, "subset_of": {"sha256": self.sha256, "size": n, "indices": idx.tolist()}}
+        if isinstance(meta.get("labels"), list) and len(meta["labels"]) == n:
             meta["labels"] = [meta["labels"][i] for i in idx.tolist()]
-        return Fingerprint(
-            samples=self.samples[idx].clone(), grid=None if self.grid is None else self.grid[idx].clone(),
+        return dataclasses.replace(
+            self, samples=self.samples[idx].clone(), grid=None if self.grid is None else self.grid[idx].clone(),
             expected=self.expected[idx].clone(), seeds=self.seeds[idx].clone(), log_s=self.log_s[idx].clone(),
-            margin=self.margin[idx].clone(), psnr=self.psnr[idx].clone(), noise=self.noise, meta=meta,
+            margin=self.margin[idx].clone(), psnr=self.psnr[idx].clone(), meta=meta,
         )
 
     @classmethod

@@ -23,7 +23,7 @@ import numpy as np
 from veriprint.fingerprint import Fingerprint
 from veriprint.monitor.config import EndpointConfig, MonitorConfig
 from veriprint.monitor.db import Store, StoredCheck
-from veriprint.monitor.pool import LARGER_POOL_HINT, Draw, Pool, subset
+from veriprint.monitor.pool import LARGER_POOL_HINT, Draw, Pool
 from veriprint.redact import redact
 from veriprint.targets import QueryBatch, Target, open_target
 from veriprint.verify import VerificationReport, verify
@@ -212,7 +212,7 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
 
                 seed = int.from_bytes(hashlib.sha256(f"decoys/{cfg.name}/{slot}".encode()).digest()[:8], "big")
                 target = DecoyTarget.from_dataset(timed, rt.decoy_data, ratio=cfg.decoys.ratio, seed=seed)
-            report = verify(subset(fp, draw.indices), target, spec=cfg.spec, max_batch=cfg.max_batch)
+            report = verify(fp.subset(draw.indices), target, spec=cfg.spec, max_batch=cfg.max_batch)
             reason = report.reason
         except Exception as e:  # a bad option or a target's own bug: could not check
             reason = f"could not check: {type(e).__name__}: {e}"

@@ -16,55 +16,22 @@ given. Make a larger pool with ``veriprint fingerprint --select 64`` (32 pairs: 
 of 4 pairs) or more.
 
 The signature covers the whole file: it is checked when the file is loaded, and a check
-then queries a :func:`subset` of the loaded fingerprint.
+then queries a :meth:`~veriprint.fingerprint.Fingerprint.subset` of the loaded fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from veriprint.fingerprint import Fingerprint
 
-__all__ = ["Draw", "Pool", "subset", "units_of"]
+__all__ = ["Draw", "Pool"]
 
 LARGER_POOL_HINT = ("make a larger pool: `veriprint fingerprint ... --select 64` stores 32 twin pairs "
                     "(8 checks of 4 pairs)")
-
-
-def units_of(fp: Fingerprint) -> list[tuple[int, ...]]:
-    """The fingerprint's sample indices grouped into units: twin pairs, then single samples."""
-    pairs = int((fp.meta.get("selection") or {}).get("pairs") or 0)
-    pairs = min(pairs, len(fp) // 2)
-    units: list[tuple[int, ...]] = [(2 * i, 2 * i + 1) for i in range(pairs)]
-    units += [(i,) for i in range(2 * pairs, len(fp))]
-    return units
-
-
-def subset(fp: Fingerprint, indices: list[int] | tuple[int, ...]) -> Fingerprint:
-    """The fingerprint restricted to ``indices`` (same noise floor, file hash and signature status).
-
-    The hash and signature fields keep describing the file that was loaded and checked; the
-    samples are the chosen ones, in the order given.
-    """
-    if not indices:
-        raise ValueError("expected at least one sample index, got none")
-    bad = [i for i in indices if not 0 <= i < len(fp)]
-    if bad:
-        raise ValueError(f"expected sample indices in [0, {len(fp)}), got {bad}")
-    idx = torch.tensor(list(indices), dtype=torch.long)
-    meta = dict(fp.meta)
-    if isinstance(meta.get("labels"), list) and len(meta["labels"]) == len(fp):
-        meta["labels"] = [meta["labels"][i] for i in indices]
-    meta["subset_of"] = {"sha256": fp.sha256, "size": len(fp), "indices": list(indices)}
-    return replace(
-        fp, samples=fp.samples[idx], grid=None if fp.grid is None else fp.grid[idx],
-        expected=fp.expected[idx], seeds=fp.seeds[idx], log_s=fp.log_s[idx], margin=fp.margin[idx],
-        psnr=fp.psnr[idx], meta=meta,
-    )
 
 
 @dataclass(frozen=True)
@@ -74,7 +41,7 @@ class Draw:
     Attributes:
         cycle: pass over the pool (0 first; more after wrapping).
         start: position in that pass of the first unit taken.
-        units: unit numbers taken (positions in :func:`units_of`).
+        units: unit numbers taken (positions in :meth:`Fingerprint.units`).
         indices: their sample indices, in the order sent.
         checks_left: whole checks left in this pass after this one (None: no rotation).
         wrapped: this draw started a new pass.
@@ -105,7 +72,7 @@ class Pool:
 
     def __init__(self, fp: Fingerprint, per_check: int, on_exhausted: str = "wrap") -> None:
         self.fp = fp
-        self.units = units_of(fp)
+        self.units = fp.units()
         self.size = len(self.units)
         self.per_check = self.size if per_check <= 0 or per_check >= self.size else per_check
         self.on_exhausted = on_exhausted

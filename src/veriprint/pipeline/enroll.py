@@ -156,16 +156,6 @@ class EnrollmentReport:
         ])
 
 
-def _units(pool: Fingerprint) -> list[tuple[int, ...]]:
-    """The pool's samples grouped as stored: twin pairs (adjacent, first), then singles."""
-    n = len(pool)
-    sel = pool.meta.get("selection")
-    pairs = sel.get("pairs", 0) if isinstance(sel, dict) else 0
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or not 0 <= 2 * pairs <= n:
-        raise ConfigError(f"expected the pool's selection.pairs to be a count in [0, {n // 2}], got {pairs!r}")
-    return [(2 * i, 2 * i + 1) for i in range(pairs)] + [(i,) for i in range(2 * pairs, n)]
-
-
 def _check_int(name: str, value: object, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"expected {name} to be a whole number >= {lo}, got {value!r}")
@@ -237,7 +227,7 @@ def enroll(
             raise ConfigError(f"expected {name} in [0, {hi:g}], got {v!r}")
     if not isinstance(pool, Fingerprint):
         raise ConfigError(f"expected the pool as a Fingerprint, got {type(pool).__name__}")
-    units = _units(pool)
+    units = pool.units()
     n = len(pool)
     z_local = pool.expected_logits.numpy()
     r = z_local.shape[1]
