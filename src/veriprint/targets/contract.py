@@ -37,24 +37,30 @@ _KINDS = {"b": "booleans", "c": "complex numbers", "U": "strings", "S": "bytes",
 
 
 def to_array(out: Any, where: str) -> np.ndarray:
-    """``out`` (an array, a tensor, nested lists) as a real-valued NumPy array.
+    """``out`` (an array, a tensor, nested lists, decoded JSON) as a real-valued NumPy array.
+
+    This is the one converter of answers: the local targets and every wire format's
+    decoder use it before :func:`check_output`.
 
     Raises:
-        TargetError: not convertible, ragged, or not made of real numbers.
+        TargetError: not convertible, ragged, empty and untyped, or not made of real numbers.
     """
     if hasattr(out, "detach") and hasattr(out, "cpu"):  # a torch tensor
         out = out.detach().cpu()
         if getattr(out, "is_complex", lambda: False)():
-            raise TargetError(f"{where}: expected numeric values (real numbers), got a complex tensor")
+            raise TargetError(f"{where}: expected numbers, got a complex tensor; an answer must be numeric")
         out = out.numpy()
     try:
         arr = np.asarray(out)
     except (ValueError, TypeError) as e:  # ragged lists, odd objects
-        raise TargetError(f"{where}: expected a rectangular array of numbers, got "
+        raise TargetError(f"{where}: expected a rectangular array of numbers, got ragged lists or "
                           f"{type(out).__name__} ({e})") from e
     if arr.dtype.kind not in "iuf":
         what = _KINDS.get(arr.dtype.kind, f"dtype {arr.dtype}")
-        raise TargetError(f"{where}: expected numeric values (real numbers), got {what}")
+        if not arr.size:
+            raise TargetError(f"{where}: expected numbers, got an empty value")
+        example = " ".join(repr(arr.flat[0]).split())[:80]
+        raise TargetError(f"{where}: expected numbers, got {what} (e.g. {example}); an answer must be numeric")
     return arr
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from veriprint.errors import ConfigError
 from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OUTPUT_FORMS, OutputForm, QueryBatch, Target, TargetError
-from veriprint.targets.contract import check_output
+from veriprint.targets.contract import check_output, to_array
 from veriprint.targets.transport import (
     HttpOptions,
     TransportOptions,
@@ -323,22 +323,10 @@ def parse_json(body: bytes, where: str) -> Any:
 
 
 def as_array(data: Any, where: str) -> np.ndarray:
-    """Nested lists of numbers as a float64 or int64 array; :class:`TargetError` otherwise.
-
-    Booleans, strings, ``null`` and ragged lists are refused.
-    """
-    try:
-        arr = np.asarray(data)
-    except ValueError as e:  # ragged
-        raise TargetError(f"{where}: expected a rectangular array of numbers, got ragged lists") from e
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    if arr.dtype.kind == "f":
-        return arr.astype(np.float64)
-    kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "mixed or null values"}.get(
-        arr.dtype.kind, str(arr.dtype))
-    raise TargetError(f"{where}: expected numbers, got {kind} (e.g. {_snippet(repr(arr.flat[0]))})"
-                      if arr.size else f"{where}: expected numbers, got an empty value")
+    """Decoded JSON numbers as an int64 or float64 array (:func:`~veriprint.targets.contract.to_array`);
+    booleans, strings, ``null`` and ragged lists raise :class:`TargetError`."""
+    arr = to_array(data, where)
+    return arr.astype(np.int64 if arr.dtype.kind in "iu" else np.float64)
 
 
 class HttpTarget(Target, ABC):
