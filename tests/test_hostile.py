@@ -470,7 +470,7 @@ def test_timeout_bounds_every_rest_transport(digits_fingerprint: Fingerprint, tr
 
 
 def test_timeout_bounds_grpc(digits_fingerprint: Fingerprint) -> None:
-    grpc = pytest.importorskip("grpc")
+    import grpc  # installed with tritonclient[grpc] (the grpc extra, in dev)
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     stop = threading.Event()

