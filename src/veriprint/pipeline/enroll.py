@@ -43,6 +43,7 @@ from torch import nn
 from veriprint.errors import ConfigError, VeriprintError
 from veriprint.fingerprint import Fingerprint
 from veriprint.noise import MAX_LOGIT_NOISE, as_logits
+from veriprint.numerics import softmax_np, top2_margin_np
 from veriprint.redact import redact
 from veriprint.specs import OutputSpec, parse_spec
 from veriprint.targets import QueryBatch, Target, TargetError, open_target
@@ -167,8 +168,7 @@ def _median_answers(answers: np.ndarray, form: str, model_outputs: str) -> np.nd
     med: np.ndarray = np.asarray(np.median(answers, axis=0), dtype=np.float64)
     out: np.ndarray = med
     if form == "logits" and model_outputs == "probs":  # a softmax model whose endpoint answers logits
-        e = np.exp(med - med.max(axis=1, keepdims=True))
-        out = e / e.sum(axis=1, keepdims=True)
+        out = softmax_np(med)
     elif form == "probs" and model_outputs == "logits":  # stored as log p: the same softmax
         out = np.log(np.clip(med, 1e-30, 1.0))
     return out
@@ -304,10 +304,11 @@ def enroll(
         if form == "logits" and pool.model_outputs == "logits":
             far = np.abs(stack - z_local[None]).max(axis=2) > declared.logit_tolerance
         else:
-            p_local = np.exp(z_local - z_local.max(axis=1, keepdims=True))
-            p_local /= p_local.sum(axis=1, keepdims=True)
-            p_obs = stack if form == "probs" else np.exp(stack - stack.max(axis=2, keepdims=True))
-            p_obs = p_obs / p_obs.sum(axis=2, keepdims=True)
+            p_local = softmax_np(z_local)
+            if form == "probs":
+                p_obs = stack / stack.sum(axis=2, keepdims=True)
+            else:
+                p_obs = softmax_np(stack.reshape(-1, r)).reshape(stack.shape)
             far = np.abs(p_obs - p_local[None]).max(axis=2) > declared.prob_tolerance
         disagrees |= far.any(axis=0)
     elif local_cmp[0].ambiguous.all():
@@ -364,10 +365,8 @@ def enroll(
         s = stack[:, ok]
         z_r = as_logits(torch.from_numpy(s.reshape(-1, r)), "probs" if form == "probs" else "logits").numpy()
         z_r = z_r.reshape(rounds, -1, r)
-        p_r = np.exp(z_r - z_r.max(axis=2, keepdims=True))
-        p_r /= p_r.sum(axis=2, keepdims=True)
-        top2 = np.sort(z_r, axis=2)
-        m_r = top2[:, :, -1] - top2[:, :, -2]
+        p_r = softmax_np(z_r.reshape(-1, r)).reshape(z_r.shape)
+        m_r = top2_margin_np(z_r.reshape(-1, r)).reshape(z_r.shape[:2])
         lg = float((z_r.max(0) - z_r.min(0)).max()) if form == "logits" else 0.0
         return lg, float((p_r.max(0) - p_r.min(0)).max()), float((m_r.max(0) - m_r.min(0)).max())
 
@@ -466,9 +465,8 @@ def enroll(
     seed_of_reach = cfg.get("seed", 0) if isinstance(cfg, dict) and isinstance(cfg.get("seed", 0), int) else 0
     meta.update(selection=sel, labels=np.argmax(z_new[chosen], axis=1).tolist(), enrollment=info,
                 reach=_reach(model, sub.samples, pool.model_outputs, seed_of_reach))
-    top2 = np.sort(z_new[chosen], axis=1)[:, -2:]
     fp = dataclasses.replace(sub, expected=torch.from_numpy(expected[chosen]).float(), noise=new_noise, meta=meta,
-                             margin=torch.from_numpy(top2[:, 1] - top2[:, 0]).float())
+                             margin=torch.from_numpy(top2_margin_np(z_new[chosen])).float())
     return EnrollmentReport(
         fingerprint=fp, target=names, spec=str(out_spec), rounds=rounds, batch_sizes=used_sizes,
         pool=pool_info, kept=len(chosen), kept_pairs=n_pairs, candidates=stats,
