@@ -573,3 +573,8 @@ def test_every_error_is_a_veriprint_error() -> None:
 
     for cls in (FingerprintFileError, TargetError, ConfigError, ModelError):
         assert issubclass(cls, VeriprintError)
+
+
+def test_query_string_secrets_in_urls_are_masked(vpf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = cli(capsys, "verify", str(vpf), "--target", f"http://127.0.0.1:9/v2/models/m?token={SECRET}")
+    assert code == 2 and "token=***" in text and SECRET not in text, text

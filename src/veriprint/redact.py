@@ -9,7 +9,8 @@ here when it is read, and :func:`redact` replaces every occurrence of it (and of
 token part, e.g. ``abc`` in ``Bearer abc``) with ``***``. The verifier redacts its
 report, the command line redacts every message it prints, and the HTTP layer redacts
 the server's words before quoting them, so a 401 page that echoes the Authorization
-header cannot put the token in stdout or in a report file.
+header cannot put the token in stdout or in a report file. In any URL it prints, the user
+name, the password and every query value (``?token=...``) are masked too.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from urllib.parse import urlsplit
 
 from veriprint.errors import ConfigError
 
-__all__ = ["MASK", "RedactingFilter", "forget_all", "redact", "redact_obj", "refuse_url_credentials",
-           "remember"]
+__all__ = ["MASK", "RedactingFilter", "forget_all", "redact", "redact_obj", "redact_url",
+           "refuse_url_credentials", "remember"]
 
 MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
-# scheme://userinfo@ : the userinfo part of any URL-looking text.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+# A URL inside any text: scheme://, then everything up to white space or a quote.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def remember(value: str) -> None:
@@ -59,7 +60,22 @@ def redact(text: str) -> str:
     for s in secrets:
         if s in text:
             text = text.replace(s, MASK)
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user name and password, and every query value, replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{kv.split('=', 1)[0]}={MASK}" if "=" in kv else kv for kv in parts.query.split("&")
+                     ) if parts.query else ""
+    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url.split("?")[0]
+    return out + (f"?{query}" if query else "")
 
 
 def redact_obj(obj: Any) -> Any:

@@ -46,6 +46,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from veriprint import errors
+from veriprint.redact import redact_url
 
 __all__ = [
     "AlertSink",
@@ -106,21 +107,6 @@ def parse_duration(value: Any, key: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(key, "a duration >= 0", value)
     return seconds
-
-
-def redact_url(url: str) -> str:
-    """The URL with any user name, password and query string values replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = "&".join(f"{kv.split('=', 1)[0]}=***" if "=" in kv else kv for kv in parts.query.split("&")
-                     ) if parts.query else ""
-    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url.split("?")[0]
-    return out + (f"?{query}" if query else "")
 
 
 @dataclass(frozen=True)
