@@ -73,7 +73,7 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
     boundary = cfg.seeds == "boundary" and cfg.refine
     with stage("seeds"):
         seeds, seed_idx = draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model,
-                                     model_outputs)
+                                     model_outputs, pool=cfg.pool, batch_size=seed_batch(cfg))
     with stage("generate"):
         gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs,
                        progress=progress)
@@ -84,6 +84,12 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
         with stage("refine"):
             gen, reached = refine(model, gen, noise, cfg, model_outputs=model_outputs)
     return Candidates(gen, seed_idx, noise, reached, boundary)
+
+
+def seed_batch(cfg: FingerprintConfig) -> int:
+    """Batch for the seed pool's margins: inference keeps far less than a backward pass, so
+    four times the gradient batch, and 500 at most."""
+    return min(500, 4 * cfg.generation.batch_size)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from veriprint.configs import check_version, from_mapping
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationConfig
+from veriprint.pipeline.budget import parse_bytes, parse_duration
 
 __all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
 
@@ -52,6 +53,16 @@ class FingerprintConfig:
         prob_tolerance: extra probability noise declared likewise, default 0.
         calibrate_onnx: include onnxruntime in the noise calibration (default False).
         seed: seed for drawing the bag and for random selection (default 0).
+        pool: natural inputs examined to draw boundary seeds (default 0: ``max(20 bag,
+            min(data, 20000))``, at most the data).
+        budget: time budget for the whole run: ``"auto"`` (default: 10 minutes on a CPU,
+            60 s on an accelerator), a duration (``"90s"``, ``"10m"``, ``"1.5h"``), or
+            ``"none"``. ``bag``, ``pool`` and ``generation.steps`` are ceilings that the
+            plan trims to fit (:mod:`veriprint.pipeline.budget`); a run that fits is
+            unchanged.
+        max_memory: memory budget for the tensors one backward pass keeps, which caps the
+            batch size: ``"auto"`` (default: 2.5 GiB, at most 40% of the machine's memory)
+            or a size (``"512M"``, ``"2G"``).
         generation: the :class:`GenerationConfig`.
         version: config schema version.
     """
@@ -71,6 +82,9 @@ class FingerprintConfig:
     prob_tolerance: float = 0.0
     calibrate_onnx: bool = False
     seed: int = 0
+    pool: int = 0
+    budget: str = "auto"
+    max_memory: str = "auto"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     version: int = 1
 
@@ -86,10 +100,16 @@ class FingerprintConfig:
             ("min_floor", self.min_floor > 0),
             ("tolerance", self.tolerance >= 0),
             ("prob_tolerance", self.prob_tolerance >= 0),
+            ("pool", isinstance(self.pool, int) and self.pool >= 0),
         ]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid FingerprintConfig.{name}: got {getattr(self, name)!r}")
+        for name, parse in (("budget", parse_duration), ("max_memory", parse_bytes)):
+            try:
+                parse(getattr(self, name))
+            except ConfigError as e:
+                raise ConfigError(f"invalid FingerprintConfig.{name}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,11 +121,13 @@ class FingerprintConfig:
         """Read a config as stored in a fingerprint's metadata (or written by hand).
 
         Files written before ``seeds`` and ``twins`` existed drew seeds at random, without
-        twins; those keys default accordingly. A ``version`` newer than this veriprint's,
+        twins; files written before ``budget`` existed had none; those keys default
+        accordingly. A ``version`` newer than this veriprint's,
         or a key it does not know, is refused with the key named.
         """
         d = check_version(cls, d)
         d.setdefault("seeds", "random")
         d.setdefault("twins", False)
+        d.setdefault("budget", "none")
         d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
         return from_mapping(cls, d)

@@ -1,6 +1,6 @@
 """``make_fingerprint``: the owner-side pipeline, stage by stage.
 
-1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+0. plan (:mod:`.budget`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
 5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`); 7. describe
 (:mod:`.describe`). Each stage is callable on its own.
@@ -18,6 +18,7 @@ from veriprint.data import Dataset, InputDomain
 from veriprint.fingerprint import Fingerprint
 from veriprint.generate import GenerationResult
 from veriprint.models import OutputKind
+from veriprint.pipeline.budget import apply_plan, plan_fingerprint
 from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
@@ -62,10 +63,17 @@ def make_fingerprint(
     start = time.perf_counter()
     meter = CostMeter(model)
     try:
+        with meter.stage("plan"):
+            pl = plan_fingerprint(model, data.x if isinstance(data, Dataset) else data, cfg,
+                                  model_outputs=model_outputs)
+        if pl.trimmed or pl.over:
+            log.warning("%s", pl.summary())
+        cfg = apply_plan(cfg, pl)
         fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter)
     finally:
         meter.close()
     fp.meta["stages"] = meter.report()
+    fp.meta["budget"] = pl.to_dict()
     if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
         fp.meta["data"] = {"name": data.name, "size": len(data)}
     return fp, gen, sel

@@ -21,10 +21,14 @@ def refine(model: nn.Module, gen: GenerationResult, noise: NoiseFloor, cfg: Fing
     See :func:`veriprint.refine.refine_to_boundary`; the samples stay in the ``eps`` ball
     around their seeds and on the input grid.
     """
-    ref = refine_to_boundary(model, gen.samples, gen.seeds, target=cfg.refine_factor * noise.floor,
-                             eps=cfg.generation.eps, norm=cfg.generation.norm, domain=gen.domain,
-                             model_outputs=model_outputs)
-    return redescribe(model, gen, ref.samples, model_outputs), ref.reached
+    samples, reached = [], []
+    b = cfg.generation.batch_size  # the memory budget's batch (a whole small bag at once)
+    for x, s in zip(torch.split(gen.samples, b), torch.split(gen.seeds, b), strict=True):
+        ref = refine_to_boundary(model, x, s, target=cfg.refine_factor * noise.floor, eps=cfg.generation.eps,
+                                 norm=cfg.generation.norm, domain=gen.domain, model_outputs=model_outputs)
+        samples.append(ref.samples)
+        reached.append(ref.reached)
+    return redescribe(model, gen, torch.cat(samples), model_outputs), torch.cat(reached)
 
 
 def redescribe(model: nn.Module, gen: GenerationResult, samples: torch.Tensor,

@@ -15,14 +15,16 @@ __all__ = ["draw_seeds"]
 
 def draw_seeds(
     data: Dataset | torch.Tensor, n: int, seed: int, how: str = "random",
-    model: nn.Module | None = None, model_outputs: OutputKind = "logits",
+    model: nn.Module | None = None, model_outputs: OutputKind = "logits", *, pool: int = 0,
+    batch_size: int = 500,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bag: ``n`` natural inputs and their indices in ``data``.
 
     ``how="random"``: uniformly (seeded), as the paper does. ``how="boundary"``: among a
     seeded candidate set of up to ``max(20 n, 20000)`` inputs, those with the smallest
     top-1 margins, round-robin over predicted classes (so every class gets boundaries);
-    needs ``model``.
+    needs ``model``. ``pool`` (when above 0) sets the size of that candidate set instead,
+    at least ``n``; ``batch_size`` bounds the batches its margins are computed in.
 
     Raises:
         ConfigError: ``n`` exceeds the data's size.
@@ -35,9 +37,9 @@ def draw_seeds(
     if how == "random" or model is None:
         idx = perm[:n]
         return x[idx].float(), idx
-    cand = perm[: max(20 * n, min(len(x), 20000))]
+    cand = perm[: max(n, pool) if pool > 0 else max(20 * n, min(len(x), 20000))]
     with torch.inference_mode():
-        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], 500)])
+        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], batch_size)])
     top2 = z.topk(2, dim=1)
     margin = top2.values[:, 0] - top2.values[:, 1]
     # Round-robin over predicted classes, smallest margin first within each class.

@@ -37,7 +37,10 @@ def make_twins(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *,
     """Twins of every candidate (or of candidates ``keep``, in that order), at
     ``refine_factor x floor`` on the other side."""
     x, seeds = (c.samples, c.seeds) if keep is None else (c.samples[keep], c.seeds[keep])
-    samples, ok = boundary_twins(model, x, seeds, target=cfg.refine_factor * c.noise.floor,
-                                 eps=cfg.generation.eps, norm=cfg.generation.norm, domain=c.gen.domain,
-                                 model_outputs=model_outputs)
-    return Twins(samples, ok)
+    if len(x) == 0:
+        return Twins(x.clone(), torch.zeros(0, dtype=torch.bool))
+    parts = [boundary_twins(model, xb, sb, target=cfg.refine_factor * c.noise.floor, eps=cfg.generation.eps,
+                            norm=cfg.generation.norm, domain=c.gen.domain, model_outputs=model_outputs)
+             for xb, sb in zip(torch.split(x, cfg.generation.batch_size),
+                               torch.split(seeds, cfg.generation.batch_size), strict=True)]
+    return Twins(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))

@@ -1,0 +1,142 @@
+"""The plan stage: time and memory budgets (veriprint.pipeline.budget)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from veriprint.errors import ConfigError
+from veriprint.generate import GenerationConfig
+from veriprint.pipeline import FingerprintConfig, make_fingerprint
+from veriprint.pipeline.budget import (
+    BAG_FLOOR,
+    STEPS_FLOOR,
+    Probe,
+    apply_plan,
+    parse_bytes,
+    parse_duration,
+    plan,
+    predict,
+    resolve,
+)
+
+PROBE = Probe(batch=8, forward_s=0.01, step_s=0.02, backward_s=0.03, bytes_per_sample=10 * 2**20, device="cpu")
+
+
+def _plan(budget: float | None, **kw: object) -> object:
+    args: dict[str, object] = dict(bag=500, steps=1000, select=8, n_data=10_000, boundary=True, refine=True,
+                                   twins=True, budget_s=budget, memory_bytes=2**30, batch=500)
+    args.update(kw)
+    return plan(PROBE, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0), ("45", 45.0),
+                                               (" 2 min ", 120.0), (30, 30.0)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_none_and_auto() -> None:
+    assert parse_duration("none") is None
+    assert math.isnan(parse_duration("auto"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "ten minutes", "-5s", "0", "5d", 0, -1.0, float("inf")])
+def test_parse_duration_refuses(bad: object) -> None:
+    with pytest.raises(ConfigError, match="time budget"):
+        parse_duration(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "n"), [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("2.5GB", int(2.5 * 2**30)),
+                                         ("1000", 1000), ("64KiB", 64 * 2**10)])
+def test_parse_bytes(text: str, n: int) -> None:
+    assert parse_bytes(text) == n
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "-1G", "0", "2X"])
+def test_parse_bytes_refuses(bad: str) -> None:
+    with pytest.raises(ConfigError, match="memory budget"):
+        parse_bytes(bad)
+
+
+def test_config_refuses_bad_budgets_with_the_field_named() -> None:
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.budget.*'soon'"):
+        FingerprintConfig(budget="soon")
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.max_memory"):
+        FingerprintConfig(max_memory="much")
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.pool"):
+        FingerprintConfig(pool=-1)
+
+
+def test_stored_configs_without_a_budget_had_none() -> None:
+    d = FingerprintConfig().to_dict()
+    del d["budget"]
+    assert FingerprintConfig.from_dict(d).budget == "none"
+    assert FingerprintConfig().budget == "auto"
+
+
+def test_auto_budget_depends_on_the_device() -> None:
+    assert resolve("auto", "1G", "cpu") == (600.0, 2**30)
+    assert resolve("auto", "1G", "cuda")[0] == 60.0
+    assert resolve("none", "1G", "cpu")[0] is None
+    assert 0 < resolve("none", "auto", "cpu")[1] <= 2.5 * 2**30
+
+
+def test_a_run_that_fits_is_unchanged() -> None:
+    pl = _plan(budget=1e9)
+    assert (pl.bag, pl.steps, pl.trimmed, pl.over) == (500, 1000, [], False)  # type: ignore[attr-defined]
+    cfg = FingerprintConfig(max_memory="64G")
+    pl2 = plan(PROBE, bag=cfg.bag, steps=cfg.generation.steps, select=8, n_data=10_000, boundary=True, refine=True,
+               twins=True, budget_s=None, memory_bytes=64 * 2**30, batch=cfg.generation.batch_size)
+    assert apply_plan(cfg, pl2) is cfg
+
+
+def test_trim_order_steps_then_pool_then_bag() -> None:
+    full = sum(predict(PROBE, bag=500, steps=1000, pool=10_000, boundary=True, refine=True, twins=True).values())
+    # A budget that only the steps need to give way for.
+    at_floor = sum(predict(PROBE, bag=500, steps=STEPS_FLOOR, pool=10_000, boundary=True, refine=True,
+                           twins=True).values())
+    pl = _plan(budget=(full + at_floor) / 2)
+    assert pl.bag == 500 and STEPS_FLOOR < pl.steps < 1000 and pl.pool == 10_000  # type: ignore[attr-defined]
+    assert pl.total_s <= pl.budget_s  # type: ignore[attr-defined]
+    # Tighter: steps at the floor, then the pool, then the bag.
+    pl = _plan(budget=at_floor * 0.5)
+    assert pl.steps == STEPS_FLOOR and pl.bag < 500 and pl.pool < 10_000  # type: ignore[attr-defined]
+    assert pl.bag >= BAG_FLOOR and pl.pool >= pl.bag and not pl.over  # type: ignore[attr-defined]
+    assert [t.split()[0] for t in pl.trimmed] == ["steps", "pool", "bag"]  # type: ignore[attr-defined]
+    assert pl.total_s <= pl.budget_s  # type: ignore[attr-defined]
+
+
+def test_an_impossible_budget_keeps_the_smallest_plan_and_says_so() -> None:
+    pl = _plan(budget=0.001)
+    assert pl.over and pl.steps == 0 and pl.bag == max(BAG_FLOOR, 16)  # type: ignore[attr-defined]
+    assert "still over" in pl.summary()  # type: ignore[attr-defined]
+
+
+def test_memory_caps_the_batch() -> None:
+    pl = _plan(budget=None, memory_bytes=100 * 2**20)  # 10 MiB per sample
+    assert pl.batch == 10  # type: ignore[attr-defined]
+    assert _plan(budget=None).batch == 102  # type: ignore[attr-defined]
+
+
+def test_budget_is_recorded_and_a_fitting_budget_changes_nothing(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    gen = GenerationConfig(steps=20, eps=2 / 16, lr=1e-2)
+    fp_none, _, _ = make_fingerprint(digits_model, digits_data[1], FingerprintConfig(
+        bag=40, select=4, budget="none", generation=gen), progress=False)
+    fp_auto, _, _ = make_fingerprint(digits_model, digits_data[1], FingerprintConfig(
+        bag=40, select=4, generation=gen), progress=False)
+    assert torch.equal(fp_none.samples, fp_auto.samples)
+    b = fp_auto.meta["budget"]
+    assert b["budget_s"] == 600.0 and b["trimmed"] == [] and b["bag"] == 40 and b["steps"] == 20
+    assert fp_none.meta["budget"]["budget_s"] is None
+    assert "plan" in fp_auto.meta["stages"]
+
+
+def test_a_small_budget_trims_a_real_run(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    cfg = FingerprintConfig(bag=300, select=4, budget="0.05s", generation=GenerationConfig(steps=400, eps=2 / 16))
+    fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
+    b = fp.meta["budget"]
+    assert b["trimmed"] and b["steps"] < 400 and len(gen) == b["bag"] < 300
+    assert fp.meta["config"]["bag"] == b["bag"] and fp.meta["config"]["generation"]["steps"] == b["steps"]
