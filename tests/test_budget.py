@@ -140,3 +140,43 @@ def test_a_small_budget_trims_a_real_run(digits_model, digits_data) -> None:  # 
     b = fp.meta["budget"]
     assert b["trimmed"] and b["steps"] < 400 and len(gen) == b["bag"] < 300
     assert fp.meta["config"]["bag"] == b["bag"] and fp.meta["config"]["generation"]["steps"] == b["steps"]
+
+
+def test_natural_views_stay_on_the_grid_and_come_in_groups() -> None:
+    from veriprint.pipeline.seeds import natural_views
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 32, 32), generator=g).float() / 255
+    v, names = natural_views(x, 30)
+    assert names[0] == "original" and len(names) == 10 and len(v) == 30
+    assert torch.equal(v[:3], x) and torch.equal(v[15:18], x.flip(3))  # the mirror follows the four shifts
+    assert torch.equal((v * 255).round() / 255, v)
+    assert torch.equal(v[3:6, :, :, 1:], x[:, :, :, :-1])  # shifted right by one pixel, edge repeated
+    gray, names = natural_views(x[:, :1], 100)
+    assert len(gray) == 15
+    assert len(names) == 5 and not any("mirror" in n for n in names)
+    few, names = natural_views(x, 7)
+    assert len(few) == 9 and names == ["original", "shift right 1px", "shift left 1px"]
+    flat, names = natural_views(x.flatten(1), 100)
+    assert names == ["original"] and torch.equal(flat, x.flatten(1))
+
+
+def test_a_small_data_set_gets_views_and_a_cut_bag(caplog) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.data import Dataset
+    from veriprint.zoo import tiny_imagenet_cnn
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (6, 3, 64, 64), generator=g).float() / 255
+    data = Dataset(x, torch.arange(6), name="six")
+    model = tiny_imagenet_cnn(num_classes=10).eval()
+    cfg = FingerprintConfig(bag=500, select=4, budget="none", generation=GenerationConfig(steps=2))
+    with caplog.at_level("WARNING"):
+        fp, gen, _ = make_fingerprint(model, data, cfg, progress=False)
+    assert len(gen) == 60 and fp.meta["config"]["bag"] == 60
+    assert fp.meta["data"]["size"] == 6 and len(fp.meta["data"]["views"]) == 10
+    assert "cut from 500 to 60" in caplog.text
+    one = Dataset(x[:1], None, name="one")
+    with pytest.raises(ConfigError, match=r"at least 16 natural inputs for 8 queries, got 1 \(10 with their views"):
+        make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, budget="none"), progress=False)
+    with pytest.raises(ConfigError, match=r"at least 16 natural inputs for 8 queries, got 1;"):
+        make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, views="none"), progress=False)

@@ -55,6 +55,11 @@ class FingerprintConfig:
         seed: seed for drawing the bag and for random selection (default 0).
         pool: natural inputs examined to draw boundary seeds (default 0: ``max(20 bag,
             min(data, 20000))``, at most the data).
+        views: when the data has fewer inputs than ``bag``, add natural views of each
+            (:func:`veriprint.pipeline.seeds.natural_views`): ``"auto"`` (default: shifts,
+            and mirror images of colour images), ``"shifts"``, ``"shifts+flips"`` or
+            ``"none"``. A bag larger than the data and its views is cut to their number,
+            with a warning; the views used are recorded in ``meta["data"]``.
         budget: time budget for the whole run: ``"auto"`` (default: 10 minutes on a CPU,
             60 s on an accelerator), a duration (``"90s"``, ``"10m"``, ``"1.5h"``), or
             ``"none"``. ``bag``, ``pool`` and ``generation.steps`` are ceilings that the
@@ -83,6 +88,7 @@ class FingerprintConfig:
     calibrate_onnx: bool = False
     seed: int = 0
     pool: int = 0
+    views: Literal["auto", "shifts", "shifts+flips", "none"] = "auto"
     budget: str = "auto"
     max_memory: str = "auto"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -92,7 +98,7 @@ class FingerprintConfig:
         checks = [
             ("bag", self.bag >= 1),
             ("seeds", self.seeds in ("boundary", "random")),
-            ("select", 1 <= self.select <= self.bag),
+            ("select", isinstance(self.select, int) and 1 <= self.select <= self.bag),
             ("selector", self.selector in SELECTOR_NAMES),
             ("neurons", self.neurons in ("penultimate", "all")),
             ("refine_factor", self.refine_factor >= 1),
@@ -101,6 +107,7 @@ class FingerprintConfig:
             ("tolerance", self.tolerance >= 0),
             ("prob_tolerance", self.prob_tolerance >= 0),
             ("pool", isinstance(self.pool, int) and self.pool >= 0),
+            ("views", self.views in ("auto", "shifts", "shifts+flips", "none")),
         ]
         for name, ok in checks:
             if not ok:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from veriprint.data import Dataset, InputDomain
+from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.generate import GenerationResult
 from veriprint.models import OutputKind
@@ -23,6 +25,7 @@ from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
+from veriprint.pipeline.seeds import with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
 from veriprint.selectors import SelectionContext, Selector, get_selector
@@ -61,6 +64,18 @@ def make_fingerprint(
     cfg = config or FingerprintConfig()
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
+    n_inputs = len(data.x if isinstance(data, Dataset) else data)
+    data, views = with_views(data, cfg.bag, cfg.views)
+    n_seeds = len(data.x if isinstance(data, Dataset) else data)
+    if cfg.bag > n_seeds:
+        need = 2 * cfg.select if wants_twins(cfg) else cfg.select
+        if n_seeds < need:
+            raise ConfigError(f"expected at least {need} natural inputs for {cfg.select} queries, got {n_inputs}"
+                              + (f" ({n_seeds} with their views: {', '.join(views)})" if n_seeds > n_inputs else "")
+                              + "; give more data or ask for fewer queries (--select)")
+        log.warning("the data has %d inputs (%d with their views); the bag is cut from %d to %d",
+                    n_inputs, n_seeds, cfg.bag, n_seeds)
+        cfg = replace(cfg, bag=n_seeds)
     meter = CostMeter(model)
     try:
         with meter.stage("plan"):
@@ -75,7 +90,9 @@ def make_fingerprint(
     fp.meta["stages"] = meter.report()
     fp.meta["budget"] = pl.to_dict()
     if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
-        fp.meta["data"] = {"name": data.name, "size": len(data)}
+        fp.meta["data"] = {"name": data.name, "size": n_inputs}
+    if len(views) > 1:  # natural views added to a small data set (pipeline.seeds.natural_views)
+        fp.meta.setdefault("data", {"size": n_inputs})["views"] = views
     return fp, gen, sel
 
 

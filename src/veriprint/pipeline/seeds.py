@@ -10,7 +10,65 @@ from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 
-__all__ = ["draw_seeds"]
+__all__ = ["VIEW_KINDS", "draw_seeds", "natural_views", "with_views"]
+
+#: What ``FingerprintConfig.views`` may name.
+VIEW_KINDS = ("auto", "shifts", "shifts+flips", "none")
+
+
+def natural_views(x: torch.Tensor, need: int, kind: str = "auto") -> tuple[torch.Tensor, list[str]]:
+    """More natural inputs from few: ``x`` followed by shifted (and mirrored) copies of it,
+    as many whole groups as reach ``need`` inputs (or all there are).
+
+    Views of images ``(N, C, H, W)``: shifts by ``max(1, W / 32)`` pixels right, left,
+    down and up, the edge pixels repeated (so every pixel stays on the input's grid);
+    with ``"shifts+flips"`` (``"auto"`` on 3-channel images) also the mirror image and its
+    four shifts. A mirrored digit or text line is not a natural input of its class, which
+    is why ``"auto"`` mirrors only colour images. Flat inputs ``(N, D)`` have no views.
+
+    Returns:
+        The inputs (``x`` first) and the name of each group of ``len(x)`` of them.
+    """
+    if kind not in VIEW_KINDS:
+        raise ConfigError(f"expected views in {', '.join(VIEW_KINDS)}, got {kind!r}")
+    if kind == "none" or x.dim() != 4 or min(x.shape[2:]) < 8:
+        return x, ["original"]
+    flips = kind == "shifts+flips" or (kind == "auto" and x.shape[1] == 3)
+    s = max(1, round(x.shape[3] / 32))
+
+    def shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        h, w = t.shape[2:]
+        rows = (torch.arange(h) - dy).clamp(0, h - 1)
+        cols = (torch.arange(w) - dx).clamp(0, w - 1)
+        return t[:, :, rows][:, :, :, cols]
+
+    moves = [("right", 0, s), ("left", 0, -s), ("down", s, 0), ("up", -s, 0)]
+    groups: list[tuple[str, torch.Tensor]] = [("original", x)]
+    groups += [(f"shift {name} {s}px", shift(x, dy, dx)) for name, dy, dx in moves]
+    if flips:
+        m = x.flip(3)
+        groups += [("mirror", m)] + [(f"mirror, shift {name} {s}px", shift(m, dy, dx)) for name, dy, dx in moves]
+    out: list[torch.Tensor] = []
+    names: list[str] = []
+    for name, t in groups:
+        if len(out) * len(x) >= need:
+            break
+        out.append(t)
+        names.append(name)
+    return torch.cat(out), names
+
+
+def with_views(data: Dataset | torch.Tensor, need: int, kind: str = "auto") -> tuple[Dataset | torch.Tensor, list[str]]:
+    """``data`` with :func:`natural_views` added when it has fewer than ``need`` inputs
+    (labels repeated); ``data`` itself otherwise."""
+    x = data.x if isinstance(data, Dataset) else data
+    if need <= len(x):
+        return data, ["original"]
+    xv, names = natural_views(x, need, kind)
+    if not isinstance(data, Dataset):
+        return xv, names
+    y = None if data.y is None else data.y.repeat(len(names))
+    return Dataset(xv, y, data.domain, data.name), names
 
 
 def draw_seeds(
