@@ -13,7 +13,7 @@ parameters). With ``--lite2`` the pretrained EfficientNet-Lite2 (6.1M parameters
 Each model gets the same small fingerprint (``--bag`` seeds, ``--steps`` ascent steps,
 8 queries, no time budget) and reports, per stage, seconds and samples through the model
 (``meta["stages"]``) next to what the plan stage predicted from its probe
-(``meta["budget"]``), and what the **default** configuration would be trimmed to under the
+(``meta["plan"]``), and what the **default** configuration would be trimmed to under the
 default 10-minute budget on this machine. Timings only compare within one run on a quiet
 machine.
 """
@@ -37,7 +37,7 @@ from torch import nn  # noqa: E402
 from veriprint.data import Dataset  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
-from veriprint.pipeline.budget import plan_fingerprint  # noqa: E402
+from veriprint.pipeline.plan import plan_fingerprint  # noqa: E402
 
 STAGES = ("plan", "seeds", "generate", "calibrate", "refine", "twins", "select", "describe")
 
@@ -95,8 +95,8 @@ def measure(name: str, model: nn.Module, data: Dataset, bag: int, steps: int) ->
     default = plan_fingerprint(model, data.x, FingerprintConfig())
     row = {"model": name, "parameters": sum(p.numel() for p in model.parameters()),
            "input": list(data.x.shape[1:]), "classes": int(fp.expected.shape[1]), "seconds": seconds,
-           "stages": fp.meta["stages"], "predicted": fp.meta["budget"]["predicted"],
-           "probe": fp.meta["budget"]["probe"], "default_plan": default.to_dict()}
+           "stages": fp.meta["stages"], "predicted": fp.meta["plan"]["predicted"],
+           "probe": fp.meta["plan"]["probe"], "default_plan": default.to_dict()}
     log(f"{name}: {seconds:.1f} s (predicted {sum(row['predicted'].values()):.1f} s); default plan: "
         f"{default.summary()}")
     return row

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
           f"coverage {sel.coverage[-1].item():.0%}" if sel.coverage.numel() else "")
     from veriprint.pipeline.cost import format_costs
 
-    plan = fp.meta.get("budget")
+    plan = fp.meta.get("plan")
     if plan:
         budget = "no time budget" if plan["budget_s"] is None else f"time budget {plan['budget_s']:.0f} s"
         trimmed = ("trimmed " + ", ".join(plan["trimmed"])) if plan["trimmed"] else "nothing trimmed"

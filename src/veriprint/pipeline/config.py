@@ -13,7 +13,7 @@ from typing import Any, Literal
 from veriprint.configs import check_version, from_mapping
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationConfig
-from veriprint.pipeline.budget import parse_bytes, parse_duration
+from veriprint.pipeline.plan import parse_bytes, parse_duration
 
 __all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
 
@@ -63,7 +63,7 @@ class FingerprintConfig:
         budget: time budget for the whole run: ``"auto"`` (default: 10 minutes on a CPU,
             60 s on an accelerator), a duration (``"90s"``, ``"10m"``, ``"1.5h"``), or
             ``"none"``. ``bag``, ``pool`` and ``generation.steps`` are ceilings that the
-            plan trims to fit (:mod:`veriprint.pipeline.budget`); a run that fits is
+            plan trims to fit (:mod:`veriprint.pipeline.plan`); a run that fits is
             unchanged.
         max_memory: memory budget for the tensors one backward pass keeps, which caps the
             batch size: ``"auto"`` (default: 2.5 GiB, at most 40% of the machine's memory)

@@ -20,11 +20,11 @@ from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.generate import GenerationResult
 from veriprint.models import OutputKind
-from veriprint.pipeline.budget import apply_plan, plan_fingerprint
 from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
+from veriprint.pipeline.plan import apply_plan, plan_fingerprint
 from veriprint.pipeline.seeds import with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
@@ -88,7 +88,7 @@ def make_fingerprint(
     finally:
         meter.close()
     fp.meta["stages"] = meter.report()
-    fp.meta["budget"] = pl.to_dict()
+    fp.meta["plan"] = pl.to_dict()
     if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
         fp.meta["data"] = {"name": data.name, "size": n_inputs}
     if len(views) > 1:  # natural views added to a small data set (pipeline.seeds.natural_views)

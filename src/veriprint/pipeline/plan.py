@@ -17,7 +17,7 @@ A configuration that fits is left exactly as it was. Batches are capped so that 
 tensors kept for one backward pass stay within the memory budget; on a small model the
 cap is above every configured batch and changes nothing.
 
-The plan, the prediction and what was trimmed are stored in ``meta["budget"]``, next to
+The plan, the prediction and what was trimmed are stored in ``meta["plan"]``, next to
 the measured ``meta["stages"]``.
 """
 

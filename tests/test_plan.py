@@ -1,4 +1,4 @@
-"""The plan stage: time and memory budgets (veriprint.pipeline.budget)."""
+"""The plan stage: time and memory budgets (veriprint.pipeline.plan)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
-from veriprint.pipeline.budget import (
+from veriprint.pipeline.plan import (
     BAG_FLOOR,
     STEPS_FLOOR,
     Probe,
@@ -128,16 +128,16 @@ def test_budget_is_recorded_and_a_fitting_budget_changes_nothing(digits_model, d
     fp_auto, _, _ = make_fingerprint(digits_model, digits_data[1], FingerprintConfig(
         bag=40, select=4, generation=gen), progress=False)
     assert torch.equal(fp_none.samples, fp_auto.samples)
-    b = fp_auto.meta["budget"]
+    b = fp_auto.meta["plan"]
     assert b["budget_s"] == 600.0 and b["trimmed"] == [] and b["bag"] == 40 and b["steps"] == 20
-    assert fp_none.meta["budget"]["budget_s"] is None
+    assert fp_none.meta["plan"]["budget_s"] is None
     assert "plan" in fp_auto.meta["stages"]
 
 
 def test_a_small_budget_trims_a_real_run(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
     cfg = FingerprintConfig(bag=300, select=4, budget="0.05s", generation=GenerationConfig(steps=400, eps=2 / 16))
     fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
-    b = fp.meta["budget"]
+    b = fp.meta["plan"]
     assert b["trimmed"] and b["steps"] < 400 and len(gen) == b["bag"] < 300
     assert fp.meta["config"]["bag"] == b["bag"] and fp.meta["config"]["generation"]["steps"] == b["steps"]
 
