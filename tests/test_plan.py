@@ -180,3 +180,14 @@ def test_a_small_data_set_gets_views_and_a_cut_bag(caplog) -> None:  # type: ign
         make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, budget="none"), progress=False)
     with pytest.raises(ConfigError, match=r"at least 16 natural inputs for 8 queries, got 1;"):
         make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, views="none"), progress=False)
+
+
+def test_view_names_match_the_views() -> None:
+    from veriprint.pipeline.seeds import natural_views, view_names
+
+    x = torch.rand(2, 3, 16, 16)
+    for kind in ("auto", "shifts", "shifts+flips", "none"):
+        _, names = natural_views(x, 10**6, kind)
+        assert names == view_names(x, kind)
+    with pytest.raises(ConfigError, match="expected views in"):
+        view_names(x, "rotations")

@@ -25,7 +25,7 @@ from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
 from veriprint.pipeline.plan import apply_plan, plan_fingerprint
-from veriprint.pipeline.seeds import with_views
+from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
 from veriprint.selectors import SelectionContext, Selector, get_selector
@@ -64,14 +64,15 @@ def make_fingerprint(
     cfg = config or FingerprintConfig()
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
-    n_inputs = len(data.x if isinstance(data, Dataset) else data)
-    data, views = with_views(data, cfg.bag, cfg.views)
-    n_seeds = len(data.x if isinstance(data, Dataset) else data)
+    x0 = data.x if isinstance(data, Dataset) else data
+    n_inputs = len(x0)
+    groups = view_names(x0, cfg.views) if cfg.bag > n_inputs else ["original"]
+    n_seeds = n_inputs * len(groups)
     if cfg.bag > n_seeds:
         need = 2 * cfg.select if wants_twins(cfg) else cfg.select
         if n_seeds < need:
             raise ConfigError(f"expected at least {need} natural inputs for {cfg.select} queries, got {n_inputs}"
-                              + (f" ({n_seeds} with their views: {', '.join(views)})" if n_seeds > n_inputs else "")
+                              + (f" ({n_seeds} with their views: {', '.join(groups)})" if n_seeds > n_inputs else "")
                               + "; give more data or ask for fewer queries (--select)")
         log.warning("the data has %d inputs (%d with their views); the bag is cut from %d to %d",
                     n_inputs, n_seeds, cfg.bag, n_seeds)
@@ -79,11 +80,11 @@ def make_fingerprint(
     meter = CostMeter(model)
     try:
         with meter.stage("plan"):
-            pl = plan_fingerprint(model, data.x if isinstance(data, Dataset) else data, cfg,
-                                  model_outputs=model_outputs)
+            pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs, n_data=n_seeds)
         if pl.trimmed or pl.over:
             log.warning("%s", pl.summary())
         cfg = apply_plan(cfg, pl)
+        data, views = with_views(data, cfg.bag, cfg.views)  # only the views the planned bag needs
         fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter)
     finally:
         meter.close()

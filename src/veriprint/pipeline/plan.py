@@ -361,9 +361,10 @@ def resolve(budget: str, max_memory: str, device: str) -> tuple[float | None, in
 
 
 def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outputs: OutputKind = "logits",
-                     example: int = 8) -> Plan:
+                     example: int = 8, n_data: int | None = None) -> Plan:
     """The :class:`Plan` of a :class:`~veriprint.pipeline.config.FingerprintConfig` on data
-    ``x``: probe the model on ``example`` inputs, then trim to the config's budgets."""
+    ``x`` (``n_data`` inputs to draw from, default ``len(x)``; more with natural views):
+    probe the model on ``example`` inputs, then trim to the config's budgets."""
     device = next((p.device.type for p in model.parameters()), "cpu")
     budget_s, memory = resolve(cfg.budget, cfg.max_memory, device)
     pr = probe(model, x[: max(1, min(example, len(x)))].float(), cfg.generation, model_outputs=model_outputs)
@@ -371,7 +372,7 @@ def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outpu
     refine = cfg.refine and cfg.generation.eps > 0
     twins = refine and cfg.twins and cfg.select >= 2
     return plan(pr, bag=cfg.bag, steps=cfg.generation.steps if cfg.generation.eps > 0 else 0, select=cfg.select,
-                n_data=len(x), boundary=boundary, refine=refine, twins=twins, budget_s=budget_s,
+                n_data=len(x) if n_data is None else n_data, boundary=boundary, refine=refine, twins=twins, budget_s=budget_s,
                 memory_bytes=memory, batch=cfg.generation.batch_size, pool=cfg.pool or None)
 
 

@@ -10,7 +10,7 @@ from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 
-__all__ = ["VIEW_KINDS", "draw_seeds", "natural_views", "with_views"]
+__all__ = ["VIEW_KINDS", "draw_seeds", "natural_views", "view_names", "with_views"]
 
 #: What ``FingerprintConfig.views`` may name.
 VIEW_KINDS = ("auto", "shifts", "shifts+flips", "none")
@@ -29,11 +29,9 @@ def natural_views(x: torch.Tensor, need: int, kind: str = "auto") -> tuple[torch
     Returns:
         The inputs (``x`` first) and the name of each group of ``len(x)`` of them.
     """
-    if kind not in VIEW_KINDS:
-        raise ConfigError(f"expected views in {', '.join(VIEW_KINDS)}, got {kind!r}")
-    if kind == "none" or x.dim() != 4 or min(x.shape[2:]) < 8:
-        return x, ["original"]
-    flips = kind == "shifts+flips" or (kind == "auto" and x.shape[1] == 3)
+    possible = view_names(x, kind)
+    if len(possible) == 1:
+        return x, possible
     s = max(1, round(x.shape[3] / 32))
 
     def shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -45,7 +43,7 @@ def natural_views(x: torch.Tensor, need: int, kind: str = "auto") -> tuple[torch
     moves = [("right", 0, s), ("left", 0, -s), ("down", s, 0), ("up", -s, 0)]
     groups: list[tuple[str, torch.Tensor]] = [("original", x)]
     groups += [(f"shift {name} {s}px", shift(x, dy, dx)) for name, dy, dx in moves]
-    if flips:
+    if len(possible) > len(groups):
         m = x.flip(3)
         groups += [("mirror", m)] + [(f"mirror, shift {name} {s}px", shift(m, dy, dx)) for name, dy, dx in moves]
     out: list[torch.Tensor] = []
@@ -56,6 +54,18 @@ def natural_views(x: torch.Tensor, need: int, kind: str = "auto") -> tuple[torch
         out.append(t)
         names.append(name)
     return torch.cat(out), names
+
+
+def view_names(x: torch.Tensor, kind: str = "auto") -> list[str]:
+    """The groups :func:`natural_views` can make of ``x``, ``"original"`` first."""
+    if kind not in VIEW_KINDS:
+        raise ConfigError(f"expected views in {', '.join(VIEW_KINDS)}, got {kind!r}")
+    if kind == "none" or x.dim() != 4 or min(x.shape[2:]) < 8:
+        return ["original"]
+    s = max(1, round(x.shape[3] / 32))
+    shifts = [f"shift {d} {s}px" for d in ("right", "left", "down", "up")]
+    flips = kind == "shifts+flips" or (kind == "auto" and x.shape[1] == 3)
+    return ["original", *shifts] + (["mirror", *(f"mirror, {n}" for n in shifts)] if flips else [])
 
 
 def with_views(data: Dataset | torch.Tensor, need: int, kind: str = "auto") -> tuple[Dataset | torch.Tensor, list[str]]:
