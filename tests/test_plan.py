@@ -191,3 +191,34 @@ def test_view_names_match_the_views() -> None:
         assert names == view_names(x, kind)
     with pytest.raises(ConfigError, match="expected views in"):
         view_names(x, "rotations")
+
+
+def test_deadlines_share_the_budget_in_proportion_to_the_prediction() -> None:
+    from dataclasses import replace as dc_replace
+
+    from veriprint.pipeline.plan import ORDER, deadlines
+
+    pl = dc_replace(_plan(budget=100.0), probe_s=10.0)  # type: ignore[type-var]
+    due = deadlines(pl, now=1000.0)  # type: ignore[arg-type]
+    assert list(due) == list(ORDER)
+    assert all(a <= b for a, b in zip(list(due.values()), list(due.values())[1:], strict=False))
+    assert due["select"] == pytest.approx(1090.0)  # the budget left after the probe
+    assert deadlines(_plan(budget=None), now=0.0) == {}  # type: ignore[arg-type]
+
+
+def test_refinement_and_twins_stop_at_their_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace as dc_replace
+
+    from veriprint.pipeline import build_candidates, make_twins, refine
+
+    cfg = FingerprintConfig(bag=40, select=4, refine=False, generation=GenerationConfig(steps=5, eps=2 / 16,
+                                                                                        batch_size=10))
+    c = build_candidates(digits_model, digits_data[1], cfg, domain=digits_data[1].domain, progress=False)
+    on = dc_replace(cfg, refine=True)
+    gen, reached, done = refine(digits_model, c.gen, c.noise, on, deadline=0.0, at_least=15)
+    assert done == 20 and not reached[20:].any() and torch.equal(gen.samples[20:], c.samples[20:])
+    _, reached_all, done_all = refine(digits_model, c.gen, c.noise, on)
+    assert done_all == 40 and torch.equal(reached_all[:20], reached[:20])
+    tw = make_twins(digits_model, c, on, deadline=0.0, at_least=1)
+    assert tw.tried == 10 and not tw.ok[10:].any()
+    assert make_twins(digits_model, c, on).tried == 40

@@ -42,6 +42,8 @@ class Candidates:
         reached: which samples refinement brought to its target margin (all False
             without refinement).
         boundary: whether the seeds were drawn near decision boundaries.
+        refined: how many (the first ones) refinement ran on before its deadline (all
+            without one; 0 without refinement).
     """
 
     gen: GenerationResult
@@ -49,6 +51,7 @@ class Candidates:
     noise: NoiseFloor
     reached: torch.Tensor
     boundary: bool
+    refined: int = 0
 
     @property
     def samples(self) -> torch.Tensor:
@@ -64,10 +67,13 @@ class Candidates:
 
 def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, *,
                      domain: InputDomain, model_outputs: OutputKind = "logits",
-                     progress: bool = True, meter: CostMeter | None = None) -> Candidates:
+                     progress: bool = True, meter: CostMeter | None = None,
+                     deadlines: dict[str, float] | None = None) -> Candidates:
     """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement.
 
-    ``meter`` (optional) records each stage's seconds and model passes.
+    ``meter`` (optional) records each stage's seconds and model passes; ``deadlines``
+    (optional, from :func:`veriprint.pipeline.plan.deadlines`) stops refinement at its
+    deadline once twice ``cfg.select`` samples are refined.
     """
     stage = meter.stage if meter is not None else _no_meter
     boundary = cfg.seeds == "boundary" and cfg.refine
@@ -80,10 +86,12 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
     with stage("calibrate"):
         noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
     reached = torch.zeros(len(gen), dtype=torch.bool)
+    refined = 0
     if cfg.refine and cfg.generation.eps > 0:
         with stage("refine"):
-            gen, reached = refine(model, gen, noise, cfg, model_outputs=model_outputs)
-    return Candidates(gen, seed_idx, noise, reached, boundary)
+            gen, reached, refined = refine(model, gen, noise, cfg, model_outputs=model_outputs,
+                                  deadline=(deadlines or {}).get("refine"), at_least=2 * cfg.select)
+    return Candidates(gen, seed_idx, noise, reached, boundary, refined)
 
 
 def seed_batch(cfg: FingerprintConfig) -> int:

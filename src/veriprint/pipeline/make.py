@@ -24,7 +24,7 @@ from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
-from veriprint.pipeline.plan import apply_plan, plan_fingerprint
+from veriprint.pipeline.plan import apply_plan, deadlines, plan_fingerprint
 from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
@@ -85,11 +85,13 @@ def make_fingerprint(
             log.warning("%s", pl.summary())
         cfg = apply_plan(cfg, pl)
         data, views = with_views(data, cfg.bag, cfg.views)  # only the views the planned bag needs
-        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter)
+        stops: dict[str, int] = {}
+        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter,
+                            deadlines(pl, time.perf_counter()), stops)
     finally:
         meter.close()
     fp.meta["stages"] = meter.report()
-    fp.meta["plan"] = pl.to_dict()
+    fp.meta["plan"] = {**pl.to_dict(), **stops}
     if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
         fp.meta["data"] = {"name": data.name, "size": n_inputs}
     if len(views) > 1:  # natural views added to a small data set (pipeline.seeds.natural_views)
@@ -99,15 +101,23 @@ def make_fingerprint(
 
 def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, domain: InputDomain,
          model_outputs: OutputKind, progress: bool, source: str | None, start: float,
-         meter: CostMeter) -> tuple[Fingerprint, GenerationResult, Selection]:
+         meter: CostMeter, due: dict[str, float],
+         stops: dict[str, int]) -> tuple[Fingerprint, GenerationResult, Selection]:
     cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress,
-                             meter=meter)
+                             meter=meter, deadlines=due)
+    if cfg.refine and cands.refined < len(cands):  # a deadline stopped refinement (meta["plan"])
+        stops["refined"] = cands.refined
+        log.warning("the time budget stopped refinement after %d of %d candidates", cands.refined, len(cands))
     ok = eligible(cands, cfg, cfg.select)
     twins: Twins | None = None
     pairs = 0
     if wants_twins(cfg):
         with meter.stage("twins"):
-            twins = make_twins(model, cands, cfg, model_outputs=model_outputs)
+            twins = make_twins(model, cands, cfg, model_outputs=model_outputs, deadline=due.get("twins"),
+                               at_least=2 * cfg.select)
+        if twins.tried is not None and twins.tried < len(cands):
+            stops["twinned"] = twins.tried
+            log.warning("the time budget stopped twins after %d of %d candidates", twins.tried, len(cands))
         if int((ok & twins.ok).sum()) >= cfg.select // 2:
             pairs = cfg.select // 2
         else:

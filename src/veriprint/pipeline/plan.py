@@ -43,6 +43,7 @@ __all__ = [
     "Plan",
     "Probe",
     "apply_plan",
+    "deadlines",
     "parse_bytes",
     "parse_duration",
     "plan",
@@ -229,6 +230,7 @@ class Plan:
     trimmed: list[str] = field(default_factory=list)
     over: bool = False
     probe: Probe | None = None
+    probe_s: float | None = None
 
     @property
     def total_s(self) -> float:
@@ -367,13 +369,35 @@ def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outpu
     probe the model on ``example`` inputs, then trim to the config's budgets."""
     device = next((p.device.type for p in model.parameters()), "cpu")
     budget_s, memory = resolve(cfg.budget, cfg.max_memory, device)
+    t0 = time.perf_counter()
     pr = probe(model, x[: max(1, min(example, len(x)))].float(), cfg.generation, model_outputs=model_outputs)
+    probe_s = time.perf_counter() - t0
     boundary = cfg.seeds == "boundary" and cfg.refine
     refine = cfg.refine and cfg.generation.eps > 0
     twins = refine and cfg.twins and cfg.select >= 2
-    return plan(pr, bag=cfg.bag, steps=cfg.generation.steps if cfg.generation.eps > 0 else 0, select=cfg.select,
-                n_data=len(x) if n_data is None else n_data, boundary=boundary, refine=refine, twins=twins, budget_s=budget_s,
-                memory_bytes=memory, batch=cfg.generation.batch_size, pool=cfg.pool or None)
+    pl = plan(pr, bag=cfg.bag, steps=cfg.generation.steps if cfg.generation.eps > 0 else 0, select=cfg.select,
+              n_data=len(x) if n_data is None else n_data, boundary=boundary, refine=refine, twins=twins,
+              budget_s=budget_s, memory_bytes=memory, batch=cfg.generation.batch_size, pool=cfg.pool or None)
+    return replace(pl, probe_s=probe_s)
+
+
+#: The stages in the order they run, as :func:`predict` names them.
+ORDER = ("seeds", "generate", "calibrate", "refine", "twins", "select")
+
+
+def deadlines(pl: Plan, now: float) -> dict[str, float]:
+    """When each stage should be done (``time.perf_counter()`` values), starting ``now``:
+    the budget left after the probe, shared out in proportion to the prediction. Refinement
+    and twins stop at theirs (after a minimum of samples), so a prediction that was too low
+    costs candidates, not the budget. Empty without a time budget."""
+    if pl.budget_s is None or pl.total_s <= 0:
+        return {}
+    left = max(0.0, pl.budget_s - (pl.probe_s or 0.0))
+    out, done = {}, 0.0
+    for stage in ORDER:
+        done += pl.predicted.get(stage, 0.0)
+        out[stage] = now + left * done / pl.total_s
+    return out
 
 
 def apply_plan(cfg: Any, pl: Plan) -> Any:
