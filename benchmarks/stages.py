@@ -170,7 +170,7 @@ def run_model(name: str, bag: int, steps: list[int], draws: int, tensors: int | 
         row = {"config": label, "bag": cfg.bag, "steps": cfg.generation.steps, "refine": cfg.refine,
                "twins": cfg.twins, "seconds": seconds, "stages": fp.meta["stages"], "predicted": pred,
                "measured_5pct": measured, "edits": edits, "structural": caught,
-               "pairs": fp.meta.get("pairs", 0)}
+               "pairs": fp.meta.get("pairs", 0), "plan": fp.meta.get("plan", {})}
         rows.append(row)
         log(f"{name} / {label}: {seconds:.0f} s, predicted ±5% {pred.get('0.05', float('nan')):.1%}, "
             f"measured {measured:.1%} over {edits} edits, structural {sum(caught.values())}/{len(caught)}")
