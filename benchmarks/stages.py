@@ -21,7 +21,9 @@ budget off so that nothing is trimmed) and reports:
   largest weight of the last layer x1.05), through :func:`veriprint.verify.verify`.
 
 The configurations: ascent steps ``--steps`` with refinement and twins; at the middle
-number of steps, the bag halved and quartered; and refinement or twins switched off.
+number of steps, the bag halved and quartered; and refinement or twins switched off. With
+``--default``, first the default configuration under its default time budget (what
+``veriprint fingerprint`` does with no options), side by side with the others.
 Timings are only comparable within one run on a quiet machine.
 """
 
@@ -90,9 +92,10 @@ def load_model(name: str) -> tuple[nn.Module, Dataset, Dataset]:
     raise SystemExit(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
 
 
-def configurations(bag: int, steps: list[int]) -> list[tuple[str, FingerprintConfig]]:
+def configurations(bag: int, steps: list[int], default: bool = False) -> list[tuple[str, FingerprintConfig]]:
     mid = steps[len(steps) // 2]
-    out = [(f"steps {s}", FingerprintConfig(bag=bag, budget="none", generation=GenerationConfig(steps=s)))
+    out = [("default (bag 500, 1000 steps, budget auto)", FingerprintConfig())] if default else []
+    out += [(f"steps {s}", FingerprintConfig(bag=bag, budget="none", generation=GenerationConfig(steps=s)))
            for s in steps]
     for b in (bag // 2, bag // 4):
         if b >= 8:
@@ -152,14 +155,16 @@ def structural(model: nn.Module) -> list[tuple[str, Any]]:
             ("largest last-layer weight x1.05", WeightEditConfig(layer=last, amount=0.05, select="largest"))]
 
 
-def run_model(name: str, bag: int, steps: list[int], draws: int, tensors: int | None) -> dict[str, Any]:
+def run_model(name: str, bag: int, steps: list[int], draws: int, tensors: int | None,
+              default: bool = False, only_default: bool = False) -> dict[str, Any]:
     from veriprint.tamper import tamper
 
     model, train, seeds = load_model(name)
     cases = [(case, tamper(model, cfg, data=train, eval_data=None, progress=False).model)
              for case, cfg in structural(model)]
     rows = []
-    for label, cfg in configurations(bag, steps):
+    todo = configurations(bag, steps, default or only_default)
+    for label, cfg in todo[:1] if only_default else todo:
         t0 = time.perf_counter()
         fp, _, _ = make_fingerprint(model, seeds, cfg, progress=False)
         seconds = time.perf_counter() - t0
@@ -237,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[0, 10, 50, 250, 1000])
     p.add_argument("--draws", type=int, default=8, help="entries edited per tensor (default 8)")
     p.add_argument("--tensors", type=int, default=None, help="tensors drawn for the edit sweep (default all)")
+    p.add_argument("--default", action="store_true",
+                   help="also the default configuration under its default time budget, first")
+    p.add_argument("--only-default", action="store_true", help="only the default configuration")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--render", type=Path, nargs="+", default=None, help="render these JSON results instead")
     p.add_argument("--out", type=Path, default=None, help="Markdown report")
@@ -246,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = [r for f in args.render for r in json.loads(f.read_text())]
     else:
-        results = [run_model(m, args.bag, sorted(args.steps), args.draws, args.tensors) for m in args.models]
+        results = [run_model(m, args.bag, sorted(args.steps), args.draws, args.tensors, args.default,
+                             args.only_default) for m in args.models]
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     command = "python -m benchmarks.stages " + " ".join(sys.argv[1:] if argv is None else argv)
