@@ -371,6 +371,19 @@ def _gelu(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
     return [F.gelu(_req(args, 0), approximate=str(node.attrs.get("approximate", "none")))]
 
 
+def _hard_sigmoid(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
+    """``max(0, min(1, alpha x + beta))``; ONNX's defaults are alpha 0.2, beta 0.5 (torch's
+    ``hardsigmoid`` is the special case alpha 1/6, beta 1/2)."""
+    alpha = float(node.attrs.get("alpha", 0.2))
+    beta = float(node.attrs.get("beta", 0.5))
+    return [(_req(args, 0) * alpha + beta).clamp(0.0, 1.0)]
+
+
+def _hard_swish(_m: OnnxModule, _n: Node, args: list[Value]) -> list[torch.Tensor]:
+    """``x * max(0, min(1, x / 6 + 1 / 2))`` (opset 14), which is torch's ``hardswish``."""
+    return [F.hardswish(_req(args, 0))]
+
+
 def _identity(_m: OnnxModule, _n: Node, args: list[Value]) -> list[torch.Tensor]:
     return [_req(args, 0)]
 
@@ -408,6 +421,8 @@ OPS: dict[str, _Op] = {
     "Gemm": _gemm,
     "GlobalAveragePool": _global_pool("avg"),
     "GlobalMaxPool": _global_pool("max"),
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _hard_swish,
     "Identity": _identity,
     "LayerNormalization": _layer_norm,
     "LeakyRelu": lambda _m, n, a: [F.leaky_relu(_req(a, 0), float(n.attrs.get("alpha", 0.01)))],
