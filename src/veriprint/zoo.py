@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -454,7 +455,9 @@ def silero_vad() -> nn.Module:
     path = root / SILERO_WEIGHTS
     if not path.exists():
         raise ImportError(f"expected {path} in the installed silero-vad (the zoo reads version {SILERO_VERSION})")
-    scripted = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the wheel ships it, only its weights are read
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*is deprecated", category=DeprecationWarning)
+        scripted = torch.jit.load(str(path), map_location="cpu")
     net = SileroVad()
     net.load_silero({k[len("_model."):]: v for k, v in scripted.state_dict().items() if k.startswith("_model.")})
     return net.eval()
