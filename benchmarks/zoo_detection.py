@@ -95,9 +95,9 @@ def render(rows: list[dict[str, Any]]) -> str:
            "The seeds are SYNTHETIC (see `tests/test_zoo_*.py`); the labels of the tampering data "
            "are the intact model's own answers.", "",
            "| model | intact model | weight-edit +10% of 1 random scalar: TAMPERED / INCONCLUSIVE / INTACT "
-           f"(of {EDITS}) | of those, edits that moved some query's top-1 label | median max logit change on the "
-           "queries | cast float16 | quantize 8 bits |",
-           "|---|---|---|---|---|---|---|"]
+           f"(of {EDITS}) | edits that changed the queries' logits at all | edits that moved some query's top-1 "
+           "label | median max logit change on the queries | cast float16 | quantize 8 bits |",
+           "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         edits = [r for r in mine if r["attack"].startswith("weight-edit")]
@@ -105,12 +105,15 @@ def render(rows: list[dict[str, Any]]) -> str:
         dz = sorted(r["max_dz"] for r in edits)[len(edits) // 2]
         other = {r["attack"]: r for r in mine if not r["attack"].startswith("weight-edit")}
         out.append(f"| `{name}` | {mine[0]['intact']} | {count['TAMPERED']} / {count['INCONCLUSIVE']} / "
-                   f"{count['INTACT']} | {sum(r['flipped'] for r in edits)} | {dz:.2g} | "
+                   f"{count['INTACT']} | {sum(r['max_dz'] > 0 for r in edits)} | {sum(r['flipped'] for r in edits)} | "
+                   f"{dz:.2g} | "
                    f"{other['cast float16']['verdict']} ({other['cast float16']['mismatches']} of "
                    f"{mine[0]['queries']}) | {other['quantize 8 bits']['verdict']} "
                    f"({other['quantize 8 bits']['mismatches']} of {mine[0]['queries']}) |")
     out += ["", "A weight edit that moves no query's label cannot be seen through a `top1` API by these "
-            "queries; the column before the logit change counts the edits that could be.", ""]
+            "queries: the column of moved labels counts the edits that could be. An edit that changes no "
+            "logit at all (a weight behind a ReLU that never fires on these inputs, or one the input never "
+            "reaches) cannot be seen through any API by them.", ""]
     return "\n".join(out)
 
 
@@ -130,6 +133,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("max logit change on the 4 queries")
+    ax.annotate("no change at all (drawn at 1e-12)", (0.5, 1e-12), xytext=(0.5, 1e-11), ha="center", fontsize=8)
     ax.set_title(f"{EDITS} single-weight edits (+10%) per model; red: TAMPERED", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
