@@ -126,3 +126,120 @@ def test_logits_before_softmax_refuses_what_is_not_a_final_softmax() -> None:
     two.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 3]))
     with pytest.raises(OnnxImportError, match="one output, got 2"):
         logits_before_softmax(two)
+
+
+def _graph(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[str],
+           inits: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                                   for o in outputs], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _both(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, feeds)
+    module = import_onnx(proto)
+    got = module(*(torch.from_numpy(feeds[n]) for n in module.input_names))
+    got = got if isinstance(got, tuple) else (got,)
+    return [g.detach().numpy() for g in got], expected
+
+
+@pytest.mark.parametrize(("shape", "pads", "mode", "axes"), [
+    ((2, 7), [0, 3, 0, 2], "reflect", None),
+    ((2, 7), [0, 3, 0, 2], "edge", None),
+    ((2, 7), [1, -2, 0, 3], "constant", None),  # negative: cropping
+    ((2, 3, 5, 6), [0, 0, 1, 2, 0, 0, 2, 1], "reflect", None),
+    ((2, 3, 5, 6), [0, 1, 2, 0, 1, 0, 0, 2], "constant", None),
+    ((2, 3, 5, 6), [2, 1, 1, 2], "edge", [2, 3]),
+    ((3, 8), [4, 4], "reflect", [-1]),
+], ids=repr)
+def test_pad_matches_onnxruntime(shape: tuple[int, ...], pads: list[int], mode: str, axes: list[int] | None) -> None:
+    x = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array(pads, dtype=np.int64), "pads"),
+             numpy_helper.from_array(np.array(1.5, dtype=np.float32), "value")]
+    inputs = ["x", "pads", "value"]
+    if axes is not None:
+        inits.append(numpy_helper.from_array(np.array(axes, dtype=np.int64), "axes"))
+        inputs.append("axes")
+    node = helper.make_node("Pad", inputs, ["y"], mode=mode)
+    proto = _graph([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))], ["y"], inits, 18)
+    (got,), (expected,) = _both(proto, {"x": x})
+    assert "Pad" in SUPPORTED_OPS and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_pad_refuses_what_it_cannot_translate() -> None:
+    x = np.zeros((1, 2, 3, 4, 5), dtype=np.float32)
+    pads = numpy_helper.from_array(np.array([0, 1, 0, 0, 0, 0, 1, 0, 0, 0], dtype=np.int64), "pads")
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], mode="reflect")
+    proto = _graph([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))], ["y"], [pads], 18)
+    with pytest.raises(OnnxImportError, match="reflect padding supports the last 3 axes"):
+        import_onnx(proto)(torch.from_numpy(x))
+    node = helper.make_node("Pad", ["x", "pads"], ["y"], mode="wrap")
+    proto = _graph([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))], ["y"], [pads], 19)
+    with pytest.raises(OnnxImportError, match="expected mode constant, reflect or edge, got 'wrap'"):
+        import_onnx(proto)(torch.from_numpy(x))
+
+
+@pytest.mark.parametrize(("starts", "ends", "axes", "steps"), [
+    ([-1], [-9223372036854775807], [1], [-1]),  # the whole axis reversed, as torch exports a flip
+    ([5, 0], [1, 3], [1, 0], [-2, 1]),
+    ([100], [-100], [1], [-3]),  # out-of-range starts and ends are clamped
+    ([2], [2], [1], [-1]),  # empty
+], ids=repr)
+def test_slice_with_negative_steps_matches_onnxruntime(starts: list[int], ends: list[int], axes: list[int],
+                                                       steps: list[int]) -> None:
+    x = np.arange(4 * 7, dtype=np.float32).reshape(4, 7)
+    inits = [numpy_helper.from_array(np.array(v, dtype=np.int64), n)
+             for n, v in (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps))]
+    node = helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["y"])
+    proto = _graph([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 7])], ["y"], inits, 13)
+    (got,), (expected,) = _both(proto, {"x": x})
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("direction", "bias", "initial"), [
+    ("forward", True, True),
+    ("forward", False, False),
+    ("reverse", True, False),
+    ("bidirectional", True, True),
+], ids=repr)
+def test_lstm_matches_onnxruntime(direction: str, bias: bool, initial: bool) -> None:
+    rng = np.random.default_rng(5)
+    dirs, steps, batch, size, hidden = 2 if direction == "bidirectional" else 1, 5, 3, 4, 6
+    x = rng.standard_normal((steps, batch, size)).astype(np.float32)
+    state = (dirs, batch, hidden)
+    inits = [numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, size)).astype(np.float32) * 0.5, "W"),
+             numpy_helper.from_array(rng.standard_normal((dirs, 4 * hidden, hidden)).astype(np.float32) * 0.5, "R")]
+    names = ["x", "W", "R", "", "", "", ""]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal((dirs, 8 * hidden)).astype(np.float32), "B"))
+        names[3] = "B"
+    feeds = {"x": x}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))]
+    if initial:
+        for n in ("h0", "c0"):
+            feeds[n] = rng.standard_normal(state).astype(np.float32)
+            inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, list(state)))
+        names[5:7] = ["h0", "c0"]
+    node = helper.make_node("LSTM", names, ["y", "yh", "yc"], hidden_size=hidden, direction=direction)
+    proto = _graph([node], inputs, ["y", "yh", "yc"], inits, 14)
+    got, expected = _both(proto, feeds)
+    assert "LSTM" in SUPPORTED_OPS
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_refuses_what_it_cannot_translate() -> None:
+    w = numpy_helper.from_array(np.zeros((1, 8, 3), dtype=np.float32), "W")
+    r = numpy_helper.from_array(np.zeros((1, 8, 2), dtype=np.float32), "R")
+    x = torch.zeros(4, 1, 3)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 3])]
+    for attrs, match in (({"activations": ["Relu", "Tanh", "Tanh"]}, "expected the activations"),
+                         ({"clip": 1.0}, "clip and input_forget"),
+                         ({"layout": 1}, "expected layout 0"),
+                         ({"direction": "bidirectional"}, "does not fit weights for 1 directions")):
+        node = helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=2, **attrs)
+        with pytest.raises(OnnxImportError, match=match):
+            import_onnx(_graph([node], inputs, ["y"], [w, r], 14))(x)
