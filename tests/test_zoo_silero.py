@@ -88,6 +88,40 @@ def test_silero_vad_is_the_package_model() -> None:
     assert trained == sum(v.numel() for k, v in scripted._model.named_parameters()) == 243_585
 
 
+def test_the_wheels_sequence_model_runs_through_the_onnx_importer() -> None:
+    """``silero_vad_16k_sequence.onnx`` (Pad in reflect mode, a reversing Slice, LSTM) through
+    this project's importer: equal to onnxruntime on a stream of frames, and on each frame
+    alone from a zero state equal to :class:`veriprint.zoo.SileroVad`."""
+    data = _require()
+    import onnxruntime as ort
+
+    from veriprint.onnx_import import import_onnx
+    from veriprint.zoo import silero_vad
+
+    path = data / "silero_vad_16k_sequence.onnx"
+    graph = import_onnx(path)
+    assert graph.input_names == ("input", "h", "c")
+    x = sounds(6, seed=3)
+    zero = torch.zeros(1, 1, 128)
+    with torch.no_grad():
+        p_stream, h, c = graph(x, zero, zero)  # the 6 frames as one stream: the state carries over
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": x.numpy(), "h": zero.numpy(), "c": zero.numpy()})
+    for got, want in zip((p_stream, h, c), expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        alone = torch.cat([graph(x[i:i + 1], zero, zero)[0].reshape(1) for i in range(6)])
+        ours = torch.softmax(silero_vad()(x), 1)[:, 1]
+    torch.testing.assert_close(ours, alone, rtol=0, atol=1e-6)
+    assert not torch.allclose(alone[1:], p_stream[1:], atol=1e-3)  # later frames of a stream see the state
+    lstm = [p for n, p in graph.named_parameters() if p.shape == (1, 512, 128)]
+    assert len(lstm) == 2  # W and R of the LSTM are parameters: gradients reach them
+    graph(x[:2], zero, zero)[0].sum().backward()
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in lstm)
+
+
 def test_silero_vad_frames_and_weights_are_checked() -> None:
     from veriprint.errors import ModelError
     from veriprint.zoo import SileroVad
