@@ -280,7 +280,7 @@ class Crepe(nn.Module):
 
     Six blocks of Conv1d-ReLU-BatchNorm-MaxPool(2) over a 1,024-sample frame at 16 kHz
     (the first with kernel 512 and stride 4, the others with kernel 64), then one linear
-    layer to 360 pitch bins of 20 cents from about 32.7 Hz (C1) up. ``forward`` returns the
+    layer to 360 pitch bins of 20 cents, centred from 31.7 Hz to 2,005 Hz. ``forward`` returns the
     360 logits; the authors read them through a sigmoid per bin.
 
     Args:
