@@ -151,3 +151,30 @@ def test_silero_vad_through_fingerprint_and_verify(tmp_path: Path) -> None:
     assert fp.expected.shape[1] == 2 and tuple(fp.samples.shape[1:]) == (576,)
     assert fp.domain == PCM16 and fp.domain.on_grid(fp.samples)
     assert main(["verify", str(fp_path), "--target", "veriprint.zoo:silero_vad", "--spec", "top1"]) == 0
+
+
+def _measure() -> None:  # pragma: no cover - run by hand: python tests/test_zoo_silero.py
+    import onnxruntime as ort
+
+    from veriprint.zoo import silero_vad
+
+    torch.set_num_threads(1)
+    data = _require()
+    x = sounds(12, seed=1)
+    with torch.no_grad():
+        p = torch.softmax(silero_vad()(x), 1)[:, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.load(str(data / "silero_vad.jit"), map_location="cpu").eval()
+    with torch.no_grad():
+        p_script, _ = scripted._model(x, torch.zeros(2, 12, 128))
+    session = ort.InferenceSession(str(data / "silero_vad.onnx"), providers=["CPUExecutionProvider"])
+    p_onnx, _ = session.run(None, {"input": x.numpy(), "state": np.zeros((2, 12, 128), np.float32),
+                                   "sr": np.array(16_000, dtype=np.int64)})
+    print(f"12 synthetic frames: max |p - TorchScript| = {float((p - p_script.reshape(-1)).abs().max()):.1e}, "
+          f"max |p - onnxruntime| = {float(np.abs(p.numpy() - p_onnx.reshape(-1)).max()):.1e}, "
+          f"p from {float(p.min()):.3f} to {float(p.max()):.3f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _measure()
