@@ -4,7 +4,7 @@ Layout (format version 1), one safetensors file:
 
 * tensors: ``samples`` (F32, the queries), ``expected`` (F32, the intact model's raw
   outputs on them), ``seeds`` (F32, the natural inputs they came from), ``log_s``,
-  ``margin``, ``psnr`` (F32 per sample) and, for quantized inputs, ``grid`` (U8 or I16,
+  ``margin``, ``psnr`` (F32 per sample) and, for quantized inputs, ``grid`` (U8, I16 or I32,
   the exact grid values sent to 8-bit APIs);
 * safetensors metadata (all strings): ``format`` = ``"veriprint.vpf"``,
   ``format_version`` = ``"1"``, ``meta`` (canonical JSON: sorted keys, no spaces),

@@ -118,7 +118,7 @@ class GenerationResult:
 
     Attributes:
         samples: float32 samples on the input grid, shape ``(N, ...)``.
-        grid: their grid indices (uint8 for 8-bit data, int16 otherwise), or ``None``
+        grid: their grid indices (uint8 for 8-bit data, int16 up to 32,767 levels, int32 above), or ``None``
             for continuous inputs.
         seeds: the natural inputs they started from.
         log_s_before: ``log S`` of the seeds, shape ``(N,)`` (objective ``"ssf"``), or the
@@ -336,7 +336,7 @@ def result_for(
     grid = None
     if domain.levels is not None:
         g = domain.to_grid(samples)
-        grid = g.to(torch.uint8) if domain.levels <= 255 else g.to(torch.int16)
+        grid = g.to(torch.uint8 if domain.levels <= 255 else torch.int16 if domain.levels <= 32767 else torch.int32)
     return GenerationResult(
         samples=samples,
         grid=grid,

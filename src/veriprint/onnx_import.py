@@ -51,7 +51,8 @@ from veriprint.onnx_ops import (
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SUPPORTED_OPS", "OnnxImportError", "OnnxModule", "export_onnx", "import_onnx"]
+__all__ = ["SUPPORTED_OPS", "OnnxImportError", "OnnxModule", "constants_as_initializers", "export_onnx",
+           "import_onnx", "logits_before_softmax"]
 
 log = logging.getLogger(__name__)
 
@@ -336,3 +337,108 @@ def import_onnx(source: str | os.PathLike[str] | onnx.ModelProto) -> OnnxModule:
     log.debug("imported ONNX graph: %d nodes, %d parameters", len(module._nodes),
               sum(p.numel() for p in module.parameters()))
     return module.eval()
+
+
+# ---------------------------------------------------------------- rewriting a graph before import
+
+
+def constants_as_initializers(proto: onnx.ModelProto, *, min_size: int = 2) -> onnx.ModelProto:
+    """A copy of ``proto`` whose floating-point ``Constant`` nodes of at least ``min_size``
+    elements are initializers, named after the value each node produced.
+
+    Some exporters (PaddlePaddle's among them) write every weight as a ``Constant`` node;
+    :func:`import_onnx` keeps those as fixed buffers, so the model would have no
+    parameters to fingerprint. After this rewrite they become parameters
+    (batch-norm statistics still become buffers). Scalars (``min_size=2`` by default:
+    the 3 and 6 of a hard swish, a clip's bounds) and integer constants (shapes, indices)
+    stay constants. The function is unchanged: onnxruntime gives the same outputs.
+
+    Args:
+        proto: the loaded model; it is not modified.
+        min_size: the fewest elements a constant needs to become an initializer
+            (default 2).
+
+    Returns:
+        The rewritten copy.
+
+    Raises:
+        ValueError: when ``min_size`` is below 1.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    if min_size < 1:
+        raise ValueError(f"expected min_size >= 1, got {min_size}")
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    kept, moved = [], []
+    for node in out.graph.node:
+        attrs = list(node.attribute)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(attrs) == 1 \
+                and attrs[0].name == "value" and len(node.output) == 1:
+            value = numpy_helper.to_array(attrs[0].t)
+            if value.dtype.kind == "f" and value.size >= min_size:
+                moved.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        kept.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    out.graph.initializer.extend(moved)
+    return out
+
+
+def logits_before_softmax(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` that outputs the logits its final ``Softmax`` turns into
+    probabilities.
+
+    A classifier exported for serving often ends in ``Softmax`` (and ``Identity``
+    renamings after it); the objective and :func:`veriprint.models.split_last_layer` want
+    the logits. The graph's only output is traced back through ``Identity`` nodes to a
+    ``Softmax`` over the last axis, which is removed with those nodes; the output keeps its
+    shape under the name of the softmax's input.
+
+    Raises:
+        OnnxImportError: when the graph has several outputs, or its output is not
+            produced by a softmax over the last axis that nothing else reads.
+    """
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    if len(graph.output) != 1:
+        raise OnnxImportError(f"expected a graph with one output, got {len(graph.output)}")
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    drop: list[onnx.NodeProto] = []
+    name = graph.output[0].name
+    node = producer.get(name)
+    while node is not None and node.op_type == "Identity":
+        drop.append(node)
+        name = node.input[0]
+        if readers.get(name, 0) != 1:
+            raise OnnxImportError(f"expected nothing but the output to read {name!r}")
+        node = producer.get(name)
+    if node is None or node.op_type != "Softmax":
+        raise OnnxImportError(f"expected the output {graph.output[0].name!r} to come from a Softmax, "
+                              f"got {'a graph input or initializer' if node is None else node.op_type}")
+    opset = next((int(o.version) for o in out.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    axis = next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"),
+                -1 if opset >= 13 else 1)
+    tensor = graph.output[0].type.tensor_type
+    rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
+    if axis != -1 and axis != (rank or 0) - 1:
+        raise OnnxImportError(f"expected a Softmax over the last axis, got axis={axis} of an output of rank {rank}")
+    drop.append(node)
+    kept = [n for n in graph.node if all(n is not d for d in drop)]
+    logits = onnx.ValueInfoProto()
+    logits.CopyFrom(graph.output[0])
+    logits.name = node.input[0]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[:]
+    graph.output.append(logits)
+    return out

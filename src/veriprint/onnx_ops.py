@@ -342,11 +342,21 @@ def _slice(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
         axes = _ints(_opt(args, 3)) or list(range(len(starts)))
         steps = _ints(_opt(args, 4)) or [1] * len(starts)
     index: list[slice] = [slice(None)] * x.dim()
+    backward: list[tuple[int, int, int, int]] = []
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
-        if st <= 0:
-            raise OnnxImportError(f"Slice: expected positive steps, got {st}")
-        index[_axis(a, x.dim())] = slice(s, e, st)
-    return [x[tuple(index)]]
+        if st == 0:
+            raise OnnxImportError("Slice: expected non-zero steps, got 0")
+        if st > 0:
+            index[_axis(a, x.dim())] = slice(s, e, st)
+        else:
+            backward.append((s, e, _axis(a, x.dim()), st))
+    y = x[tuple(index)]
+    for s, e, a, st in backward:  # ONNX's clamping for negative steps: start in [0, n-1], end in [-1, n-1]
+        n = int(y.shape[a])
+        s, e = s + n if s < 0 else s, e + n if e < 0 else e
+        s, e = min(max(s, 0), n - 1), min(max(e, -1), n - 1)
+        y = torch.index_select(y, a, torch.arange(s, e, st, dtype=torch.long, device=y.device))
+    return [y]
 
 
 def _expand(_m: OnnxModule, _n: Node, args: list[Value]) -> list[torch.Tensor]:
@@ -369,6 +379,102 @@ def _range(_m: OnnxModule, _n: Node, args: list[Value]) -> list[torch.Tensor]:
 
 def _gelu(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
     return [F.gelu(_req(args, 0), approximate=str(node.attrs.get("approximate", "none")))]
+
+
+def _hard_sigmoid(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
+    """``max(0, min(1, alpha x + beta))``; ONNX's defaults are alpha 0.2, beta 0.5 (torch's
+    ``hardsigmoid`` is the special case alpha 1/6, beta 1/2)."""
+    alpha = float(node.attrs.get("alpha", 0.2))
+    beta = float(node.attrs.get("beta", 0.5))
+    return [(_req(args, 0) * alpha + beta).clamp(0.0, 1.0)]
+
+
+def _hard_swish(_m: OnnxModule, _n: Node, args: list[Value]) -> list[torch.Tensor]:
+    """``x * max(0, min(1, x / 6 + 1 / 2))`` (opset 14), which is torch's ``hardswish``."""
+    return [F.hardswish(_req(args, 0))]
+
+
+def _pad(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
+    """``Pad`` (opset 11 and later: pads, constant value and axes as inputs) in the modes
+    ``constant``, ``reflect`` and ``edge``; reflect and edge pad at most the last three axes."""
+    x = _req(args, 0)
+    mode = str(node.attrs.get("mode", "constant"))
+    if "pads" in node.attrs:  # opset < 11
+        pads, value = list(node.attrs["pads"]), float(node.attrs.get("value", 0.0))
+        axes = list(range(x.dim()))
+    else:
+        pads = _ints(_req(args, 1))
+        fill = _opt(args, 2)
+        value = 0.0 if fill is None or fill.numel() == 0 else float(fill.detach().reshape(-1)[0])
+        given = _opt(args, 3)
+        axes = [_axis(a, x.dim()) for a in _ints(given)] if given is not None else list(range(x.dim()))
+    if len(pads) != 2 * len(axes):
+        raise OnnxImportError(f"Pad: expected {2 * len(axes)} pads for {len(axes)} axes, got {len(pads)}")
+    begin, end = [0] * x.dim(), [0] * x.dim()
+    for i, a in enumerate(axes):
+        begin[a], end[a] = pads[i], pads[i + len(axes)]
+    padded = [a for a in range(x.dim()) if begin[a] or end[a]]
+    if not padded:
+        return [x]
+    first = padded[0]
+    flat = _torch_pad(begin[first:], end[first:])
+    if mode == "constant":
+        return [F.pad(x, flat, value=value)]
+    if mode not in ("reflect", "edge"):
+        raise OnnxImportError(f"Pad: expected mode constant, reflect or edge, got {mode!r}")
+    k = x.dim() - first
+    if k > 3 or any(p < 0 for p in pads):
+        raise OnnxImportError(f"Pad: {mode} padding supports the last 3 axes and no cropping, got pads {pads}")
+    lead = x.shape[:first]
+    y = F.pad(x.reshape(-1, 1, *x.shape[first:]), flat, mode="reflect" if mode == "reflect" else "replicate")
+    return [y.reshape(*lead, *y.shape[2:])]
+
+
+def _lstm(_m: OnnxModule, node: Node, args: list[Value]) -> list[torch.Tensor]:
+    """``LSTM`` with the default activations (sigmoid, tanh, tanh), forward, reverse or
+    bidirectional, time-major (``layout`` 0, as onnxruntime), without peepholes, clipping or
+    coupled gates, and with every sequence at full length. ONNX orders the gates input,
+    output, forget, cell."""
+    a = node.attrs
+    acts = [str(v).lower() for v in a.get("activations", ["Sigmoid", "Tanh", "Tanh"] * 2)]
+    if any(acts[i::3] != [("sigmoid", "tanh", "tanh")[i]] * len(acts[i::3]) for i in range(3)):
+        raise OnnxImportError(f"LSTM: expected the activations Sigmoid, Tanh, Tanh, got {a.get('activations')}")
+    if a.get("clip") is not None or a.get("input_forget", 0):
+        raise OnnxImportError("LSTM: clip and input_forget are not supported")
+    if _opt(args, 7) is not None:
+        raise OnnxImportError("LSTM: peepholes (input P) are not supported")
+    direction = str(a.get("direction", "forward"))
+    if int(a.get("layout", 0)):
+        raise OnnxImportError("LSTM: expected layout 0 (time-major), got 1")
+    x, w, r = _req(args, 0), _req(args, 1), _req(args, 2)
+    steps, batch = int(x.shape[0]), int(x.shape[1])
+    hidden = int(a.get("hidden_size", r.shape[-1]))
+    lens = _opt(args, 4)
+    if lens is not None and bool((lens != steps).any()):
+        raise OnnxImportError(f"LSTM: expected every sequence at its full length {steps}, got {lens.tolist()}")
+    dirs = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}.get(direction)
+    if dirs is None or len(dirs) != w.shape[0]:
+        raise OnnxImportError(f"LSTM: direction {direction!r} does not fit weights for {w.shape[0]} directions")
+    b, h0, c0 = _opt(args, 3), _opt(args, 5), _opt(args, 6)
+    ys, hs, cs = [], [], []
+    for d, backward in enumerate(dirs):
+        bias = 0.0 if b is None else b[d, :4 * hidden] + b[d, 4 * hidden:]
+        h = x.new_zeros(batch, hidden) if h0 is None else h0[d]
+        c = x.new_zeros(batch, hidden) if c0 is None else c0[d]
+        outs: list[torch.Tensor] = []
+        for t in (reversed(range(steps)) if backward else range(steps)):
+            gates = x[t] @ w[d].t() + h @ r[d].t() + bias
+            i, o, f, g = gates.chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        if backward:
+            outs.reverse()
+        ys.append(torch.stack(outs))
+        hs.append(h)
+        cs.append(c)
+    y, yh, yc = torch.stack(ys, 1), torch.stack(hs), torch.stack(cs)  # (seq, dirs, batch, H), (dirs, batch, H)
+    return [y, yh, yc][: len(node.outputs)]
 
 
 def _identity(_m: OnnxModule, _n: Node, args: list[Value]) -> list[torch.Tensor]:
@@ -408,8 +514,11 @@ OPS: dict[str, _Op] = {
     "Gemm": _gemm,
     "GlobalAveragePool": _global_pool("avg"),
     "GlobalMaxPool": _global_pool("max"),
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _hard_swish,
     "Identity": _identity,
     "LayerNormalization": _layer_norm,
+    "LSTM": _lstm,
     "LeakyRelu": lambda _m, n, a: [F.leaky_relu(_req(a, 0), float(n.attrs.get("alpha", 0.01)))],
     "Log": _unary(torch.log),
     "LogSoftmax": _softmax(log=True),
@@ -419,6 +528,7 @@ OPS: dict[str, _Op] = {
     "Min": lambda _m, _n, a: [_fold(torch.minimum, a)],
     "Mul": _binary(torch.mul),
     "Neg": _unary(torch.neg),
+    "Pad": _pad,
     "Pow": _binary(_pow),
     "Range": _range,
     "Reciprocal": _unary(torch.reciprocal),
