@@ -222,3 +222,13 @@ def test_refinement_and_twins_stop_at_their_deadline(digits_model, digits_data) 
     tw = make_twins(digits_model, c, on, deadline=0.0, at_least=1)
     assert tw.tried == 10 and not tw.ok[10:].any()
     assert make_twins(digits_model, c, on).tried == 40
+
+
+def test_generation_stops_at_its_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.generate import generate
+
+    x = digits_data[1].x[:12]
+    cfg = GenerationConfig(steps=50, eps=2 / 16, patience=0, batch_size=4)
+    res = generate(digits_model, x, cfg, domain=digits_data[1].domain, progress=False, deadline=0.0)
+    assert res.steps_run == 1 and len(res) == 12
+    assert generate(digits_model, x, cfg, domain=digits_data[1].domain, progress=False).steps_run == 50

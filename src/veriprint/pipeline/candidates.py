@@ -72,8 +72,8 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
     """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement.
 
     ``meter`` (optional) records each stage's seconds and model passes; ``deadlines``
-    (optional, from :func:`veriprint.pipeline.plan.deadlines`) stops refinement at its
-    deadline once twice ``cfg.select`` samples are refined.
+    (optional, from :func:`veriprint.pipeline.plan.deadlines`) stops the ascent at its
+    deadline, and refinement at its own once twice ``cfg.select`` samples are refined.
     """
     stage = meter.stage if meter is not None else _no_meter
     boundary = cfg.seeds == "boundary" and cfg.refine
@@ -82,7 +82,7 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
                                      model_outputs, pool=cfg.pool, batch_size=seed_batch(cfg))
     with stage("generate"):
         gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs,
-                       progress=progress)
+                       progress=progress, deadline=(deadlines or {}).get("generate"))
     with stage("calibrate"):
         noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
     reached = torch.zeros(len(gen), dtype=torch.bool)

@@ -105,6 +105,8 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
          stops: dict[str, int]) -> tuple[Fingerprint, GenerationResult, Selection]:
     cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress,
                              meter=meter, deadlines=due)
+    if due and cands.gen.steps_run < cfg.generation.steps:  # early stopping or the deadline
+        stops["steps_run"] = cands.gen.steps_run
     if cfg.refine and cands.refined < len(cands):  # a deadline stopped refinement (meta["plan"])
         stops["refined"] = cands.refined
         log.warning("the time budget stopped refinement after %d of %d candidates", cands.refined, len(cands))
