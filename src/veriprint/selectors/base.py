@@ -48,7 +48,7 @@ class SelectionContext:
     cfg: FingerprintConfig
     model_outputs: OutputKind = "logits"
     progress: bool = False
-    _cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def paired(self) -> torch.Tensor:
