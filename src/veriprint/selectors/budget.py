@@ -224,7 +224,7 @@ def _cover_classes(ctx: SelectionContext, sel: Selection, cap: int, paired: bool
     cur: torch.Tensor | None = None
     pos: dict[int, int] = {}
     if r is not None:
-        idx, values, weights = r
+        idx, values, _ = r
         pos = {int(b): i for i, b in enumerate(idx.tolist())}
         v = values.double().clamp(0.0, 3.0)
         cur = v[[pos[i] for i in picked]].amax(0) if picked else torch.zeros(v.shape[1], dtype=torch.float64)
