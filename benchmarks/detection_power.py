@@ -171,7 +171,7 @@ def sweep_rows(sw: EditSweep, pool: Pool, model: nn.Module, fps: dict[str, Finge
     return out
 
 
-def cases(model: nn.Module, quick: bool, steps_scale: float) -> list[tuple[str, Any]]:
+def cases(model: nn.Module, quick: bool, steps_scale: float, side: int) -> list[tuple[str, Any]]:
     from veriprint.tamper import (
         CastConfig,
         FineTuneConfig,
@@ -193,7 +193,8 @@ def cases(model: nn.Module, quick: bool, steps_scale: float) -> list[tuple[str, 
     if not quick:
         st = max(int(300 * steps_scale), 20)
         out += [
-            ("trojan (target 0)", TrojanConfig(target=0, steps=st, trigger_steps=max(int(200 * steps_scale), 20))),
+            ("trojan (target 0)", TrojanConfig(target=0, steps=st, trigger_steps=max(int(200 * steps_scale), 20),
+                                               size=min(8, side // 3))),
             ("poisoning, error-generic (class 0)", PoisonConfig(target=0, steps=st)),
             ("poisoning, error-specific (0 to 2)", PoisonConfig(target=0, to_class=2, steps=st)),
         ]
@@ -270,7 +271,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     px = pool.x
     base = _labels(model, px)
-    for case, cfg in cases(model, args.quick, scale):
+    side = int(test.x.shape[-1]) if test.x.dim() == 4 else round(test.x[0].numel() ** 0.5)
+    for case, cfg in cases(model, args.quick, scale, side):
         t0 = time.perf_counter()
         res = tamper(model, cfg, data=train, eval_data=test, progress=False)
         with torch.inference_mode():
