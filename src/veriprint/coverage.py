@@ -117,18 +117,18 @@ def _leaf_chain(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) ->
         with torch.inference_mode():
             out = model(x)
     finally:
-        for h in hooks:
-            h.remove()
+        for handle in hooks:
+            handle.remove()
     if not seen or len({id(m) for m, _, _ in seen}) != len(seen):
         return None
     chain = [m for m, _, _ in seen]
     with torch.inference_mode():
-        h = x
+        y = x
         for m, (_, inp, _o) in zip(chain, seen, strict=True):
-            if len(inp) != 1 or not isinstance(inp[0], torch.Tensor) or inp[0].numel() != h.numel():
+            if len(inp) != 1 or not isinstance(inp[0], torch.Tensor) or inp[0].numel() != y.numel():
                 return None
-            h = m(h.reshape(inp[0].shape))
-        if not isinstance(out, torch.Tensor) or h.shape != out.shape or not torch.equal(h, out):
+            y = m(y.reshape(inp[0].shape))
+        if not isinstance(out, torch.Tensor) or y.shape != out.shape or not torch.equal(y, out):
             return None
     owned = [id(p) for m in chain for p in m.parameters(recurse=False)]
     if len(set(owned)) != len(owned) or any(id(p) not in set(owned) for p in model.parameters()):

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from veriprint.errors import ConfigError
 from veriprint.noise import as_logits
 from veriprint.select import Selection
 from veriprint.selectors.base import SelectionContext, Selector
@@ -90,6 +91,8 @@ class Budget:
             why = {"target": "target reached", "cap": "stopped by the cap (max_queries)",
                    "ceiling": "stopped by the bag's ceiling: no candidate reveals more",
                    "bag": "stopped: no eligible candidate left"}.get(self.stopped, self.stopped)
+            if self.ceiling is not None and self.stopped != "target" and self.ceiling < self.target:
+                why += f" (the whole bag reveals {self.ceiling:.1%}, below the target: a larger bag may)"
             parts.append(f"target {self.target:.1%}: {why}")
         if self.added_for_classes:
             parts.append(f"{self.added_for_classes} added so that more classes label a query")
@@ -158,6 +161,9 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
     if cfg.coverage is not None:
         sel = _pick(ctx, selector, cap, paired)
         trace = _trace(ctx, sel.indices)
+        if trace is None:
+            raise ConfigError("a coverage target needs selection by reach, which needs the model's parameters; "
+                              "got a model without any")
         ceiling = _ceiling(ctx)
         n = len(sel.indices)
         stopped = "cap" if cap * per >= max(cfg.max_queries, cfg.select) else "bag"
