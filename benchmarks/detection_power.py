@@ -96,15 +96,17 @@ class Pool:
         return torch.stack(self.rows)
 
 
-def build(model: nn.Module, test: Dataset, bag: int, steps: int, eps: float | None) -> dict[str, Any]:
+def build(model: nn.Module, test: Dataset, bag: int, steps: int, eps: float | None,
+          tolerance: float = 0.0) -> dict[str, Any]:
     """The three fingerprints (paper at 64, veriprint at 64, veriprint's default) and the
     eligible bags."""
     gen_cfg = GenerationConfig(steps=steps) if eps is None else GenerationConfig(steps=steps, eps=eps)
     cfgs = {
         "paper": FingerprintConfig(bag=bag, seeds="random", refine=False, twins=False, selector="manc", select=64,
-                                   cover_classes=False, generation=gen_cfg),
-        "veriprint": FingerprintConfig(bag=bag, select=64, cover_classes=False, generation=gen_cfg),
-        "default": FingerprintConfig(bag=bag, generation=gen_cfg),
+                                   cover_classes=False, generation=gen_cfg, tolerance=tolerance),
+        "veriprint": FingerprintConfig(bag=bag, select=64, cover_classes=False, generation=gen_cfg,
+                                       tolerance=tolerance),
+        "default": FingerprintConfig(bag=bag, generation=gen_cfg, tolerance=tolerance),
     }
     out: dict[str, Any] = {}
     for name, cfg in cfgs.items():
@@ -234,7 +236,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         acc = accuracy(model, test)
     log(f"{name}: accuracy {acc:.3f}")
-    built = build(model, test, args.bag, args.steps, eps)
+    built = build(model, test, args.bag, args.steps, eps, args.tolerance)
     floor = built["default"]["fp"].noise.floor
     pool = Pool()
     pool.add("paper-bag", built["paper"]["bag"][0])
@@ -305,6 +307,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     info["seconds"] = time.perf_counter() - start
     info["config"] = {"bag": args.bag, "steps": args.steps, "draws": args.draws, "natural": args.natural,
                       "quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "tolerance": args.tolerance,
                       "eps": eps}
     return info
 
@@ -509,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bag", type=int, default=None, help="seeds per fingerprint (default 200; quick 80)")
     p.add_argument("--steps", type=int, default=None, help="generation steps (default 250; quick 60)")
     p.add_argument("--draws", type=int, default=None, help="entries edited per tensor (default 64; quick 8)")
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="declared logit tolerance of the deployment (e.g. 5e-3 for GPU serving with TF32)")
     p.add_argument("--natural", type=int, default=256, help="natural test inputs deciding visibility (default 256)")
     p.add_argument("--json", type=Path, default=None, help="write the raw results (one model per run is the usual)")
     p.add_argument("--render", type=Path, nargs="+", default=None, help="render the report from these JSON files")
