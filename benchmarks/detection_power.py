@@ -411,14 +411,17 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
     out += ["", "## The goal, where it stands", "",
             "Goal: at the default budget at least 90% of visible ±5% edits caught; at 32 queries at least 99%.", "",
             "| model | default: queries | coverage ±5% | goal 90% | 32 queries: coverage ±5% | goal 99% | "
-            "bag's ceiling ±5% | coverage ±1%: default | 32 queries | ceiling |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "bag's ceiling ±5% | coverage ±1%: default | 32 queries | ceiling | structural cases caught by the default | "
+            "by the paper's 8 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i in infos:
         r5, r1 = i["sweep"]["deltas"]["0.05"], i["sweep"]["deltas"]["0.01"]
         d, b32 = r5["default"], r5["veriprint"]["budgets"]["32"]
         out.append(f"| {i['name']} | {d['queries']} | {fmt(d['visible'])} | {'met' if d['visible'] >= 0.9 else '**not met**'} | "
                    f"{fmt(b32['visible'])} ({b32['queries']} queries) | {'met' if b32['visible'] >= 0.99 else '**not met**'} | "
                    f"{fmt(r5['veriprint']['ceiling']['visible'])} | {fmt(r1['default']['visible'])} | "
-                   f"{fmt(r1['veriprint']['budgets']['32']['visible'])} | {fmt(r1['veriprint']['ceiling']['visible'])} |")
+                   f"{fmt(r1['veriprint']['budgets']['32']['visible'])} | {fmt(r1['veriprint']['ceiling']['visible'])} | "
+                   f"{sum(c['default']['verdict'] == 'TAMPERED' for c in i['cases'])} of {len(i['cases'])} | "
+                   f"{sum(c['paper']['caught']['8'] for c in i['cases'])} of {len(i['cases'])} |")
     out += ["", "## Classes", "",
             "Through a top-1 API a query reveals a decrease of its own label's logit and of no other: a class "
             "no query is labelled with is blind to it.", "",
@@ -486,7 +489,7 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
                 "by the first N queries; *per candidate*: share of the eligible bag's candidates (samples, "
                 "pairs) that catch it; the default fingerprint's verdict through `verify` (top-1).", "",
                 "| case | labels flipped on test data | max logit change | visible | paper @8 | @16 | @32 | @64 | per sample | "
-                "veriprint @8 | @16 | @32 | @64 | per pair | default: verdict |",
+                "veriprint @8 | @16 | @32 | @64 | per pair (or sample) | default: verdict |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in i["cases"]:
             p, v, dft = r["paper"], r["veriprint"], r["default"]
