@@ -175,7 +175,7 @@ def test_coverage_target_grows_the_fingerprint_until_it_is_met(digits_model: nn.
     assert len(capped) == 12 and cb["stopped"] == "cap" and "cap" in Budget(**cb).summary()
 
 
-def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module) -> None:
+def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import save_file
 
     from veriprint.cli.main import main
@@ -193,3 +193,28 @@ def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module) -> No
                  "--max-queries", "10", "--no-cover-classes"]) == 0
     b = Fingerprint.load(tmp_path / "b.vpf")
     assert len(b) == 10 and b.meta["budget"]["target"] == 0.99 and b.meta["budget"]["requested"] == 4
+    assert "budget: 10 queries" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "b.vpf")]) == 0
+    shown = capsys.readouterr().out
+    labelled = sorted(set(b.expected.argmax(1).tolist()))
+    assert f"classes: {len(labelled)} of 10 label a query" in shown and "target 99.0%" in shown
+    for name, share in zip(b.meta["reach"]["tensors"], b.meta["reach"]["share"][0], strict=True):
+        assert f"{name} " in shown and f"{share:.1%}" in shown  # the per-tensor predicted coverage
+
+
+def test_class_list_ranges() -> None:
+    from veriprint.cli.inspect import _ranges
+
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8" and _ranges([]) == "" and _ranges([3]) == "3"
+
+
+def test_pairs_grow_by_pairs(fashion_model: nn.Module, fashion_data: tuple[Dataset, Dataset]) -> None:
+    cfg = FingerprintConfig(bag=24, select=4, coverage=0.99, max_queries=10,
+                            generation=GenerationConfig(steps=20, patience=0))
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], cfg, progress=False)
+    b = fp.meta["budget"]
+    assert fp.meta["selection"]["pairs"] * 2 == len(fp) == b["queries"] and len(fp) % 2 == 0
+    labels = fp.expected.argmax(1)
+    assert bool((labels[0::2] != labels[1::2]).all())  # every kept unit is a pair across a boundary
+    assert len(fp) > 4 and b["stopped"] in ("cap", "ceiling", "bag") and b["predicted"] <= b["ceiling"] + 1e-9
+    assert b["predicted"] == pytest.approx(fp.meta["reach"]["all"][0], abs=1e-3)
