@@ -172,7 +172,9 @@ def test_coverage_target_grows_the_fingerprint_until_it_is_met(digits_model: nn.
     # an unreachable target stops at the cap or the bag's ceiling, and says which
     capped, _, _ = _fingerprint(digits_model, digits_data[1], cover_classes=False, coverage=1.0, max_queries=12)
     cb = capped.meta["budget"]
-    assert len(capped) == 12 and cb["stopped"] == "cap" and "cap" in Budget(**cb).summary()
+    assert len(capped) == 12 and cb["stopped"] == "cap" and "cap" in Budget.from_dict({**cb, "later": 1}).summary()
+    with pytest.raises(ConfigError, match="expected meta budget fields queries"):
+        Budget.from_dict({k: v for k, v in cb.items() if k != "queries"})
 
 
 def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(budget, dict):
         from veriprint.selectors.budget import Budget
 
-        print(f"budget: {Budget(**budget).summary()}")
+        print(f"budget: {Budget.from_dict(budget).summary()}")
     return 0

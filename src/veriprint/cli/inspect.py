@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(budget, dict):
         from veriprint.selectors.budget import Budget
 
-        print(f"budget: {Budget(**budget).summary()}")
+        print(f"budget: {Budget.from_dict(budget).summary()}")
     labels_seen = sorted(set(labels.tolist()))
     blind = [c for c in range(int(m["num_classes"])) if c not in labels_seen]
     print(f"classes: {len(labels_seen)} of {m['num_classes']} label a query; "

@@ -23,7 +23,7 @@ The outcome is a :class:`Budget`, stored as ``meta["budget"]``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -80,6 +80,19 @@ class Budget:
             if d[key] is not None:
                 d[key] = round(d[key], 4)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Budget:
+        """Read ``meta["budget"]`` (keys this version does not know are ignored).
+
+        Raises:
+            ConfigError: a field is missing.
+        """
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ConfigError(f"expected meta budget fields {', '.join(missing)}, got {sorted(d)}")
+        return cls(**{n: d[n] for n in names})
 
     def summary(self) -> str:
         """One line for the command line."""
