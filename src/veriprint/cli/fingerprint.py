@@ -59,4 +59,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"reach (first order): a {reach['deltas'][0]:.0%} change of one parameter flips a query for "
               f"{reach['all'][0]:.0%} of parameters (mean over {len(share)} tensors; least: "
               f"{reach['tensors'][low]} {share[low]:.0%}); veriprint inspect lists every tensor")
+    budget = fp.meta.get("budget")
+    if isinstance(budget, dict):
+        from veriprint.selectors.budget import Budget
+
+        print(f"budget: {Budget.from_dict(budget).summary()}")
     return 0

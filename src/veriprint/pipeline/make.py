@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -25,6 +26,7 @@ from veriprint.pipeline.describe import describe
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
 from veriprint.selectors import SelectionContext, Selector, get_selector
+from veriprint.selectors.budget import Budget, choose
 
 __all__ = ["make_fingerprint"]
 
@@ -96,19 +98,22 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
     selector = get_selector(name)
     samples = cands.samples
     with meter.stage("select"):
-        sel, idx, chosen = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
+        sel, idx, chosen, budget = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
+    if pairs:
+        pairs = len(sel.indices)
     with meter.stage("describe"):
         fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()),
-                      pairs=pairs, model_outputs=model_outputs, source=source, started=start)
+                      pairs=pairs, model_outputs=model_outputs, source=source, started=start,
+                      budget=budget.to_dict())
     return fp, cands.gen, sel
 
 
 def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, cands: Candidates,
             twins: Twins | None, ok: torch.Tensor, pairs: int,
-            samples: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor]:
+            samples: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor, Budget]:
     if pairs:
         assert twins is not None
-        sel = selector.pairs(ctx, pairs)
+        sel, budget = choose(ctx, selector, pairs, paired=True)
         anchors = sel.indices
         extra = torch.empty(0, dtype=torch.long)
         if cfg.select % 2:  # an odd size: one single sample after the pairs
@@ -118,8 +123,10 @@ def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, c
         chosen = torch.cat([torch.stack([samples[anchors], twins.samples[anchors]], dim=1).flatten(0, 1),
                             samples[extra]])
         idx = torch.cat([anchors.repeat_interleave(2), extra])
+        if extra.numel():
+            budget = dataclasses.replace(budget, queries=budget.queries + int(extra.numel()))
     else:
-        sel = selector.singles(ctx, cfg.select)
+        sel, budget = choose(ctx, selector, cfg.select, paired=False)
         idx = sel.indices
         chosen = samples[idx]
-    return sel, idx, chosen
+    return sel, idx, chosen, budget
