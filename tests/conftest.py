@@ -48,10 +48,11 @@ def fashion_model(fashion_data: tuple[Dataset, Dataset]) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def digits_fingerprint(digits_model: torch.nn.Module, digits_data: tuple[Dataset, Dataset]):  # type: ignore[no-untyped-def]
-    """A small fingerprint of the digits MLP (bag 60, 40 steps, 8 samples, refinement on)."""
+    """A small fingerprint of the digits MLP (bag 60, 40 steps, exactly 8 samples, refinement on)."""
     from veriprint.fingerprint import FingerprintConfig, make_fingerprint
     from veriprint.generate import GenerationConfig
 
-    cfg = FingerprintConfig(bag=60, select=8, generation=GenerationConfig(steps=40, eps=2 / 16, lr=1e-2))
+    cfg = FingerprintConfig(bag=60, select=8, cover_classes=False,
+                            generation=GenerationConfig(steps=40, eps=2 / 16, lr=1e-2))
     fp, _, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False, source="veriprint.zoo:digits_mlp")
     return fp

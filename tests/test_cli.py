@@ -58,7 +58,12 @@ def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: tor
                  "--spec", "top1", "--decoys", "8", "--decoy-data", "digits", "--report", "d.json", cwd=tmp_path)
     assert mixed.returncode == 0, mixed.stdout + mixed.stderr
     mixed_report = json.loads((tmp_path / "d.json").read_text())
-    assert mixed_report["decoys"] == 8 and mixed_report["queries"] == 8
+    from veriprint.fingerprint import Fingerprint
+
+    made = Fingerprint.load(tmp_path / "fp.vpf")
+    # the default budget: 8 queries, more until every one of the 10 classes labels a query (the bag allowing)
+    assert len(made) == made.meta["budget"]["queries"] >= 8
+    assert mixed_report["decoys"] == 8 and mixed_report["queries"] == len(made)
 
     bad = _cli("verify", "fp.vpf", "--target", "veriprint.zoo:digits_mlp", "--weights", str(bad_weights),
                "--spec", "probs", cwd=tmp_path)

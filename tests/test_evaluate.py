@@ -111,6 +111,14 @@ def test_plan_round_trip_json_and_toml(tmp_path: Path) -> None:
     assert tiny.pool == 20 and tiny.specs == ("top1", "probs:2") and tiny.attacks[0].params == {"layer": "7.weight"}
 
 
+def test_plan_coverage_models_must_be_plan_models() -> None:
+    with pytest.raises(ValueError, match="coverage_models"):
+        Plan.from_dict({**quick_plan().to_dict(), "coverage_models": ["nope"]})
+    with pytest.raises(ValueError, match="coverage_draws"):
+        Plan.from_dict({**quick_plan().to_dict(), "coverage_draws": 0})
+    assert Plan.from_dict(quick_plan().to_dict()).coverage_models == ("fashion-cnn",)
+
+
 def test_plan_validation_errors() -> None:
     m = ModelSpec("d", "veriprint.zoo:digits_mlp", "digits")
     with pytest.raises(ValueError, match=r"Plan\.bag"):
@@ -241,6 +249,26 @@ def _check_quick_rows(plan: Plan, rows: list[dict[str, object]]) -> None:
         assert pairs["rate"] > by[(group, "paper+refine")]["rate"], group
         i = pairs["ns"].index(8)
         assert pairs["miss_manc"][i] < by[(group, "paper")]["miss_manc"][i], group
+    _check_coverage(rows)
+
+
+def _check_coverage(rows: list[dict[str, object]]) -> None:
+    """The CNN's coverage of visible ±5% single-parameter edits (real edits, 8 entries of
+    every tensor). Measured on this plan: veriprint's 8 queries 82% (mean over 200 bags),
+    16 queries 87%, the pool's ceiling 93%; refinement alone (single samples, MANC) 66% at
+    8; the paper's method 5%. The thresholds leave about 10 points of margin and still fail
+    if the default fell to what refinement alone achieves."""
+    cov = [r for r in rows if r["kind"] == "coverage"]
+    assert len(cov) == 1 and cov[0]["model"] == "fashion-cnn" and cov[0]["edits"] > 0
+    methods = cov[0]["methods"]
+    assert isinstance(methods, dict)
+    vp, refine, paper = (methods[m]["coverage"]["0.05"] for m in ("veriprint", "paper+refine", "paper"))
+    assert 0.3 < cov[0]["visible"]["0.05"] < 1.0  # type: ignore[index]  # the visible share is neither all nor none
+    assert vp["8"] >= 0.72, vp
+    assert vp["16"] >= vp["8"] and vp["16"] >= 0.78, vp
+    assert vp["8"] >= refine["8"] + 0.08, (vp, refine)
+    assert paper["8"] <= 0.25, paper
+    assert methods["veriprint"]["ceiling"]["0.05"] >= 0.85, methods["veriprint"]["ceiling"]
 
 
 @pytest.mark.slow
@@ -263,5 +291,6 @@ def test_quick_plan_end_to_end(tmp_path: Path) -> None:
     report = write_outputs(plan, rows, tmp_path, command="test", seconds=result.seconds, workers="test")
     text = report.read_text()
     assert "Table 3" in text and "False positives" in text and (tmp_path / "figure5.png").stat().st_size > 1000
+    assert "Coverage of single-parameter edits" in text
     again = run_plan(plan, tmp_path, workers=1, progress=False)
     assert again.computed == 0 and len(again.rows) == len(rows)

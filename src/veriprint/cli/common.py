@@ -43,9 +43,14 @@ GENERATION_HELP = {
 FINGERPRINT_HELP = {
     "bag": "natural seeds to generate from",
     "seeds": "boundary: the smallest margins, balanced over classes (with refinement); random: as the paper",
-    "select": "samples in the fingerprint (N_S)",
+    "select": "the query budget: samples the fingerprint keeps, pairs counting two (N_S; --select is the same)",
     "selector": "reach: samples whose labels reveal the smallest change of every parameter tensor; "
                 "manc: the paper's; random; tamper-aware: covers simulated small changes",
+    "coverage": "add queries (greedily by reach, at least --queries) until this predicted share of +-5%% "
+                "single-parameter changes is revealed, e.g. 0.95; the cap or the bag's ceiling may stop it first",
+    "max_queries": "most queries --coverage and --cover-classes may grow the fingerprint to",
+    "cover_classes": "for models with up to 16 classes, add pairs until every class labels a query "
+                     "(a top-1 query reveals a decrease of its own label's logit only)",
     "neurons": "MANC's neurons of interest",
     "threshold": "MANC's activation threshold",
     "refine": "refine samples to just above the noise floor (helps label-only APIs)",
@@ -89,7 +94,7 @@ def add_fingerprint_arguments(p: argparse.ArgumentParser) -> list[str]:
 
     group = p.add_argument_group("fingerprint")
     return add_dataclass_arguments(group, FingerprintConfig, help=FINGERPRINT_HELP,
-                                   aliases={"calibrate_onnx": ("--onnx-noise",)})
+                                   aliases={"calibrate_onnx": ("--onnx-noise",), "select": ("--queries",)})
 
 
 def _file_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -127,6 +132,12 @@ def fingerprint_config(args: argparse.Namespace):  # type: ignore[no-untyped-def
     gen = settings.pop("generation", {})
     if not isinstance(gen, dict):
         raise ConfigError(f"--config: expected [generation] to be a table, got {type(gen).__name__}")
+    if "queries" in settings:  # the user-facing name of ``select``
+        queries = settings.pop("queries")
+        if "select" in settings and settings["select"] != queries:
+            raise ConfigError(f"--config: queries ({queries!r}) and select ({settings['select']!r}) name the same "
+                              "setting; give one")
+        settings["select"] = queries
     values = {**settings, **set_values(args, list(FINGERPRINT_HELP))}
     values["generation"] = _generation_from(gen, args)
     return from_mapping(FingerprintConfig, values)

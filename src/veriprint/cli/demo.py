@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {factory} with {weights}: test accuracy {acc:.1%}")
     if regenerate:
         bag, steps, select = (getattr(args, k) if getattr(args, k) is not None else v for k, v in DEFAULTS.items())
-        print(f"[2/4] fingerprint, made on this machine: {bag} seeds, {steps} steps, {select} queries "
-              "(refined to the decision boundary, in pairs across it)")
+        print(f"[2/4] fingerprint, made on this machine: {bag} seeds, {steps} steps, {select} queries or more "
+              "until every class labels one (refined to the decision boundary, in pairs across it)")
         cfg = FingerprintConfig(bag=bag, select=select, generation=GenerationConfig(steps=steps))
         fp, gen, _ = make_fingerprint(model, test, cfg, progress=not args.quiet, source=factory)
         fp = fp.save(args.out)

@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     plan = fp.meta.get("plan")
     if plan:
-        budget = "no time budget" if plan["budget_s"] is None else f"time budget {plan['budget_s']:.0f} s"
+        limit = "no time budget" if plan["budget_s"] is None else f"time budget {plan['budget_s']:.0f} s"
         trimmed = ("trimmed " + ", ".join(plan["trimmed"])) if plan["trimmed"] else "nothing trimmed"
         spent = sum(v["seconds"] for v in fp.meta.get("stages", {}).values())
-        print(f"{budget}: predicted {plan['total_s']:.0f} s, took {spent:.0f} s; {trimmed}; "
+        print(f"{limit}: predicted {plan['total_s']:.0f} s, took {spent:.0f} s; {trimmed}; "
               f"batch {plan['batch']}" + (" (still over budget: the smallest plan allowed)" if plan["over"] else ""))
 
     costs = format_costs(fp.meta.get("stages", {}))
@@ -67,4 +67,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"reach (first order): a {reach['deltas'][0]:.0%} change of one parameter flips a query for "
               f"{reach['all'][0]:.0%} of parameters (mean over {len(share)} tensors; least: "
               f"{reach['tensors'][low]} {share[low]:.0%}); veriprint inspect lists every tensor")
+    budget = fp.meta.get("budget")
+    if isinstance(budget, dict):
+        from veriprint.selectors.budget import Budget
+
+        print(f"query budget: {Budget.from_dict(budget).summary()}")
     return 0

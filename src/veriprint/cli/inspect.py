@@ -49,19 +49,43 @@ def run(args: argparse.Namespace) -> int:
     for i in range(len(fp)):
         print(f"{i:>3} {int(labels[i]):>5} {fp.margin[i].item():>10.3g} {fp.log_s[i].item():>9.3f} "
               f"{fp.psnr[i].item():>8.2f} {linf[i].item():>7.4f}")
+    budget = m.get("budget")
+    if isinstance(budget, dict):
+        from veriprint.selectors.budget import Budget
+
+        print(f"budget: {Budget.from_dict(budget).summary()}")
+    labels_seen = sorted(set(labels.tolist()))
+    blind = [c for c in range(int(m["num_classes"])) if c not in labels_seen]
+    print(f"classes: {len(labels_seen)} of {m['num_classes']} label a query; "
+          + (f"blind to a decrease of their logit (no query labelled): {_ranges(blind)}" if blind
+             else "every class shows a decrease of its logit"))
     reach = m.get("reach")
     if reach:
-        print("reach (first order): share of each tensor's parameters whose change by +-delta "
-              "(random sign) flips at least one query")
+        print("reach (first order): predicted coverage, the share of each tensor's parameters whose change by "
+              "+-delta (random sign) flips at least one query")
         width = max(len(n) for n in reach["tensors"])
         print(f"{'tensor':<{width}} {'entries':>9} " + " ".join(f"{'+-' + format(d, '.0%'):>7}" for d in reach["deltas"]))
         for i, (n, size) in enumerate(zip(reach["tensors"], reach["sizes"], strict=True)):
             print(f"{n:<{width}} {size:>9} " + " ".join(f"{sh[i]:>7.1%}" for sh in reach["share"]))
         print(f"{'mean':<{width}} {'':>9} " + " ".join(f"{a:>7.1%}" for a in reach["all"]))
+        unseen = [n for i, n in enumerate(reach["tensors"]) if reach["share"][0][i] == 0]
+        if unseen:
+            print(f"tensors no +-{reach['deltas'][0]:.0%} change of one entry shows in: {', '.join(unseen)}")
     if args.png:
         out = write_pngs(fp, Path(args.png))
         print(f"images: {out}")
     return 0
+
+
+def _ranges(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    out: list[str] = []
+    for v in values:
+        if out and int(out[-1].split("-")[-1]) == v - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{v}"
+        else:
+            out.append(str(v))
+    return ", ".join(out)
 
 
 def write_pngs(fp, directory: Path) -> Path:  # type: ignore[no-untyped-def]

@@ -208,6 +208,9 @@ class Plan:
         variants: intact deployments checked for false positives.
         seed: seed of every draw (bags, seeds of generation).
         threads: torch threads per task.
+        coverage_models: models whose coverage of real single-parameter edits is measured
+            (:mod:`veriprint.evaluate.coverage`; default none).
+        coverage_draws: entries edited per parameter tensor there (default 16).
     """
 
     name: str
@@ -225,9 +228,11 @@ class Plan:
     variants: tuple[str, ...] = VARIANTS
     seed: int = 0
     threads: int = 1
+    coverage_models: tuple[str, ...] = ()
+    coverage_draws: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("models", "attacks", "methods", "specs", "ns", "alphas", "variants"):
+        for name in ("models", "attacks", "methods", "specs", "ns", "alphas", "variants", "coverage_models"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -252,6 +257,8 @@ class Plan:
             ("n_max", self.n_max >= max(self.ns) and self.n_max <= self.bag, self.n_max),
             ("variants", set(self.variants) <= set(VARIANTS), self.variants),
             ("threads", self.threads >= 1, self.threads),
+            ("coverage_models", set(self.coverage_models) <= set(model_names), self.coverage_models),
+            ("coverage_draws", self.coverage_draws >= 1, self.coverage_draws),
         ])
         for a in self.attacks:
             if a.model not in model_names:
@@ -277,7 +284,7 @@ class Plan:
         kw["models"] = tuple(ModelSpec(**m) for m in d.get("models", ()))
         kw["attacks"] = tuple(AttackSpec(**a) for a in d.get("attacks", ()))
         kw["methods"] = tuple(MethodSpec(**m) for m in d.get("methods", ()))
-        for key in ("specs", "ns", "alphas", "variants"):
+        for key in ("specs", "ns", "alphas", "variants", "coverage_models"):
             if key in kw:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
@@ -335,7 +342,8 @@ def quick_plan() -> Plan:
     MLP; trojan, both poisonings, quantization and one-weight edits, two instances each;
     a float16 cast and a 5% first-layer weight edit of the CNN;
     the paper's method, natural samples, refinement and veriprint's default (twin pairs
-    chosen by reach); pools of 200, bags of 100.
+    chosen by reach); pools of 200, bags of 100; the CNN's coverage of real ±5% and ±1%
+    single-parameter edits (8 entries of every tensor).
     About 5 minutes on two shared cores."""
     fashion = ModelSpec("fashion-cnn", "veriprint.zoo:fashion_cnn", "fashion-mnist",
                         train_limit=3000, test_limit=500, epochs=1)
@@ -350,6 +358,7 @@ def quick_plan() -> Plan:
     return Plan(
         name="quick", models=(fashion, digits), attacks=tuple(attacks),
         methods=(NATURAL, PAPER, PAPER_REFINE, VERIPRINT), pool=200, natural_pool=None, bag=100, bags=200, n_max=16,
+        coverage_models=(fashion.name,), coverage_draws=8,
     )
 
 

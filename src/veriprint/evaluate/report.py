@@ -89,6 +89,11 @@ def render_report(plan: Plan, rows: Sequence[dict[str, Any]], *, command: str, s
                           "after the attacker fine-tunes on its own Sensitive-Samples. The paper (error-generic): "
                           f"before {T.PAPER_TABLE6['before']}, after {T.PAPER_TABLE6['after']}.",
                           T.table6(rows, spec)))
+    parts.append(_section("Coverage of single-parameter edits",
+                          "Real edits of entries of every tensor by ±5% and ±1%; an edit is visible when some natural "
+                          "test input's margin or logit moves by more than twice the noise floor; coverage = caught / "
+                          "visible by the first N queries of each bag's fingerprint (pairs count two), mean over bags "
+                          "(`veriprint.evaluate.coverage`).", T.table_coverage(rows)))
     parts.append(_section("False positives on intact deployments",
                           "Every pool sample verified against functionally identical deployments of the intact "
                           "model, under every spec: any mismatch is a false positive.",
@@ -120,7 +125,8 @@ def write_outputs(plan: Plan, rows: Sequence[dict[str, Any]], out: str | os.Path
     spec = plan.specs[0]
     csvs = {"table2_attacks": T.table2_attacks(rows), "table3": T.table3(rows, spec),
             "table4": T.table4(rows, plan.specs), "table5": T.table5(rows, plan.alphas, spec),
-            "table6": T.table6(rows, spec), "false_positives": T.table_false_positives(rows)}
+            "table6": T.table6(rows, spec), "false_positives": T.table_false_positives(rows),
+            "coverage": T.table_coverage(rows)}
     for name, (header, body) in csvs.items():
         (out_dir / f"{name}.csv").write_text(T.to_csv(header, body))
     figs = []

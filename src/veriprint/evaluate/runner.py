@@ -18,6 +18,7 @@ from typing import Any
 
 from veriprint.evaluate import cells
 from veriprint.evaluate.cache import ResultCache
+from veriprint.evaluate.coverage import coverage_cell, coverage_key
 from veriprint.evaluate.plan import Plan
 
 __all__ = ["RunResult", "plan_rows", "run_plan"]
@@ -75,6 +76,11 @@ def _jobs(plan: Plan, out: str | None) -> dict[str, _Job]:
             for spec in plan.specs:
                 dk = cells.detection_key(plan, ms, attack, method, spec)
                 jobs[dk] = _Job(dk, cells.detection_cell, (plan, ms, attack, method, spec), {}, (pk, ak))
+    for name in plan.coverage_models:
+        ms = plan.model(name)
+        ck = coverage_key(plan, ms)
+        jobs[ck] = _Job(ck, coverage_cell, (plan, ms), {},
+                        (cells.model_key(ms), *(cells.pool_key(plan, ms, m) for m in plan.methods)))
     return jobs
 
 

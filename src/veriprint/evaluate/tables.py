@@ -304,3 +304,20 @@ def table_false_positives(rows: Iterable[Row]) -> tuple[list[str], list[list[Any
                      str(bad) + (f" (INCONCLUSIVE: {', '.join(inconclusive)})" if inconclusive else ""),
                      "/".join(verdicts)])
     return header, body
+
+
+def table_coverage(rows: Iterable[Row]) -> tuple[list[str], list[list[Any]]]:
+    """Coverage of real single-parameter edits (:mod:`veriprint.evaluate.coverage`): per
+    model, method and edit size, the visible share, the coverage (caught / visible, mean
+    over bags) at each fingerprint size, and the pool's ceiling."""
+    header = ["model", "method", "edit", "visible", "queries: coverage (caught / visible)", "pool's ceiling"]
+    body = []
+    for r in rows:
+        if r.get("kind") != "coverage":
+            continue
+        for method, res in r["methods"].items():
+            for d, per in res["coverage"].items():
+                curve = ", ".join(f"{n}: {_pct(v, 1)}%" for n, v in per.items())
+                body.append([r["model"], method, f"±{float(d):.0%}", _pct(r["visible"][d], 1) + "%", curve,
+                             _pct(res["ceiling"][d], 1) + "%"])
+    return header, body

@@ -31,7 +31,9 @@ class FingerprintConfig:
             inputs with the smallest top-1 margins, the same number for each predicted class
             (refinement reaches the boundary from them, and every class gets boundaries);
             ``"random"``: uniformly, as the paper does.
-        select: samples kept in the fingerprint, ``N_S`` (default 8).
+        select: samples kept in the fingerprint, ``N_S``: the query budget, pairs counting
+            two (default 8; ``queries`` on the command line and in config files, where
+            ``select`` stays accepted).
         selector: ``"reach"`` (default): greedy cover of every parameter tensor by the
             first-order reach of the candidates (:func:`veriprint.select.reach_cover`: the
             smaller the change of a parameter that flips a chosen sample, the better);
@@ -39,6 +41,17 @@ class FingerprintConfig:
             boundary events first, :func:`veriprint.select.event_cover`); ``"random"``;
             or ``"tamper-aware"``: greedy cover of the label flips caused by simulated
             small weight changes (:func:`veriprint.select.simulate_flips`).
+        coverage: a target for the predicted share of ``±5%`` single-parameter changes
+            the queries reveal (first-order reach, mean over tensors,
+            :func:`veriprint.reach.reach_coverage`): queries are added greedily by reach,
+            ``select`` at least, until the target, ``max_queries`` or the bag's own
+            ceiling stops them (default None: exactly ``select``; needs ``selector="reach"``).
+        max_queries: most queries ``coverage`` and ``cover_classes`` may grow the
+            fingerprint to, pairs counting two (default 64; never fewer than ``select``).
+        cover_classes: for a model with at most 16 classes, add queries (by pairs, within
+            ``max_queries``) until every class is the top-1 label of some query: a top-1
+            query reveals a decrease of its own label's logit only, so a class no query is
+            labelled with is blind to it (default True).
         neurons: MANC's neurons of interest: ``"penultimate"`` (default) or ``"all"``.
         threshold: activation threshold for MANC (default 0).
         refine: move samples to just above the noise floor for label APIs (default True).
@@ -76,6 +89,9 @@ class FingerprintConfig:
     seeds: Literal["boundary", "random"] = "boundary"
     select: int = 8
     selector: Literal["reach", "manc", "random", "tamper-aware"] = "reach"
+    coverage: float | None = None
+    max_queries: int = 64
+    cover_classes: bool = True
     neurons: Literal["penultimate", "all"] = "penultimate"
     threshold: float = 0.0
     refine: bool = True
@@ -100,6 +116,8 @@ class FingerprintConfig:
             ("seeds", self.seeds in ("boundary", "random")),
             ("select", isinstance(self.select, int) and 1 <= self.select <= self.bag),
             ("selector", self.selector in SELECTOR_NAMES),
+            ("coverage", self.coverage is None or 0 < self.coverage <= 1),
+            ("max_queries", self.max_queries >= 1),
             ("neurons", self.neurons in ("penultimate", "all")),
             ("refine_factor", self.refine_factor >= 1),
             ("safety", self.safety >= 1),
@@ -117,6 +135,9 @@ class FingerprintConfig:
                 parse(getattr(self, name))
             except ConfigError as e:
                 raise ConfigError(f"invalid FingerprintConfig.{name}: {e}") from None
+        if self.coverage is not None and self.selector != "reach":
+            raise ConfigError(f"FingerprintConfig.coverage needs selector 'reach' (it predicts coverage by reach), "
+                              f"got selector {self.selector!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -136,5 +157,13 @@ class FingerprintConfig:
         d.setdefault("seeds", "random")
         d.setdefault("twins", False)
         d.setdefault("budget", "none")
+        d.setdefault("cover_classes", False)  # files before class coverage kept exactly ``select``
+        if "queries" in d:  # the user-facing name of ``select``
+            d = dict(d)
+            queries = d.pop("queries")
+            if "select" in d and d["select"] != queries:
+                raise ConfigError(f"FingerprintConfig: queries ({queries!r}) and select ({d['select']!r}) name the "
+                                  "same setting; give one")
+            d["select"] = queries
         d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
         return from_mapping(cls, d)

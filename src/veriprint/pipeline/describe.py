@@ -57,7 +57,8 @@ def base_meta(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, model_
 
 def describe(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, idx: torch.Tensor, chosen: torch.Tensor,
              selection: Selection, eligible: int, pairs: int, model_outputs: OutputKind = "logits",
-             source: str | None = None, started: float | None = None) -> Fingerprint:
+             source: str | None = None, started: float | None = None,
+             budget: dict[str, Any] | None = None) -> Fingerprint:
     """The fingerprint of ``chosen`` (samples whose seeds are candidates ``idx``).
 
     Args:
@@ -72,6 +73,8 @@ def describe(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, idx: to
         model_outputs: what the model returns.
         source: a description of the model.
         started: ``time.perf_counter()`` when the pipeline began (for ``meta["seconds"]``).
+        budget: how the number of queries was decided (``meta["budget"]``, see
+            :class:`veriprint.selectors.budget.Budget`).
     """
     gen = c.gen
     with torch.inference_mode():
@@ -96,6 +99,7 @@ def describe(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, idx: to
             "seeds": "boundary" if c.boundary else "random",
         },
         "reach": {} if reach is None else reach_meta(reach),
+        **({"budget": budget} if budget is not None else {}),
         "generation": {"steps_run": gen.steps_run, "seconds": round(gen.seconds, 3)},
         "labels": expected.argmax(1).tolist(),
         "seconds": round(time.perf_counter() - (started if started is not None else time.perf_counter()), 3),

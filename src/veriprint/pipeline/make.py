@@ -1,6 +1,6 @@
 """``make_fingerprint``: the owner-side pipeline, stage by stage.
 
-0. plan (:mod:`.budget`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+0. plan (:mod:`.plan`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
 5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`); 7. describe
 (:mod:`.describe`). Each stage is callable on its own.
@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import replace
@@ -29,6 +30,7 @@ from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.select import Selection, event_cover
 from veriprint.selectors import SelectionContext, Selector, get_selector
+from veriprint.selectors.budget import Budget, choose
 
 __all__ = ["make_fingerprint"]
 
@@ -134,19 +136,22 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
     selector = get_selector(name)
     samples = cands.samples
     with meter.stage("select"):
-        sel, idx, chosen = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
+        sel, idx, chosen, budget = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
+    if pairs:
+        pairs = len(sel.indices)
     with meter.stage("describe"):
         fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()),
-                      pairs=pairs, model_outputs=model_outputs, source=source, started=start)
+                      pairs=pairs, model_outputs=model_outputs, source=source, started=start,
+                      budget=budget.to_dict())
     return fp, cands.gen, sel
 
 
 def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, cands: Candidates,
             twins: Twins | None, ok: torch.Tensor, pairs: int,
-            samples: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor]:
+            samples: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor, Budget]:
     if pairs:
         assert twins is not None
-        sel = selector.pairs(ctx, pairs)
+        sel, budget = choose(ctx, selector, pairs, paired=True)
         anchors = sel.indices
         extra = torch.empty(0, dtype=torch.long)
         if cfg.select % 2:  # an odd size: one single sample after the pairs
@@ -156,8 +161,10 @@ def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, c
         chosen = torch.cat([torch.stack([samples[anchors], twins.samples[anchors]], dim=1).flatten(0, 1),
                             samples[extra]])
         idx = torch.cat([anchors.repeat_interleave(2), extra])
+        if extra.numel():
+            budget = dataclasses.replace(budget, queries=budget.queries + int(extra.numel()))
     else:
-        sel = selector.singles(ctx, cfg.select)
+        sel, budget = choose(ctx, selector, cfg.select, paired=False)
         idx = sel.indices
         chosen = samples[idx]
-    return sel, idx, chosen
+    return sel, idx, chosen, budget

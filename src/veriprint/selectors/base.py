@@ -48,7 +48,7 @@ class SelectionContext:
     cfg: FingerprintConfig
     model_outputs: OutputKind = "logits"
     progress: bool = False
-    _cache: dict[Any, torch.Tensor] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def paired(self) -> torch.Tensor:
@@ -62,7 +62,8 @@ class SelectionContext:
         if "units" not in self._cache:
             self._cache["units"] = activations(self.model, self.candidates.samples, layers=self.cfg.neurons,
                                                threshold=self.cfg.threshold, model_outputs=self.model_outputs)
-        return self._cache["units"]
+        units: torch.Tensor = self._cache["units"]
+        return units
 
     def events(self, both_sides: bool) -> torch.Tensor:
         """Boundary events per candidate (see :func:`veriprint.select.boundary_events`), computed once."""
@@ -71,7 +72,8 @@ class SelectionContext:
             with torch.inference_mode():
                 z = as_logits(self.model(self.candidates.samples), self.model_outputs)
                 self._cache[key] = boundary_events(z, both_sides=both_sides)
-        return self._cache[key]
+        events: torch.Tensor = self._cache[key]
+        return events
 
 
 class Selector:

@@ -4,6 +4,8 @@ A candidate reveals a relative change ``delta`` of parameter ``theta_k`` when
 ``|delta theta_k g_k|`` exceeds its margin (:mod:`veriprint.reach`); a pair reveals it when
 either member does. :func:`veriprint.select.reach_cover` picks the set that maximizes the
 share of each tensor revealed, every tensor weighing the same; ties go to the smaller margin.
+The reach matrix stays in the context (``"reach"``: bag indices, values, weights) for
+:mod:`veriprint.selectors.budget`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class ReachSelector(Selector):
         idx = ctx.eligible.nonzero().flatten()
         r = parameter_reach(ctx.model, c.samples[idx], model_outputs=ctx.model_outputs, seed=ctx.cfg.seed,
                             progress=ctx.progress)
-        return _in_bag(reach_cover(r.directed(), r.directed_weights, k, score=-c.gen.margin[idx]), idx)
+        values = r.directed()
+        ctx._cache["reach"] = (idx, values, r.directed_weights)
+        return _in_bag(reach_cover(values, r.directed_weights, k, score=-c.gen.margin[idx]), idx)
 
     def pairs(self, ctx: SelectionContext, k: int) -> Selection:
         assert ctx.twins is not None
@@ -38,4 +42,5 @@ class ReachSelector(Selector):
         ra = parameter_reach(ctx.model, c.samples[idx], **opts)  # type: ignore[arg-type]
         rb = parameter_reach(ctx.model, ctx.twins.samples[idx], **opts)  # type: ignore[arg-type]
         both = torch.maximum(ra.directed(), rb.directed())
+        ctx._cache["reach"] = (idx, both, ra.directed_weights)
         return _in_bag(reach_cover(both, ra.directed_weights, k, score=-c.gen.margin[idx]), idx)
