@@ -161,7 +161,7 @@ def test_natural_views_stay_on_the_grid_and_come_in_groups() -> None:
     assert names == ["original"] and torch.equal(flat, x.flatten(1))
 
 
-def test_a_small_data_set_gets_views_and_a_cut_bag(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_data_set_gets_views_and_a_cut_bag(caplog, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from veriprint.data import Dataset
     from veriprint.zoo import tiny_imagenet_cnn
 
@@ -175,6 +175,14 @@ def test_a_small_data_set_gets_views_and_a_cut_bag(caplog) -> None:  # type: ign
     assert len(gen) == 60 and fp.meta["config"]["bag"] == 60
     assert fp.meta["data"]["size"] == 6 and len(fp.meta["data"]["views"]) == 10
     assert "cut from 500 to 60" in caplog.text
+    from veriprint.cli.main import main
+
+    fp.save(tmp_path / "six.vpf")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "six.vpf")]) == 0
+    shown = capsys.readouterr().out
+    assert "plan: no time budget" in shown and "nothing trimmed" in shown
+    assert "seeds: 6 inputs with natural views (original, shift right 2px" in shown
     one = Dataset(x[:1], None, name="one")
     with pytest.raises(ConfigError, match=r"at least 16 natural inputs for 8 queries, got 1 \(10 with their views"):
         make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, budget="none"), progress=False)
