@@ -12,6 +12,7 @@ from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
 from veriprint.pipeline.plan import (
     BAG_FLOOR,
+    BAG_KEEP,
     STEPS_FLOOR,
     Probe,
     apply_plan,
@@ -93,19 +94,22 @@ def test_a_run_that_fits_is_unchanged() -> None:
     assert apply_plan(cfg, pl2) is cfg
 
 
-def test_trim_order_steps_then_pool_then_bag() -> None:
-    full = sum(predict(PROBE, bag=500, steps=1000, pool=10_000, boundary=True, refine=True, twins=True).values())
-    # A budget that only the steps need to give way for.
-    at_floor = sum(predict(PROBE, bag=500, steps=STEPS_FLOOR, pool=10_000, boundary=True, refine=True,
-                           twins=True).values())
-    pl = _plan(budget=(full + at_floor) / 2)
-    assert pl.bag == 500 and STEPS_FLOOR < pl.steps < 1000 and pl.pool == 10_000  # type: ignore[attr-defined]
+def test_trim_order_bag_then_steps_then_pool_then_bag() -> None:
+    def total(bag: int, steps: int, pool: int = 10_000) -> float:
+        return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, boundary=True, refine=True, twins=True).values())
+
+    # A budget that only the bag needs to give way for.
+    pl = _plan(budget=(total(500, 1000) + total(BAG_KEEP, 1000)) / 2)
+    assert BAG_KEEP < pl.bag < 500 and pl.steps == 1000 and pl.pool == 10_000  # type: ignore[attr-defined]
+    # Tighter: the bag at BAG_KEEP, then the steps.
+    pl = _plan(budget=(total(BAG_KEEP, 1000) + total(BAG_KEEP, STEPS_FLOOR)) / 2)
+    assert pl.bag == BAG_KEEP and STEPS_FLOOR < pl.steps < 1000 and pl.pool == 10_000  # type: ignore[attr-defined]
     assert pl.total_s <= pl.budget_s  # type: ignore[attr-defined]
-    # Tighter: steps at the floor, then the pool, then the bag.
-    pl = _plan(budget=at_floor * 0.5)
-    assert pl.steps == STEPS_FLOOR and pl.bag < 500 and pl.pool < 10_000  # type: ignore[attr-defined]
-    assert pl.bag >= BAG_FLOOR and pl.pool >= pl.bag and not pl.over  # type: ignore[attr-defined]
-    assert [t.split()[0] for t in pl.trimmed] == ["steps", "pool", "bag"]  # type: ignore[attr-defined]
+    # Tighter still: the pool, then the bag below BAG_KEEP.
+    pl = _plan(budget=total(BAG_KEEP, STEPS_FLOOR) * 0.5)
+    assert pl.steps == STEPS_FLOOR and BAG_FLOOR <= pl.bag < BAG_KEEP and pl.pool < 10_000  # type: ignore[attr-defined]
+    assert pl.pool >= pl.bag and not pl.over  # type: ignore[attr-defined]
+    assert [t.split()[0] for t in pl.trimmed] == ["bag", "steps", "pool"]  # type: ignore[attr-defined]
     assert pl.total_s <= pl.budget_s  # type: ignore[attr-defined]
 
 
