@@ -197,6 +197,8 @@ def render(results: list[dict[str, Any]], command: str) -> str:
         sample = f", {r['tensor_sample']} tensors drawn" if r.get("tensor_sample") else ""
         out += [f"## {r['model']} ({r['parameters']:,} parameters, {r['tensors']} tensors; "
                 f"{r['draws']} entries per tensor{sample}; {r['threads']} threads)", "",
+                *([f"Measured by `{r['command']}`, on a 2-core machine shared with other jobs (seconds "
+                   "compare only roughly).", ""] if r.get("command") else []),
                 "| configuration | seconds | generate s | refine + twins s | predicted ±5% | predicted ±1% "
                 "| measured ±5% | structural |", "|---|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
@@ -218,13 +220,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in results:
+    for i, r in enumerate(results):
         rows = [row for row in r["rows"] if row["config"].startswith("steps ") and "," not in row["config"]]
         s = [max(row["steps"], 1) for row in rows]
-        axes[0].plot(s, [row["measured_5pct"] for row in rows], "o-", label=f"{r['model']} measured")
-        axes[0].plot(s, [row["predicted"].get("0.05", float("nan")) for row in rows], "x--",
+        c = f"C{i}"
+        axes[0].plot(s, [row["measured_5pct"] for row in rows], "o-", color=c, label=f"{r['model']} measured")
+        axes[0].plot(s, [row["predicted"].get("0.05", float("nan")) for row in rows], "x--", color=c,
                      label=f"{r['model']} predicted")
-        axes[1].plot(s, [row["seconds"] for row in rows], "o-", label=r["model"])
+        axes[1].plot(s, [row["seconds"] for row in rows], "o-", color=c, label=r["model"])
     axes[0].set(xscale="log", xlabel="ascent steps (0 shown at 1)", ylabel="share of ±5% edits caught",
                 title="detection against ascent steps")
     axes[1].set(xscale="log", yscale="log", xlabel="ascent steps (0 shown at 1)", ylabel="seconds",
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = [run_model(m, args.bag, sorted(args.steps), args.draws, args.tensors, args.default,
                              args.only_default) for m in args.models]
+        for r in results:
+            r["command"] = "python -m benchmarks.stages " + " ".join(sys.argv[1:] if argv is None else argv)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     command = "python -m benchmarks.stages " + " ".join(sys.argv[1:] if argv is None else argv)
