@@ -22,6 +22,7 @@ from torch import nn
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.numerics import top2_margin as _margins
+from veriprint.profiles import DeviceProfile, served
 
 __all__ = ["MAX_LOGIT_NOISE", "MAX_SAFETY", "NoiseFloor", "as_logits", "calibrate_noise"]
 
@@ -166,12 +167,20 @@ def calibrate_noise(
     declared: float = 0.0,
     declared_prob: float = 0.0,
     min_floor: float = 1e-4,
+    profile: DeviceProfile | None = None,
 ) -> NoiseFloor:
     """Measure how much the intact model's outputs move on ``x`` across execution variants.
 
     The reference is one forward pass over the whole batch. Variants: other batch sizes
     (batch 1 on the first ``max_single`` samples), a single thread, a float64 copy of the
     model (the exact value the float32 runs scatter around), and optionally onnxruntime.
+
+    With a non-default ``profile`` (:mod:`veriprint.profiles`) every run goes through the
+    model as that deployment serves it, and the reference is rounded to float32 as the
+    fingerprint stores it. The variants are then the batch sizes, one thread (on the
+    CPU) and, on CUDA, ``cudnn.benchmark``; float64 and onnxruntime are left out: they
+    measure how far the profile's numerics sit from float32, which the expected outputs
+    made under the profile already carry, not how much the deployment itself moves.
 
     Args:
         model: the classifier.
@@ -186,17 +195,31 @@ def calibrate_noise(
         declared: logit tolerance declared for noisier deployments (default 0).
         declared_prob: probability tolerance declared likewise (default 0).
         min_floor: smallest margin floor in logits (default 1e-4).
+        profile: the deployment's device and precision (default: float32 on the CPU).
     """
     if safety < 1:
         raise ValueError(f"expected safety >= 1, got {safety}")
     if declared < 0 or declared_prob < 0:
         raise ValueError(f"expected declared tolerances >= 0, got {declared}, {declared_prob}")
     x = x.detach().float()
-    ref = as_logits(_run(model, x, max(len(x), 1)), model_outputs)
+    profiled = profile is not None and not profile.is_default
+    if profiled:
+        assert profile is not None
+        model = served(model, profile)
+        float64 = onnx = False
+    ref = as_logits(_run(model, x, max(len(x), 1)).float(), model_outputs)  # as stored
     runs: list[tuple[str, torch.Tensor, slice]] = []
     for b in batch_sizes:
         part = slice(0, min(len(x), max_single)) if b == 1 else slice(0, len(x))
         runs.append((f"batch={b}", as_logits(_run(model, x[part], b), model_outputs), part))
+    if profiled and profile is not None and profile.device.startswith("cuda"):
+        threads = False  # torch's CPU threads do not touch a GPU's kernels
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            runs.append(("cudnn.benchmark", as_logits(_run(model, x, 64), model_outputs), slice(0, len(x))))
+        finally:
+            torch.backends.cudnn.benchmark = before
     if threads and torch.get_num_threads() > 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)

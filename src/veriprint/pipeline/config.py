@@ -13,6 +13,7 @@ from typing import Any, Literal
 from veriprint.configs import check_version, from_mapping
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationConfig
+from veriprint.profiles import DeviceProfile, Precision
 
 __all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
 
@@ -52,6 +53,13 @@ class FingerprintConfig:
         prob_tolerance: extra probability noise declared likewise, default 0.
         calibrate_onnx: include onnxruntime in the noise calibration (default False).
         seed: seed for drawing the bag and for random selection (default 0).
+        device: where the deployment runs the model, ``"cpu"`` (default), ``"cuda"`` or
+            ``"cuda:N"``: expected outputs and the noise floor are computed there
+            (:mod:`veriprint.profiles`); a CUDA device is refused where none is present.
+        precision: the deployment's numerics, ``"fp32"`` (default), ``"tf32"`` (CUDA),
+            ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
+            ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
+            float32 either way; what the profile changes is what the file expects.
         generation: the :class:`GenerationConfig`.
         version: config schema version.
     """
@@ -71,6 +79,8 @@ class FingerprintConfig:
     prob_tolerance: float = 0.0
     calibrate_onnx: bool = False
     seed: int = 0
+    device: str = "cpu"
+    precision: Precision = "fp32"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     version: int = 1
 
@@ -90,6 +100,15 @@ class FingerprintConfig:
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid FingerprintConfig.{name}: got {getattr(self, name)!r}")
+        try:
+            self.profile  # noqa: B018 (checks device and precision together)
+        except ConfigError as e:
+            raise ConfigError(f"invalid FingerprintConfig device/precision: {e}") from e
+
+    @property
+    def profile(self) -> DeviceProfile:
+        """The deployment's device and precision (:class:`~veriprint.profiles.DeviceProfile`)."""
+        return DeviceProfile(self.device, self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
