@@ -76,6 +76,22 @@ class DeviceProfile:
         return self.device == "cpu" and self.precision == "fp32"
 
     @property
+    def resolution(self) -> float:
+        """Relative spacing of the logits this deployment answers with (machine epsilon).
+
+        float32 (also for ``fp64``: the fingerprint stores float32), 2**-10 for TF32 (its
+        mantissa), and the epsilon of float16 / bfloat16 for the half precisions, with or
+        without autocast (an autocast linear layer answers in the reduced dtype). Another
+        kernel rounding the last bit the other way moves a logit by this much times its
+        magnitude, which no measurement on one machine can show.
+        """
+        if self.precision == "tf32":
+            return 2.0**-10
+        dtype = {"fp16": torch.float16, "autocast-fp16": torch.float16, "bf16": torch.bfloat16,
+                 "autocast-bf16": torch.bfloat16}.get(self.precision, torch.float32)
+        return float(torch.finfo(dtype).eps)
+
+    @property
     def name(self) -> str:
         return f"{self.device}/{self.precision}"
 

@@ -59,6 +59,7 @@ FINGERPRINT_HELP = {
     "seed": "seed for drawing the bag and for random selection",
     "device": "device the deployment runs on (cpu, cuda, cuda:N): expected outputs and floor computed there",
     "precision": "the deployment's numerics: expected outputs and floor computed under them",
+    "floor": "fixed: never below --min-floor; measured: safety x measured noise, down to 2 units of resolution",
 }
 
 

@@ -60,6 +60,10 @@ class FingerprintConfig:
             ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
             ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
             float32 either way; what the profile changes is what the file expects.
+        floor: how the smallest margin floor is set: ``"fixed"`` (default): ``min_floor``;
+            ``"measured"``: the floor follows ``safety`` times the measured noise, down to
+            two units of the deployment's resolution (:func:`veriprint.noise.resolution_guard`;
+            about 5e-6 in float32), and ``min_floor`` is not used.
         generation: the :class:`GenerationConfig`.
         version: config schema version.
     """
@@ -81,6 +85,7 @@ class FingerprintConfig:
     seed: int = 0
     device: str = "cpu"
     precision: Precision = "fp32"
+    floor: Literal["fixed", "measured"] = "fixed"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     version: int = 1
 
@@ -96,6 +101,7 @@ class FingerprintConfig:
             ("min_floor", self.min_floor > 0),
             ("tolerance", self.tolerance >= 0),
             ("prob_tolerance", self.prob_tolerance >= 0),
+            ("floor", self.floor in ("fixed", "measured")),
         ]
         for name, ok in checks:
             if not ok:
