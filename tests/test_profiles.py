@@ -119,3 +119,51 @@ def test_cli_takes_device_and_precision_and_inspect_shows_them(
         capsys.readouterr()
         assert main([*common, "--out", str(tmp_path / "g.vpf"), "--device", "cuda"]) == 2
         assert "expected a CUDA device for --device cuda" in capsys.readouterr().err
+
+
+# --- measured floors --------------------------------------------------------------------------
+
+
+def test_resolution_guard_is_two_units_in_the_last_place_of_the_largest_logit() -> None:
+    from veriprint.noise import resolution_guard
+
+    z = torch.tensor([[10.0, -3.0], [1.0, 2.0]])
+    assert resolution_guard(z) == 2 * 2.0**-23 * 8  # float32: |z| in [8, 16) is spaced 2**-20
+    assert resolution_guard(z, DeviceProfile("cpu", "bf16")) == 2 * 2.0**-7 * 8
+    assert resolution_guard(z, DeviceProfile("cpu", "autocast-fp16")) == 2 * 2.0**-10 * 8
+    assert resolution_guard(z, DeviceProfile("cpu", "fp64")) == resolution_guard(z)  # stored as float32
+    assert resolution_guard(torch.zeros(2, 3)) == 1e-12
+
+
+def test_measured_floor_follows_the_noise_and_fixed_keeps_min_floor(digits_model: torch.nn.Module) -> None:
+    from veriprint.noise import resolution_guard
+
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    fixed = calibrate_noise(digits_model, x)
+    measured = calibrate_noise(digits_model, x, floor="measured")
+    assert fixed.min_floor == 1e-4 and fixed.floor == 1e-4  # float32 noise here is ~1e-6
+    with torch.inference_mode():
+        guard = resolution_guard(digits_model(x))
+    assert measured.min_floor == guard
+    assert measured.margin == fixed.margin
+    assert measured.floor == max(10 * measured.margin, guard) < 1e-4
+    with pytest.raises(ConfigError, match="expected floor one of fixed, measured, got 'lowest'"):
+        calibrate_noise(digits_model, x, floor="lowest")
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.floor"):
+        FingerprintConfig(floor="lowest")  # type: ignore[arg-type]
+
+
+def test_measured_floor_fingerprint_verifies_on_cpu_deployments(digits_model: torch.nn.Module,
+                                                                digits_data: tuple[Dataset, Dataset]) -> None:
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(floor="measured"), progress=False)
+    assert fp.noise.floor < 1e-4 and fp.meta["config"]["floor"] == "measured"
+    from veriprint.targets import TorchTarget
+
+    for mb in (1, 3, None):
+        for threads in (1, 2):
+            rep = verify(fp, TorchTarget(digits_model, threads=threads), spec="logits", max_batch=mb)
+            assert rep.verdict == "INTACT", rep.reason
+    bad = __import__("copy").deepcopy(digits_model)
+    with torch.no_grad():
+        bad[-1].bias.add_(1e-3)
+    assert verify(fp, bad, spec="logits").verdict == "TAMPERED"
