@@ -7,9 +7,10 @@
 Each model (the zoo's small ones) is fingerprinted on this CPU, in float32 on one thread,
 as these kinds:
 
-- **default**: the default ``FingerprintConfig`` (fixed minimum floor 1e-4);
-- **measured floor**: ``floor="measured"``: safety times the measured noise, down to two
-  units of float32 resolution instead of 1e-4;
+- **fixed floor**: ``floor="fixed"``: never below ``min_floor`` = 1e-4 (the default
+  before measured floors);
+- **measured floor**: ``floor="measured"`` (the default): safety times the measured
+  noise, down to two units of float32 resolution instead of 1e-4;
 - **profile**: made with the deployment's own ``--precision`` (only where it differs
   from float32: ``fp64``, ``bf16``, ``autocast-bf16``; elsewhere it is the default);
 - **enrolled**: a pool of ``--pool`` samples enrolled against that deployment
@@ -65,7 +66,9 @@ from veriprint.targets import CallableTarget, QueryBatch, Target, TorchTarget, o
 from veriprint.verify import verify  # noqa: E402
 
 SPECS = ("top1", "logits")
-KINDS = ("default", "measured floor", "profile", "enrolled", "declared")
+KINDS = ("fixed floor", "measured floor", "profile", "enrolled", "declared")
+#: Kind names of reports written before the measured floor became the default.
+LEGACY_KINDS = {"default": "fixed floor"}
 
 
 def log(msg: str) -> None:
@@ -285,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="PNG of false alarms and detection")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSON",
+                    help="only write --out and --plot again from the --json of an earlier run")
     args = ap.parse_args(argv)
+    if args.render:
+        return rerender(args)
     torch.set_num_threads(1)
     checks = args.checks or (100 if args.quick else 1000)
     bag = args.bag or (40 if args.quick else 120)
@@ -304,7 +311,34 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
     if args.json:
         args.json.write_text(json.dumps({"rows": [_row_dict(r) for r in rows], "models": models_info,
-                                         "seconds": total}, indent=1))
+                                         "seconds": total, "command": " ".join(sys.argv[1:]),
+                                         "args": {"pool": args.pool, "tolerance": args.tolerance, "bag": bag,
+                                                  "steps": steps}}, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """The report and plot of an earlier run, from its JSON (kind names brought up to date)."""
+    raw = json.loads(args.render.read_text())
+    rows = []
+    for d in raw["rows"]:
+        tally = {s: Tally(**t) for s, t in d.pop("tally").items()}
+        d["kind"] = LEGACY_KINDS.get(d["kind"], d["kind"])
+        rows.append(Row(**d, tally=tally))
+    for m in raw["models"]:
+        m["floors"] = {LEGACY_KINDS.get(k, k): v for k, v in m["floors"].items()}
+    meta = raw.get("args", {})
+    ns = argparse.Namespace(pool=meta.get("pool", args.pool), tolerance=meta.get("tolerance", args.tolerance))
+    checks = max((sum(vars(t).values()) for r in rows for t in r.tally.values()), default=0)
+    first = raw.get("command", "--json " + str(args.render))
+    text = render(rows, raw["models"], ns, meta.get("bag", 120), meta.get("steps", 100), checks, raw["seconds"],
+                  command=f"{first}` (re-rendered by `python -m benchmarks.deployments {' '.join(sys.argv[1:])}")
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
     if args.plot:
         plot(rows, args.plot)
     return 0
@@ -327,7 +361,7 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
         cfg = FingerprintConfig(**{**base, **kw})  # type: ignore[arg-type]
         return make_fingerprint(model, z.test, cfg, progress=False)[0]
 
-    fps = {"default": make(), "measured floor": make(floor="measured")}
+    fps = {"fixed floor": make(floor="fixed"), "measured floor": make(floor="measured")}
     refused: dict[str, str] = {}
     try:  # a declared tolerance raises the floor: fewer samples clear it, so a larger bag
         fps["declared"] = make(tolerance=args.tolerance, bag=4 * bag)
@@ -362,7 +396,7 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
             if d.make is None:
                 if server is None:
                     continue
-                tgt: Target = open_target(server.url(z.name), classes=int(fps["default"].expected.shape[1]))
+                tgt: Target = open_target(server.url(z.name), classes=int(fps["fixed floor"].expected.shape[1]))
             else:
                 tgt = d.make(model)
             kinds: dict[str, Fingerprint] = dict(fps)
@@ -440,8 +474,8 @@ def _cell(t: Tally | None, checks: int) -> str:
 
 
 def render(rows: list[Row], models_info: list[dict[str, Any]], args: argparse.Namespace, bag: int, steps: int,
-           checks: int, total: float) -> str:
-    cmd = "python -m benchmarks.deployments " + " ".join(sys.argv[1:])
+           checks: int, total: float, command: str | None = None) -> str:
+    cmd = "python -m benchmarks.deployments " + (command if command is not None else " ".join(sys.argv[1:]))
     out = ["# False alarms and detection per CPU deployment (measured)", "",
            f"Generated by `{cmd.strip()}` in {total / 60:.1f} min on a shared CPU (torch {torch.__version__}, "
            "1 thread; timings taken under contention); do not edit by hand. "

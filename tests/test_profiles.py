@@ -64,7 +64,10 @@ def test_served_model_runs_in_the_profile_and_answers_on_the_cpu(digits_model: t
 @pytest.mark.parametrize("precision", ["fp64", "bf16", "autocast-bf16"])
 def test_profiled_fingerprint_expects_the_served_outputs_and_verifies_there(
         digits_model: torch.nn.Module, digits_data: tuple[Dataset, Dataset], precision: str) -> None:
-    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision=precision), progress=False)
+    # the fixed floor: the measured one of a half precision is its resolution, which may
+    # hold the float32 model's outputs too (see the measured-floor test below)
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision=precision, floor="fixed"),
+                                progress=False)
     deployment = served(digits_model, DeviceProfile("cpu", precision))
     with torch.inference_mode():
         want = deployment(fp.samples).float()
@@ -77,7 +80,7 @@ def test_profiled_fingerprint_expects_the_served_outputs_and_verifies_there(
         assert rep.verdict == "INTACT", (spec, rep.reason)
     if precision != "fp64":  # the float32 model is not what this deployment serves
         assert verify(fp, digits_model, spec="logits").verdict == "TAMPERED"
-        default, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(), progress=False)
+        default, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(floor="fixed"), progress=False)
         assert verify(default, deployment, spec="logits").verdict == "TAMPERED"
 
 
@@ -167,3 +170,15 @@ def test_measured_floor_fingerprint_verifies_on_cpu_deployments(digits_model: to
     with torch.no_grad():
         bad[-1].bias.add_(1e-3)
     assert verify(fp, bad, spec="logits").verdict == "TAMPERED"
+
+
+def test_measured_floor_of_a_half_precision_profile_is_its_resolution(digits_model: torch.nn.Module,
+                                                                      digits_data: tuple[Dataset, Dataset]) -> None:
+    from veriprint.noise import resolution_guard
+
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision="bf16"), progress=False)
+    deployment = served(digits_model, DeviceProfile("cpu", "bf16"))
+    with torch.inference_mode():
+        guard = resolution_guard(deployment(fp.samples), DeviceProfile("cpu", "bf16"))
+    assert fp.noise.min_floor >= guard > 1e-3  # bfloat16 logits are spaced ~1e-2 apart
+    assert verify(fp, deployment, spec="top1").verdict == "INTACT"

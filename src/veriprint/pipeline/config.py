@@ -47,7 +47,7 @@ class FingerprintConfig:
             (:func:`veriprint.refine.boundary_twins`): a change of the margin in either
             direction flips one of the pair (default True; ``select`` pairs' worth).
         safety: factor on the measured noise (default 10).
-        min_floor: smallest margin floor in logits (default 1e-4).
+        min_floor: smallest margin floor in logits with ``floor="fixed"`` (default 1e-4).
         tolerance: extra logit noise declared for the deployment (GPU, TF32, float16
             serving), default 0.
         prob_tolerance: extra probability noise declared likewise, default 0.
@@ -60,10 +60,12 @@ class FingerprintConfig:
             ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
             ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
             float32 either way; what the profile changes is what the file expects.
-        floor: how the smallest margin floor is set: ``"fixed"`` (default): ``min_floor``;
-            ``"measured"``: the floor follows ``safety`` times the measured noise, down to
-            two units of the deployment's resolution (:func:`veriprint.noise.resolution_guard`;
-            about 5e-6 in float32), and ``min_floor`` is not used.
+        floor: how the smallest margin floor is set: ``"measured"`` (default): the floor
+            follows ``safety`` times the measured noise, down to two units of the
+            deployment's resolution (:func:`veriprint.noise.resolution_guard`; a few 1e-6
+            in float32), and ``min_floor`` is not used; ``"fixed"``: never below
+            ``min_floor`` (what every fingerprint did before; ``docs/deployments.md``
+            has the measurement behind the change).
         generation: the :class:`GenerationConfig`.
         version: config schema version.
     """
@@ -85,7 +87,7 @@ class FingerprintConfig:
     seed: int = 0
     device: str = "cpu"
     precision: Precision = "fp32"
-    floor: Literal["fixed", "measured"] = "fixed"
+    floor: Literal["fixed", "measured"] = "measured"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     version: int = 1
 
@@ -126,11 +128,13 @@ class FingerprintConfig:
         """Read a config as stored in a fingerprint's metadata (or written by hand).
 
         Files written before ``seeds`` and ``twins`` existed drew seeds at random, without
-        twins; those keys default accordingly. A ``version`` newer than this veriprint's,
-        or a key it does not know, is refused with the key named.
+        twins; files written before ``floor`` had the fixed floor; those keys default
+        accordingly. A ``version`` newer than this veriprint's, or a key it does not know,
+        is refused with the key named.
         """
         d = check_version(cls, d)
         d.setdefault("seeds", "random")
         d.setdefault("twins", False)
+        d.setdefault("floor", "fixed")  # files written before measured floors had the fixed one
         d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
         return from_mapping(cls, d)
