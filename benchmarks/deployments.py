@@ -7,10 +7,9 @@
 Each model (the zoo's small ones) is fingerprinted on this CPU, in float32 on one thread,
 as these kinds:
 
-- **fixed floor**: ``floor="fixed"``: never below ``min_floor`` = 1e-4 (the default
-  before measured floors);
-- **measured floor**: ``floor="measured"`` (the default): safety times the measured
-  noise, down to two units of float32 resolution instead of 1e-4;
+- **fixed floor**: ``floor="fixed"``, the default: never below ``min_floor`` = 1e-4;
+- **measured floor**: ``floor="measured"``: safety times the measured noise, down to two
+  units of float32 resolution instead of 1e-4;
 - **profile**: made with the deployment's own ``--precision`` (only where it differs
   from float32: ``fp64``, ``bf16``, ``autocast-bf16``; elsewhere it is the default);
 - **enrolled**: a pool of ``--pool`` samples enrolled against that deployment
@@ -67,7 +66,7 @@ from veriprint.verify import verify  # noqa: E402
 
 SPECS = ("top1", "logits")
 KINDS = ("fixed floor", "measured floor", "profile", "enrolled", "declared")
-#: Kind names of reports written before the measured floor became the default.
+#: Kind names of reports written before the kinds were named by their floor.
 LEGACY_KINDS = {"default": "fixed floor"}
 
 

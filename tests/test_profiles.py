@@ -176,7 +176,8 @@ def test_measured_floor_of_a_half_precision_profile_is_its_resolution(digits_mod
                                                                       digits_data: tuple[Dataset, Dataset]) -> None:
     from veriprint.noise import resolution_guard
 
-    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision="bf16"), progress=False)
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision="bf16", floor="measured"),
+                                progress=False)
     deployment = served(digits_model, DeviceProfile("cpu", "bf16"))
     with torch.inference_mode():
         guard = resolution_guard(deployment(fp.samples), DeviceProfile("cpu", "bf16"))

@@ -60,12 +60,14 @@ class FingerprintConfig:
             ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
             ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
             float32 either way; what the profile changes is what the file expects.
-        floor: how the smallest margin floor is set: ``"measured"`` (default): the floor
-            follows ``safety`` times the measured noise, down to two units of the
-            deployment's resolution (:func:`veriprint.noise.resolution_guard`; a few 1e-6
-            in float32), and ``min_floor`` is not used; ``"fixed"``: never below
-            ``min_floor`` (what every fingerprint did before; ``docs/deployments.md``
-            has the measurement behind the change).
+        floor: how the smallest margin floor is set: ``"fixed"`` (default): never below
+            ``min_floor``; ``"measured"``: the floor follows ``safety`` times the measured
+            noise, down to two units of the deployment's resolution
+            (:func:`veriprint.noise.resolution_guard`; a few 1e-6 in float32), and
+            ``min_floor`` is not used. ``docs/deployments.md`` has the measurement: on
+            8-bit data it caught more single-parameter edits with no false alarm on any
+            float32 CPU deployment, but on a coarse grid (16 levels) it leaves far fewer
+            twins, so it is not the default.
         generation: the :class:`GenerationConfig`.
         version: config schema version.
     """
@@ -87,7 +89,7 @@ class FingerprintConfig:
     seed: int = 0
     device: str = "cpu"
     precision: Precision = "fp32"
-    floor: Literal["fixed", "measured"] = "measured"
+    floor: Literal["fixed", "measured"] = "fixed"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     version: int = 1
 
