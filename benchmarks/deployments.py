@@ -364,7 +364,7 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
     fps = {"fixed floor": make(floor="fixed"), "measured floor": make(floor="measured")}
     refused: dict[str, str] = {}
     try:  # a declared tolerance raises the floor: fewer samples clear it, so a larger bag
-        fps["declared"] = make(tolerance=args.tolerance, bag=4 * bag)
+        fps["declared"] = make(tolerance=args.tolerance, bag=min(4 * bag, len(z.test)))
     except ConfigError as e:
         refused["declared"] = f"could not be made: {e}"
     profiled = {p: make(precision=p) for p in ("fp64", "bf16", "autocast-bf16")}
