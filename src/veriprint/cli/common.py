@@ -62,6 +62,9 @@ FINGERPRINT_HELP = {
     "prob_tolerance": "extra probability noise likewise",
     "calibrate_onnx": "include onnxruntime in the noise calibration",
     "seed": "seed for drawing the bag and for random selection",
+    "device": "device the deployment runs on (cpu, cuda, cuda:N): expected outputs and floor computed there",
+    "precision": "the deployment's numerics: expected outputs and floor computed under them",
+    "floor": "fixed: never below --min-floor; measured: safety x measured noise, down to 2 units of resolution",
 }
 
 
