@@ -22,8 +22,14 @@ from torch import nn
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.numerics import top2_margin as _margins
+from veriprint.profiles import DeviceProfile, served
 
-__all__ = ["MAX_LOGIT_NOISE", "MAX_SAFETY", "NoiseFloor", "as_logits", "calibrate_noise"]
+__all__ = ["FLOOR_MODES", "MAX_LOGIT_NOISE", "MAX_SAFETY", "NoiseFloor", "as_logits", "calibrate_noise",
+           "resolution_guard"]
+
+#: How the smallest margin floor is set: ``"fixed"`` (``min_floor``, 1e-4 by default) or
+#: ``"measured"`` (two units of the deployment's resolution, :func:`resolution_guard`).
+FLOOR_MODES = ("fixed", "measured")
 
 #: Largest logit noise or declared tolerance a stored floor may carry. The noisiest
 #: deployment measured (float16 serving on a GPU) moved logits by 0.07; a floor of 100
@@ -128,6 +134,25 @@ _BOUNDS: dict[str, tuple[float, float, bool]] = {
 }
 
 
+def resolution_guard(logits: torch.Tensor, profile: DeviceProfile | None = None) -> float:
+    """The smallest floor of the ``"measured"`` mode: two units of the deployment's resolution.
+
+    Two units in the last place of ``max |z|`` (``2 * eps * 2**floor(log2 max|z|)``), with
+    ``eps`` the relative spacing of the logits the deployment
+    answers with (:attr:`veriprint.profiles.DeviceProfile.resolution`, float32's
+    1.2e-7 by default) and ``z`` the calibrated samples' logits. A margin is a difference
+    of two logits, each of which another kernel may round by one unit the other way; a
+    measurement on one machine sees none of that when its kernels are deterministic.
+    Never below 1e-12 (a stored floor must be positive).
+    """
+    eps = (profile or DeviceProfile()).resolution
+    top = float(logits.abs().max()) if logits.numel() else 0.0
+    if not math.isfinite(top) or top <= 0:
+        return 1e-12
+    ulp = eps * 2.0 ** math.floor(math.log2(top))  # spacing of the numbers just below |z|
+    return max(2.0 * ulp, 1e-12)
+
+
 def _run(model: nn.Module, x: torch.Tensor, batch: int) -> torch.Tensor:
     with torch.inference_mode():
         return torch.cat([model(c) for c in torch.split(x, batch)])
@@ -166,12 +191,21 @@ def calibrate_noise(
     declared: float = 0.0,
     declared_prob: float = 0.0,
     min_floor: float = 1e-4,
+    profile: DeviceProfile | None = None,
+    floor: str = "fixed",
 ) -> NoiseFloor:
     """Measure how much the intact model's outputs move on ``x`` across execution variants.
 
     The reference is one forward pass over the whole batch. Variants: other batch sizes
     (batch 1 on the first ``max_single`` samples), a single thread, a float64 copy of the
     model (the exact value the float32 runs scatter around), and optionally onnxruntime.
+
+    With a non-default ``profile`` (:mod:`veriprint.profiles`) every run goes through the
+    model as that deployment serves it, and the reference is rounded to float32 as the
+    fingerprint stores it. The variants are then the batch sizes, one thread (on the
+    CPU) and, on CUDA, ``cudnn.benchmark``; float64 and onnxruntime are left out: they
+    measure how far the profile's numerics sit from float32, which the expected outputs
+    made under the profile already carry, not how much the deployment itself moves.
 
     Args:
         model: the classifier.
@@ -186,17 +220,37 @@ def calibrate_noise(
         declared: logit tolerance declared for noisier deployments (default 0).
         declared_prob: probability tolerance declared likewise (default 0).
         min_floor: smallest margin floor in logits (default 1e-4).
+        profile: the deployment's device and precision (default: float32 on the CPU).
+        floor: ``"fixed"`` (default): the smallest margin floor is ``min_floor``;
+            ``"measured"``: it is :func:`resolution_guard` of the reference logits, so the
+            floor is ``safety`` times the measured noise wherever that is larger than two
+            units of the deployment's resolution (``min_floor`` is then not used).
     """
+    if floor not in FLOOR_MODES:
+        raise ConfigError(f"expected floor one of {', '.join(FLOOR_MODES)}, got {floor!r}")
     if safety < 1:
         raise ValueError(f"expected safety >= 1, got {safety}")
     if declared < 0 or declared_prob < 0:
         raise ValueError(f"expected declared tolerances >= 0, got {declared}, {declared_prob}")
     x = x.detach().float()
-    ref = as_logits(_run(model, x, max(len(x), 1)), model_outputs)
+    profiled = profile is not None and not profile.is_default
+    if profiled:
+        assert profile is not None
+        model = served(model, profile)
+        float64 = onnx = False
+    ref = as_logits(_run(model, x, max(len(x), 1)).float(), model_outputs)  # as stored
     runs: list[tuple[str, torch.Tensor, slice]] = []
     for b in batch_sizes:
         part = slice(0, min(len(x), max_single)) if b == 1 else slice(0, len(x))
         runs.append((f"batch={b}", as_logits(_run(model, x[part], b), model_outputs), part))
+    if profiled and profile is not None and profile.device.startswith("cuda"):
+        threads = False  # torch's CPU threads do not touch a GPU's kernels
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            runs.append(("cudnn.benchmark", as_logits(_run(model, x, 64), model_outputs), slice(0, len(x))))
+        finally:
+            torch.backends.cudnn.benchmark = before
     if threads and torch.get_num_threads() > 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -221,6 +275,8 @@ def calibrate_noise(
         prob = max(prob, float((torch.softmax(z, dim=-1) - p_ref[part]).abs().max()))
         if ref.shape[-1] > 1:
             margin = max(margin, float((_margins(z) - m_ref[part]).abs().max()))
+    if floor == "measured":
+        min_floor = resolution_guard(ref, profile)
     return NoiseFloor(
         logit=logit, prob=prob, margin=margin, variants=tuple(n for n, _, _ in runs),
         safety=safety, declared=declared, declared_prob=declared_prob, min_floor=min_floor,

@@ -69,6 +69,9 @@ FINGERPRINT_HELP = {
               "bag, pool and steps are ceilings the plan trims to fit, a run that fits is unchanged",
     "max_memory": "memory for one backward pass's tensors, which caps the batch (512M, 2G; auto: 2.5G, "
                   "at most 40%% of the machine's)",
+    "device": "device the deployment runs on (cpu, cuda, cuda:N): expected outputs and floor computed there",
+    "precision": "the deployment's numerics: expected outputs and floor computed under them",
+    "floor": "fixed: never below --min-floor; measured: safety x measured noise, down to 2 units of resolution",
 }
 
 

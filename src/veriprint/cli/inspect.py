@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
     sel = m["selection"]
     print(f"selection: {sel['method']} {len(fp)} of {cfg['bag']} ({sel['eligible']} eligible), "
           f"refinement {'on' if cfg['refine'] else 'off'}")
+    prof = m.get("profile")
+    if isinstance(prof, dict):
+        where = ", ".join(f"{k} {prof[k]}" for k in ("device_name", "cuda", "cudnn") if prof.get(k))
+        print(f"profile: expected outputs and floor computed on {prof.get('device')} in {prof.get('precision')} "
+              f"(torch {prof.get('torch')}{', ' + where if where else ''})")
+    else:
+        print("profile: cpu/fp32 (recorded before profiles existed)")
     nf = fp.noise
     print(f"noise: measured logit {nf.logit:.3g}, margin {nf.margin:.3g}, prob {nf.prob:.3g} over "
           f"{', '.join(nf.variants)}; floor {nf.floor:.3g}, declared {nf.declared:g}")

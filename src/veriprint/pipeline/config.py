@@ -14,6 +14,7 @@ from veriprint.configs import check_version, from_mapping
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationConfig
 from veriprint.pipeline.plan import parse_bytes, parse_duration
+from veriprint.profiles import DeviceProfile, Precision
 
 __all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
 
@@ -60,7 +61,7 @@ class FingerprintConfig:
             (:func:`veriprint.refine.boundary_twins`): a change of the margin in either
             direction flips one of the pair (default True; ``select`` pairs' worth).
         safety: factor on the measured noise (default 10).
-        min_floor: smallest margin floor in logits (default 1e-4).
+        min_floor: smallest margin floor in logits with ``floor="fixed"`` (default 1e-4).
         tolerance: extra logit noise declared for the deployment (GPU, TF32, float16
             serving), default 0.
         prob_tolerance: extra probability noise declared likewise, default 0.
@@ -81,6 +82,21 @@ class FingerprintConfig:
         max_memory: memory budget for the tensors one backward pass keeps, which caps the
             batch size: ``"auto"`` (default: 2.5 GiB, at most 40% of the machine's memory)
             or a size (``"512M"``, ``"2G"``).
+        device: where the deployment runs the model, ``"cpu"`` (default), ``"cuda"`` or
+            ``"cuda:N"``: expected outputs and the noise floor are computed there
+            (:mod:`veriprint.profiles`); a CUDA device is refused where none is present.
+        precision: the deployment's numerics, ``"fp32"`` (default), ``"tf32"`` (CUDA),
+            ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
+            ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
+            float32 either way; what the profile changes is what the file expects.
+        floor: how the smallest margin floor is set: ``"fixed"`` (default): never below
+            ``min_floor``; ``"measured"``: the floor follows ``safety`` times the measured
+            noise, down to two units of the deployment's resolution
+            (:func:`veriprint.noise.resolution_guard`; a few 1e-6 in float32), and
+            ``min_floor`` is not used. ``docs/deployments.md`` has the measurement: on
+            8-bit data it caught more single-parameter edits with no false alarm on any
+            float32 CPU deployment, but on a coarse grid (16 levels) it leaves far fewer
+            twins, so it is not the default.
         generation: the :class:`GenerationConfig`.
         version: config schema version.
     """
@@ -107,6 +123,9 @@ class FingerprintConfig:
     views: Literal["auto", "shifts", "shifts+flips", "none"] = "auto"
     budget: str = "auto"
     max_memory: str = "auto"
+    device: str = "cpu"
+    precision: Precision = "fp32"
+    floor: Literal["fixed", "measured"] = "fixed"
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     version: int = 1
 
@@ -126,6 +145,7 @@ class FingerprintConfig:
             ("prob_tolerance", self.prob_tolerance >= 0),
             ("pool", isinstance(self.pool, int) and self.pool >= 0),
             ("views", self.views in ("auto", "shifts", "shifts+flips", "none")),
+            ("floor", self.floor in ("fixed", "measured")),
         ]
         for name, ok in checks:
             if not ok:
@@ -138,6 +158,15 @@ class FingerprintConfig:
         if self.coverage is not None and self.selector != "reach":
             raise ConfigError(f"FingerprintConfig.coverage needs selector 'reach' (it predicts coverage by reach), "
                               f"got selector {self.selector!r}")
+        try:
+            self.profile  # noqa: B018 (checks device and precision together)
+        except ConfigError as e:
+            raise ConfigError(f"invalid FingerprintConfig device/precision: {e}") from e
+
+    @property
+    def profile(self) -> DeviceProfile:
+        """The deployment's device and precision (:class:`~veriprint.profiles.DeviceProfile`)."""
+        return DeviceProfile(self.device, self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -149,9 +178,9 @@ class FingerprintConfig:
         """Read a config as stored in a fingerprint's metadata (or written by hand).
 
         Files written before ``seeds`` and ``twins`` existed drew seeds at random, without
-        twins; files written before ``budget`` existed had none; those keys default
-        accordingly. A ``version`` newer than this veriprint's,
-        or a key it does not know, is refused with the key named.
+        twins; files written before ``floor`` had the fixed floor; files written before
+        ``budget`` existed had none; those keys default accordingly. A ``version`` newer
+        than this veriprint's, or a key it does not know, is refused with the key named.
         """
         d = check_version(cls, d)
         d.setdefault("seeds", "random")
@@ -165,5 +194,6 @@ class FingerprintConfig:
                 raise ConfigError(f"FingerprintConfig: queries ({queries!r}) and select ({d['select']!r}) name the "
                                   "same setting; give one")
             d["select"] = queries
+        d.setdefault("floor", "fixed")  # files written before measured floors had the fixed one
         d["generation"] = GenerationConfig.from_dict(d.get("generation", {}))
         return from_mapping(cls, d)

@@ -15,6 +15,7 @@ from veriprint.generate import result_for
 from veriprint.models import OutputKind, model_hash
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
+from veriprint.profiles import served
 from veriprint.reach import ParameterReach, parameter_reach, reach_coverage
 from veriprint.select import Selection
 
@@ -52,6 +53,7 @@ def base_meta(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, model_
         "input_shape": input_shape,
         "num_classes": num_classes,
         "config": cfg.to_dict(),
+        "profile": cfg.profile.to_dict(),
     }
 
 
@@ -77,8 +79,8 @@ def describe(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, idx: to
             :class:`veriprint.selectors.budget.Budget`).
     """
     gen = c.gen
-    with torch.inference_mode():
-        expected = model(chosen).float()
+    with torch.inference_mode():  # the outputs of the model as the profiled deployment runs it
+        expected = served(model, cfg.profile)(chosen).float()
     has_params = any(p.numel() for p in model.parameters())
     reach = parameter_reach(model, chosen, model_outputs=model_outputs, seed=cfg.seed) if has_params else None
     described = result_for(model, chosen, c.seeds[idx], gen.config, domain=gen.domain, model_outputs=model_outputs,

@@ -28,6 +28,7 @@ from veriprint.pipeline.describe import describe
 from veriprint.pipeline.plan import apply_plan, deadlines, plan_fingerprint
 from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
+from veriprint.profiles import check_device
 from veriprint.select import Selection, event_cover
 from veriprint.selectors import SelectionContext, Selector, get_selector
 from veriprint.selectors.budget import Budget, choose
@@ -64,6 +65,7 @@ def make_fingerprint(
         refinement) and the :class:`Selection`.
     """
     cfg = config or FingerprintConfig()
+    check_device(cfg.device)  # refuse a missing GPU before minutes of generation
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
     x0 = data.x if isinstance(data, Dataset) else data

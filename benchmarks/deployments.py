@@ -1,0 +1,562 @@
+"""False alarms and detection per CPU deployment, for four kinds of fingerprint.
+
+    python -m benchmarks.deployments --out docs/deployments-measured.md --json /tmp/deployments.json \\
+        --plot docs/deployments.png
+    python -m benchmarks.deployments --quick --out /tmp/deployments.md      # one small model, a minute
+
+Each model (the zoo's small ones) is fingerprinted on this CPU, in float32 on one thread,
+as these kinds:
+
+- **fixed floor**: ``floor="fixed"``, the default: never below ``min_floor`` = 1e-4;
+- **measured floor**: ``floor="measured"``: safety times the measured noise, down to two
+  units of float32 resolution instead of 1e-4;
+- **profile**: made with the deployment's own ``--precision`` (only where it differs
+  from float32: ``fp64``, ``bf16``, ``autocast-bf16``; elsewhere it is the default);
+- **enrolled**: a pool of ``--pool`` samples enrolled against that deployment
+  (:func:`veriprint.pipeline.enroll.enroll`, top1, 6 rounds, declared tolerance 0.1);
+- **declared**: the default with a declared tolerance (``--tolerance``, 0.05 logits), made
+  from a bag four times larger (the raised floor leaves fewer samples above it).
+
+Each deployment serves the intact model. For each one, ``--checks`` verifications send
+every kind's samples at once, shuffled among ``0..63`` natural test inputs at random
+positions and cut into requests of random sizes (1 to 64), and compare each kind's
+answers under ``top1`` and ``logits`` with the library's comparison
+(:meth:`veriprint.specs.OutputSpec.compare`) and verdict rule: any mismatch is a false
+alarm; all samples within the floor is INCONCLUSIVE. Then every tampered copy of the
+suite (:mod:`veriprint.tamper`) is served the same way and verified once per kind
+(:func:`veriprint.verify.verify`); the exact-CPU line (float32, one thread, the
+fingerprinting numerics) is the reference. MLServer is checked for false alarms only
+(it serves onnxruntime on one thread, as the onnxruntime deployment with graph
+optimizations does); tampered copies are not served through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from veriprint.data import Dataset, load_data  # noqa: E402
+from veriprint.errors import ConfigError  # noqa: E402
+from veriprint.fingerprint import Fingerprint  # noqa: E402
+from veriprint.generate import GenerationConfig  # noqa: E402
+from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
+from veriprint.pipeline.enroll import EnrollmentError, enroll  # noqa: E402
+from veriprint.profiles import DeviceProfile, served  # noqa: E402
+from veriprint.specs import parse_spec  # noqa: E402
+from veriprint.targets import CallableTarget, QueryBatch, Target, TorchTarget, open_target  # noqa: E402
+from veriprint.verify import verify  # noqa: E402
+
+SPECS = ("top1", "logits")
+KINDS = ("fixed floor", "measured floor", "profile", "enrolled", "declared")
+#: Kind names of reports written before the kinds were named by their floor.
+LEGACY_KINDS = {"default": "fixed floor"}
+
+
+def log(msg: str) -> None:
+    print(f"[deployments] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One way of serving a model on this CPU.
+
+    Attributes:
+        name: short name.
+        what: what differs from the fingerprinting numerics.
+        precision: the profile that matches it (``None``: float32, the default).
+        make: model -> Target serving it (None for a server started elsewhere).
+        tampers: whether tampered copies are served this way (detection measured).
+    """
+
+    name: str
+    what: str
+    precision: str | None
+    make: Callable[[nn.Module], Target] | None
+    tampers: bool = True
+
+
+def _onnx_target(model: nn.Module, example: torch.Tensor, optimize: bool) -> Target:
+    import onnxruntime as ort
+
+    from veriprint.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(model, example, Path(d) / "m.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0])
+
+    run.__name__ = f"onnxruntime-{'opt' if optimize else 'noopt'}"
+    return CallableTarget(run)
+
+
+def deployments(example: torch.Tensor) -> list[Deployment]:
+    def torch_in(precision: str | None, threads: int) -> Callable[[nn.Module], Target]:
+        def make(m: nn.Module) -> Target:
+            prof = DeviceProfile("cpu", precision or "fp32")
+            return TorchTarget(served(m, prof), threads=threads)
+        return make
+
+    return [
+        Deployment("exact CPU", "torch float32, 1 thread: the numerics that made the fingerprints", None,
+                   torch_in(None, 1)),
+        Deployment("2 threads", "torch float32, 2 threads", None, torch_in(None, 2)),
+        Deployment("onnxruntime, optimized", "onnxruntime CPU, all graph optimizations (fusions)", None,
+                   lambda m: _onnx_target(m, example, True)),
+        Deployment("onnxruntime, plain", "onnxruntime CPU, graph optimizations off", None,
+                   lambda m: _onnx_target(m, example, False)),
+        Deployment("autocast-bf16", "torch.autocast(cpu, bfloat16), float32 weights", "autocast-bf16",
+                   torch_in("autocast-bf16", 1)),
+        Deployment("bf16 weights", "model.to(bfloat16), bfloat16 inputs", "bf16", torch_in("bf16", 1)),
+        Deployment("float64", "model.double(), answers rounded to float32", "fp64", torch_in("fp64", 1)),
+        Deployment("MLServer", "MLServer 1.7 over REST, onnxruntime runtime, 1 thread", None, None, tampers=False),
+    ]
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+@dataclass
+class Zoo:
+    name: str
+    what: str
+    model: nn.Module
+    train: Dataset
+    test: Dataset
+
+
+def zoo(quick: bool, only: list[str] | None) -> list[Zoo]:
+    from veriprint.demo import load_shipped
+    from veriprint.models import load_model
+    from veriprint.train import TrainConfig, train_
+    from veriprint.zoo import digits_mlp, fashion_mlp, pretrained_mnist
+
+    names = ["digits-mlp"] if quick else ["digits-mlp", "fashion-mlp", "fashion-cnn", "pretrained-mnist"]
+    out = []
+    for name in names:
+        if only and name not in only:
+            continue
+        torch.manual_seed(0)
+        if name == "digits-mlp":
+            tr, te = load_data("digits", split="train"), load_data("digits", split="test")
+            m = train_(digits_mlp(), tr, TrainConfig(epochs=20, batch_size=32), progress=False)
+            out.append(Zoo(name, "LayerNorm/GELU MLP on 8x8 digits, trained here", m, tr, te))
+        elif name == "fashion-mlp":
+            tr = load_data("fashion-mnist", split="train", limit=12000)
+            te = load_data("fashion-mnist", split="test", limit=2000)
+            m = train_(fashion_mlp(), tr, TrainConfig(epochs=2), progress=False)
+            out.append(Zoo(name, "LayerNorm/GELU MLP on Fashion-MNIST, trained here", m, tr, te))
+        elif name == "fashion-cnn":
+            s = load_shipped()
+            m = load_model(s.factory, weights=s.weights)
+            tr = load_data("fashion-mnist", split="train", limit=6000)
+            te = load_data("fashion-mnist", split="test", limit=2000)
+            out.append(Zoo(name, "the demo's shipped BatchNorm CNN", m, tr, te))
+        else:
+            tr, te = load_data("mnist-5k", split="train"), load_data("mnist-5k", split="test")
+            out.append(Zoo(name, "third-party pretrained MNIST CNN (veriprint.zoo:pretrained_mnist)",
+                           pretrained_mnist(), tr, te))
+        out[-1].model.eval()
+    return out
+
+
+def tamper_suite(model: nn.Module, quick: bool, side: int) -> list[tuple[str, Any]]:
+    """The detection-power suite's cases (benchmarks/detection_power.py), with half its
+    training steps (a quarter in quick mode, which also has one random draw per layer and
+    no backdoors); the trojan's trigger patch is at most a third of the image side."""
+    import dataclasses
+
+    from benchmarks.detection_power import cases
+    from veriprint.tamper import TrojanConfig
+
+    out = []
+    for name, cfg in cases(model, quick, 0.25 if quick else 0.5):
+        if isinstance(cfg, TrojanConfig) and cfg.size > side // 3:
+            cfg = dataclasses.replace(cfg, size=max(1, side // 3))
+        out.append((name, cfg))
+    return out
+
+
+# --- the checks -----------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    intact: int = 0
+    alarms: int = 0
+    inconclusive: int = 0
+
+    def add(self, mismatch: np.ndarray, ambiguous: np.ndarray) -> None:
+        if mismatch.any():
+            self.alarms += 1
+        elif ambiguous.all():
+            self.inconclusive += 1
+        else:
+            self.intact += 1
+
+
+@dataclass
+class Row:
+    model: str
+    deployment: str
+    kind: str
+    samples: int
+    floor: float
+    ambiguous: dict[str, int]
+    tally: dict[str, Tally] = field(default_factory=dict)
+    caught: dict[str, int] = field(default_factory=dict)
+    cases: int = 0
+    note: str = ""
+
+
+def _answers(tgt: Target, x: np.ndarray, natural: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``tgt``'s answers to ``x``, sent shuffled among up to 63 natural inputs in requests
+    of random sizes; the rows of ``x``, in order."""
+    k = int(rng.integers(0, 64))
+    mix = np.concatenate([x, natural[rng.choice(len(natural), size=k, replace=False)]])
+    order = rng.permutation(len(mix))
+    out: np.ndarray | None = None
+    lo = 0
+    while lo < len(mix):
+        size = int(rng.integers(1, 65))
+        idx = order[lo: lo + size]
+        ans = np.asarray(tgt.query(QueryBatch(mix[idx].astype(np.float32))), dtype=np.float64)
+        if out is None:
+            out = np.empty((len(mix), ans.shape[1]))
+        out[idx] = ans
+        lo += size
+    assert out is not None
+    return out[: len(x)]
+
+
+def false_alarms(fps: dict[str, Fingerprint], tgt: Target, natural: np.ndarray, checks: int,
+                 seed: int) -> dict[str, dict[str, Tally]]:
+    """Per kind and spec, the verdicts of ``checks`` verifications with varied batches."""
+    names = list(fps)
+    xs = [fps[k].samples.numpy() for k in names]
+    cuts = np.cumsum([0] + [len(x) for x in xs])
+    x_all = np.concatenate(xs)
+    specs = {s: parse_spec(s) for s in SPECS}
+    out = {k: {s: Tally() for s in SPECS} for k in names}
+    rng = np.random.default_rng(seed)
+    for _ in range(checks):
+        ans = _answers(tgt, x_all, natural, rng)
+        for j, k in enumerate(names):
+            a = ans[cuts[j]: cuts[j + 1]]
+            z = fps[k].expected_logits.numpy()
+            for s, spec in specs.items():
+                cmp = spec.compare(z, a, "logits", fps[k].noise)
+                out[k][s].add(cmp.mismatch, cmp.ambiguous)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="digits MLP only, small bag, 100 checks")
+    ap.add_argument("--models", nargs="+", default=None, help="only these models")
+    ap.add_argument("--checks", type=int, default=None, help="verifications per deployment (default 1000)")
+    ap.add_argument("--bag", type=int, default=None, help="seeds per fingerprint (default 120; quick 40)")
+    ap.add_argument("--steps", type=int, default=None, help="generation steps (default 100; quick 20)")
+    ap.add_argument("--pool", type=int, default=24, help="samples in the enrollment pool (default 24)")
+    ap.add_argument("--tolerance", type=float, default=0.05, help="the declared kind's tolerance (logits)")
+    ap.add_argument("--no-mlserver", action="store_true", help="skip the MLServer deployment")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout)")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of false alarms and detection")
+    ap.add_argument("--render", type=Path, default=None, metavar="JSON",
+                    help="only write --out and --plot again from the --json of an earlier run")
+    args = ap.parse_args(argv)
+    if args.render:
+        return rerender(args)
+    torch.set_num_threads(1)
+    checks = args.checks or (100 if args.quick else 1000)
+    bag = args.bag or (40 if args.quick else 120)
+    steps = args.steps or (20 if args.quick else 100)
+    start = time.perf_counter()
+    rows: list[Row] = []
+    models_info: list[dict[str, Any]] = []
+    for z in zoo(args.quick, args.models):
+        rows += run_model(z, args, bag, steps, checks, models_info)
+    total = time.perf_counter() - start
+    text = render(rows, models_info, args, bag, steps, checks, total)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": [_row_dict(r) for r in rows], "models": models_info,
+                                         "seconds": total, "command": " ".join(sys.argv[1:]),
+                                         "args": {"pool": args.pool, "tolerance": args.tolerance, "bag": bag,
+                                                  "steps": steps}}, indent=1))
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def rerender(args: argparse.Namespace) -> int:
+    """The report and plot of an earlier run, from its JSON (kind names brought up to date)."""
+    raw = json.loads(args.render.read_text())
+    rows = []
+    for d in raw["rows"]:
+        tally = {s: Tally(**t) for s, t in d.pop("tally").items()}
+        d["kind"] = LEGACY_KINDS.get(d["kind"], d["kind"])
+        rows.append(Row(**d, tally=tally))
+    for m in raw["models"]:
+        m["floors"] = {LEGACY_KINDS.get(k, k): v for k, v in m["floors"].items()}
+    meta = raw.get("args", {})
+    ns = argparse.Namespace(pool=meta.get("pool", args.pool), tolerance=meta.get("tolerance", args.tolerance))
+    checks = max((sum(vars(t).values()) for r in rows for t in r.tally.values()), default=0)
+    first = raw.get("command", "--json " + str(args.render))
+    text = render(rows, raw["models"], ns, meta.get("bag", 120), meta.get("steps", 100), checks, raw["seconds"],
+                  command=f"`python -m benchmarks.deployments {first}` (this file re-rendered from its JSON by "
+                          f"`python -m benchmarks.deployments {' '.join(sys.argv[1:])}`)")
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def _row_dict(r: Row) -> dict[str, Any]:
+    d = {k: v for k, v in vars(r).items() if k != "tally"}
+    d["tally"] = {s: vars(t) for s, t in r.tally.items()}
+    return d
+
+
+def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: int,
+              models_info: list[dict[str, Any]]) -> list[Row]:
+    model = z.model
+    gen = GenerationConfig(steps=steps)
+    base = dict(bag=bag, generation=gen)
+    t0 = time.perf_counter()
+
+    def make(**kw: Any) -> Fingerprint:
+        cfg = FingerprintConfig(**{**base, **kw})  # type: ignore[arg-type]
+        return make_fingerprint(model, z.test, cfg, progress=False)[0]
+
+    fps = {"fixed floor": make(floor="fixed"), "measured floor": make(floor="measured")}
+    refused: dict[str, str] = {}
+    try:  # a declared tolerance raises the floor: fewer samples clear it, so a larger bag
+        fps["declared"] = make(tolerance=args.tolerance, bag=min(4 * bag, len(z.test)))
+    except ConfigError as e:
+        refused["declared"] = f"could not be made: {e}"
+    profiled = {p: make(precision=p) for p in ("fp64", "bf16", "autocast-bf16")}
+    pool = make(bag=max(bag, 2 * args.pool), select=args.pool)
+    made = time.perf_counter() - t0
+    log(f"{z.name}: fingerprints made in {made:.0f} s; floors: "
+        + ", ".join(f"{k} {f.noise.floor:.2g}" for k, f in fps.items()))
+    natural = z.test.x[:500].numpy().astype(np.float32)
+    example = z.test.x[:2].float()
+    deps = deployments(example)
+    server = None
+    if not args.no_mlserver:
+        server = _mlserver(model, example, z.name)
+    tampered = []
+    t1 = time.perf_counter()
+    from veriprint.tamper import tamper
+
+    for case, cfg in tamper_suite(model, args.quick, int(z.test.x.shape[-1])):
+        res = tamper(model, cfg, data=z.train, eval_data=z.test, progress=False)
+        tampered.append((case, res.model.eval()))
+    log(f"{z.name}: {len(tampered)} tampered copies in {time.perf_counter() - t1:.0f} s")
+    models_info.append({"model": z.name, "what": z.what, "fingerprint_s": round(made, 1),
+                        "cases": [c for c, _ in tampered],
+                        "floors": {k: f.noise.floor for k, f in {**fps, **profiled}.items()}})
+    out: list[Row] = []
+    try:
+        for d in deps:
+            t2 = time.perf_counter()
+            if d.make is None:
+                if server is None:
+                    continue
+                tgt: Target = open_target(server.url(z.name), classes=int(fps["fixed floor"].expected.shape[1]))
+            else:
+                tgt = d.make(model)
+            kinds: dict[str, Fingerprint] = dict(fps)
+            if d.precision is not None:
+                kinds["profile"] = profiled[d.precision]
+            note = ""
+            try:
+                rep = enroll(pool, tgt, spec="top1", model=model, tolerance=0.1, keep=8)
+                kinds["enrolled"] = rep.fingerprint
+            except EnrollmentError as e:
+                note = f"enrollment refused: {str(e)[:120]}"
+            tallies = false_alarms(kinds, tgt, natural, checks, seed=zlib.crc32(f"{z.name}/{d.name}".encode()))
+            for k, fp in kinds.items():
+                amb = {s: int(parse_spec(s).compare(fp.expected_logits.numpy(), fp.expected_logits.numpy(),
+                                                    "logits", fp.noise).ambiguous.sum()) for s in SPECS}
+                out.append(Row(z.name, d.name, k, len(fp), fp.noise.floor, amb, tallies[k],
+                               note=note if k == "enrolled" else ""))
+            if "enrolled" not in kinds:
+                out.append(Row(z.name, d.name, "enrolled", 0, float("nan"), {}, note=note))
+            for k, why in refused.items():
+                out.append(Row(z.name, d.name, k, 0, float("nan"), {}, note=why[:160]))
+            if d.tampers and d.make is not None:
+                detected(out, z.name, d, kinds, tampered)
+            log(f"{z.name} / {d.name}: {time.perf_counter() - t2:.0f} s; top1 false alarms "
+                + ", ".join(f"{k} {tallies[k]['top1'].alarms}" for k in kinds))
+    finally:
+        if server is not None:
+            server.stop()
+    return out
+
+
+def detected(rows: list[Row], model: str, d: Deployment, kinds: dict[str, Fingerprint],
+             tampered: list[tuple[str, nn.Module]]) -> None:
+    mine = {r.kind: r for r in rows if r.model == model and r.deployment == d.name}
+    for _case, bad in tampered:
+        assert d.make is not None
+        tgt = d.make(bad)
+        for k, fp in kinds.items():
+            r = mine[k]
+            for s in SPECS:
+                r.caught[s] = r.caught.get(s, 0) + int(verify(fp, tgt, spec=s).verdict == "TAMPERED")
+    for k in kinds:
+        mine[k].cases = len(tampered)
+
+
+def _mlserver(model: nn.Module, example: torch.Tensor, name: str) -> Any:
+    try:
+        from servers.mlserver import MLServer, ServedModel, serving_venv
+    except ImportError as e:
+        log(f"MLServer helpers unavailable ({e}); skipping it")
+        return None
+    if not (serving_venv() / "bin" / "mlserver").exists():
+        log("MLServer is not installed (scripts/setup-serving.sh); skipping it")
+        return None
+    from veriprint.onnx_export import export_onnx
+
+    d = Path(tempfile.mkdtemp(prefix="deployments-"))
+    (d / "onnx").mkdir()
+    (d / "repo").mkdir()
+    path = export_onnx(copy.deepcopy(model), example, d / "onnx" / f"{name}.onnx")
+    srv = MLServer(d / "repo", [ServedModel(name, path)])
+    srv.start()
+    return srv
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _cell(t: Tally | None, checks: int) -> str:
+    if t is None:
+        return "n/a"
+    bold = "**" if t.alarms else ""
+    extra = f", {t.inconclusive} inconcl." if t.inconclusive else ""
+    return f"{bold}{t.alarms}{bold}/{checks}{extra}"
+
+
+def render(rows: list[Row], models_info: list[dict[str, Any]], args: argparse.Namespace, bag: int, steps: int,
+           checks: int, total: float, command: str | None = None) -> str:
+    cmd = command or f"`python -m benchmarks.deployments {' '.join(sys.argv[1:])}`"
+    out = ["# False alarms and detection per CPU deployment (measured)", "",
+           f"Generated by {cmd} in {total / 60:.1f} min on a shared CPU (torch {torch.__version__}, "
+           "1 thread; timings taken under contention); do not edit by hand. "
+           f"Fingerprints: bag {bag}, {steps} generation steps, 8 queries; enrollment pool {args.pool}; declared "
+           f"tolerance {args.tolerance:g} logits. {checks} verifications per deployment and kind, each with every "
+           "kind's samples shuffled among 0-63 natural inputs in requests of 1-64.", "",
+           "Cells: false alarms / verifications (INCONCLUSIVE counted apart: every sample within the floor). "
+           "Detection: tampered copies caught (TAMPERED) of the suite, served the same way.", ""]
+    out += summary(rows, [i["model"] for i in models_info])
+    for info in models_info:
+        name = info["model"]
+        mine = [r for r in rows if r.model == name]
+        out += [f"## {name}", "", f"{info['what']}. Floors (margin, logits): "
+                + ", ".join(f"{k} {v:.2g}" for k, v in info["floors"].items())
+                + f". Tamper suite ({len(info['cases'])} cases): {', '.join(info['cases'])}.", "",
+                "| deployment | kind | queries | floor | ambiguous (top1) | false alarms top1 | false alarms logits | "
+                "caught top1 | caught logits |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in mine:
+            if not r.tally:
+                out.append(f"| {r.deployment} | {r.kind} | - | - | - | {r.note} | | | |")
+                continue
+            caught = (" | ".join(f"{r.caught.get(s, 0)}/{r.cases}" for s in SPECS) if r.cases else "n/a | n/a")
+            out.append(f"| {r.deployment} | {r.kind} | {r.samples} | {r.floor:.2g} | {r.ambiguous.get('top1', 0)} | "
+                       f"{_cell(r.tally.get('top1'), checks)} | {_cell(r.tally.get('logits'), checks)} | {caught} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def summary(rows: list[Row], models: list[str]) -> list[str]:
+    """One line per deployment and kind, summed over the models."""
+    out = [f"## Summary over {len(models)} model{'s' * (len(models) > 1)} ({', '.join(models)})", "",
+           "| deployment | kind | false alarms top1 | false alarms logits | inconclusive top1 | caught top1 | "
+           "caught logits |", "|---|---|---|---|---|---|---|"]
+    for d in dict.fromkeys(r.deployment for r in rows):
+        for k in KINDS:
+            rs = [r for r in rows if r.deployment == d and r.kind == k and r.tally]
+            if not rs:
+                continue
+            n = sum(sum(vars(r.tally["top1"]).values()) for r in rs)
+            fa = {s: sum(r.tally[s].alarms for r in rs) for s in SPECS}
+            inc = sum(r.tally["top1"].inconclusive for r in rs)
+            cases = sum(r.cases for r in rs)
+            det = " | ".join(f"{sum(r.caught.get(s, 0) for r in rs)}/{cases}" if cases else "n/a" for s in SPECS)
+            cells = " | ".join(f"**{fa[s]}**/{n}" if fa[s] else f"0/{n}" for s in SPECS)
+            out.append(f"| {d} | {k} | {cells} | {inc} | {det} |")
+    return [*out, ""]
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    deps = list(dict.fromkeys(r.deployment for r in rows))
+    kinds = [k for k in KINDS if any(r.kind == k and r.tally for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    width = 0.8 / max(len(kinds), 1)
+    for j, k in enumerate(kinds):
+        alarm, caught = [], []
+        for d in deps:
+            rs = [r for r in rows if r.deployment == d and r.kind == k and r.tally]
+            n = sum(sum(vars(r.tally["top1"]).values()) for r in rs)
+            alarm.append(100 * sum(r.tally["top1"].alarms for r in rs) / n if n else np.nan)
+            c = sum(r.cases for r in rs)
+            caught.append(100 * sum(r.caught.get("top1", 0) for r in rs) / c if c else np.nan)
+        xs = np.arange(len(deps)) + j * width
+        axes[0].bar(xs, alarm, width, label=k)
+        axes[1].bar(xs, caught, width, label=k)
+    for ax, title in zip(axes, ("top1 false alarms (% of verifications, all models)",
+                                "top1 detection (% of tampered copies caught, all models)"), strict=True):
+        ax.set_xticks(np.arange(len(deps)) + 0.4 - width / 2, deps, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 100)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Device profiles: expected outputs and noise floor computed under the serving numerics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from veriprint.data import Dataset
+from veriprint.errors import ConfigError
+from veriprint.fingerprint import Fingerprint
+from veriprint.generate import GenerationConfig
+from veriprint.models import save_weights
+from veriprint.noise import calibrate_noise
+from veriprint.pipeline import FingerprintConfig, make_fingerprint
+from veriprint.profiles import DEFAULT_PROFILE, DeviceProfile, served
+from veriprint.verify import verify
+
+NO_GPU = not torch.cuda.is_available()
+
+
+def _cfg(**kw: object) -> FingerprintConfig:
+    return FingerprintConfig(bag=40, generation=GenerationConfig(steps=20), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"device": "gpu"}, "expected device cpu, cuda or cuda:N, got 'gpu'"),
+    ({"device": "cuda:x"}, "got 'cuda:x'"),
+    ({"precision": "int8"}, "expected precision one of fp32, tf32"),
+    ({"precision": "tf32"}, "tf32 with a cuda device"),
+])
+def test_bad_profiles_are_refused_with_what_was_expected(kw: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match="device/precision") as e:
+        FingerprintConfig(**kw)  # type: ignore[arg-type]
+    assert words in str(e.value)
+
+
+def test_default_profile_is_the_model_itself_and_calibrates_as_before(digits_model: torch.nn.Module) -> None:
+    assert served(digits_model) is digits_model
+    assert served(digits_model, DeviceProfile()) is digits_model
+    x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert calibrate_noise(digits_model, x) == calibrate_noise(digits_model, x, profile=DEFAULT_PROFILE)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp64", torch.float64), ("bf16", torch.bfloat16),
+                                              ("fp16", torch.float16), ("autocast-bf16", torch.float32)])
+def test_served_model_runs_in_the_profile_and_answers_on_the_cpu(digits_model: torch.nn.Module, precision: str,
+                                                                 dtype: torch.dtype) -> None:
+    m = served(digits_model, DeviceProfile("cpu", precision))
+    assert next(m.parameters()).dtype == dtype
+    assert next(digits_model.parameters()).dtype == torch.float32  # the caller's model is not touched
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        out, ref = m(x), digits_model(x)
+    assert out.device.type == "cpu" and out.dtype == (torch.float64 if precision == "fp64" else torch.float32)
+    err = float((out.double() - ref.double()).abs().max())
+    if precision == "fp64":
+        assert 0 < err < 1e-4  # float32 rounding only
+    else:
+        assert err > 1e-4  # reduced precision really moves the logits
+
+
+@pytest.mark.parametrize("precision", ["fp64", "bf16", "autocast-bf16"])
+def test_profiled_fingerprint_expects_the_served_outputs_and_verifies_there(
+        digits_model: torch.nn.Module, digits_data: tuple[Dataset, Dataset], precision: str) -> None:
+    # the fixed floor: the measured one of a half precision is its resolution, which may
+    # hold the float32 model's outputs too (see the measured-floor test below)
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision=precision, floor="fixed"),
+                                progress=False)
+    deployment = served(digits_model, DeviceProfile("cpu", precision))
+    with torch.inference_mode():
+        want = deployment(fp.samples).float()
+    assert torch.equal(fp.expected, want)
+    assert fp.meta["profile"]["device"] == "cpu" and fp.meta["profile"]["precision"] == precision
+    assert fp.meta["config"]["precision"] == precision
+    assert "float64" not in fp.noise.variants and "batch=1" in fp.noise.variants
+    for spec in ("top1", "logits"):
+        rep = verify(fp, deployment, spec=spec, max_batch=3)
+        assert rep.verdict == "INTACT", (spec, rep.reason)
+    if precision != "fp64":  # the float32 model is not what this deployment serves
+        assert verify(fp, digits_model, spec="logits").verdict == "TAMPERED"
+        default, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(floor="fixed"), progress=False)
+        assert verify(default, deployment, spec="logits").verdict == "TAMPERED"
+
+
+def test_profiled_fingerprint_round_trips_through_the_file(tmp_path: Path, digits_model: torch.nn.Module,
+                                                           digits_data: tuple[Dataset, Dataset]) -> None:
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision="fp64"), progress=False)
+    fp.save(tmp_path / "fp.vpf")
+    back = Fingerprint.load(tmp_path / "fp.vpf")
+    assert back.meta["profile"]["precision"] == "fp64"
+    assert FingerprintConfig.from_dict(back.meta["config"]).profile == DeviceProfile("cpu", "fp64")
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU: the refusal is for machines without one")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_is_refused_clearly_without_a_gpu(digits_model: torch.nn.Module,
+                                               digits_data: tuple[Dataset, Dataset], device: str) -> None:
+    cfg = _cfg(device=device, precision="tf32")  # a valid profile: refused only where it is used
+    with pytest.raises(ConfigError, match=f"expected a CUDA device for --device {device}, got none"):
+        make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
+    with pytest.raises(ConfigError, match="sees no GPU"):
+        served(digits_model, cfg.profile)
+
+
+def test_cli_takes_device_and_precision_and_inspect_shows_them(
+        tmp_path: Path, digits_model: torch.nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
+    from veriprint.cli.main import main
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(digits_model, weights)
+    common = ["fingerprint", "--model", "veriprint.zoo:digits_mlp", "--weights", str(weights), "--data", "digits",
+              "--bag", "40", "--steps", "20", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "fp.vpf"), "--precision", "autocast-bf16"]) == 0
+    assert main(["inspect", str(tmp_path / "fp.vpf")]) == 0
+    assert "profile: expected outputs and floor computed on cpu in autocast-bf16" in capsys.readouterr().out
+    (tmp_path / "c.toml").write_text('precision = "fp64"\n')
+    assert main([*common, "--out", str(tmp_path / "c.vpf"), "--config", str(tmp_path / "c.toml")]) == 0
+    assert Fingerprint.load(tmp_path / "c.vpf").meta["profile"]["precision"] == "fp64"
+    if NO_GPU:
+        capsys.readouterr()
+        assert main([*common, "--out", str(tmp_path / "g.vpf"), "--device", "cuda"]) == 2
+        assert "expected a CUDA device for --device cuda" in capsys.readouterr().err
+
+
+# --- measured floors --------------------------------------------------------------------------
+
+
+def test_resolution_guard_is_two_units_in_the_last_place_of_the_largest_logit() -> None:
+    from veriprint.noise import resolution_guard
+
+    z = torch.tensor([[10.0, -3.0], [1.0, 2.0]])
+    assert resolution_guard(z) == 2 * 2.0**-23 * 8  # float32: |z| in [8, 16) is spaced 2**-20
+    assert resolution_guard(z, DeviceProfile("cpu", "bf16")) == 2 * 2.0**-7 * 8
+    assert resolution_guard(z, DeviceProfile("cpu", "autocast-fp16")) == 2 * 2.0**-10 * 8
+    assert resolution_guard(z, DeviceProfile("cpu", "fp64")) == resolution_guard(z)  # stored as float32
+    assert resolution_guard(torch.zeros(2, 3)) == 1e-12
+
+
+def test_measured_floor_follows_the_noise_and_fixed_keeps_min_floor(digits_model: torch.nn.Module) -> None:
+    from veriprint.noise import resolution_guard
+
+    x = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    fixed = calibrate_noise(digits_model, x)
+    measured = calibrate_noise(digits_model, x, floor="measured")
+    assert fixed.min_floor == 1e-4 and fixed.floor == 1e-4  # float32 noise here is ~1e-6
+    with torch.inference_mode():
+        guard = resolution_guard(digits_model(x))
+    assert measured.min_floor == guard
+    assert measured.margin == fixed.margin
+    assert measured.floor == max(10 * measured.margin, guard) < 1e-4
+    with pytest.raises(ConfigError, match="expected floor one of fixed, measured, got 'lowest'"):
+        calibrate_noise(digits_model, x, floor="lowest")
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.floor"):
+        FingerprintConfig(floor="lowest")  # type: ignore[arg-type]
+
+
+def test_measured_floor_fingerprint_verifies_on_cpu_deployments(digits_model: torch.nn.Module,
+                                                                digits_data: tuple[Dataset, Dataset]) -> None:
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(floor="measured"), progress=False)
+    assert fp.noise.floor < 1e-4 and fp.meta["config"]["floor"] == "measured"
+    from veriprint.targets import TorchTarget
+
+    for mb in (1, 3, None):
+        for threads in (1, 2):
+            rep = verify(fp, TorchTarget(digits_model, threads=threads), spec="logits", max_batch=mb)
+            assert rep.verdict == "INTACT", rep.reason
+    bad = __import__("copy").deepcopy(digits_model)
+    with torch.no_grad():
+        bad[-1].bias.add_(1e-3)
+    assert verify(fp, bad, spec="logits").verdict == "TAMPERED"
+
+
+def test_measured_floor_of_a_half_precision_profile_is_its_resolution(digits_model: torch.nn.Module,
+                                                                      digits_data: tuple[Dataset, Dataset]) -> None:
+    from veriprint.noise import resolution_guard
+
+    fp, _, _ = make_fingerprint(digits_model, digits_data[1], _cfg(precision="bf16", floor="measured"),
+                                progress=False)
+    deployment = served(digits_model, DeviceProfile("cpu", "bf16"))
+    with torch.inference_mode():
+        guard = resolution_guard(deployment(fp.samples), DeviceProfile("cpu", "bf16"))
+    assert fp.noise.min_floor >= guard > 1e-3  # bfloat16 logits are spaced ~1e-2 apart
+    assert verify(fp, deployment, spec="top1").verdict == "INTACT"
