@@ -82,7 +82,7 @@ def test_auto_budget_depends_on_the_device() -> None:
     assert resolve("auto", "1G", "cpu") == (600.0, 2**30)
     assert resolve("auto", "1G", "cuda")[0] == 60.0
     assert resolve("none", "1G", "cpu")[0] is None
-    assert 0 < resolve("none", "auto", "cpu")[1] <= 2.5 * 2**30
+    assert 0 < resolve("none", "auto", "cpu")[1] <= 1.0 * 2**30
 
 
 def test_a_run_that_fits_is_unchanged() -> None:

@@ -67,7 +67,7 @@ FINGERPRINT_HELP = {
              "images), shifts, shifts+flips, none",
     "budget": "time budget for the run (90s, 10m, 1.5h; auto: 10 min on a CPU, 60 s on an accelerator; none): "
               "bag, pool and steps are ceilings the plan trims to fit, a run that fits is unchanged",
-    "max_memory": "memory for one backward pass's tensors, which caps the batch (512M, 2G; auto: 2.5G, "
+    "max_memory": "memory for one backward pass's tensors, which caps the batch (512M, 2G; auto: 1G, "
                   "at most 40%% of the machine's)",
     "device": "device the deployment runs on (cpu, cuda, cuda:N): expected outputs and floor computed there",
     "precision": "the deployment's numerics: expected outputs and floor computed under them",

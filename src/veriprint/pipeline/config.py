@@ -80,7 +80,7 @@ class FingerprintConfig:
             plan trims to fit (:mod:`veriprint.pipeline.plan`); a run that fits is
             unchanged.
         max_memory: memory budget for the tensors one backward pass keeps, which caps the
-            batch size: ``"auto"`` (default: 2.5 GiB, at most 40% of the machine's memory)
+            batch size: ``"auto"`` (default: 1 GiB, at most 40% of the machine's memory)
             or a size (``"512M"``, ``"2G"``).
         device: where the deployment runs the model, ``"cpu"`` (default), ``"cuda"`` or
             ``"cuda:N"``: expected outputs and the noise floor are computed there
