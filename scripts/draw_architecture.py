@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 OWNER = [
+    ("0 plan", "pipeline/plan.py\n(time, memory)"),
     ("1 seeds", "pipeline/seeds.py"),
     ("2 generate", "generate.py\n(objective.py)"),
     ("3 calibrate", "pipeline/calibrate.py\n(noise.py)"),
@@ -42,8 +43,8 @@ def arrow(ax, a: tuple[float, float], b: tuple[float, float]) -> None:  # type: 
 
 
 def main() -> None:
-    fig, ax = plt.subplots(figsize=(15, 5.2))
-    ax.set_xlim(-0.2, 14.2)
+    fig, ax = plt.subplots(figsize=(17, 5.2))
+    ax.set_xlim(-0.2, 16.2)
     ax.set_ylim(-0.4, 5.2)
     ax.axis("off")
     ax.text(0, 4.9, "owner side: make_fingerprint (pipeline/make.py); stages 1-4 = build_candidates, "
@@ -58,7 +59,7 @@ def main() -> None:
         box(ax, i * 2.8, 0.9, t, f, "#e6f2df" if i < 3 else "#f6eadb")
         if i:
             arrow(ax, (i * 2.8 - 1.1, 1.47), (i * 2.8, 1.47))
-    ax.plot([12.85, 12.85, 0.85], [3.25, 2.3, 2.3], color="#333", lw=1)
+    ax.plot([14.85, 14.85, 0.85], [3.25, 2.3, 2.3], color="#333", lw=1)
     arrow(ax, (0.85, 2.3), (0.85, 2.05))
     ax.text(6.2, 2.36, ".vpf file (signed)", fontsize=8, style="italic")
     ax.text(0, 0.1, "configs: dataclass defaults -> --config FILE.toml -> flags (configs.py); errors: "

@@ -190,3 +190,27 @@ def test_bag_section_from_a_gpu_worker_without_the_data_set(monkeypatch: pytest.
     monkeypatch.setattr(bag.subprocess, "run", failing)
     with pytest.raises(RuntimeError, match="status 1: RuntimeError: CUDA error: boom"):
         bag.run(Context(device="cuda"))
+
+
+@pytest.mark.slow
+def test_scaling_and_stage_benchmarks_run(tmp_path: Path) -> None:
+    """The scaling benchmark's quick mode and a tiny stage ablation run and report every row."""
+    from benchmarks import scaling, stages
+
+    out, raw, png = tmp_path / "scaling.md", tmp_path / "scaling.json", tmp_path / "scaling.png"
+    assert scaling.main(["--quick", "--out", str(out), "--json", str(raw), "--plot", str(png)]) == 0
+    rows = json.loads(raw.read_text())
+    assert [r["model"] for r in rows] == ["base", "side 32"] and png.stat().st_size > 0
+    for r in rows:
+        assert r["stages"]["generate"]["forward_backward"] > 0 and sum(r["predicted"].values()) > 0
+        assert r["default_plan"]["total_s"] > 0
+    assert "| base |" in out.read_text()
+    sj, smd = tmp_path / "stages.json", tmp_path / "stages.md"
+    assert stages.main(["--models", "tiny-imagenet", "--bag", "8", "--steps", "0", "2", "--draws", "1",
+                        "--tensors", "2", "--json", str(sj), "--out", str(smd)]) == 0
+    res = json.loads(sj.read_text())[0]
+    names = [row["config"] for row in res["rows"]]
+    assert names[:2] == ["steps 0", "steps 2"] and "steps 2, no refinement" in names
+    for row in res["rows"]:
+        assert 0 <= row["measured_5pct"] <= 1 and row["edits"] == 4 and len(row["structural"]) == 6
+    assert "## tiny-imagenet" in smd.read_text()

@@ -24,6 +24,7 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         assert name in out.stdout
     sub = _cli("fingerprint", "--help", cwd=tmp_path)
     assert "--bag" in sub.stdout and "default: 500" in sub.stdout
+    assert "--budget" in sub.stdout and "--max-memory" in sub.stdout and "--views" in sub.stdout
 
 
 def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: torch.nn.Module) -> None:
@@ -45,6 +46,7 @@ def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: tor
               "--key", "key", "--quiet", cwd=tmp_path)
     assert fp.returncode == 0, fp.stderr
     assert "wrote fp.vpf" in fp.stdout
+    assert "time budget 600 s: predicted" in fp.stdout and "nothing trimmed" in fp.stdout
 
     ok = _cli("verify", "fp.vpf", "--target", "veriprint.zoo:digits_mlp", "--weights", str(weights),
               "--spec", "probs", "--pubkey", "key.pub", "--report", "r.json", cwd=tmp_path)

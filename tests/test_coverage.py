@@ -195,7 +195,7 @@ def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module, capsy
                  "--max-queries", "10", "--no-cover-classes"]) == 0
     b = Fingerprint.load(tmp_path / "b.vpf")
     assert len(b) == 10 and b.meta["budget"]["target"] == 0.99 and b.meta["budget"]["requested"] == 4
-    assert "budget: 10 queries" in capsys.readouterr().out
+    assert "query budget: 10 queries" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "b.vpf")]) == 0
     shown = capsys.readouterr().out
     labelled = sorted(set(b.expected.argmax(1).tolist()))

@@ -228,7 +228,7 @@ def _closed_form_layer(model: nn.Module, v0: torch.Tensor, cfg: GenerationConfig
 
 def _ascend(
     model: nn.Module, v0: torch.Tensor, cfg: GenerationConfig, domain: InputDomain,
-    model_outputs: OutputKind, bar: Any,
+    model_outputs: OutputKind, bar: Any, deadline: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = v0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr, maximize=True)
@@ -246,6 +246,9 @@ def _ascend(
             history[step, 0] = mean
             history[step, 1] = psnr(x, v0, domain).clamp(max=200).mean()
         bar.update(1)
+        if deadline is not None and time.perf_counter() > deadline:
+            bar.update(cfg.steps - step - 1)
+            return x.detach(), history[: step + 1]
         if cfg.patience:
             if mean > best + cfg.min_delta * (1 if cfg.log_space else abs(best) if math.isfinite(best) else 1):
                 best, since = mean, 0
@@ -265,6 +268,7 @@ def generate(
     domain: InputDomain | None = None,
     model_outputs: OutputKind = "logits",
     progress: bool = True,
+    deadline: float | None = None,
 ) -> GenerationResult:
     """Turn natural seeds into Sensitive-Samples.
 
@@ -281,6 +285,9 @@ def generate(
         domain: input range and grid (default ``[0, 1]``, 8-bit).
         model_outputs: ``"logits"`` (default) or ``"probs"`` for a softmax-ending model.
         progress: show a progress bar.
+        deadline: a ``time.perf_counter()`` value; the ascent stops there (each chunk of
+            the bag at its share of the time left), after at least one step. ``steps_run``
+            says how far it got.
 
     Returns:
         A :class:`GenerationResult`.
@@ -299,9 +306,10 @@ def generate(
     steps = cfg.steps if cfg.eps > 0 else 0
     outs, hists = [], []
     with tqdm(total=steps * len(chunks), desc="generate", unit="step", disable=not progress, leave=False) as bar:
-        for v0 in chunks:
+        for i, v0 in enumerate(chunks):
+            due = None if deadline is None else start + (deadline - start) * (i + 1) / len(chunks)
             if steps:
-                x, hist = _ascend(model, v0, cfg, domain, model_outputs, bar)
+                x, hist = _ascend(model, v0, cfg, domain, model_outputs, bar, due)
             else:
                 x, hist = v0.clone(), torch.zeros(0, 2)
             outs.append(snap_to_ball(x, v0, cfg.eps, cfg.norm, domain))

@@ -193,6 +193,7 @@ def calibrate_noise(
     min_floor: float = 1e-4,
     profile: DeviceProfile | None = None,
     floor: str = "fixed",
+    max_batch: int | None = None,
 ) -> NoiseFloor:
     """Measure how much the intact model's outputs move on ``x`` across execution variants.
 
@@ -225,6 +226,9 @@ def calibrate_noise(
             ``"measured"``: it is :func:`resolution_guard` of the reference logits, so the
             floor is ``safety`` times the measured noise wherever that is larger than two
             units of the deployment's resolution (``min_floor`` is then not used).
+        max_batch: the largest batch run (default: the whole of ``x`` for the reference);
+            bounds the memory a large model's passes take. Batch sizes above it are run
+            at it instead.
     """
     if floor not in FLOOR_MODES:
         raise ConfigError(f"expected floor one of {', '.join(FLOOR_MODES)}, got {floor!r}")
@@ -238,8 +242,12 @@ def calibrate_noise(
         assert profile is not None
         model = served(model, profile)
         float64 = onnx = False
-    ref = as_logits(_run(model, x, max(len(x), 1)).float(), model_outputs)  # as stored
+    full = max(len(x), 1) if max_batch is None else max(1, min(len(x), max_batch))
+    ref = as_logits(_run(model, x, full).float(), model_outputs)  # as stored
     runs: list[tuple[str, torch.Tensor, slice]] = []
+    cap = 64 if max_batch is None else max(1, min(64, max_batch))
+    if max_batch is not None:
+        batch_sizes = tuple(dict.fromkeys(min(b, max_batch) for b in batch_sizes))
     for b in batch_sizes:
         part = slice(0, min(len(x), max_single)) if b == 1 else slice(0, len(x))
         runs.append((f"batch={b}", as_logits(_run(model, x[part], b), model_outputs), part))
@@ -248,21 +256,21 @@ def calibrate_noise(
         before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True
         try:
-            runs.append(("cudnn.benchmark", as_logits(_run(model, x, 64), model_outputs), slice(0, len(x))))
+            runs.append(("cudnn.benchmark", as_logits(_run(model, x, cap), model_outputs), slice(0, len(x))))
         finally:
             torch.backends.cudnn.benchmark = before
     if threads and torch.get_num_threads() > 1:
         previous = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            runs.append(("threads=1", as_logits(_run(model, x, 64), model_outputs), slice(0, len(x))))
+            runs.append(("threads=1", as_logits(_run(model, x, cap), model_outputs), slice(0, len(x))))
         finally:
             torch.set_num_threads(previous)
     if float64:
         import copy
 
         m64 = copy.deepcopy(model).double()
-        runs.append(("float64", as_logits(_run(m64, x.double(), 64), model_outputs), slice(0, len(x))))
+        runs.append(("float64", as_logits(_run(m64, x.double(), cap), model_outputs), slice(0, len(x))))
     if onnx:
         out = _onnx_outputs(model, x)
         if out is not None:

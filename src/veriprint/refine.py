@@ -19,9 +19,14 @@ Method, batched over samples:
    margin at or above ``tau``. The result differs from a sample below ``tau`` by one grid
    step of one pixel;
 3. one grid step of one pixel can still move the margin by ten times ``tau`` or more, so
-   :func:`settle_margin` then moves single pixels by one grid step, each time the pixel
-   whose predicted margin change uses up most of the remaining slack without crossing
-   ``tau``, checking every move exactly. Margins end within a few percent of ``tau``.
+   :func:`settle_margin` then moves pixels by one grid step, each time the pixels whose
+   predicted margin changes together use up most of the remaining slack without crossing
+   ``tau`` (one pixel on a small input, up to thousands on a large one), checking every
+   move exactly. Margins end within a few percent of ``tau``.
+
+Every loop runs the model only on the samples still moving, so a batch costs what its
+slowest sample needs, and the number of model evaluations does not grow with the size
+of the input.
 
 :func:`boundary_twins` uses the same moves to cross the boundary on purpose: from a
 sample with label ``c`` at margin ``tau`` it finds, a pixel or two away, a sample whose
@@ -131,29 +136,29 @@ def refine_to_boundary(
     best_m = m.clone()
     cur = x.detach().clone()
     taken = 0
+    shape = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(steps):
-        if not active.any():
+        rows = active.nonzero().flatten()  # only samples still above the target are moved
+        if len(rows) == 0:
             break
         taken += 1
-        shape = (-1,) + (1,) * (x.dim() - 1)
+        ga = g[rows]
         if norm == "linf":
-            move = g.sign()
+            move = ga.sign()
         else:
-            move = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * math.sqrt(g[0].numel())
-        nxt = snap_to_ball(cur - step * move, seeds, eps, norm, domain)
-        nxt = torch.where(active.view(shape), nxt, cur)
-        m_new, g_new = _margin_and_grad(model, nxt, labels, model_outputs)
-        went_below = active & (m_new < tau)
-        stay = active & ~went_below
+            move = ga / ga.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * math.sqrt(ga[0].numel())
+        nxt = snap_to_ball(cur[rows] - step * move, seeds[rows], eps, norm, domain)
+        m_new, g_new = _margin_and_grad(model, nxt, labels[rows], model_outputs)
+        went = m_new < tau[rows]
         # Keep the smallest margin still above the target.
-        better = stay & (m_new < best_m)
-        above[better] = nxt[better]
-        best_m = torch.where(better, m_new, best_m)
-        below[went_below] = nxt[went_below]
-        crossed |= went_below
-        active = stay
-        cur, g = nxt, g_new
-        m = torch.where(went_below, m, m_new)
+        better = ~went & (m_new < best_m[rows])
+        above[rows[better]] = nxt[better]
+        best_m[rows[better]] = m_new[better]
+        below[rows[went]] = nxt[went]
+        crossed[rows[went]] = True
+        active[rows[went]] = False
+        cur[rows] = nxt
+        g[rows] = g_new
     samples = above.clone()
     if crossed.any():
         samples[crossed] = _prefix_search(model, above[crossed], below[crossed], labels[crossed],
@@ -189,13 +194,17 @@ def settle_margin(
     model_outputs: OutputKind = "logits",
     steps: int = 24,
     tolerance: float = 0.05,
+    max_pixels: int = 4096,
 ) -> torch.Tensor:
-    """Lower each sample's margin (for ``labels``) towards ``target`` one pixel at a time.
+    """Lower each sample's margin (for ``labels``) towards ``target`` in grid steps of pixels.
 
     Each step predicts, from the margin's gradient, the change every single-pixel grid
-    step would make, takes the pixel whose predicted decrease is the largest below the
-    remaining slack ``margin - target`` (a shrinking share of it after a rejected move),
-    and keeps the move only if the exact margin stays at or above ``target``. Samples stop
+    step would make, and moves the pixels of largest predicted decrease whose sum stays
+    below the remaining slack ``margin - target`` (a shrinking share of it after a
+    rejected move): one pixel where a single pixel uses the slack up, as on small inputs,
+    up to ``max_pixels`` where each pixel moves the margin by a sliver of it, as on large
+    ones, so the number of model evaluations does not grow with the input's size. A move
+    is kept only if the exact margin stays at or above ``target``. Samples stop
     once their slack is below ``tolerance * |target|``. Every sample stays on the grid and
     inside its ball; a sample's margin never goes below ``target``.
 
@@ -204,8 +213,9 @@ def settle_margin(
         target: the margin to approach from above (scalar or per sample, may be negative).
         eps, norm, domain: the ball and the grid (a grid is required).
         model_outputs: what the model returns.
-        steps: single-pixel moves tried per sample.
+        steps: moves tried per sample (each one gradient and one forward pass).
         tolerance: relative slack at which a sample is done.
+        max_pixels: most pixels moved in one step.
 
     Returns:
         The settled samples.
@@ -218,43 +228,51 @@ def settle_margin(
     tau = torch.as_tensor(target, dtype=torch.float64).expand(n).clone()
     cur = x.detach().clone()
     share = torch.full((n,), 0.9, dtype=torch.float64)
-    rows = torch.arange(n)
+    done = torch.zeros(n, dtype=torch.bool)
     for _ in range(steps):
-        m, g = _margin_and_grad(model, cur, labels, model_outputs)
-        slack = m - tau
-        active = (slack > tolerance * tau.abs().clamp_min(1e-12)) & (share > 1e-3)
+        # Only samples still settling go through the model: a batch costs what its slowest
+        # sample needs, not that times the batch.
+        rows = (~done).nonzero().flatten()
+        if len(rows) == 0:
+            break
+        m, g = _margin_and_grad(model, cur[rows], labels[rows], model_outputs)
+        slack = m - tau[rows]
+        active = (slack > tolerance * tau[rows].abs().clamp_min(1e-12)) & (share[rows] > 1e-3)
+        done[rows[~active]] = True
         if not bool(active.any()):
             break
-        flat, g0 = cur.flatten(1).double(), g.flatten(1).double()
-        s0 = seeds.flatten(1).double()
-        best_gain = torch.full((n,), float("-inf"), dtype=torch.float64)
-        best_idx = torch.zeros(n, dtype=torch.long)
-        best_dir = torch.zeros(n, dtype=torch.float64)
-        for direction in (1.0, -1.0):
-            moved = flat + direction * step
-            ok = (moved >= domain.lo - 1e-9) & (moved <= domain.hi + 1e-9)
-            if norm == "linf":
-                ok &= (moved - s0).abs() <= eps + 1e-9
-            gain = -g0 * direction * step  # predicted margin decrease (positive is a decrease)
-            allowed = ok & (gain > 0) & (gain <= (share * slack).view(-1, 1))
-            gain = torch.where(allowed, gain, torch.full_like(gain, float("-inf")))
-            val, idx = gain.max(dim=1)
-            better = val > best_gain
-            best_gain = torch.where(better, val, best_gain)
-            best_idx = torch.where(better, idx, best_idx)
-            best_dir = torch.where(better, torch.full_like(best_dir, direction), best_dir)
-        movable = active & torch.isfinite(best_gain)
-        share = torch.where(active & ~movable, share * 0.5, share)
+        rows, slack, g = rows[active], slack[active], g[active]
+        flat, g0 = cur[rows].flatten(1).double(), g.flatten(1).double()
+        s0 = seeds[rows].flatten(1).double()
+        # Each coordinate's helpful direction (against its gradient) and that move's
+        # predicted margin decrease; infeasible moves (off the box or the ball) gain nothing.
+        direction = -torch.sign(g0)
+        moved = flat + direction * step
+        ok = (direction != 0) & (moved >= domain.lo - 1e-9) & (moved <= domain.hi + 1e-9)
+        if norm == "linf":
+            ok &= (moved - s0).abs() <= eps + 1e-9
+        gain = torch.where(ok, g0.abs() * step, torch.zeros_like(g0))
+        budget = (share[rows] * slack).view(-1, 1)
+        gain = torch.where(gain <= budget, gain, torch.zeros_like(gain))
+        # Move every pixel of the largest-gain prefix whose predicted total stays within
+        # the budget: one pixel when a single one uses up the slack, many when each moves
+        # the margin by a small share of it (a large input).
+        top, idx = gain.topk(min(gain.shape[1], max_pixels), dim=1)
+        within = (top.cumsum(dim=1) <= budget) & (top > 0)
+        movable = within[:, 0]
+        share[rows[~movable]] *= 0.5
         if not bool(movable.any()):
             continue
+        rows, flat, idx, within, direction = rows[movable], flat[movable], idx[movable], within[movable], direction[movable]
+        picked = torch.where(within, idx, idx[:, :1])  # repeats of the first pixel change nothing
         cand = flat.clone()
-        cand[rows, best_idx] = cand[rows, best_idx] + best_dir * step
-        cand = domain.snap(cand.view_as(cur).float())
+        cand.scatter_(1, picked, flat.gather(1, picked) + direction.gather(1, picked) * step)
+        cand = domain.snap(cand.view(-1, *cur.shape[1:]).float())
         with torch.no_grad():
-            m_new = label_margin(model, cand, labels, model_outputs)
-        keep = movable & (m_new >= tau) & _in_ball(cand, seeds, eps, norm)
-        cur[keep] = cand[keep]
-        share = torch.where(movable & ~keep, share * 0.5, share)
+            m_new = label_margin(model, cand, labels[rows], model_outputs)
+        keep = (m_new >= tau[rows]) & _in_ball(cand, seeds[rows], eps, norm)
+        cur[rows[keep]] = cand[keep]
+        share[rows[~keep]] *= 0.5
     return cur
 
 

@@ -62,6 +62,13 @@ FINGERPRINT_HELP = {
     "prob_tolerance": "extra probability noise likewise",
     "calibrate_onnx": "include onnxruntime in the noise calibration",
     "seed": "seed for drawing the bag and for random selection",
+    "pool": "natural inputs examined to draw boundary seeds (0: 20 per seed, up to the data or 20,000)",
+    "views": "natural views added when the data is smaller than the bag: auto (shifts; mirrors of colour "
+             "images), shifts, shifts+flips, none",
+    "budget": "time budget for the run (90s, 10m, 1.5h; auto: 10 min on a CPU, 60 s on an accelerator; none): "
+              "bag, pool and steps are ceilings the plan trims to fit, a run that fits is unchanged",
+    "max_memory": "memory for one backward pass's tensors, which caps the batch (512M, 2G; auto: 1G, "
+                  "at most 40%% of the machine's)",
     "device": "device the deployment runs on (cpu, cuda, cuda:N): expected outputs and floor computed there",
     "precision": "the deployment's numerics: expected outputs and floor computed under them",
     "floor": "fixed: never below --min-floor; measured: safety x measured noise, down to 2 units of resolution",

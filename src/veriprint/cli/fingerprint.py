@@ -48,6 +48,14 @@ def run(args: argparse.Namespace) -> int:
           f"coverage {sel.coverage[-1].item():.0%}" if sel.coverage.numel() else "")
     from veriprint.pipeline.cost import format_costs
 
+    plan = fp.meta.get("plan")
+    if plan:
+        limit = "no time budget" if plan["budget_s"] is None else f"time budget {plan['budget_s']:.0f} s"
+        trimmed = ("trimmed " + ", ".join(plan["trimmed"])) if plan["trimmed"] else "nothing trimmed"
+        spent = sum(v["seconds"] for v in fp.meta.get("stages", {}).values())
+        print(f"{limit}: predicted {plan['total_s']:.0f} s, took {spent:.0f} s; {trimmed}; "
+              f"batch {plan['batch']}" + (" (still over budget: the smallest plan allowed)" if plan["over"] else ""))
+
     costs = format_costs(fp.meta.get("stages", {}))
     if costs:
         print("cost per stage (samples through the model; fwd+bwd: run with gradients):")
@@ -63,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(budget, dict):
         from veriprint.selectors.budget import Budget
 
-        print(f"budget: {Budget.from_dict(budget).summary()}")
+        print(f"query budget: {Budget.from_dict(budget).summary()}")
     return 0

@@ -60,7 +60,17 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(budget, dict):
         from veriprint.selectors.budget import Budget
 
-        print(f"budget: {Budget.from_dict(budget).summary()}")
+        print(f"query budget: {Budget.from_dict(budget).summary()}")
+    plan = m.get("plan")
+    if isinstance(plan, dict) and isinstance(plan.get("requested"), dict):
+        limit = "no time budget" if plan.get("budget_s") is None else f"time budget {plan['budget_s']:.0f} s"
+        trimmed = ", ".join(plan.get("trimmed") or []) or "nothing trimmed"
+        stopped = ", ".join(f"{k} {plan[k]}" for k in ("steps_run", "refined", "twinned") if k in plan)
+        print(f"plan: {limit}, predicted {plan.get('total_s', 0):.0f} s; {trimmed}"
+              + (f"; stopped by deadlines: {stopped}" if stopped else "") + f"; batch {plan.get('batch')}")
+    data = m.get("data")
+    if isinstance(data, dict) and data.get("views"):
+        print(f"seeds: {data.get('size')} inputs with natural views ({', '.join(data['views'])})")
     labels_seen = sorted(set(labels.tolist()))
     blind = [c for c in range(int(m["num_classes"])) if c not in labels_seen]
     print(f"classes: {len(labels_seen)} of {m['num_classes']} label a query; "

@@ -3,6 +3,7 @@
 =============  ====================================  ======================================
 stage          module                                what it does
 =============  ====================================  ======================================
+0 plan         :mod:`veriprint.pipeline.plan`        fit the work to the time and memory budgets
 1 seeds        :mod:`veriprint.pipeline.seeds`       draw the bag of natural inputs
 2 generate     :mod:`veriprint.generate`             Sensitive-Sample ascent (Algorithm 1)
 3 calibrate    :mod:`veriprint.pipeline.calibrate`   measure the noise floor
@@ -23,6 +24,7 @@ from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import SELECTOR_NAMES, FingerprintConfig
 from veriprint.pipeline.describe import REACH_DELTAS, base_meta, describe, reach_meta
 from veriprint.pipeline.make import make_fingerprint
+from veriprint.pipeline.plan import Plan, plan_fingerprint
 from veriprint.pipeline.refinement import redescribe, refine
 from veriprint.pipeline.seeds import draw_seeds
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
@@ -32,6 +34,7 @@ __all__ = [
     "SELECTOR_NAMES",
     "Candidates",
     "FingerprintConfig",
+    "Plan",
     "Twins",
     "base_meta",
     "build_candidates",
@@ -41,6 +44,7 @@ __all__ = [
     "eligible",
     "make_fingerprint",
     "make_twins",
+    "plan_fingerprint",
     "reach_meta",
     "redescribe",
     "refine",

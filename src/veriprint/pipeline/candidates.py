@@ -42,6 +42,8 @@ class Candidates:
         reached: which samples refinement brought to its target margin (all False
             without refinement).
         boundary: whether the seeds were drawn near decision boundaries.
+        refined: how many (the first ones) refinement ran on before its deadline (all
+            without one; 0 without refinement).
     """
 
     gen: GenerationResult
@@ -49,6 +51,7 @@ class Candidates:
     noise: NoiseFloor
     reached: torch.Tensor
     boundary: bool
+    refined: int = 0
 
     @property
     def samples(self) -> torch.Tensor:
@@ -64,26 +67,37 @@ class Candidates:
 
 def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, *,
                      domain: InputDomain, model_outputs: OutputKind = "logits",
-                     progress: bool = True, meter: CostMeter | None = None) -> Candidates:
+                     progress: bool = True, meter: CostMeter | None = None,
+                     deadlines: dict[str, float] | None = None) -> Candidates:
     """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement.
 
-    ``meter`` (optional) records each stage's seconds and model passes.
+    ``meter`` (optional) records each stage's seconds and model passes; ``deadlines``
+    (optional, from :func:`veriprint.pipeline.plan.deadlines`) stops the ascent at its
+    deadline, and refinement at its own once twice ``cfg.select`` samples are refined.
     """
     stage = meter.stage if meter is not None else _no_meter
     boundary = cfg.seeds == "boundary" and cfg.refine
     with stage("seeds"):
         seeds, seed_idx = draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model,
-                                     model_outputs)
+                                     model_outputs, pool=cfg.pool, batch_size=seed_batch(cfg))
     with stage("generate"):
         gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs,
-                       progress=progress)
+                       progress=progress, deadline=(deadlines or {}).get("generate"))
     with stage("calibrate"):
         noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
     reached = torch.zeros(len(gen), dtype=torch.bool)
+    refined = 0
     if cfg.refine and cfg.generation.eps > 0:
         with stage("refine"):
-            gen, reached = refine(model, gen, noise, cfg, model_outputs=model_outputs)
-    return Candidates(gen, seed_idx, noise, reached, boundary)
+            gen, reached, refined = refine(model, gen, noise, cfg, model_outputs=model_outputs,
+                                  deadline=(deadlines or {}).get("refine"), at_least=2 * cfg.select)
+    return Candidates(gen, seed_idx, noise, reached, boundary, refined)
+
+
+def seed_batch(cfg: FingerprintConfig) -> int:
+    """Batch for the seed pool's margins: the gradient batch (an inference batch four times
+    as large took 3.5 GB on EfficientNet-Lite2 at 260x260), and 500 at most."""
+    return min(500, cfg.generation.batch_size)
 
 
 @contextmanager

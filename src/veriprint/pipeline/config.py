@@ -13,6 +13,7 @@ from typing import Any, Literal
 from veriprint.configs import check_version, from_mapping
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationConfig
+from veriprint.pipeline.plan import parse_bytes, parse_duration
 from veriprint.profiles import DeviceProfile, Precision
 
 __all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
@@ -66,6 +67,21 @@ class FingerprintConfig:
         prob_tolerance: extra probability noise declared likewise, default 0.
         calibrate_onnx: include onnxruntime in the noise calibration (default False).
         seed: seed for drawing the bag and for random selection (default 0).
+        pool: natural inputs examined to draw boundary seeds (default 0: ``max(20 bag,
+            min(data, 20000))``, at most the data).
+        views: when the data has fewer inputs than ``bag``, add natural views of each
+            (:func:`veriprint.pipeline.seeds.natural_views`): ``"auto"`` (default: shifts,
+            and mirror images of colour images), ``"shifts"``, ``"shifts+flips"`` or
+            ``"none"``. A bag larger than the data and its views is cut to their number,
+            with a warning; the views used are recorded in ``meta["data"]``.
+        budget: time budget for the whole run: ``"auto"`` (default: 10 minutes on a CPU,
+            60 s on an accelerator), a duration (``"90s"``, ``"10m"``, ``"1.5h"``), or
+            ``"none"``. ``bag``, ``pool`` and ``generation.steps`` are ceilings that the
+            plan trims to fit (:mod:`veriprint.pipeline.plan`); a run that fits is
+            unchanged.
+        max_memory: memory budget for the tensors one backward pass keeps, which caps the
+            batch size: ``"auto"`` (default: 1 GiB, at most 40% of the machine's memory)
+            or a size (``"512M"``, ``"2G"``).
         device: where the deployment runs the model, ``"cpu"`` (default), ``"cuda"`` or
             ``"cuda:N"``: expected outputs and the noise floor are computed there
             (:mod:`veriprint.profiles`); a CUDA device is refused where none is present.
@@ -103,6 +119,10 @@ class FingerprintConfig:
     prob_tolerance: float = 0.0
     calibrate_onnx: bool = False
     seed: int = 0
+    pool: int = 0
+    views: Literal["auto", "shifts", "shifts+flips", "none"] = "auto"
+    budget: str = "auto"
+    max_memory: str = "auto"
     device: str = "cpu"
     precision: Precision = "fp32"
     floor: Literal["fixed", "measured"] = "fixed"
@@ -113,7 +133,7 @@ class FingerprintConfig:
         checks = [
             ("bag", self.bag >= 1),
             ("seeds", self.seeds in ("boundary", "random")),
-            ("select", 1 <= self.select <= self.bag),
+            ("select", isinstance(self.select, int) and 1 <= self.select <= self.bag),
             ("selector", self.selector in SELECTOR_NAMES),
             ("coverage", self.coverage is None or 0 < self.coverage <= 1),
             ("max_queries", self.max_queries >= 1),
@@ -123,11 +143,18 @@ class FingerprintConfig:
             ("min_floor", self.min_floor > 0),
             ("tolerance", self.tolerance >= 0),
             ("prob_tolerance", self.prob_tolerance >= 0),
+            ("pool", isinstance(self.pool, int) and self.pool >= 0),
+            ("views", self.views in ("auto", "shifts", "shifts+flips", "none")),
             ("floor", self.floor in ("fixed", "measured")),
         ]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid FingerprintConfig.{name}: got {getattr(self, name)!r}")
+        for name, parse in (("budget", parse_duration), ("max_memory", parse_bytes)):
+            try:
+                parse(getattr(self, name))
+            except ConfigError as e:
+                raise ConfigError(f"invalid FingerprintConfig.{name}: {e}") from None
         if self.coverage is not None and self.selector != "reach":
             raise ConfigError(f"FingerprintConfig.coverage needs selector 'reach' (it predicts coverage by reach), "
                               f"got selector {self.selector!r}")
@@ -151,13 +178,14 @@ class FingerprintConfig:
         """Read a config as stored in a fingerprint's metadata (or written by hand).
 
         Files written before ``seeds`` and ``twins`` existed drew seeds at random, without
-        twins; files written before ``floor`` had the fixed floor; those keys default
-        accordingly. A ``version`` newer than this veriprint's, or a key it does not know,
-        is refused with the key named.
+        twins; files written before ``floor`` had the fixed floor; files written before
+        ``budget`` existed had none; those keys default accordingly. A ``version`` newer
+        than this veriprint's, or a key it does not know, is refused with the key named.
         """
         d = check_version(cls, d)
         d.setdefault("seeds", "random")
         d.setdefault("twins", False)
+        d.setdefault("budget", "none")
         d.setdefault("cover_classes", False)  # files before class coverage kept exactly ``select``
         if "queries" in d:  # the user-facing name of ``select``
             d = dict(d)

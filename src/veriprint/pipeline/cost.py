@@ -1,11 +1,13 @@
-"""What each stage of the pipeline costs: seconds, and samples through the model.
+"""What each stage of the pipeline costs: seconds, samples through the model, peak memory.
 
 :class:`CostMeter` times the stages of one :func:`~veriprint.pipeline.make_fingerprint`
 run and counts the samples that pass through the model's first layer, split into those
 run with gradients (each followed by a backward pass, in practice) and those without.
 Counting at the first layer catches every way a stage runs the model (whole, split into
 body and head, through ``torch.func``), at the price of counting a vmapped batch once.
-The result is stored in ``meta["stages"]`` and printed by ``veriprint fingerprint``.
+Each stage also records the process's peak resident memory at its end (``peak_mb``, a
+running maximum: the stage where it jumps is the one that needed it). The result is stored
+in ``meta["stages"]`` and printed by ``veriprint fingerprint``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class CostMeter:
         finally:
             row = self.stages.setdefault(name, {"seconds": 0.0, "forward": 0, "forward_backward": 0})
             row["seconds"] = round(row["seconds"] + time.perf_counter() - start, 3)
+            row["peak_mb"] = _peak_mb()
             row["forward"] += self._forward - f0
             row["forward_backward"] += self._backward - b0
 
@@ -61,13 +64,24 @@ class CostMeter:
         return {k: dict(v) for k, v in self.stages.items()}
 
 
+def _peak_mb() -> float:
+    """The process's peak resident memory so far, in MiB (0 where the platform cannot say)."""
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return round(kb / 1024, 1)
+    except (ImportError, OSError):  # pragma: no cover
+        return 0.0
+
+
 def format_costs(stages: dict[str, dict[str, float]]) -> str:
     """A small table of ``meta["stages"]``: seconds and samples through the model per stage."""
     if not stages:
         return ""
     total = sum(v["seconds"] for v in stages.values()) or 1.0
-    lines = [f"{'stage':<10} {'seconds':>8} {'share':>6} {'forward':>9} {'fwd+bwd':>9}"]
+    lines = [f"{'stage':<10} {'seconds':>8} {'share':>6} {'forward':>9} {'fwd+bwd':>9} {'peak MB':>8}"]
     for name, v in stages.items():
         lines.append(f"{name:<10} {v['seconds']:>8.2f} {v['seconds'] / total:>6.0%} {int(v['forward']):>9} "
-                     f"{int(v['forward_backward']):>9}")
+                     f"{int(v['forward_backward']):>9} {v.get('peak_mb', 0):>8.0f}")
     return "\n".join(lines)

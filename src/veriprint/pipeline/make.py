@@ -1,6 +1,6 @@
 """``make_fingerprint``: the owner-side pipeline, stage by stage.
 
-1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+0. plan (:mod:`.plan`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
 5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`); 7. describe
 (:mod:`.describe`). Each stage is callable on its own.
@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from veriprint.data import Dataset, InputDomain
+from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.generate import GenerationResult
 from veriprint.models import OutputKind
@@ -23,6 +25,8 @@ from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
+from veriprint.pipeline.plan import apply_plan, deadlines, plan_fingerprint
+from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.profiles import check_device
 from veriprint.select import Selection, event_cover
@@ -64,28 +68,62 @@ def make_fingerprint(
     check_device(cfg.device)  # refuse a missing GPU before minutes of generation
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
+    x0 = data.x if isinstance(data, Dataset) else data
+    n_inputs = len(x0)
+    groups = view_names(x0, cfg.views) if cfg.bag > n_inputs else ["original"]
+    n_seeds = n_inputs * len(groups)
+    if cfg.bag > n_seeds:
+        need = 2 * cfg.select if wants_twins(cfg) else cfg.select
+        if n_seeds < need:
+            raise ConfigError(f"expected at least {need} natural inputs for {cfg.select} queries, got {n_inputs}"
+                              + (f" ({n_seeds} with their views: {', '.join(groups)})" if n_seeds > n_inputs else "")
+                              + "; give more data or ask for fewer queries (--select)")
+        log.warning("the data has %d inputs (%d with their views); the bag is cut from %d to %d",
+                    n_inputs, n_seeds, cfg.bag, n_seeds)
+        cfg = replace(cfg, bag=n_seeds)
     meter = CostMeter(model)
     try:
-        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter)
+        with meter.stage("plan"):
+            pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs, n_data=n_seeds)
+        if pl.trimmed or pl.over:
+            log.warning("%s", pl.summary())
+        cfg = apply_plan(cfg, pl)
+        data, views = with_views(data, cfg.bag, cfg.views)  # only the views the planned bag needs
+        stops: dict[str, int] = {}
+        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter,
+                            deadlines(pl, time.perf_counter()), stops)
     finally:
         meter.close()
     fp.meta["stages"] = meter.report()
+    fp.meta["plan"] = {**pl.to_dict(), **stops}
     if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
-        fp.meta["data"] = {"name": data.name, "size": len(data)}
+        fp.meta["data"] = {"name": data.name, "size": n_inputs}
+    if len(views) > 1:  # natural views added to a small data set (pipeline.seeds.natural_views)
+        fp.meta.setdefault("data", {"size": n_inputs})["views"] = views
     return fp, gen, sel
 
 
 def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, domain: InputDomain,
          model_outputs: OutputKind, progress: bool, source: str | None, start: float,
-         meter: CostMeter) -> tuple[Fingerprint, GenerationResult, Selection]:
+         meter: CostMeter, due: dict[str, float],
+         stops: dict[str, int]) -> tuple[Fingerprint, GenerationResult, Selection]:
     cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress,
-                             meter=meter)
+                             meter=meter, deadlines=due)
+    if due and cands.gen.steps_run < cfg.generation.steps:  # early stopping or the deadline
+        stops["steps_run"] = cands.gen.steps_run
+    if cfg.refine and cands.refined < len(cands):  # a deadline stopped refinement (meta["plan"])
+        stops["refined"] = cands.refined
+        log.warning("the time budget stopped refinement after %d of %d candidates", cands.refined, len(cands))
     ok = eligible(cands, cfg, cfg.select)
     twins: Twins | None = None
     pairs = 0
     if wants_twins(cfg):
         with meter.stage("twins"):
-            twins = make_twins(model, cands, cfg, model_outputs=model_outputs)
+            twins = make_twins(model, cands, cfg, model_outputs=model_outputs, deadline=due.get("twins"),
+                               at_least=2 * cfg.select)
+        if twins.tried is not None and twins.tried < len(cands):
+            stops["twinned"] = twins.tried
+            log.warning("the time budget stopped twins after %d of %d candidates", twins.tried, len(cands))
         if int((ok & twins.ok).sum()) >= cfg.select // 2:
             pairs = cfg.select // 2
         else:

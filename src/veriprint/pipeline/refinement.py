@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -15,16 +17,30 @@ __all__ = ["redescribe", "refine"]
 
 
 def refine(model: nn.Module, gen: GenerationResult, noise: NoiseFloor, cfg: FingerprintConfig, *,
-           model_outputs: OutputKind = "logits") -> tuple[GenerationResult, torch.Tensor]:
-    """Refined samples (re-described) and which of them reached ``refine_factor x floor``.
+           model_outputs: OutputKind = "logits", deadline: float | None = None,
+           at_least: int = 0) -> tuple[GenerationResult, torch.Tensor, int]:
+    """Refined samples (re-described), which of them reached ``refine_factor x floor``, and
+    how many were refined.
 
     See :func:`veriprint.refine.refine_to_boundary`; the samples stay in the ``eps`` ball
-    around their seeds and on the input grid.
+    around their seeds and on the input grid. Samples are refined in batches of
+    ``cfg.generation.batch_size``, in bag order (the seeds closest to a boundary first);
+    once ``time.perf_counter()`` passes ``deadline`` and at least ``at_least`` samples are
+    refined, the rest are left as they are (not reached).
     """
-    ref = refine_to_boundary(model, gen.samples, gen.seeds, target=cfg.refine_factor * noise.floor,
-                             eps=cfg.generation.eps, norm=cfg.generation.norm, domain=gen.domain,
-                             model_outputs=model_outputs)
-    return redescribe(model, gen, ref.samples, model_outputs), ref.reached
+    samples, reached = gen.samples.clone(), torch.zeros(len(gen), dtype=torch.bool)
+    b = cfg.generation.batch_size  # the memory budget's batch (a whole small bag at once)
+    done = len(gen)
+    for lo in range(0, len(gen), b):
+        if deadline is not None and lo >= at_least and time.perf_counter() > deadline:
+            done = lo
+            break
+        ref = refine_to_boundary(model, gen.samples[lo:lo + b], gen.seeds[lo:lo + b],
+                                 target=cfg.refine_factor * noise.floor, eps=cfg.generation.eps,
+                                 norm=cfg.generation.norm, domain=gen.domain, model_outputs=model_outputs)
+        samples[lo:lo + b] = ref.samples
+        reached[lo:lo + b] = ref.reached
+    return redescribe(model, gen, samples, model_outputs), reached, done
 
 
 def redescribe(model: nn.Module, gen: GenerationResult, samples: torch.Tensor,

@@ -10,19 +10,89 @@ from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 
-__all__ = ["draw_seeds"]
+__all__ = ["VIEW_KINDS", "draw_seeds", "natural_views", "view_names", "with_views"]
+
+#: What ``FingerprintConfig.views`` may name.
+VIEW_KINDS = ("auto", "shifts", "shifts+flips", "none")
+
+
+def natural_views(x: torch.Tensor, need: int, kind: str = "auto") -> tuple[torch.Tensor, list[str]]:
+    """More natural inputs from few: ``x`` followed by shifted (and mirrored) copies of it,
+    as many whole groups as reach ``need`` inputs (or all there are).
+
+    Views of images ``(N, C, H, W)``: shifts by ``max(1, W / 32)`` pixels right, left,
+    down and up, the edge pixels repeated (so every pixel stays on the input's grid);
+    with ``"shifts+flips"`` (``"auto"`` on 3-channel images) also the mirror image and its
+    four shifts. A mirrored digit or text line is not a natural input of its class, which
+    is why ``"auto"`` mirrors only colour images. Flat inputs ``(N, D)`` have no views.
+
+    Returns:
+        The inputs (``x`` first) and the name of each group of ``len(x)`` of them.
+    """
+    possible = view_names(x, kind)
+    if len(possible) == 1:
+        return x, possible
+    s = max(1, round(x.shape[3] / 32))
+
+    def shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        h, w = t.shape[2:]
+        rows = (torch.arange(h) - dy).clamp(0, h - 1)
+        cols = (torch.arange(w) - dx).clamp(0, w - 1)
+        return t[:, :, rows][:, :, :, cols]
+
+    moves = [("right", 0, s), ("left", 0, -s), ("down", s, 0), ("up", -s, 0)]
+    groups: list[tuple[str, torch.Tensor]] = [("original", x)]
+    groups += [(f"shift {name} {s}px", shift(x, dy, dx)) for name, dy, dx in moves]
+    if len(possible) > len(groups):
+        m = x.flip(3)
+        groups += [("mirror", m)] + [(f"mirror, shift {name} {s}px", shift(m, dy, dx)) for name, dy, dx in moves]
+    out: list[torch.Tensor] = []
+    names: list[str] = []
+    for name, t in groups:
+        if len(out) * len(x) >= need:
+            break
+        out.append(t)
+        names.append(name)
+    return torch.cat(out), names
+
+
+def view_names(x: torch.Tensor, kind: str = "auto") -> list[str]:
+    """The groups :func:`natural_views` can make of ``x``, ``"original"`` first."""
+    if kind not in VIEW_KINDS:
+        raise ConfigError(f"expected views in {', '.join(VIEW_KINDS)}, got {kind!r}")
+    if kind == "none" or x.dim() != 4 or min(x.shape[2:]) < 8:
+        return ["original"]
+    s = max(1, round(x.shape[3] / 32))
+    shifts = [f"shift {d} {s}px" for d in ("right", "left", "down", "up")]
+    flips = kind == "shifts+flips" or (kind == "auto" and x.shape[1] == 3)
+    return ["original", *shifts] + (["mirror", *(f"mirror, {n}" for n in shifts)] if flips else [])
+
+
+def with_views(data: Dataset | torch.Tensor, need: int, kind: str = "auto") -> tuple[Dataset | torch.Tensor, list[str]]:
+    """``data`` with :func:`natural_views` added when it has fewer than ``need`` inputs
+    (labels repeated); ``data`` itself otherwise."""
+    x = data.x if isinstance(data, Dataset) else data
+    if need <= len(x):
+        return data, ["original"]
+    xv, names = natural_views(x, need, kind)
+    if not isinstance(data, Dataset):
+        return xv, names
+    y = None if data.y is None else data.y.repeat(len(names))
+    return Dataset(xv, y, data.domain, data.name), names
 
 
 def draw_seeds(
     data: Dataset | torch.Tensor, n: int, seed: int, how: str = "random",
-    model: nn.Module | None = None, model_outputs: OutputKind = "logits",
+    model: nn.Module | None = None, model_outputs: OutputKind = "logits", *, pool: int = 0,
+    batch_size: int = 500,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bag: ``n`` natural inputs and their indices in ``data``.
 
     ``how="random"``: uniformly (seeded), as the paper does. ``how="boundary"``: among a
     seeded candidate set of up to ``max(20 n, 20000)`` inputs, those with the smallest
     top-1 margins, round-robin over predicted classes (so every class gets boundaries);
-    needs ``model``.
+    needs ``model``. ``pool`` (when above 0) sets the size of that candidate set instead,
+    at least ``n``; ``batch_size`` bounds the batches its margins are computed in.
 
     Raises:
         ConfigError: ``n`` exceeds the data's size.
@@ -35,9 +105,9 @@ def draw_seeds(
     if how == "random" or model is None:
         idx = perm[:n]
         return x[idx].float(), idx
-    cand = perm[: max(20 * n, min(len(x), 20000))]
+    cand = perm[: max(n, pool) if pool > 0 else max(20 * n, min(len(x), 20000))]
     with torch.inference_mode():
-        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], 500)])
+        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], batch_size)])
     top2 = z.topk(2, dim=1)
     margin = top2.values[:, 0] - top2.values[:, 1]
     # Round-robin over predicted classes, smallest margin first within each class.

@@ -6,6 +6,7 @@ pair (see :func:`veriprint.refine.boundary_twins`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -21,10 +22,12 @@ __all__ = ["Twins", "make_twins", "wants_twins"]
 
 @dataclass(frozen=True)
 class Twins:
-    """``samples[i]`` is candidate ``i``'s twin when ``ok[i]`` (else a placeholder)."""
+    """``samples[i]`` is candidate ``i``'s twin when ``ok[i]`` (else a placeholder);
+    ``tried`` candidates were tried before a deadline stopped it (all, without one)."""
 
     samples: torch.Tensor
     ok: torch.Tensor
+    tried: int | None = None
 
 
 def wants_twins(cfg: FingerprintConfig) -> bool:
@@ -33,11 +36,23 @@ def wants_twins(cfg: FingerprintConfig) -> bool:
 
 
 def make_twins(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *,
-               model_outputs: OutputKind = "logits", keep: torch.Tensor | None = None) -> Twins:
+               model_outputs: OutputKind = "logits", keep: torch.Tensor | None = None,
+               deadline: float | None = None, at_least: int = 0) -> Twins:
     """Twins of every candidate (or of candidates ``keep``, in that order), at
-    ``refine_factor x floor`` on the other side."""
+    ``refine_factor x floor`` on the other side.
+
+    Made in batches of ``cfg.generation.batch_size``; once ``time.perf_counter()`` passes
+    ``deadline`` and at least ``at_least`` candidates were tried, the rest get none
+    (``ok`` False)."""
     x, seeds = (c.samples, c.seeds) if keep is None else (c.samples[keep], c.seeds[keep])
-    samples, ok = boundary_twins(model, x, seeds, target=cfg.refine_factor * c.noise.floor,
-                                 eps=cfg.generation.eps, norm=cfg.generation.norm, domain=c.gen.domain,
-                                 model_outputs=model_outputs)
-    return Twins(samples, ok)
+    samples, ok = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    b = cfg.generation.batch_size
+    tried = len(x)
+    for lo in range(0, len(x), b):
+        if deadline is not None and lo >= at_least and time.perf_counter() > deadline:
+            tried = lo
+            break
+        samples[lo:lo + b], ok[lo:lo + b] = boundary_twins(
+            model, x[lo:lo + b], seeds[lo:lo + b], target=cfg.refine_factor * c.noise.floor, eps=cfg.generation.eps,
+            norm=cfg.generation.norm, domain=c.gen.domain, model_outputs=model_outputs)
+    return Twins(samples, ok, tried)

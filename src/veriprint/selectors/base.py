@@ -57,11 +57,18 @@ class SelectionContext:
             raise ConfigError("this selection has no twins")
         return self.eligible & self.twins.ok
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits of ``x``, in batches of the plan's (``cfg.generation.batch_size``)."""
+        with torch.inference_mode():
+            return torch.cat([as_logits(self.model(c), self.model_outputs)
+                              for c in torch.split(x, self.cfg.generation.batch_size)])
+
     def units(self) -> torch.Tensor:
         """Active neurons of interest per candidate (MANC's matrix), computed once."""
         if "units" not in self._cache:
             self._cache["units"] = activations(self.model, self.candidates.samples, layers=self.cfg.neurons,
-                                               threshold=self.cfg.threshold, model_outputs=self.model_outputs)
+                                               threshold=self.cfg.threshold, model_outputs=self.model_outputs,
+                                               batch_size=self.cfg.generation.batch_size)
         units: torch.Tensor = self._cache["units"]
         return units
 
@@ -69,9 +76,7 @@ class SelectionContext:
         """Boundary events per candidate (see :func:`veriprint.select.boundary_events`), computed once."""
         key = ("events", both_sides)
         if key not in self._cache:
-            with torch.inference_mode():
-                z = as_logits(self.model(self.candidates.samples), self.model_outputs)
-                self._cache[key] = boundary_events(z, both_sides=both_sides)
+            self._cache[key] = boundary_events(self.logits(self.candidates.samples), both_sides=both_sides)
         events: torch.Tensor = self._cache[key]
         return events
 

@@ -134,11 +134,10 @@ def prefix_coverage(values: torch.Tensor, weights: torch.Tensor, order: torch.Te
 def _labels(ctx: SelectionContext, paired: bool) -> list[set[int]]:
     key = ("labels", paired)
     if key not in ctx._cache:
-        with torch.inference_mode():
-            rows = [as_logits(ctx.model(ctx.candidates.samples), ctx.model_outputs).argmax(1)]
-            if paired:
-                assert ctx.twins is not None
-                rows.append(as_logits(ctx.model(ctx.twins.samples), ctx.model_outputs).argmax(1))
+        rows = [ctx.logits(ctx.candidates.samples).argmax(1)]
+        if paired:
+            assert ctx.twins is not None
+            rows.append(ctx.logits(ctx.twins.samples).argmax(1))
         ctx._cache[key] = torch.stack(rows, 1)
     return [set(r.tolist()) for r in ctx._cache[key]]
 

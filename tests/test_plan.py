@@ -1,0 +1,246 @@
+"""The plan stage: time and memory budgets (veriprint.pipeline.plan)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from veriprint.errors import ConfigError
+from veriprint.generate import GenerationConfig
+from veriprint.pipeline import FingerprintConfig, make_fingerprint
+from veriprint.pipeline.plan import (
+    BAG_FLOOR,
+    BAG_KEEP,
+    STEPS_FLOOR,
+    Probe,
+    apply_plan,
+    parse_bytes,
+    parse_duration,
+    plan,
+    predict,
+    resolve,
+)
+
+PROBE = Probe(batch=8, forward_s=0.01, step_s=0.02, backward_s=0.03, bytes_per_sample=10 * 2**20, device="cpu")
+
+
+def _plan(budget: float | None, **kw: object) -> object:
+    args: dict[str, object] = dict(bag=500, steps=1000, select=8, n_data=10_000, boundary=True, refine=True,
+                                   twins=True, budget_s=budget, memory_bytes=2**30, batch=500)
+    args.update(kw)
+    return plan(PROBE, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0), ("45", 45.0),
+                                               (" 2 min ", 120.0), (30, 30.0)])
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_none_and_auto() -> None:
+    assert parse_duration("none") is None
+    assert math.isnan(parse_duration("auto"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "ten minutes", "-5s", "0", "5d", 0, -1.0, float("inf")])
+def test_parse_duration_refuses(bad: object) -> None:
+    with pytest.raises(ConfigError, match="time budget"):
+        parse_duration(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "n"), [("512M", 512 * 2**20), ("2G", 2 * 2**30), ("2.5GB", int(2.5 * 2**30)),
+                                         ("1000", 1000), ("64KiB", 64 * 2**10)])
+def test_parse_bytes(text: str, n: int) -> None:
+    assert parse_bytes(text) == n
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "-1G", "0", "2X"])
+def test_parse_bytes_refuses(bad: str) -> None:
+    with pytest.raises(ConfigError, match="memory budget"):
+        parse_bytes(bad)
+
+
+def test_config_refuses_bad_budgets_with_the_field_named() -> None:
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.budget.*'soon'"):
+        FingerprintConfig(budget="soon")
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.max_memory"):
+        FingerprintConfig(max_memory="much")
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.pool"):
+        FingerprintConfig(pool=-1)
+
+
+def test_stored_configs_without_a_budget_had_none() -> None:
+    d = FingerprintConfig().to_dict()
+    del d["budget"]
+    assert FingerprintConfig.from_dict(d).budget == "none"
+    assert FingerprintConfig().budget == "auto"
+
+
+def test_auto_budget_depends_on_the_device() -> None:
+    assert resolve("auto", "1G", "cpu") == (600.0, 2**30)
+    assert resolve("auto", "1G", "cuda")[0] == 60.0
+    assert resolve("none", "1G", "cpu")[0] is None
+    assert 0 < resolve("none", "auto", "cpu")[1] <= 1.0 * 2**30
+
+
+def test_a_run_that_fits_is_unchanged() -> None:
+    pl = _plan(budget=1e9)
+    assert (pl.bag, pl.steps, pl.trimmed, pl.over) == (500, 1000, [], False)  # type: ignore[attr-defined]
+    cfg = FingerprintConfig(max_memory="64G")
+    pl2 = plan(PROBE, bag=cfg.bag, steps=cfg.generation.steps, select=8, n_data=10_000, boundary=True, refine=True,
+               twins=True, budget_s=None, memory_bytes=64 * 2**30, batch=cfg.generation.batch_size)
+    assert apply_plan(cfg, pl2) is cfg
+
+
+def test_trim_order_bag_then_steps_then_pool_then_bag() -> None:
+    def total(bag: int, steps: int, pool: int = 10_000) -> float:
+        return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, boundary=True, refine=True, twins=True).values())
+
+    # A budget that only the bag needs to give way for.
+    pl = _plan(budget=(total(500, 1000) + total(BAG_KEEP, 1000)) / 2)
+    assert BAG_KEEP < pl.bag < 500 and pl.steps == 1000 and pl.pool == 10_000  # type: ignore[attr-defined]
+    # Tighter: the bag at BAG_KEEP, then the steps.
+    pl = _plan(budget=(total(BAG_KEEP, 1000) + total(BAG_KEEP, STEPS_FLOOR)) / 2)
+    assert pl.bag == BAG_KEEP and STEPS_FLOOR < pl.steps < 1000 and pl.pool == 10_000  # type: ignore[attr-defined]
+    assert pl.total_s <= pl.budget_s  # type: ignore[attr-defined]
+    # Tighter still: the pool, then the bag below BAG_KEEP.
+    pl = _plan(budget=total(BAG_KEEP, STEPS_FLOOR) * 0.5)
+    assert pl.steps == STEPS_FLOOR and BAG_FLOOR <= pl.bag < BAG_KEEP and pl.pool < 10_000  # type: ignore[attr-defined]
+    assert pl.pool >= pl.bag and not pl.over  # type: ignore[attr-defined]
+    assert [t.split()[0] for t in pl.trimmed] == ["bag", "steps", "pool"]  # type: ignore[attr-defined]
+    assert pl.total_s <= pl.budget_s  # type: ignore[attr-defined]
+
+
+def test_an_impossible_budget_keeps_the_smallest_plan_and_says_so() -> None:
+    pl = _plan(budget=0.001)
+    assert pl.over and pl.steps == 0 and pl.bag == max(BAG_FLOOR, 16)  # type: ignore[attr-defined]
+    assert "still over" in pl.summary()  # type: ignore[attr-defined]
+
+
+def test_memory_caps_the_batch() -> None:
+    pl = _plan(budget=None, memory_bytes=100 * 2**20)  # 10 MiB per sample
+    assert pl.batch == 10  # type: ignore[attr-defined]
+    assert _plan(budget=None).batch == 102  # type: ignore[attr-defined]
+
+
+def test_budget_is_recorded_and_a_fitting_budget_changes_nothing(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    gen = GenerationConfig(steps=20, eps=2 / 16, lr=1e-2)
+    fp_none, _, _ = make_fingerprint(digits_model, digits_data[1], FingerprintConfig(
+        bag=40, select=4, budget="none", generation=gen), progress=False)
+    fp_auto, _, _ = make_fingerprint(digits_model, digits_data[1], FingerprintConfig(
+        bag=40, select=4, generation=gen), progress=False)
+    assert torch.equal(fp_none.samples, fp_auto.samples)
+    b = fp_auto.meta["plan"]
+    assert b["budget_s"] == 600.0 and b["trimmed"] == [] and b["bag"] == 40 and b["steps"] == 20
+    assert fp_none.meta["plan"]["budget_s"] is None
+    assert "plan" in fp_auto.meta["stages"]
+
+
+def test_a_small_budget_trims_a_real_run(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    cfg = FingerprintConfig(bag=300, select=4, budget="0.05s", generation=GenerationConfig(steps=400, eps=2 / 16))
+    fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
+    b = fp.meta["plan"]
+    assert b["trimmed"] and b["steps"] < 400 and len(gen) == b["bag"] < 300
+    assert fp.meta["config"]["bag"] == b["bag"] and fp.meta["config"]["generation"]["steps"] == b["steps"]
+
+
+def test_natural_views_stay_on_the_grid_and_come_in_groups() -> None:
+    from veriprint.pipeline.seeds import natural_views
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 32, 32), generator=g).float() / 255
+    v, names = natural_views(x, 30)
+    assert names[0] == "original" and len(names) == 10 and len(v) == 30
+    assert torch.equal(v[:3], x) and torch.equal(v[15:18], x.flip(3))  # the mirror follows the four shifts
+    assert torch.equal((v * 255).round() / 255, v)
+    assert torch.equal(v[3:6, :, :, 1:], x[:, :, :, :-1])  # shifted right by one pixel, edge repeated
+    gray, names = natural_views(x[:, :1], 100)
+    assert len(gray) == 15
+    assert len(names) == 5 and not any("mirror" in n for n in names)
+    few, names = natural_views(x, 7)
+    assert len(few) == 9 and names == ["original", "shift right 1px", "shift left 1px"]
+    flat, names = natural_views(x.flatten(1), 100)
+    assert names == ["original"] and torch.equal(flat, x.flatten(1))
+
+
+def test_a_small_data_set_gets_views_and_a_cut_bag(caplog, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.data import Dataset
+    from veriprint.zoo import tiny_imagenet_cnn
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (6, 3, 64, 64), generator=g).float() / 255
+    data = Dataset(x, torch.arange(6), name="six")
+    model = tiny_imagenet_cnn(num_classes=10).eval()
+    cfg = FingerprintConfig(bag=500, select=4, budget="none", generation=GenerationConfig(steps=2))
+    with caplog.at_level("WARNING"):
+        fp, gen, _ = make_fingerprint(model, data, cfg, progress=False)
+    assert len(gen) == 60 and fp.meta["config"]["bag"] == 60
+    assert fp.meta["data"]["size"] == 6 and len(fp.meta["data"]["views"]) == 10
+    assert "cut from 500 to 60" in caplog.text
+    from veriprint.cli.main import main
+
+    fp.save(tmp_path / "six.vpf")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "six.vpf")]) == 0
+    shown = capsys.readouterr().out
+    assert "plan: no time budget" in shown and "nothing trimmed" in shown
+    assert "seeds: 6 inputs with natural views (original, shift right 2px" in shown
+    one = Dataset(x[:1], None, name="one")
+    with pytest.raises(ConfigError, match=r"at least 16 natural inputs for 8 queries, got 1 \(10 with their views"):
+        make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, budget="none"), progress=False)
+    with pytest.raises(ConfigError, match=r"at least 16 natural inputs for 8 queries, got 1;"):
+        make_fingerprint(model, one, FingerprintConfig(bag=500, select=8, views="none"), progress=False)
+
+
+def test_view_names_match_the_views() -> None:
+    from veriprint.pipeline.seeds import natural_views, view_names
+
+    x = torch.rand(2, 3, 16, 16)
+    for kind in ("auto", "shifts", "shifts+flips", "none"):
+        _, names = natural_views(x, 10**6, kind)
+        assert names == view_names(x, kind)
+    with pytest.raises(ConfigError, match="expected views in"):
+        view_names(x, "rotations")
+
+
+def test_deadlines_share_the_budget_in_proportion_to_the_prediction() -> None:
+    from dataclasses import replace as dc_replace
+
+    from veriprint.pipeline.plan import ORDER, deadlines
+
+    pl = dc_replace(_plan(budget=100.0), probe_s=10.0)  # type: ignore[type-var]
+    due = deadlines(pl, now=1000.0)  # type: ignore[arg-type]
+    assert list(due) == list(ORDER)
+    assert all(a <= b for a, b in zip(list(due.values()), list(due.values())[1:], strict=False))
+    assert due["select"] == pytest.approx(1090.0)  # the budget left after the probe
+    assert deadlines(_plan(budget=None), now=0.0) == {}  # type: ignore[arg-type]
+
+
+def test_refinement_and_twins_stop_at_their_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace as dc_replace
+
+    from veriprint.pipeline import build_candidates, make_twins, refine
+
+    cfg = FingerprintConfig(bag=40, select=4, refine=False, generation=GenerationConfig(steps=5, eps=2 / 16,
+                                                                                        batch_size=10))
+    c = build_candidates(digits_model, digits_data[1], cfg, domain=digits_data[1].domain, progress=False)
+    on = dc_replace(cfg, refine=True)
+    gen, reached, done = refine(digits_model, c.gen, c.noise, on, deadline=0.0, at_least=15)
+    assert done == 20 and not reached[20:].any() and torch.equal(gen.samples[20:], c.samples[20:])
+    _, reached_all, done_all = refine(digits_model, c.gen, c.noise, on)
+    assert done_all == 40 and torch.equal(reached_all[:20], reached[:20])
+    tw = make_twins(digits_model, c, on, deadline=0.0, at_least=1)
+    assert tw.tried == 10 and not tw.ok[10:].any()
+    assert make_twins(digits_model, c, on).tried == 40
+
+
+def test_generation_stops_at_its_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.generate import generate
+
+    x = digits_data[1].x[:12]
+    cfg = GenerationConfig(steps=50, eps=2 / 16, patience=0, batch_size=4)
+    res = generate(digits_model, x, cfg, domain=digits_data[1].domain, progress=False, deadline=0.0)
+    assert res.steps_run == 1 and len(res) == 12
+    assert generate(digits_model, x, cfg, domain=digits_data[1].domain, progress=False).steps_run == 50
