@@ -84,7 +84,7 @@ def make_fingerprint(
     meter = CostMeter(model)
     try:
         with meter.stage("plan"):
-            pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs, n_data=n_seeds)
+            pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs)  # the pool: the inputs, not views
         if pl.trimmed or pl.over:
             log.warning("%s", pl.summary())
         cfg = apply_plan(cfg, pl)
