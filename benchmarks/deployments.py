@@ -194,7 +194,7 @@ def tamper_suite(model: nn.Module, quick: bool, side: int) -> list[tuple[str, An
     from veriprint.tamper import TrojanConfig
 
     out = []
-    for name, cfg in cases(model, quick, 0.25 if quick else 0.5):
+    for name, cfg in cases(model, quick, 0.25 if quick else 0.5, side):
         if isinstance(cfg, TrojanConfig) and cfg.size > side // 3:
             cfg = dataclasses.replace(cfg, size=max(1, side // 3))
         out.append((name, cfg))

@@ -33,7 +33,7 @@ def test_quick_deployments_benchmark_counts_false_alarms_and_detection(tmp_path:
     # a float32 fingerprint's logits are not what bfloat16 serving answers: every logits check alarms
     assert rows[("bf16 weights", "fixed floor")]["tally"]["logits"]["alarms"] == 30
     exact = rows[("exact CPU", "fixed floor")]
-    assert exact["cases"] > 10 and exact["caught"]["logits"] == exact["cases"]
+    assert exact["cases"] >= 6 and exact["caught"]["logits"] == exact["cases"]  # the quick suite: casts, 8-bit, pruning, noise, edits
     again = tmp_path / "again.md"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--render", str(raw), "--out", str(again)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
