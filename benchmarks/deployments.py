@@ -53,6 +53,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
 from veriprint.errors import ConfigError  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
@@ -303,11 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_model(z, args, bag, steps, checks, models_info)
     total = time.perf_counter() - start
     text = render(rows, models_info, args, bag, steps, checks, total)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_report(text, args.out)
     if args.json:
         args.json.write_text(json.dumps({"rows": [_row_dict(r) for r in rows], "models": models_info,
                                          "seconds": total, "command": " ".join(sys.argv[1:]),
@@ -335,10 +332,7 @@ def rerender(args: argparse.Namespace) -> int:
     text = render(rows, raw["models"], ns, meta.get("bag", 120), meta.get("steps", 100), checks, raw["seconds"],
                   command=f"`python -m benchmarks.deployments {first}` (this file re-rendered from its JSON by "
                           f"`python -m benchmarks.deployments {' '.join(sys.argv[1:])}`)")
-    if args.out:
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_report(text, args.out)
     if args.plot:
         plot(rows, args.plot)
     return 0

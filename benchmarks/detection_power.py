@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import write_report  # noqa: E402
 from veriprint.coverage import EditSweep, edit_sweep  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
@@ -543,11 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out or not args.json:
         cmd = args.command or "python -m benchmarks.detection_power " + " ".join(sys.argv[1:] if argv is None else argv)
         text = render(infos, cmd.strip(), args.images, args.out.parent if args.out else Path.cwd())
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text)
-        else:
-            sys.stdout.write(text)
+        write_report(text, args.out)
     return 0
 
 

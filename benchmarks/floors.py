@@ -36,6 +36,7 @@ for p in (ROOT, ROOT / "tests"):
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import write_report  # noqa: E402
 from benchmarks.deployments import tamper_suite, zoo  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
@@ -113,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                       f"{sum(c[m] for c in cases)}/{len(cases)} edits, sweep "
                                       f"{sum(r[m] for r in rows) / len(rows):.1%}" for m in MODES))
     text = render(results, args, bag, steps, draws, time.perf_counter() - start)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_report(text, args.out)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
@@ -170,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure("EfficientNet-Lite2", efficientnet_lite2(), load_data("imagenet-samples:260"), bag, steps))
     command = "python -m benchmarks.scaling " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(rows, command, bag, steps)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_report(text, args.out)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.plot:

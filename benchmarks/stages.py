@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
 from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
@@ -294,10 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(results, indent=1))
     command = "python -m benchmarks.stages " + " ".join(sys.argv[1:] if argv is None else argv)
     text = render(results, command)
-    if args.out:
-        args.out.write_text(text)
-    elif not args.render or not args.plot:
-        sys.stdout.write(text)
+    if args.out or not (args.render and args.plot):
+        write_report(text, args.out)
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -26,6 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic inputs' generators
 
+from benchmarks.common import write_report
 from veriprint.data import Dataset, InputDomain
 from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
@@ -147,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     rows = run()
     text = render(rows)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_report(text, args.out)
     if args.png:
         plot(rows, args.png)
     return 0
