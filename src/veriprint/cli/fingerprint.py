@@ -47,14 +47,11 @@ def run(args: argparse.Namespace) -> int:
           f"PSNR {fp.psnr.min().item():.1f}..{fp.psnr.max().item():.1f} dB; "
           f"coverage {sel.coverage[-1].item():.0%}" if sel.coverage.numel() else "")
     from veriprint.pipeline.cost import format_costs
+    from veriprint.pipeline.plan import plan_line
 
     plan = fp.meta.get("plan")
     if plan:
-        limit = "no time budget" if plan["budget_s"] is None else f"time budget {plan['budget_s']:.0f} s"
-        trimmed = ("trimmed " + ", ".join(plan["trimmed"])) if plan["trimmed"] else "nothing trimmed"
-        spent = sum(v["seconds"] for v in fp.meta.get("stages", {}).values())
-        print(f"{limit}: predicted {plan['total_s']:.0f} s, took {spent:.0f} s; {trimmed}; "
-              f"batch {plan['batch']}" + (" (still over budget: the smallest plan allowed)" if plan["over"] else ""))
+        print(plan_line(plan, took=sum(v["seconds"] for v in fp.meta.get("stages", {}).values())))
 
     costs = format_costs(fp.meta.get("stages", {}))
     if costs:

@@ -63,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"query budget: {Budget.from_dict(budget).summary()}")
     plan = m.get("plan")
     if isinstance(plan, dict) and isinstance(plan.get("requested"), dict):
-        limit = "no time budget" if plan.get("budget_s") is None else f"time budget {plan['budget_s']:.0f} s"
-        trimmed = ", ".join(plan.get("trimmed") or []) or "nothing trimmed"
-        stopped = ", ".join(f"{k} {plan[k]}" for k in ("steps_run", "refined", "twinned") if k in plan)
-        print(f"plan: {limit}, predicted {plan.get('total_s', 0):.0f} s; {trimmed}"
-              + (f"; stopped by deadlines: {stopped}" if stopped else "") + f"; batch {plan.get('batch')}")
+        from veriprint.pipeline.plan import plan_line
+
+        print(f"plan: {plan_line(plan)}")
     data = m.get("data")
     if isinstance(data, dict) and data.get("views"):
         print(f"seeds: {data.get('size')} inputs with natural views ({', '.join(data['views'])})")
