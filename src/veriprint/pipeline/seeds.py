@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -29,43 +31,41 @@ def natural_views(x: torch.Tensor, need: int, kind: str = "auto") -> tuple[torch
     Returns:
         The inputs (``x`` first) and the name of each group of ``len(x)`` of them.
     """
-    possible = view_names(x, kind)
-    if len(possible) == 1:
-        return x, possible
-    s = max(1, round(x.shape[3] / 32))
-
-    def shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-        h, w = t.shape[2:]
-        rows = (torch.arange(h) - dy).clamp(0, h - 1)
-        cols = (torch.arange(w) - dx).clamp(0, w - 1)
-        return t[:, :, rows][:, :, :, cols]
-
-    moves = [("right", 0, s), ("left", 0, -s), ("down", s, 0), ("up", -s, 0)]
-    groups: list[tuple[str, torch.Tensor]] = [("original", x)]
-    groups += [(f"shift {name} {s}px", shift(x, dy, dx)) for name, dy, dx in moves]
-    if len(possible) > len(groups):
-        m = x.flip(3)
-        groups += [("mirror", m)] + [(f"mirror, shift {name} {s}px", shift(m, dy, dx)) for name, dy, dx in moves]
-    out: list[torch.Tensor] = []
-    names: list[str] = []
-    for name, t in groups:
-        if len(out) * len(x) >= need:
-            break
-        out.append(t)
-        names.append(name)
-    return torch.cat(out), names
+    groups = _views(x, kind)
+    need_groups = max(1, min(len(groups), -(-need // max(1, len(x)))))
+    picked = groups[:need_groups]  # only the views the bag needs are made
+    return torch.cat([view(x) for _, view in picked]), [name for name, _ in picked]
 
 
 def view_names(x: torch.Tensor, kind: str = "auto") -> list[str]:
     """The groups :func:`natural_views` can make of ``x``, ``"original"`` first."""
+    return [name for name, _ in _views(x, kind)]
+
+
+def _views(x: torch.Tensor, kind: str) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """Each view's name and how it is made, ``"original"`` first."""
     if kind not in VIEW_KINDS:
         raise ConfigError(f"expected views in {', '.join(VIEW_KINDS)}, got {kind!r}")
     if kind == "none" or x.dim() != 4 or min(x.shape[2:]) < 8:
-        return ["original"]
+        return [("original", lambda t: t)]
     s = max(1, round(x.shape[3] / 32))
-    shifts = [f"shift {d} {s}px" for d in ("right", "left", "down", "up")]
-    flips = kind == "shifts+flips" or (kind == "auto" and x.shape[1] == 3)
-    return ["original", *shifts] + (["mirror", *(f"mirror, {n}" for n in shifts)] if flips else [])
+
+    def shift(dy: int, dx: int, mirror: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        def view(t: torch.Tensor) -> torch.Tensor:
+            t = t.flip(3) if mirror else t
+            h, w = t.shape[2:]
+            rows = (torch.arange(h) - dy).clamp(0, h - 1)
+            cols = (torch.arange(w) - dx).clamp(0, w - 1)
+            return t[:, :, rows][:, :, :, cols]
+        return view
+
+    moves = [("right", 0, s), ("left", 0, -s), ("down", s, 0), ("up", -s, 0)]
+    out: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [("original", lambda t: t)]
+    out += [(f"shift {name} {s}px", shift(dy, dx, False)) for name, dy, dx in moves]
+    if kind == "shifts+flips" or (kind == "auto" and x.shape[1] == 3):
+        out.append(("mirror", lambda t: t.flip(3)))
+        out += [(f"mirror, shift {name} {s}px", shift(dy, dx, True)) for name, dy, dx in moves]
+    return out
 
 
 def with_views(data: Dataset | torch.Tensor, need: int, kind: str = "auto") -> tuple[Dataset | torch.Tensor, list[str]]:
