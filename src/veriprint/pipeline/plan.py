@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -47,10 +48,12 @@ __all__ = [
     "Plan",
     "Probe",
     "apply_plan",
+    "batches_until",
     "deadlines",
     "parse_bytes",
     "parse_duration",
     "plan",
+    "plan_line",
     "probe",
 ]
 
@@ -255,15 +258,20 @@ class Plan:
         return d
 
     def summary(self) -> str:
-        """One line: the budget, the prediction and what was trimmed."""
-        budget = "no time budget" if self.budget_s is None else f"budget {_fmt_s(self.budget_s)}"
-        what = ("; trimmed " + ", ".join(self.trimmed)) if self.trimmed else "; nothing trimmed"
-        over = " (still over: the smallest plan allowed)" if self.over else ""
-        return f"{budget}: predicted {_fmt_s(self.total_s)}{what}{over}"
+        """One line: the budget, the prediction and what was trimmed (:func:`plan_line`)."""
+        return plan_line(self.to_dict())
 
 
-def _fmt_s(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+def plan_line(d: dict[str, Any], took: float | None = None) -> str:
+    """One line of a stored plan (``meta["plan"]``): the budget, the prediction, the seconds
+    ``took`` when given, what was trimmed, what deadlines stopped, the batch."""
+    limit = "no time budget" if d.get("budget_s") is None else f"time budget {d['budget_s']:.0f} s"
+    spent = "" if took is None else f", took {took:.0f} s"
+    trimmed = ("trimmed " + ", ".join(d["trimmed"])) if d.get("trimmed") else "nothing trimmed"
+    stopped = ", ".join(f"{k} {d[k]}" for k in ("steps_run", "refined", "twinned") if k in d)
+    return (f"{limit}: predicted {d.get('total_s', 0):.0f} s{spent}; {trimmed}"
+            + (f"; stopped by deadlines: {stopped}" if stopped else "") + f"; batch {d.get('batch')}"
+            + (" (still over budget: the smallest plan allowed)" if d.get("over") else ""))
 
 
 def default_pool(bag: int, n_data: int) -> int:
@@ -414,6 +422,15 @@ def deadlines(pl: Plan, now: float) -> dict[str, float]:
         done += pl.predicted.get(stage, 0.0)
         out[stage] = now + left * done / pl.total_s
     return out
+
+
+def batches_until(n: int, size: int, deadline: float | None = None, at_least: int = 0) -> Iterator[slice]:
+    """Batches of ``size`` over ``range(n)``, in order, ending early once
+    ``time.perf_counter()`` has passed ``deadline`` and ``at_least`` items are done."""
+    for lo in range(0, n, size):
+        if deadline is not None and lo >= at_least and time.perf_counter() > deadline:
+            return
+        yield slice(lo, min(lo + size, n))
 
 
 def apply_plan(cfg: Any, pl: Plan) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
@@ -11,6 +9,7 @@ from veriprint.generate import GenerationResult, result_for
 from veriprint.models import OutputKind
 from veriprint.noise import NoiseFloor
 from veriprint.pipeline.config import FingerprintConfig
+from veriprint.pipeline.plan import batches_until
 from veriprint.refine import refine_to_boundary
 
 __all__ = ["redescribe", "refine"]
@@ -29,17 +28,13 @@ def refine(model: nn.Module, gen: GenerationResult, noise: NoiseFloor, cfg: Fing
     refined, the rest are left as they are (not reached).
     """
     samples, reached = gen.samples.clone(), torch.zeros(len(gen), dtype=torch.bool)
-    b = cfg.generation.batch_size  # the memory budget's batch (a whole small bag at once)
-    done = len(gen)
-    for lo in range(0, len(gen), b):
-        if deadline is not None and lo >= at_least and time.perf_counter() > deadline:
-            done = lo
-            break
-        ref = refine_to_boundary(model, gen.samples[lo:lo + b], gen.seeds[lo:lo + b],
-                                 target=cfg.refine_factor * noise.floor, eps=cfg.generation.eps,
-                                 norm=cfg.generation.norm, domain=gen.domain, model_outputs=model_outputs)
-        samples[lo:lo + b] = ref.samples
-        reached[lo:lo + b] = ref.reached
+    done = 0
+    # the memory budget's batches (a whole small bag at once), until the deadline
+    for part in batches_until(len(gen), cfg.generation.batch_size, deadline, at_least):
+        ref = refine_to_boundary(model, gen.samples[part], gen.seeds[part], target=cfg.refine_factor * noise.floor,
+                                 eps=cfg.generation.eps, norm=cfg.generation.norm, domain=gen.domain,
+                                 model_outputs=model_outputs)
+        samples[part], reached[part], done = ref.samples, ref.reached, part.stop
     return redescribe(model, gen, samples, model_outputs), reached, done
 
 

@@ -6,7 +6,6 @@ pair (see :func:`veriprint.refine.boundary_twins`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 from veriprint.models import OutputKind
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
+from veriprint.pipeline.plan import batches_until
 from veriprint.refine import boundary_twins
 
 __all__ = ["Twins", "make_twins", "wants_twins"]
@@ -46,13 +46,10 @@ def make_twins(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *,
     (``ok`` False)."""
     x, seeds = (c.samples, c.seeds) if keep is None else (c.samples[keep], c.seeds[keep])
     samples, ok = x.clone(), torch.zeros(len(x), dtype=torch.bool)
-    b = cfg.generation.batch_size
-    tried = len(x)
-    for lo in range(0, len(x), b):
-        if deadline is not None and lo >= at_least and time.perf_counter() > deadline:
-            tried = lo
-            break
-        samples[lo:lo + b], ok[lo:lo + b] = boundary_twins(
-            model, x[lo:lo + b], seeds[lo:lo + b], target=cfg.refine_factor * c.noise.floor, eps=cfg.generation.eps,
+    tried = 0
+    for part in batches_until(len(x), cfg.generation.batch_size, deadline, at_least):
+        samples[part], ok[part] = boundary_twins(
+            model, x[part], seeds[part], target=cfg.refine_factor * c.noise.floor, eps=cfg.generation.eps,
             norm=cfg.generation.norm, domain=c.gen.domain, model_outputs=model_outputs)
+        tried = part.stop
     return Twins(samples, ok, tried)
