@@ -99,14 +99,14 @@ class Pool:
 
 def build(model: nn.Module, test: Dataset, bag: int, steps: int, eps: float | None,
           tolerance: float = 0.0) -> dict[str, Any]:
-    """The three fingerprints (paper at 64, veriprint at 64, veriprint's default) and the
-    eligible bags."""
+    """The three fingerprints (paper at 64, veriprint at 64, veriprint's default), made
+    from the seed data ``test``, and the eligible bags."""
     gen_cfg = GenerationConfig(steps=steps) if eps is None else GenerationConfig(steps=steps, eps=eps)
     cfgs = {
         "paper": FingerprintConfig(bag=bag, seeds="random", refine=False, twins=False, selector="manc", select=64,
-                                   cover_classes=False, generation=gen_cfg, tolerance=tolerance),
-        "veriprint": FingerprintConfig(bag=bag, select=64, cover_classes=False, generation=gen_cfg,
-                                       tolerance=tolerance),
+                                   cover_classes=False, ceiling_share=0.0, generation=gen_cfg, tolerance=tolerance),
+        "veriprint": FingerprintConfig(bag=bag, select=64, cover_classes=False, ceiling_share=0.0,
+                                       generation=gen_cfg, tolerance=tolerance),
         "default": FingerprintConfig(bag=bag, generation=gen_cfg, tolerance=tolerance),
     }
     out: dict[str, Any] = {}
@@ -231,13 +231,20 @@ def load_model(name: str) -> tuple[str, nn.Module, Dataset, Dataset, float | Non
     raise SystemExit(f"expected a model among {', '.join(MODEL_NAMES)}, got {name!r}")
 
 
+def joined(train: Dataset, test: Dataset) -> Dataset:
+    """All the data an owner has: the training inputs, then the test inputs."""
+    y = None if train.y is None or test.y is None else torch.cat([train.y, test.y])
+    return Dataset(torch.cat([train.x, test.x]), y, test.domain, f"{train.name} + {test.name}")
+
+
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     desc, model, train, test, eps = load_model(name)
     with torch.inference_mode():
         acc = accuracy(model, test)
     log(f"{name}: accuracy {acc:.3f}")
-    built = build(model, test, args.bag, args.steps, eps, args.tolerance)
+    seed_data = test if args.seed_data == "test" else joined(train, test)
+    built = build(model, seed_data, args.bag, args.steps, eps, args.tolerance)
     floor = built["default"]["fp"].noise.floor
     pool = Pool()
     pool.add("paper-bag", built["paper"]["bag"][0])
@@ -307,7 +314,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             tmp.parent.rmdir()
     info["seconds"] = time.perf_counter() - start
     info["config"] = {"bag": args.bag, "steps": args.steps, "draws": args.draws, "natural": args.natural,
-                      "quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "quick": args.quick, "seed_data": args.seed_data, "seed_inputs": len(seed_data), "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "tolerance": args.tolerance,
                       "eps": eps}
     return info
@@ -376,11 +383,15 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
            "N of 64 MANC picks.",
            "- **veriprint**: boundary seeds, refinement, twin pairs across the boundary, selection by reach; "
            "its N-query fingerprint is the first N/2 of 32 pairs (`--queries N`). The **default** "
-           "(`FingerprintConfig()`) keeps 8 queries and adds pairs until every class labels a query.", "",
+           "(`FingerprintConfig()`) keeps 8 queries at least, adds pairs by reach until their predicted coverage "
+           "is 95% of what the whole bag reveals (`ceiling_share`, at most 32 queries), then until every class "
+           "labels a query.",
+           "- Both draw their seeds from the same data: all of it (training and test inputs, what an owner "
+           "has), unless the table says *test*; the natural inputs deciding visibility are test inputs.", "",
            "## Models and configuration", "",
            "| model | what | test accuracy | classes | noise floor | paper: eligible samples | veriprint: eligible pairs (or samples) | "
-           "default queries | edits | natural inputs | bag, steps, draws | minutes (sweep) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "default queries | edits | seeds drawn from | natural inputs | bag, steps, draws | minutes (sweep) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i in infos:
         c = i["config"]
         sw = i["sweep"]
@@ -388,7 +399,8 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
         out.append(f"| {i['name']} | {i['desc']} | {100 * i['accuracy']:.1f}% | {i['classes']} | {i['floor']:.3g} | "
                    f"{i['methods']['paper']['bag_units']} | {i['methods']['veriprint']['bag_units']}"
                    f"{' pairs' if i['methods']['veriprint']['pairs'] else ' samples (too few twins: singles)'} | "
-                   f"{i['methods']['default']['queries']} | {edits} | {sw['natural']} | "
+                   f"{i['methods']['default']['queries']} | {edits} | "
+                   f"{c.get('seed_data', 'test')} ({c.get('seed_inputs', '?')} inputs) | {sw['natural']} | "
                    f"{c['bag']}, {c['steps']}, {c['draws']} | {i['seconds'] / 60:.1f} ({i['sweep_seconds'] / 60:.1f}) |")
     threads = sorted({i["config"]["threads"] for i in infos})
     out += ["", f"torch {infos[0]['config']['torch'] if infos else '?'}, {'/'.join(map(str, threads))} thread(s) per "
@@ -518,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=None, help="entries edited per tensor (default 64; quick 8)")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="declared logit tolerance of the deployment (e.g. 5e-3 for GPU serving with TF32)")
+    p.add_argument("--seed-data", choices=["all", "test"], default="all",
+                   help="what the fingerprints draw seeds from: all the data (train and test, default) or the test split")
     p.add_argument("--natural", type=int, default=256, help="natural test inputs deciding visibility (default 256)")
     p.add_argument("--json", type=Path, default=None, help="write the raw results (one model per run is the usual)")
     p.add_argument("--render", type=Path, nargs="+", default=None, help="render the report from these JSON files")

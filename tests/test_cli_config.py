@@ -29,12 +29,16 @@ def test_every_field_is_reachable_from_the_command_line() -> None:
         "--min-floor", "1e-5", "--tolerance", "0.01", "--prob-tolerance", "0.001", "--onnx-noise", "--seed", "4",
         "--steps", "7", "--lr", "0.01", "--eps", "0.1", "--norm", "l2", "--objective", "entropy",
         "--params", "fc.weight,fc.bias", "--outputs", "logits", "--no-log-space", "--entropy-k", "3",
-        "--batch-size", "9", "--patience", "0", "--min-delta", "0.5"))
+        "--batch-size", "9", "--patience", "0", "--min-delta", "0.5", "--ceiling-share", "0.9", "--max-queries", "20"))
     gen = GenerationConfig(steps=7, lr=0.01, eps=0.1, norm="l2", objective="entropy", params=("fc.weight", "fc.bias"),
                            outputs="logits", log_space=False, entropy_k=3, batch_size=9, patience=0, min_delta=0.5)
     assert cfg == FingerprintConfig(bag=60, seeds="random", select=6, selector="manc", neurons="all", threshold=0.5,
                                     refine=False, refine_factor=3.0, twins=False, safety=20.0, min_floor=1e-5,
-                                    tolerance=0.01, prob_tolerance=0.001, calibrate_onnx=True, seed=4, generation=gen)
+                                    tolerance=0.01, prob_tolerance=0.001, calibrate_onnx=True, seed=4, generation=gen,
+                                    ceiling_share=0.9, max_queries=20)
+    # a query budget given alone is exact: no growth towards the bag's ceiling
+    assert fingerprint_config(_args("--queries", "6")).ceiling_share == 0.0
+    assert fingerprint_config(_args("--queries", "6", "--coverage", "0.9")).ceiling_share == 0.95
 
 
 def test_help_lists_every_field_with_its_dataclass_default(capsys: pytest.CaptureFixture[str]) -> None:

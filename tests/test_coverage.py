@@ -135,6 +135,7 @@ def test_prefix_coverage_is_reach_coverage_of_the_first_picks(digits_model: nn.M
 
 
 def _fingerprint(model: nn.Module, data: Dataset, **kw: object):  # type: ignore[no-untyped-def]
+    kw.setdefault("ceiling_share", 0.0)  # exactly ``select`` unless a test asks for growth
     cfg = FingerprintConfig(bag=60, generation=GenerationConfig(steps=30, eps=2 / 16, lr=1e-2), **kw)  # type: ignore[arg-type]
     return make_fingerprint(model, data, cfg, progress=False)
 
@@ -177,6 +178,31 @@ def test_coverage_target_grows_the_fingerprint_until_it_is_met(digits_model: nn.
         Budget.from_dict({k: v for k, v in cb.items() if k != "queries"})
 
 
+def test_ceiling_share_grows_the_queries_until_that_share_of_the_bag_is_revealed(
+        digits_model: nn.Module, digits_data: tuple[Dataset, Dataset]) -> None:
+    base, _, _ = _fingerprint(digits_model, digits_data[1], cover_classes=False)
+    fp, _, _ = _fingerprint(digits_model, digits_data[1], cover_classes=False, ceiling_share=0.95)
+    b = fp.meta["budget"]
+    assert b["share"] == 0.95 and b["target"] == pytest.approx(0.95 * b["ceiling"], abs=1e-4)
+    assert torch.equal(fp.samples[:8], base.samples)  # the same first 8, then more
+    assert b["stopped"] in ("target", "cap") and 8 <= len(fp) <= 32
+    if b["stopped"] == "target":
+        assert b["predicted"] >= b["target"] - 1e-4
+        if len(fp) > 8:  # the shortest prefix: one query fewer falls short
+            r = parameter_reach(digits_model, fp.samples[:-1])
+            assert reach_coverage(r, 0.05)["all"] < b["target"]
+    assert len(fp) > 8  # measured: 8 queries reveal less than 95% of this bag's ceiling
+    assert "of the whole bag's" in Budget.from_dict(b).summary()
+    # a file from before the share reads as none, and its config keeps exactly ``select``
+    old = {k: v for k, v in b.items() if k != "share"}
+    assert Budget.from_dict(old).share is None
+    cfg = FingerprintConfig.from_dict({"bag": 60})
+    assert cfg.ceiling_share == 0.0 and cfg.max_queries == 64
+    assert FingerprintConfig().ceiling_share == 0.95 and FingerprintConfig().max_queries == 32
+    with pytest.raises(ConfigError, match="ceiling_share"):
+        FingerprintConfig(ceiling_share=1.5)
+
+
 def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import save_file
 
@@ -190,7 +216,13 @@ def test_cli_queries_and_coverage(tmp_path: Path, digits_model: nn.Module, capsy
     assert main([*common, "--out", str(tmp_path / "a.vpf"), "--config", str(tmp_path / "c.toml")]) == 0
     from veriprint.fingerprint import Fingerprint
 
-    assert len(Fingerprint.load(tmp_path / "a.vpf")) == 6
+    assert len(Fingerprint.load(tmp_path / "a.vpf")) == 6  # queries asked for: exactly those
+    assert main([*common, "--out", str(tmp_path / "d.vpf"), "--no-cover-classes"]) == 0
+    d = Fingerprint.load(tmp_path / "d.vpf")  # the default grows to 95% of the bag's ceiling
+    assert d.meta["budget"]["share"] == 0.95 and 8 <= len(d) <= 32
+    assert main([*common, "--out", str(tmp_path / "e.vpf"), "--queries", "8", "--ceiling-share", "0.95",
+                 "--no-cover-classes"]) == 0
+    assert len(Fingerprint.load(tmp_path / "e.vpf")) == len(d)
     assert main([*common, "--out", str(tmp_path / "b.vpf"), "--queries", "4", "--coverage", "0.99",
                  "--max-queries", "10", "--no-cover-classes"]) == 0
     b = Fingerprint.load(tmp_path / "b.vpf")

@@ -96,7 +96,7 @@ def test_calibrate_noise_on_its_own(digits_model: torch.nn.Module, digits_data: 
 
 def test_stages_compose_to_make_fingerprint(fashion_model: torch.nn.Module,
                                             fashion_data: tuple[Dataset, Dataset]) -> None:
-    cfg = FingerprintConfig(bag=24, select=6, cover_classes=False, generation=FAST)
+    cfg = FingerprintConfig(bag=24, select=6, cover_classes=False, ceiling_share=0.0, generation=FAST)
     test = fashion_data[1]
     torch.manual_seed(0)
     fp, gen, sel = make_fingerprint(fashion_model, test, cfg, progress=False)
@@ -120,7 +120,7 @@ def test_every_selector_with_and_without_twins(fashion_model: torch.nn.Module,
                                                fashion_data: tuple[Dataset, Dataset], selector: str,
                                                twins: bool) -> None:
     cfg = FingerprintConfig(bag=20, select=4, selector=selector, twins=twins, cover_classes=False,  # type: ignore[arg-type]
-                            generation=FAST)
+                            ceiling_share=0.0, generation=FAST)
     fp, _, sel = make_fingerprint(fashion_model, fashion_data[1], cfg, progress=False)
     assert len(fp) == 4 and len(set(sel.indices.tolist())) == len(sel.indices)
     pairs = fp.meta["selection"]["pairs"]

@@ -43,12 +43,15 @@ GENERATION_HELP = {
 FINGERPRINT_HELP = {
     "bag": "natural seeds to generate from",
     "seeds": "boundary: the smallest margins, balanced over classes (with refinement); random: as the paper",
-    "select": "the query budget: samples the fingerprint keeps, pairs counting two (N_S; --select is the same)",
+    "select": "the query budget: samples the fingerprint keeps, pairs counting two (N_S; --select is the same); "
+              "given alone it is exact (no --ceiling-share growth), else the minimum",
     "selector": "reach: samples whose labels reveal the smallest change of every parameter tensor; "
                 "manc: the paper's; random; tamper-aware: covers simulated small changes",
     "coverage": "add queries (greedily by reach, at least --queries) until this predicted share of +-5%% "
                 "single-parameter changes is revealed, e.g. 0.95; the cap or the bag's ceiling may stop it first",
-    "max_queries": "most queries --coverage and --cover-classes may grow the fingerprint to",
+    "ceiling_share": "without --coverage, add queries (greedily by reach, at least --queries) until their predicted "
+                     "coverage is this share of what the whole bag reveals (0: exactly --queries)",
+    "max_queries": "most queries --coverage, --ceiling-share and --cover-classes may grow the fingerprint to",
     "cover_classes": "for models with up to 16 classes, add pairs until every class labels a query "
                      "(a top-1 query reveals a decrease of its own label's logit only)",
     "neurons": "MANC's neurons of interest",
@@ -142,6 +145,8 @@ def fingerprint_config(args: argparse.Namespace):  # type: ignore[no-untyped-def
                               "setting; give one")
         settings["select"] = queries
     values = {**settings, **set_values(args, list(FINGERPRINT_HELP))}
+    if "select" in values and "coverage" not in values and "ceiling_share" not in values:
+        values["ceiling_share"] = 0.0  # N queries asked for: N (and class coverage), not grown to the ceiling
     values["generation"] = _generation_from(gen, args)
     return from_mapping(FingerprintConfig, values)
 

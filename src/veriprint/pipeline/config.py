@@ -46,9 +46,15 @@ class FingerprintConfig:
             the queries reveal (first-order reach, mean over tensors,
             :func:`veriprint.reach.reach_coverage`): queries are added greedily by reach,
             ``select`` at least, until the target, ``max_queries`` or the bag's own
-            ceiling stops them (default None: exactly ``select``; needs ``selector="reach"``).
-        max_queries: most queries ``coverage`` and ``cover_classes`` may grow the
-            fingerprint to, pairs counting two (default 64; never fewer than ``select``).
+            ceiling stops them (default None; needs ``selector="reach"``).
+        ceiling_share: without a ``coverage`` target, add queries the same way until their
+            predicted share reaches this fraction of the bag's ceiling (what every eligible
+            candidate together reveals), ``select`` at least and ``max_queries`` at most
+            (default 0.95: the queries stop where more of them would add little; 0: exactly
+            ``select``). ``benchmarks/detection_power.py`` measures what it buys.
+        max_queries: most queries ``coverage``, ``ceiling_share`` and ``cover_classes`` may
+            grow the fingerprint to, pairs counting two (default 32; never fewer than
+            ``select``).
         cover_classes: for a model with at most 16 classes, add queries (by pairs, within
             ``max_queries``) until every class is the top-1 label of some query: a top-1
             query reveals a decrease of its own label's logit only, so a class no query is
@@ -106,7 +112,8 @@ class FingerprintConfig:
     select: int = 8
     selector: Literal["reach", "manc", "random", "tamper-aware"] = "reach"
     coverage: float | None = None
-    max_queries: int = 64
+    ceiling_share: float = 0.95
+    max_queries: int = 32
     cover_classes: bool = True
     neurons: Literal["penultimate", "all"] = "penultimate"
     threshold: float = 0.0
@@ -136,6 +143,7 @@ class FingerprintConfig:
             ("select", isinstance(self.select, int) and 1 <= self.select <= self.bag),
             ("selector", self.selector in SELECTOR_NAMES),
             ("coverage", self.coverage is None or 0 < self.coverage <= 1),
+            ("ceiling_share", 0 <= self.ceiling_share <= 1),
             ("max_queries", self.max_queries >= 1),
             ("neurons", self.neurons in ("penultimate", "all")),
             ("refine_factor", self.refine_factor >= 1),
@@ -187,6 +195,8 @@ class FingerprintConfig:
         d.setdefault("twins", False)
         d.setdefault("budget", "none")
         d.setdefault("cover_classes", False)  # files before class coverage kept exactly ``select``
+        d.setdefault("ceiling_share", 0.0)  # ... and so did files before the ceiling share
+        d.setdefault("max_queries", 64)  # the cap before it was 32
         if "queries" in d:  # the user-facing name of ``select``
             d = dict(d)
             queries = d.pop("queries")

@@ -10,6 +10,9 @@ selector:
   ``meta["reach"]`` records) reaches the target; the cap, the end of the eligible bag, or
   the bag's own ceiling (the share every eligible candidate together reveals) stops it
   otherwise;
+- without one, ``cfg.ceiling_share`` (default 0.95) sets the target the same way as that
+  fraction of the bag's ceiling: the queries stop where more of them would add little of
+  what the bag can reveal (a selector other than reach keeps exactly ``select``);
 - with ``cfg.cover_classes`` on a model of at most :data:`MAX_COVERED_CLASSES` classes,
   it then adds candidates (pairs, for twins) that bring new top-1 labels until every class
   labels some query: through a top-1 API a query reveals a decrease of its own label's
@@ -53,7 +56,10 @@ class Budget:
             (the coverage target was reached), ``"cap"`` (``max_queries``), ``"ceiling"``
             (the chosen queries reveal all the eligible bag reveals), ``"bag"`` (no
             eligible candidate left).
-        target: the coverage target (None without one).
+        target: the coverage target (None without one): ``coverage``, or ``share`` times
+            the ceiling.
+        share: the ``ceiling_share`` the target came from (None for a ``coverage``
+            target or none).
         predicted: predicted share of ``±5%`` changes revealed by the kept queries
             (first order, mean over tensors; None without reach).
         ceiling: the same share for every eligible candidate of the bag together.
@@ -67,6 +73,7 @@ class Budget:
     requested: int
     stopped: str
     target: float | None
+    share: float | None
     predicted: float | None
     ceiling: float | None
     classes: int
@@ -76,18 +83,20 @@ class Budget:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("predicted", "ceiling"):
+        for key in ("target", "predicted", "ceiling"):
             if d[key] is not None:
                 d[key] = round(d[key], 4)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Budget:
-        """Read ``meta["budget"]`` (keys this version does not know are ignored).
+        """Read ``meta["budget"]`` (keys this version does not know are ignored; ``share``,
+        which files written before it lack, is None).
 
         Raises:
             ConfigError: a field is missing.
         """
+        d = {"share": None, **d}
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d]
         if missing:
@@ -101,12 +110,14 @@ class Budget:
             parts.append(f"predicted coverage of ±{COVERAGE_DELTA:.0%} single-parameter changes "
                          f"{self.predicted:.1%} (first order, mean over tensors; the whole bag: {self.ceiling:.1%})")
         if self.target is not None:
+            goal = (f"target {self.target:.1%} ({self.share:.0%} of the whole bag's)" if self.share is not None
+                    else f"target {self.target:.1%}")
             why = {"target": "target reached", "cap": "stopped by the cap (max_queries)",
                    "ceiling": "stopped by the bag's ceiling: no candidate reveals more",
                    "bag": "stopped: no eligible candidate left"}.get(self.stopped, self.stopped)
             if self.ceiling is not None and self.stopped != "target" and self.ceiling < self.target:
                 why += f" (the whole bag reveals {self.ceiling:.1%}, below the target: a larger bag may)"
-            parts.append(f"target {self.target:.1%}: {why}")
+            parts.append(f"{goal}: {why}")
         if self.added_for_classes:
             parts.append(f"{self.added_for_classes} added so that more classes label a query")
         if self.blind:
@@ -170,25 +181,28 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
     available = int(pool.sum())
     cap = max(k, min(max(cfg.max_queries, cfg.select) // per, available))
     stopped = "budget"
-    if cfg.coverage is not None:
-        sel = _pick(ctx, selector, cap, paired)
-        trace = _trace(ctx, sel.indices)
-        if trace is None:
-            raise ConfigError("a coverage target needs selection by reach, which needs the model's parameters; "
-                              "got a model without any")
+    target: float | None = None
+    share = cfg.ceiling_share if cfg.coverage is None and cfg.ceiling_share > 0 else None
+    sel = _pick(ctx, selector, cap if cfg.coverage is not None or share is not None else k, paired)
+    trace = _trace(ctx, sel.indices)
+    if cfg.coverage is not None and trace is None:
+        raise ConfigError("a coverage target needs selection by reach, which needs the model's parameters; "
+                          "got a model without any")
+    if trace is None and share is not None:  # no reach to predict by: exactly the budget
+        sel, share = _pick(ctx, selector, k, paired), None
+    elif trace is not None and (cfg.coverage is not None or share is not None):
         ceiling = _ceiling(ctx)
+        target = cfg.coverage if cfg.coverage is not None else ceiling * (share or 0.0)
         n = len(sel.indices)
         stopped = "cap" if cap * per >= max(cfg.max_queries, cfg.select) else "bag"
         for i in range(k - 1, len(trace)):
-            if float(trace[i]) >= cfg.coverage:
+            if float(trace[i]) >= target - 1e-12:
                 n, stopped = i + 1, "target"
                 break
             if float(trace[i]) >= ceiling - 1e-12:
                 n, stopped = i + 1, "ceiling"
                 break
         sel = _prefix(sel, n)
-    else:
-        sel = _pick(ctx, selector, k, paired)
     classes = _num_classes(ctx)
     added = 0
     if cfg.cover_classes and classes <= MAX_COVERED_CLASSES:
@@ -197,7 +211,7 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
     labelled = sorted(set().union(*(labels[int(i)] for i in sel.indices)))
     trace = _trace(ctx, sel.indices)
     budget = Budget(
-        queries=len(sel.indices) * per, requested=cfg.select, stopped=stopped, target=cfg.coverage,
+        queries=len(sel.indices) * per, requested=cfg.select, stopped=stopped, target=target, share=share,
         predicted=None if trace is None or not len(trace) else float(trace[-1]),
         ceiling=None if trace is None else _ceiling(ctx), classes=classes, labelled=labelled,
         blind=[c for c in range(classes) if c not in labelled], added_for_classes=added * per,
