@@ -192,7 +192,7 @@ def test_ceiling_share_grows_the_queries_until_that_share_of_the_bag_is_revealed
             r = parameter_reach(digits_model, fp.samples[:-1])
             assert reach_coverage(r, 0.05)["all"] < b["target"]
     assert len(fp) > 8  # measured: 8 queries reveal less than 95% of this bag's ceiling
-    assert "of the whole bag's" in Budget.from_dict(b).summary()
+    assert f"95% of the whole bag's {b['ceiling']:.1%}" in Budget.from_dict(b).summary()
     # a file from before the share reads as none, and its config keeps exactly ``select``
     old = {k: v for k, v in b.items() if k != "share"}
     assert Budget.from_dict(old).share is None

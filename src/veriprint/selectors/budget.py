@@ -110,8 +110,8 @@ class Budget:
             parts.append(f"predicted coverage of ±{COVERAGE_DELTA:.0%} single-parameter changes "
                          f"{self.predicted:.1%} (first order, mean over tensors; the whole bag: {self.ceiling:.1%})")
         if self.target is not None:
-            goal = (f"target {self.target:.1%} ({self.share:.0%} of the whole bag's)" if self.share is not None
-                    else f"target {self.target:.1%}")
+            goal = (f"target {self.target:.1%} ({self.share:.0%} of the whole bag's {self.ceiling:.1%})"
+                    if self.share is not None and self.ceiling is not None else f"target {self.target:.1%}")
             why = {"target": "target reached", "cap": "stopped by the cap (max_queries)",
                    "ceiling": "stopped by the bag's ceiling: no candidate reveals more",
                    "bag": "stopped: no eligible candidate left"}.get(self.stopped, self.stopped)
