@@ -296,17 +296,35 @@ def zoo(quick: bool, only: list[str] | None) -> list[Zoo]:
 def tamper_suite(model: nn.Module, quick: bool, side: int) -> list[tuple[str, Any]]:
     """The detection-power suite's cases (benchmarks/detection_power.py), with half its
     training steps (a quarter in quick mode, which also has one random draw per layer and
-    no backdoors); the trojan's trigger patch is at most a third of the image side."""
+    no backdoors), and the 14 single-parameter edits this benchmark has always served
+    (x1.05 of the largest and of three random weights of the first, middle and last weight
+    layer, the largest and one random bias of the last; one random draw per layer in quick
+    mode), after the weight noise; the trojan's trigger patch is at most a third of the
+    image side."""
     import dataclasses
 
     from benchmarks.detection_power import cases
-    from veriprint.tamper import TrojanConfig
+    from veriprint.tamper import TrojanConfig, WeightEditConfig
 
+    weights = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2]
+    biases = [n for n, _ in model.named_parameters() if n.endswith("bias")]
+    edits: list[tuple[str, Any]] = []
+    for tag, layer in (("first", weights[0]), ("middle", weights[len(weights) // 2]), ("last", weights[-1])):
+        edits.append((f"one weight x1.05, {tag} layer, largest",
+                      WeightEditConfig(layer=layer, amount=0.05, select="largest")))
+        for s in (1,) if quick else (1, 2, 3):
+            edits.append((f"one weight x1.05, {tag} layer, random #{s}",
+                          WeightEditConfig(layer=layer, amount=0.05, seed=s)))
+    edits.append(("one bias x1.05, last layer, largest",
+                  WeightEditConfig(layer=biases[-1], amount=0.05, select="largest")))
+    edits.append(("one bias x1.05, last layer, random #1", WeightEditConfig(layer=biases[-1], amount=0.05, seed=1)))
     out = []
     for name, cfg in cases(model, quick, 0.25 if quick else 0.5, side):
         if isinstance(cfg, TrojanConfig) and cfg.size > side // 3:
             cfg = dataclasses.replace(cfg, size=max(1, side // 3))
         out.append((name, cfg))
+        if name.startswith("noise"):
+            out += edits
     return out
 
 
@@ -524,7 +542,9 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
         fps["declared"] = make(tolerance=args.tolerance, bag=min(4 * bag, len(z.test)))
     except ConfigError as e:
         refused["declared"] = f"could not be made: {e}"
-    profiled = {p: make(precision=p) for p in dict.fromkeys(d.precision for d in deps if d.precision)}
+    # every profile, even where no deployment run needs one: the tampered copies below then
+    # start from the same random state in every run, whatever deployments it measures
+    profiled = {p: make(precision=p) for p in ("fp64", "bf16", "autocast-bf16")}
     pool = make(bag=max(bag, 2 * args.pool), select=args.pool)
     made = time.perf_counter() - t0
     log(f"{z.name}: fingerprints made in {made:.0f} s; floors: "

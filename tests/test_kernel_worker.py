@@ -1,0 +1,73 @@
+"""A deployment with other CPU kernels: the model served by a child process started with
+ATEN_CPU_CAPABILITY=default (benchmarks/kernel_worker.py), checked as the deployments
+benchmark checks it."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from benchmarks.deployments import KERNELS, Deployment, Fleet, false_alarms, open_fleet
+from benchmarks.kernel_worker import KernelWorker
+from torch import nn
+
+from veriprint.data import Dataset
+from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
+from veriprint.generate import GenerationConfig
+from veriprint.verify import verify
+
+sys.path.insert(0, str(Path(__file__).parent))
+from servers.digits import tampered_copy
+
+
+@pytest.fixture(scope="module")
+def fingerprint(digits_model: nn.Module, digits_data: tuple[Dataset, Dataset]) -> Fingerprint:
+    cfg = FingerprintConfig(bag=40, generation=GenerationConfig(steps=20))
+    return make_fingerprint(digits_model.eval(), digits_data[1], cfg, progress=False)[0]
+
+
+@pytest.fixture(scope="module")
+def fleet(digits_model: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    name, what, env, _ = KERNELS[0]
+    assert env == {"ATEN_CPU_CAPABILITY": "default"}
+    f = open_fleet(Deployment(name, what, None, kernels=env), [digits_model.eval(), tampered_copy(digits_model, 6)],
+                   torch.zeros(2, 1, 8, 8), "digits", 10, tmp_path_factory.mktemp("kernels"))
+    assert f is not None
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+def test_the_child_runs_the_default_kernels_and_answers_within_the_floor(
+        fleet: Fleet, fingerprint: Fingerprint, digits_data: tuple[Dataset, Dataset]) -> None:
+    natural = digits_data[1].x[:100].numpy()
+    tallies, dz = false_alarms({"fixed floor": fingerprint}, fleet.target(0), natural, checks=5, seed=0)
+    assert all(t.alarms == 0 and t.intact == 5 for t in tallies["fixed floor"].values()), tallies
+    assert 0 <= dz["fixed floor"] < fingerprint.noise.floor
+    assert verify(fingerprint, fleet.target(0), spec="logits").verdict == "INTACT"
+    r = verify(fingerprint, fleet.target(1), spec="logits")  # 6-bit weights behind the same kernels
+    assert r.verdict == "TAMPERED", r.reason
+
+
+def test_the_worker_says_which_kernels_it_runs(digits_model: nn.Module, tmp_path: Path) -> None:
+    w = KernelWorker([digits_model.eval()], {"ATEN_CPU_CAPABILITY": "default"}, tmp_path / "m.pt")
+    try:
+        assert w.info["aten"] == "DEFAULT" and w.info["ATEN_CPU_CAPABILITY"] == "default"
+        x = np.zeros((3, 1, 8, 8), np.float32)
+        with torch.no_grad():
+            here = digits_model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(w.run(0, x), here, rtol=0, atol=1e-5)
+        with pytest.raises(IndexError, match=r"expected a model index in \[0, 1\), got 1"):
+            w.run(1, x)
+    finally:
+        assert w.stop() == 0
+
+
+def test_unknown_variables_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"expected variables among .*got \['OMP_NUM_THREADS'\]"):
+        KernelWorker([], {"OMP_NUM_THREADS": "2"}, tmp_path / "m.pt")
