@@ -2,7 +2,8 @@
 
     python -m benchmarks.deployments --out docs/deployments-measured.md --json /tmp/deployments.json \\
         --plot docs/deployments.png
-    python -m benchmarks.deployments --quick --out /tmp/deployments.md      # one small model, a minute
+    python -m benchmarks.deployments --quick --out /tmp/deployments.md      # one small model, a few minutes
+    python -m benchmarks.deployments --models fashion-cnn --deployments TorchServe "ATen default" --json cnn.json
 
 Each model (the zoo's small ones) is fingerprinted on this CPU, in float32 on one thread,
 as these kinds:
@@ -25,9 +26,25 @@ answers under ``top1`` and ``logits`` with the library's comparison
 alarm; all samples within the floor is INCONCLUSIVE. Then every tampered copy of the
 suite (:mod:`veriprint.tamper`) is served the same way and verified once per kind
 (:func:`veriprint.verify.verify`); the exact-CPU line (float32, one thread, the
-fingerprinting numerics) is the reference. MLServer is checked for false alarms only
-(it serves onnxruntime on one thread, as the onnxruntime deployment with graph
-optimizations does); tampered copies are not served through it.
+fingerprinting numerics) is the reference.
+
+The deployments served from elsewhere than this process:
+
+- **MLServer** and **TorchServe** (``.venv-serving``, ``scripts/setup-serving.sh``): a
+  real server on 127.0.0.1, onnxruntime on one thread behind it (MLServer's REST V2
+  protocol, TorchServe's ``/predictions`` with the JSON handler of
+  ``tests/servers/ts_handler.py``), verified through veriprint's HTTP targets. The
+  tampered copies are served by the same server: MLServer loads all of them at start,
+  TorchServe registers one at a time beside the intact model. Their detection is compared
+  case by case with in-process onnxruntime (all graph optimizations, what both run);
+- **kernels** (:mod:`benchmarks.kernel_worker`): a child process started with
+  ``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA`` or ``MKL_ENABLE_INSTRUCTIONS`` (only the
+  ATen levels this CPU runs), serving the intact model and every tampered copy: the
+  kernels of a CPU of another vector width, on this CPU (not another CPU model).
+
+``--deployments`` measures only some; ``--render A.json B.json`` writes the report of a
+run again from its JSON files (one per model, say), and ``--render`` repeated puts several
+runs in one report, each deployment measured in more than one run named with its run.
 """
 
 from __future__ import annotations
@@ -424,9 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None, help="PNG of false alarms and detection")
-    ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="JSON",
-                    help="only write --out and --plot again from the --json of earlier runs (a later file's "
-                         "rows replace an earlier one's for the same model and deployment)")
+    ap.add_argument("--render", type=Path, nargs="+", action="append", default=None, metavar="JSON",
+                    help="only write --out and --plot again from the --json of an earlier run (its files: one "
+                         "per model, say); repeated: several runs, each deployment measured in more than one "
+                         "named with its run")
     args = ap.parse_args(argv)
     if args.render:
         return rerender(args)
@@ -478,39 +496,58 @@ def machine() -> dict[str, Any]:
 def rerender(args: argparse.Namespace) -> int:
     """The report and plot of earlier runs, from their JSON (kind names brought up to date).
 
-    Files later on the command line replace the rows of earlier ones for the same model and
-    deployment, and their model entries (floors, suite) for the same model."""
-    rows_by: dict[tuple[str, str], list[Row]] = {}
+    Each ``--render`` is one run, of one or more files (one model each, say). A deployment
+    measured in more than one run keeps each run's rows, named ``NAME (run K)``: runs of
+    other versions of the pipeline make other fingerprints and tampered copies, so each
+    run is compared with its own reference. Model entries (floors, suite) are the last
+    run's."""
+    runs: list[list[Row]] = []
     models: dict[str, dict[str, Any]] = {}
     commands: list[str] = []
     seconds, meta, mach = 0.0, dict[str, Any](), None
-    for path in args.render:
-        raw = json.loads(path.read_text())
-        fresh: dict[tuple[str, str], list[Row]] = {}
-        for d in raw["rows"]:
-            tally = {s: Tally(**t) for s, t in d.pop("tally").items()}
-            d["kind"] = LEGACY_KINDS.get(d["kind"], d["kind"])
-            fresh.setdefault((d["model"], d["deployment"]), []).append(Row(**d, tally=tally))
-        rows_by.update(fresh)
-        for m in raw["models"]:
-            m["floors"] = {LEGACY_KINDS.get(k, k): v for k, v in m["floors"].items()}
-            models[m["model"]] = m
-        meta = raw.get("args", meta)
-        mach = raw.get("machine", mach)
-        seconds += raw["seconds"]
-        commands.append(f"`python -m benchmarks.deployments {raw.get('command', '--json ' + str(path))}`")
+    for files in args.render:
+        rows_run: list[Row] = []
+        cmds = []
+        for path in files:
+            raw = json.loads(path.read_text())
+            for d in raw["rows"]:
+                tally = {s: Tally(**t) for s, t in d.pop("tally").items()}
+                d["kind"] = LEGACY_KINDS.get(d["kind"], d["kind"])
+                rows_run.append(Row(**d, tally=tally))
+            for m in raw["models"]:
+                m["floors"] = {LEGACY_KINDS.get(k, k): v for k, v in m["floors"].items()}
+                models[m["model"]] = m
+            meta = raw.get("args", meta)
+            mach = raw.get("machine", mach)
+            seconds += raw["seconds"]
+            cmds.append(f"`python -m benchmarks.deployments {raw.get('command', '--json ' + path.name)}`")
+        runs.append(rows_run)
+        commands.append(", ".join(cmds))
+    seen: dict[str, set[int]] = {}
+    for k, rows_run in enumerate(runs, start=1):
+        for r in rows_run:
+            seen.setdefault(r.deployment, set()).add(k)
     order = {n: i for i, n in enumerate(d.name for d in deployments(torch.zeros(1)))}
     model_order = {n: i for i, n in enumerate(models)}
-    keys = sorted(rows_by, key=lambda k: (model_order.get(k[0], 99), order.get(k[1], 99)))
-    rows = [r for k in keys for r in rows_by[k]]
+    rows: list[tuple[tuple[int, int, int], Row]] = []
+    for k, rows_run in enumerate(runs, start=1):
+        for r in rows_run:
+            key = (model_order.get(r.model, 99), order.get(r.deployment, 99), k)
+            if len(seen[r.deployment]) > 1:
+                r.deployment = f"{r.deployment} (run {k})"
+            rows.append((key, r))
+    rows.sort(key=lambda kr: kr[0])  # stable: the kinds keep their order
+    flat = [r for _, r in rows]
     ns = argparse.Namespace(pool=meta.get("pool", args.pool), tolerance=meta.get("tolerance", args.tolerance))
-    checks = max((sum(vars(t).values()) for r in rows for t in r.tally.values()), default=0)
-    text = render(rows, list(models.values()), ns, meta.get("bag", 120), meta.get("steps", 100), checks, seconds,
-                  command=f"{' and '.join(commands)} (this file re-rendered from {'their JSONs' if len(commands) > 1 else 'its JSON'} by "
+    checks = max((sum(vars(t).values()) for r in flat for t in r.tally.values()), default=0)
+    made = ("; ".join(f"run {k}: {c}" for k, c in enumerate(commands, start=1)) if len(commands) > 1
+            else commands[0])
+    text = render(flat, list(models.values()), ns, meta.get("bag", 120), meta.get("steps", 100), checks, seconds,
+                  command=f"{made} (this file re-rendered from the JSON by "
                           f"`python -m benchmarks.deployments {' '.join(sys.argv[1:])}`)", mach=mach)
     write_report(text, args.out)
     if args.plot:
-        plot(rows, args.plot)
+        plot(flat, args.plot)
     return 0
 
 
@@ -728,14 +765,22 @@ def summary(rows: list[Row], models: list[str]) -> list[str]:
     return [*out, ""]
 
 
+def _run_of(deployment: str) -> tuple[str, str]:
+    """``"exact CPU (run 2)"`` -> ``("exact CPU", " (run 2)")``; a name without a run -> ``(name, "")``."""
+    head, sep, tail = deployment.rpartition(" (run ")
+    return (head, sep + tail) if sep and tail.endswith(")") else (deployment, "")
+
+
 def agreement(rows: list[Row]) -> list[str]:
     """Case by case, each deployment's detection against its reference (:data:`REFERENCE`, else
     the exact CPU), where both runs kept the cases they caught."""
     ref = {(r.model, r.deployment, r.kind): r for r in rows if r.caught_cases}
     lines, same = [], []
     for r in rows:
-        base = REFERENCE.get(r.deployment, "exact CPU")
-        other = ref.get((r.model, base, r.kind))
+        name, run = _run_of(r.deployment)
+        base = REFERENCE.get(name, "exact CPU")
+        other = ref.get((r.model, base + run, r.kind)) or ref.get((r.model, base, r.kind))
+        base = other.deployment if other is not None else base
         if not r.caught_cases or other is None or r.deployment == base:
             continue
         for s in SPECS:
@@ -749,11 +794,12 @@ def agreement(rows: list[Row]) -> list[str]:
                          f"{'; '.join(x for x in diff if x)} |")
     if not same and not lines:
         return []
-    deps = sorted({r.deployment for r in same} | {ln.split(' | ')[1] for ln in lines})
+    compared = {r.deployment for r in same} | {ln.split(" | ")[1] for ln in lines}
+    deps = [d for d in dict.fromkeys(r.deployment for r in rows) if d in compared]
     out = ["## Detection case by case against the reference", "",
            f"Each deployment's caught cases against those of its reference (the servers: in-process onnxruntime "
            f"with all graph optimizations, which is what they run; the others: the exact CPU), per model, kind and "
-           f"spec, for {', '.join(deps)}.", ""]
+           f"spec, for: {'; '.join(deps)}.", ""]
     if not lines:
         return [*out, "Every one caught exactly the cases its reference caught.", ""]
     return [*out, "Where they differ (every other model, kind and spec caught the same cases):", "",

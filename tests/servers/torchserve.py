@@ -92,7 +92,10 @@ class TorchServe:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
         env.update(PATH=f"{self.exe.parent}{os.pathsep}{env.get('PATH', '')}",
                    LOG_LOCATION=str(self.root / "logs"), METRICS_LOCATION=str(self.root / "logs"),
-                   VERIPRINT_TS_THREADS=str(self.threads))
+                   VERIPRINT_TS_THREADS=str(self.threads),
+                   # the launcher refuses to start while the pid file in the temp folder names a running
+                   # server: a temp folder of its own lets servers of other processes run beside it
+                   TMPDIR=str(self.root))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(self.exe), "--start", "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(cfg)],
