@@ -71,3 +71,24 @@ def test_the_worker_says_which_kernels_it_runs(digits_model: nn.Module, tmp_path
 def test_unknown_variables_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected variables among .*got \['OMP_NUM_THREADS'\]"):
         KernelWorker([], {"OMP_NUM_THREADS": "2"}, tmp_path / "m.pt")
+
+
+def test_shift_mode_compares_the_same_batches_here_and_there(tmp_path: Path) -> None:
+    """--shift: the child at this process's own ATen level answers bit for bit as this process
+    does; the default kernels stay far below the floor and flip no label."""
+    import json
+    import subprocess
+
+    here = torch.backends.cpu.get_cpu_capability()
+    control = {"AVX512": "ATen AVX-512", "AVX2": "ATen AVX2", "DEFAULT": "ATen default"}[here]
+    raw = tmp_path / "s.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--shift", "--quick", "--deployments",
+                           "ATen default", control, "--out", str(tmp_path / "s.md"), "--json", str(raw)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["deployment"]: r for r in json.loads(raw.read_text())["rows"]}
+    assert rows[control]["dz_64"] == 0 and rows[control]["dz_1"] == 0, rows[control]
+    low = rows["ATen default"]
+    assert low["inputs"] == 359 and low["dz_64"] < 1e-4 and low["dz_1"] < 1e-4, low
+    assert low["flips_64"] == 0 and low["flips_1"] == 0
