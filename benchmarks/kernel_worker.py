@@ -1,6 +1,6 @@
 """Models served by a child process whose ATen, oneDNN or MKL kernels are limited.
 
-    python -m benchmarks.kernel_worker MODELS.pt     # run by :class:`KernelWorker`, not by hand
+    python -m benchmarks.kernel_worker MODELS.pt MODULE-FILES.json   # run by KernelWorker, not by hand
 
 PyTorch picks its vectorized ATen kernels (``ATEN_CPU_CAPABILITY``: ``default``, ``avx2``,
 ``avx512``), oneDNN its instruction set (``ONEDNN_MAX_CPU_ISA``: ``SSE41``, ``AVX2``, ...)
@@ -9,7 +9,8 @@ deployment with other kernels than this process's is a child process started wit
 variables. It emulates a CPU of another vector width (the kernels a server without AVX-512
 would run); it is not another CPU model.
 
-The child loads a list of modules saved with ``torch.save`` and answers on its standard
+The child loads a list of modules saved with ``torch.save`` (first loading, from their
+files, the modules of classes no import finds by name) and answers on its standard
 streams: it first writes one JSON line (torch's version and the ATen capability it runs),
 then, for each request (an ``int64`` array ``[index]`` and a float32 batch, both in NumPy's
 ``.npy`` format), the float32 answers of model ``index`` to that batch (each array framed by
@@ -19,6 +20,8 @@ under ``torch.no_grad``. It exits when its input closes.
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import io
 import json
 import os
@@ -55,11 +58,12 @@ class KernelWorker:
         if unknown:
             raise ValueError(f"expected variables among {KERNEL_VARIABLES}, got {unknown}")
         torch.save(models, path)
+        extra = _file_modules(models)
         child = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES}
         child.update(env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                      PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
         self.env = dict(env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.kernel_worker", str(path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.kernel_worker", str(path), json.dumps(extra)],
                                      cwd=ROOT, env=child, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         assert self.proc.stdout is not None
@@ -97,6 +101,33 @@ class KernelWorker:
             return int(self.proc.wait(5))
 
 
+def _file_modules(models: list[Any]) -> dict[str, str]:
+    """The modules of the models' classes that were loaded from a file under a name no import
+    finds (``veriprint.zoo.pretrained_mnist`` does this): name -> file, for the child to load
+    the same way before it unpickles."""
+    out: dict[str, str] = {}
+    for model in models:
+        for sub in model.modules():
+            name = type(sub).__module__
+            mod = sys.modules.get(name)
+            if name in out or mod is None or getattr(mod, "__file__", None) is None:
+                continue
+            top = name.partition(".")[0]
+            if top != "__main__" and importlib.machinery.PathFinder.find_spec(top) is None:
+                out[name] = str(mod.__file__)
+    return out
+
+
+def _load_file_modules(files: dict[str, str]) -> None:
+    for name, file in files.items():
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"expected a Python module at {file} (for {name})")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+
+
 def send(fp: IO[bytes], a: np.ndarray) -> None:
     """Write ``a`` to ``fp`` as its byte count (8 bytes, little-endian) and its ``.npy`` bytes."""
     buf = io.BytesIO()
@@ -117,10 +148,11 @@ def receive(fp: IO[bytes]) -> np.ndarray:
     return np.asarray(np.lib.format.read_array(io.BytesIO(body), allow_pickle=False))
 
 
-def _serve(path: Path, inp: IO[bytes], out: IO[bytes]) -> int:
+def _serve(path: Path, files: dict[str, str], inp: IO[bytes], out: IO[bytes]) -> int:
     import torch
 
     torch.set_num_threads(1)
+    _load_file_modules(files)
     models = torch.load(path, weights_only=False)
     for m in models:
         m.eval()
@@ -139,6 +171,6 @@ def _serve(path: Path, inp: IO[bytes], out: IO[bytes]) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m benchmarks.kernel_worker MODELS.pt")
-    sys.exit(_serve(Path(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer))
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m benchmarks.kernel_worker MODELS.pt MODULE-FILES.json")
+    sys.exit(_serve(Path(sys.argv[1]), json.loads(sys.argv[2]), sys.stdin.buffer, sys.stdout.buffer))
