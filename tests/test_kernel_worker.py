@@ -92,3 +92,22 @@ def test_shift_mode_compares_the_same_batches_here_and_there(tmp_path: Path) -> 
     low = rows["ATen default"]
     assert low["inputs"] == 359 and low["dz_64"] < 1e-4 and low["dz_1"] < 1e-4, low
     assert low["flips_64"] == 0 and low["flips_1"] == 0
+
+
+def test_a_model_whose_class_was_loaded_from_a_file_is_served(tmp_path: Path) -> None:
+    """The pretrained MNIST CNN's class lives in a module loaded from its package's file under
+    a name no import finds; the child loads that file before it unpickles."""
+    from veriprint.zoo import pretrained_mnist
+
+    try:
+        model = pretrained_mnist().eval()
+    except ImportError as e:
+        pytest.skip(str(e))
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        here = model(x).numpy()
+    w = KernelWorker([model], {"ATEN_CPU_CAPABILITY": "default"}, tmp_path / "m.pt")
+    try:
+        np.testing.assert_allclose(w.run(0, x.numpy()), here, rtol=0, atol=1e-4)
+    finally:
+        w.stop()
