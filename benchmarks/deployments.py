@@ -380,6 +380,8 @@ class Row:
     caught_cases: dict[str, list[str]] = field(default_factory=dict)
     #: the largest |answer - expected logit| over the kind's samples and every check (NaN: not kept)
     max_dz: float = float("nan")
+    #: which run of a report made from several (``--render`` repeated; 0: this one)
+    run: int = 0
 
 
 def _answers(tgt: Target, x: np.ndarray, natural: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -589,6 +591,7 @@ def rerender(args: argparse.Namespace) -> int:
     for k, rows_run in enumerate(runs, start=1):
         for r in rows_run:
             key = (model_order.get(r.model, 99), order.get(r.deployment, 99), k)
+            r.run = k
             if len(seen[r.deployment]) > 1:
                 r.deployment = f"{r.deployment} (run {k})"
             rows.append((key, r))
@@ -830,15 +833,14 @@ def _run_of(deployment: str) -> tuple[str, str]:
 def agreement(rows: list[Row]) -> list[str]:
     """Case by case, each deployment's detection against its reference (:data:`REFERENCE`, else
     the exact CPU), where both runs kept the cases they caught."""
-    ref = {(r.model, r.deployment, r.kind): r for r in rows if r.caught_cases}
+    ref = {(r.model, _run_of(r.deployment)[0], r.kind, r.run): r for r in rows if r.caught_cases}
     lines, same = [], []
     for r in rows:
-        name, run = _run_of(r.deployment)
-        base = REFERENCE.get(name, "exact CPU")
-        other = ref.get((r.model, base + run, r.kind)) or ref.get((r.model, base, r.kind))
-        base = other.deployment if other is not None else base
-        if not r.caught_cases or other is None or r.deployment == base:
+        base = REFERENCE.get(_run_of(r.deployment)[0], "exact CPU")
+        other = ref.get((r.model, base, r.kind, r.run))
+        if not r.caught_cases or other is None or other is r:
             continue
+        base = other.deployment
         for s in SPECS:
             mine, theirs = set(r.caught_cases.get(s, [])), set(other.caught_cases.get(s, []))
             if mine == theirs:
