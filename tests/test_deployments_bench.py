@@ -10,20 +10,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.mark.slow
 def test_quick_deployments_benchmark_counts_false_alarms_and_detection(tmp_path: Path) -> None:
     out, raw, png = tmp_path / "d.md", tmp_path / "d.json", tmp_path / "d.png"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--quick", "--no-mlserver", "--checks",
-                           "30", "--out", str(out), "--json", str(raw), "--plot", str(png)],
+    old = ["exact CPU", "2 threads", "onnxruntime, optimized", "onnxruntime, plain", "autocast-bf16", "bf16 weights",
+           "float64"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--quick", "--checks", "30",
+                           "--deployments", *old, "--out", str(out), "--json", str(raw), "--plot", str(png)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| exact CPU | fixed floor |" in out.read_text() and png.stat().st_size > 10_000
     rows = {(r["deployment"], r["kind"]): r for r in json.loads(raw.read_text())["rows"]}
     deployments = {d for d, _ in rows}
-    assert {"exact CPU", "2 threads", "onnxruntime, optimized", "onnxruntime, plain", "autocast-bf16",
-            "bf16 weights", "float64"} <= deployments
+    assert set(old) == deployments
     for (d, kind), r in rows.items():
         if not r["tally"]:
             continue
@@ -40,3 +42,30 @@ def test_quick_deployments_benchmark_counts_false_alarms_and_detection(tmp_path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert table == [line for line in again.read_text().splitlines() if line.startswith("| ")]
+
+
+def test_tampered_copies_behind_real_servers_are_caught_as_in_process(tmp_path: Path) -> None:
+    """The quick mode through a real MLServer and TorchServe (every tampered copy of the quick
+    suite served by the server) and a child process with ATen's default kernels."""
+    from servers.mlserver import require_mlserver
+    from servers.torchserve import require_torchserve
+
+    require_mlserver()
+    require_torchserve()
+    out, raw = tmp_path / "d.md", tmp_path / "d.json"
+    deps = ["exact CPU", "onnxruntime, optimized", "MLServer", "TorchServe", "ATen default"]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--quick", "--checks", "5",
+                           "--deployments", *deps, "--out", str(out), "--json", str(raw)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["deployment"], r["kind"]): r for r in json.loads(raw.read_text())["rows"]}
+    assert {d for d, _ in rows} == set(deps)
+    for (d, kind), r in rows.items():
+        if not r["tally"]:
+            continue
+        assert all(t["alarms"] == 0 and sum(t.values()) == 5 for t in r["tally"].values()), (d, kind, r)
+        assert 0 <= r["max_dz"] < r["floor"], (d, kind, r["max_dz"])
+        ref = rows[("onnxruntime, optimized" if d in ("MLServer", "TorchServe") else "exact CPU", kind)]
+        assert r["cases"] >= 6 and r["caught_cases"] == ref["caught_cases"], (d, kind)
+    assert len(rows[("TorchServe", "fixed floor")]["caught_cases"]["logits"]) == rows[("TorchServe", "fixed floor")]["cases"]
+    assert "Every one caught exactly the cases its reference caught." in out.read_text()

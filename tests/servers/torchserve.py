@@ -42,10 +42,13 @@ class TsModel:
 class TorchServe:
     """A running TorchServe; use as a context manager."""
 
-    def __init__(self, root: Path, models: list[TsModel], threads: int = 1) -> None:
+    def __init__(self, root: Path, models: list[TsModel], threads: int = 1, preload: list[str] | None = None) -> None:
+        """``models`` are archived into the store; those named in ``preload`` (default: all)
+        are loaded at start, the others by :meth:`register`."""
         self.exe = require_torchserve()
         self.root = root
         self.models = models
+        self.preload = [m.name for m in models] if preload is None else list(preload)
         self.threads = threads
         self.ports = {k: free_port() for k in ("inference", "management", "metrics")}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -80,22 +83,26 @@ class TorchServe:
             f"metrics_address=http://127.0.0.1:{self.ports['metrics']}",
             "disable_token_authorization=true",
             f"model_store={store}",
-            "load_models=" + ",".join(m.name for m in self.models),
+            *([f"load_models={','.join(self.preload)}"] if self.preload else []),
             "default_workers_per_model=1",
+            "enable_model_api=true",  # register / unregister (off by default since TorchServe 0.11)
             "install_py_dep_per_model=false",
             "",
         ]))
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
         env.update(PATH=f"{self.exe.parent}{os.pathsep}{env.get('PATH', '')}",
                    LOG_LOCATION=str(self.root / "logs"), METRICS_LOCATION=str(self.root / "logs"),
-                   VERIPRINT_TS_THREADS=str(self.threads))
+                   VERIPRINT_TS_THREADS=str(self.threads),
+                   # the launcher refuses to start while the pid file in the temp folder names a running
+                   # server: a temp folder of its own lets servers of other processes run beside it
+                   TMPDIR=str(self.root))
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(self.exe), "--start", "--foreground", "--ncs", "--disable-token-auth", "--ts-config", str(cfg)],
                 cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         deadline = time.monotonic() + timeout
-        pending = [m.name for m in self.models]
+        pending = list(self.preload)
         while pending:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"TorchServe exited with {self.proc.returncode} while starting:\n{self.tail()}")
@@ -115,6 +122,22 @@ class TorchServe:
                 return b'"READY"' in r.read()
         except (urllib.error.URLError, OSError):
             return False
+
+    def _manage(self, method: str, path: str, timeout: float) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports['management']}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                r.read()
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"TorchServe {method} {path}: HTTP {e.code} {e.read()[:300]!r}\n{self.tail()}") from e
+
+    def register(self, name: str, timeout: float = 180.0) -> None:
+        """Load the stored model ``name`` with one worker; returns when it is ready."""
+        self._manage("POST", f"/models?url={name}&initial_workers=1&synchronous=true", timeout)
+
+    def unregister(self, name: str, timeout: float = 60.0) -> None:
+        """Unload ``name`` (its worker stops)."""
+        self._manage("DELETE", f"/models/{name}", timeout)
 
     def tail(self, lines: int = 40) -> str:
         try:
