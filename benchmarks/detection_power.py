@@ -364,7 +364,10 @@ def plot(info: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def render(infos: list[dict[str, Any]], command: str, images: Path | None, base: Path) -> str:
+def render(infos: list[dict[str, Any]], command: str, images: Path | None, base: Path,
+           also: list[dict[str, Any]] | None = None) -> str:
+    """The report; ``also``: runs of the same models with other settings (more natural
+    inputs, a larger bag), shown beside the main runs in one table."""
     import os
 
     out = ["# Detection power through a top-1 label API: coverage against queries", "",
@@ -471,6 +474,19 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
             "`veriprint fingerprint --queries N` makes the same selection when the same candidates are eligible "
             "(with 64 queries asked, eligibility can widen to unrefined candidates when fewer than 64 reached "
             "the refinement target, and a bag with fewer than 32 twin pairs gives single samples)."]
+    if also:
+        out += ["", "## The same models with other settings", "",
+                "Each row is its own run (`--also`): another bag, or more natural inputs judging visibility "
+                "(all there are when the test split is smaller). ±5% edits; the first row of each model is the "
+                "run above.", "",
+                "| model | bag | natural inputs | visible | default: queries | coverage | 32 queries | ceiling |",
+                "|---|---|---|---|---|---|---|---|"]
+        for i in sorted([*infos, *also], key=lambda i: (i["name"], i not in infos)):
+            r5 = i["sweep"]["deltas"]["0.05"]
+            out.append(f"| {i['name']} | {i['config']['bag']} | {i['sweep']['natural']} | {fmt(r5['visible_all'])} | "
+                       f"{r5['default']['queries']} | {fmt(r5['default']['visible'])} | "
+                       f"{fmt(r5['veriprint']['budgets']['32']['visible'])} | "
+                       f"{fmt(r5['veriprint']['ceiling']['visible'])} |")
     for i in infos:
         out += ["", f"## {i['name']}", ""]
         if images:
@@ -535,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--natural", type=int, default=256, help="natural test inputs deciding visibility (default 256)")
     p.add_argument("--json", type=Path, default=None, help="write the raw results (one model per run is the usual)")
     p.add_argument("--render", type=Path, nargs="+", default=None, help="render the report from these JSON files")
+    p.add_argument("--also", type=Path, nargs="+", default=None,
+                   help="with --render: runs of the same models with other settings, tabled beside them")
     p.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout)")
     p.add_argument("--images", type=Path, default=None, help="folder for the coverage plots and sample images")
     p.add_argument("--command", default=None, help="the command line recorded in the report")
@@ -557,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             plot(i, args.images / f"coverage-{i['name']}.png")
     if args.out or not args.json:
         cmd = args.command or "python -m benchmarks.detection_power " + " ".join(sys.argv[1:] if argv is None else argv)
-        text = render(infos, cmd.strip(), args.images, args.out.parent if args.out else Path.cwd())
+        also = [m for f in args.also or [] for m in json.loads(f.read_text())["models"]]
+        text = render(infos, cmd.strip(), args.images, args.out.parent if args.out else Path.cwd(), also)
         write_report(text, args.out)
     return 0
 

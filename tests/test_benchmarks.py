@@ -214,3 +214,20 @@ def test_scaling_and_stage_benchmarks_run(tmp_path: Path) -> None:
     for row in res["rows"]:
         assert 0 <= row["measured_5pct"] <= 1 and row["edits"] == 4 and len(row["structural"]) == 6
     assert "## tiny-imagenet" in smd.read_text()
+
+
+def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path) -> None:
+    from benchmarks import detection_power
+
+    run = tmp_path / "digits.json"
+    small = ["--quick", "--models", "digits-mlp", "--bag", "70", "--steps", "20", "--draws", "2", "--natural", "64"]
+    assert detection_power.main([*small, "--json", str(run)]) == 0
+    info = json.loads(run.read_text())["models"][0]
+    assert info["config"]["seed_data"] == "all" and info["config"]["seed_inputs"] > 359  # train and test
+    default = info["sweep"]["deltas"]["0.05"]["default"]
+    assert 8 <= default["queries"] <= 32 and 0 <= default["visible"] <= 1
+    out = tmp_path / "power.md"
+    assert detection_power.main(["--render", str(run), "--also", str(run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## The goal, where it stands" in text and "## The same models with other settings" in text
+    assert text.count("| digits-mlp | 70 | 64 |") == 2  # the run and the run given with --also
