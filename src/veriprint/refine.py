@@ -120,7 +120,7 @@ def refine_to_boundary(
     domain = domain or InputDomain()
     step = domain.step or (eps / 16 if eps > 0 else 0.0)
     n = x.shape[0]
-    tau = torch.as_tensor(target, dtype=torch.float64).expand(n).clone()
+    tau = torch.as_tensor(target, dtype=torch.float64, device=x.device).expand(n).clone()
     with torch.no_grad():
         labels = as_logits(model(x), model_outputs).argmax(dim=1)
     if eps == 0 or step == 0:
@@ -132,7 +132,7 @@ def refine_to_boundary(
     below = x.detach().clone()
     m, g = _margin_and_grad(model, x, labels, model_outputs)
     active = m > tau
-    crossed = torch.zeros(n, dtype=torch.bool)
+    crossed = torch.zeros(n, dtype=torch.bool, device=x.device)
     best_m = m.clone()
     cur = x.detach().clone()
     taken = 0
@@ -225,10 +225,10 @@ def settle_margin(
         raise ValueError("expected a domain with a grid (levels), got levels=None")
     step = domain.step
     n = x.shape[0]
-    tau = torch.as_tensor(target, dtype=torch.float64).expand(n).clone()
+    tau = torch.as_tensor(target, dtype=torch.float64, device=x.device).expand(n).clone()
     cur = x.detach().clone()
-    share = torch.full((n,), 0.9, dtype=torch.float64)
-    done = torch.zeros(n, dtype=torch.bool)
+    share = torch.full((n,), 0.9, dtype=torch.float64, device=x.device)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
     for _ in range(steps):
         # Only samples still settling go through the model: a batch costs what its slowest
         # sample needs, not that times the batch.
@@ -298,7 +298,7 @@ def boundary_twins(
     """
     domain = domain or InputDomain()
     n = x.shape[0]
-    tau = torch.as_tensor(target, dtype=torch.float64).expand(n).clone()
+    tau = torch.as_tensor(target, dtype=torch.float64, device=x.device).expand(n).clone()
     with torch.no_grad():
         labels = as_logits(model(x), model_outputs).argmax(dim=1)
     twins = settle_margin(model, x, seeds, labels, -tau, eps=eps, norm=norm, domain=domain,
@@ -323,8 +323,8 @@ def _prefix_search(
     gain = torch.where(d != 0, gain, torch.full_like(gain, float("inf")))
     order = gain.argsort(dim=1)
     rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-    lo = torch.zeros(len(a), dtype=torch.long)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=a.device).expand_as(order))
+    lo = torch.zeros(len(a), dtype=torch.long, device=a.device)
     hi = (d != 0).sum(dim=1)
     while bool((hi - lo > 1).any()):
         mid = (lo + hi) // 2
