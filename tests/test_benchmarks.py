@@ -214,3 +214,32 @@ def test_scaling_and_stage_benchmarks_run(tmp_path: Path) -> None:
     for row in res["rows"]:
         assert 0 <= row["measured_5pct"] <= 1 and row["edits"] == 4 and len(row["structural"]) == 6
     assert "## tiny-imagenet" in smd.read_text()
+
+
+def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/gpu.py end to end on the CPU with a tiny model (every section), and its
+    refusal of --device cuda where there is no GPU."""
+    from benchmarks import gpu
+
+    out, raw = tmp_path / "gpu.md", tmp_path / "gpu.json"
+    assert gpu.main(["--device", "cpu", "--quick", "--out", str(out), "--json", str(raw)]) == 0
+    res = json.loads(raw.read_text())
+    assert not [k for k in (*gpu.SECTIONS, "cpu_fingerprint") if "error" in res[k]]
+    a = res["default"]
+    assert a["stages"]["generate"]["forward_backward"] > 0 and a["queries"] >= 4
+    b = res["compiled"]
+    assert b["modules_compiled"] == 3 and b["fingerprint"]["bag"] == a["bag"]  # the tiny CNN's three blocks
+    assert [r["model"] for r in res["scaling"]["rows"]] == ["base", "side 32"]
+    d = res["numerics"]
+    ran = [r for r in d["deviation"] if "vs_cpu_fp32" in r]
+    assert {r["variant"] for r in ran} == {"fp32", "autocast-fp16", "autocast-bf16", "half", "bfloat16"}
+    assert next(r for r in ran if r["variant"] == "fp32" and r["batch"] == 1)["vs_device_fp32_b1"] == 0.0
+    assert len(d["verifications"]) == len(ran) * 2  # two fingerprints, one verification each
+    assert {v["fingerprint"] for v in d["verifications"]} == {"pipeline on cpu (a)", "made on the CPU"}
+    text = out.read_text()
+    for heading in ("## a.", "## b.", "## c.", "## d.", "false alarms in"):
+        assert heading in text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    assert gpu.main(["--out", str(tmp_path / "none.md")]) == 2
+    assert "expected a CUDA device" in capsys.readouterr().err and not (tmp_path / "none.md").exists()

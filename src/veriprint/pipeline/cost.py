@@ -4,7 +4,8 @@
 run and counts the samples that pass through the model's first layer, split into those
 run with gradients (each followed by a backward pass, in practice) and those without.
 Counting at the first layer catches every way a stage runs the model (whole, split into
-body and head, through ``torch.func``), at the price of counting a vmapped batch once.
+body and head, through ``torch.func``), at the price of counting a vmapped batch once;
+passes through a compiled module (``torch.compile``) are not counted.
 Each stage also records the process's peak resident memory at its end (``peak_mb``, a
 running maximum: the stage where it jumps is the one that needed it). The result is stored
 in ``meta["stages"]`` and printed by ``veriprint fingerprint``.
@@ -39,6 +40,8 @@ class CostMeter:
             torch.cuda.reset_peak_memory_stats(self._cuda)
 
     def _count(self, _m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+        if torch.compiler.is_compiling():  # traced into a compiled module: a counter there recompiles every call
+            return
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         n = int(x.shape[0]) if x is not None and x.dim() > 0 else 1
         if torch.is_grad_enabled():
