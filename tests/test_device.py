@@ -57,6 +57,10 @@ def test_singles_views_and_a_flat_model_too(digits_model: torch.nn.Module,
         (digits_model, digits_data[1], FingerprintConfig(bag=30, select=4, selector="manc", twins=False,
                                                          generation=FAST)),
         (digits_model, digits_data[1], FingerprintConfig(bag=30, select=4, refine=False, generation=FAST)),
+        (digits_model, digits_data[1], FingerprintConfig(bag=12, select=4, twins=False, generation=GenerationConfig(
+            steps=3, params="all"))),  # the vmap'd Jacobian objective
+        (digits_model, digits_data[1], FingerprintConfig(bag=12, select=4, twins=False, generation=GenerationConfig(
+            steps=3, objective="entropy"))),
     ]:
         audit = audited(model, data, cfg, pairs=False)
         assert not audit.findings, audit.report()
@@ -100,3 +104,14 @@ def test_auto_memory_fills_a_gpu_and_stays_small_on_a_cpu(monkeypatch: pytest.Mo
     assert resolve("auto", "auto", "cpu") == (600.0, 2**30)
     assert resolve("auto", "auto", "cuda:0") == (60.0, int(0.4 * 140 * 2**30))
     assert resolve("90s", "2G", "cuda") == (90.0, 2 * 2**30)
+
+
+def test_the_objectives_outside_the_pipeline_defaults(digits_model: torch.nn.Module,
+                                                      digits_data: tuple[Dataset, Dataset]) -> None:
+    from veriprint.objective import log_sensitivity
+
+    x = digits_data[1].x[:4].clone().requires_grad_(True)
+    with DeviceAudit(HOT) as audit:
+        for method in ("probe", "jacobian", "loop"):
+            log_sensitivity(digits_model, x, params="all", method=method, probes=2)  # type: ignore[arg-type]
+    assert not audit.findings, audit.report()
