@@ -10,11 +10,11 @@ a. **default**: the default ``veriprint fingerprint`` of EfficientNet-Lite2
    cuda``: every stage on the GPU, the plan's automatic budget (60 s on an accelerator),
    per-stage seconds, samples through the model and peak GPU memory, and what the plan
    trimmed. The fingerprint is kept for section d.
-b. **compiled**: the same plan (bag and steps as section a ran them, no time budget) with
-   every module of the network but its last layer compiled (``nn.Module.compile``; the last
-   layer stays eager, where the closed form of the objective hooks it). First the
-   ascent step alone, eager against compiled, at the plan's batch: compile seconds, seconds
-   per step, and the steps that pay the compilation back; then the whole fingerprint.
+b. **compiled**: the generation stage of section a's plan (its bag and steps, no early
+   stop) with every module of the network but its last layer compiled
+   (``nn.Module.compile``; the last layer stays eager, where the closed form of the
+   objective hooks it), against eager: compile seconds, seconds per ascent step, the steps
+   that pay the compilation back, and whether the samples changed.
 c. **scaling**: ``benchmarks/scaling.py --quick --device cuda``, its report kept as is.
 d. **numerics**: the deployment-noise question on this GPU. Each variant (float32 with TF32
    off, torch's defaults, TF32 on, ``cudnn.benchmark``, autocast float16 / bfloat16,
@@ -59,7 +59,7 @@ from benchmarks.deployment_noise.variants import VARIANTS, Variant, make_forward
 from veriprint.data import Dataset  # noqa: E402
 from veriprint.errors import ConfigError  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
-from veriprint.generate import GenerationConfig, _closed_form_layer, _objective  # noqa: E402
+from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.models import split_last_layer  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.pipeline.cost import format_costs  # noqa: E402
@@ -149,54 +149,46 @@ def compile_body(model: nn.Module, x: torch.Tensor, backend: str, mode: str | No
     return done
 
 
-def step_timer(model: nn.Module, x: torch.Tensor, gen: GenerationConfig, device: str) -> Callable[[], float]:
-    """Seconds of one ascent step (objective and its gradient to the input) on ``x``."""
-    last = _closed_form_layer(model, x, gen, "logits")
-
-    def once() -> float:
-        xr = x.clone().requires_grad_(True)
-        sync(device)
-        t = time.perf_counter()
-        v = _objective(model, xr, gen, "logits", last)
-        torch.autograd.grad(v.sum(), xr)
-        sync(device)
-        return time.perf_counter() - t
-
-    return once
-
-
 def compiled_section(model: nn.Module, data: Dataset, device: str, quick: bool, base: dict[str, Any],
                      backend: str, mode: str | None) -> dict[str, Any]:
+    """The generation stage of section a's plan (its bag, its steps, no early stop), eager,
+    then compiled twice: the first compiled run pays the compilation, the second is the
+    steady state. Samples of the compiled run are compared with the eager ones."""
+    from veriprint.generate import generate
+    from veriprint.pipeline.seeds import draw_seeds
+
     plan = base["plan"]
-    cfg = default_config(device, quick)
-    cfg = dataclasses.replace(cfg, bag=base["bag"], pool=plan["pool"], budget="none",
-                              generation=dataclasses.replace(cfg.generation, steps=max(1, base["steps_run"]),
-                                                             batch_size=plan["batch"]))
+    steps = max(1, min(base["steps_run"], 100))
+    gen_cfg = dataclasses.replace(default_config(device, quick).generation, steps=steps, patience=0,
+                                  batch_size=plan["batch"])
     eager = copy.deepcopy(model).to(device)
-    x = data.x[: min(plan["batch"], len(data.x))].float().to(device)
-    t_eager = step_timer(eager, x, cfg.generation, device)
-    t_eager()  # warm-up (cuDNN's first call)
-    eager_s = float(np.median([t_eager() for _ in range(3)]))
+    seeds, _ = draw_seeds(data, base["bag"], 0, "boundary", eager, pool=plan["pool"], batch_size=plan["batch"])
+    seeds = seeds.to(device)
+
+    def timed(m: nn.Module) -> tuple[float, torch.Tensor]:
+        sync(device)
+        t = time.perf_counter()
+        r = generate(m, seeds, gen_cfg, domain=data.domain, progress=False)
+        sync(device)
+        return time.perf_counter() - t, r.samples
+
+    timed(eager)  # warm-up (cuDNN's first calls)
+    eager_s, x_eager = timed(eager)
     compiled = copy.deepcopy(model).to(device)
-    names = compile_body(compiled, x, backend, mode)
-    t_comp = step_timer(compiled, x, cfg.generation, device)
-    first_s = t_comp()  # includes the compilation
-    comp_s = float(np.median([t_comp() for _ in range(3)]))
-    saved = eager_s - comp_s
-    out: dict[str, Any] = {
-        "backend": backend, "mode": mode, "modules_compiled": len(names), "batch": len(x),
-        "step_eager_s": round(eager_s, 5), "step_compiled_s": round(comp_s, 5),
-        "first_compiled_step_s": round(first_s, 3), "compile_s": round(first_s - comp_s, 3),
-        "break_even_steps": None if saved <= 0 else int(np.ceil((first_s - comp_s) / saved)),
-    }
-    log(f"compiled step: eager {eager_s * 1e3:.1f} ms, compiled {comp_s * 1e3:.1f} ms, compile {first_s:.1f} s")
-    # the steps section a's generation ran (each chunk of the bag runs them at the batch)
-    steps = base["steps_run"] * -(-base["bag"] // plan["batch"])
-    out["generation_steps"] = steps
-    out["pays_back"] = out["break_even_steps"] is not None and out["break_even_steps"] <= steps
-    if out["pays_back"] or quick:  # the dry run always takes this path, so that it cannot rot
-        _, out["fingerprint"] = run_fingerprint(compiled, data, cfg)
-    return out
+    names = compile_body(compiled, seeds, backend, mode)
+    first_s, _ = timed(compiled)  # includes the compilation
+    comp_s, x_comp = timed(compiled)
+    chunks = -(-len(seeds) // gen_cfg.batch_size)
+    saved = (eager_s - comp_s) / (steps * chunks)  # seconds saved per ascent step of one batch
+    compile_s = max(0.0, first_s - comp_s)
+    log(f"generation: eager {eager_s:.1f} s, compiled {comp_s:.1f} s, first compiled run {first_s:.1f} s")
+    return {"backend": backend, "mode": mode, "modules_compiled": len(names), "bag": len(seeds), "steps": steps,
+            "batch": gen_cfg.batch_size, "eager_s": round(eager_s, 3), "compiled_s": round(comp_s, 3),
+            "first_compiled_s": round(first_s, 3), "compile_s": round(compile_s, 3),
+            "step_eager_s": round(eager_s / (steps * chunks), 5), "step_compiled_s": round(comp_s / (steps * chunks), 5),
+            "break_even_steps": None if saved <= 0 else int(np.ceil(compile_s / saved)),
+            "samples_max_diff": float((x_comp - x_eager).abs().max()),
+            "samples_differ": int((x_comp != x_eager).flatten(1).any(1).sum())}
 
 
 # -- d. numerics -----------------------------------------------------------------------------------------------
@@ -303,19 +295,13 @@ def render(res: dict[str, Any], command: str) -> str:
             out += [f"Failed: `{b['error']}`", ""]
         else:
             out += [f"Backend {b['backend']}, mode {b['mode'] or 'default'}, {b['modules_compiled']} modules compiled. "
-                    f"One ascent step at batch {b['batch']}: eager {b['step_eager_s'] * 1e3:.1f} ms, compiled "
-                    f"{b['step_compiled_s'] * 1e3:.1f} ms; the first compiled step took {b['first_compiled_step_s']:.1f}"
-                    f" s (compilation about {b['compile_s']:.1f} s), paid back after "
-                    f"{_e(b['break_even_steps'])} steps, against the {b['generation_steps']} steps section a's "
-                    "generation ran.", ""]
-            f = b.get("fingerprint")
-            if f:
-                out += [f"The whole fingerprint with the compiled model, same bag and steps as in a, no time budget: "
-                        f"{f['seconds']:.1f} s (passes inside compiled modules are not counted: the cost meter's "
-                        "hook on the first layer does not fire there).", "", "```", format_costs(f["stages"]), "```", ""]
-            else:
-                out += ["The compilation does not pay for itself in those steps, so the whole fingerprint was not "
-                        "run compiled.", ""]
+                    f"Generation of section a's bag ({b['bag']} seeds, batch {b['batch']}) for {b['steps']} steps "
+                    f"without early stop: eager {b['eager_s']:.1f} s, compiled {b['compiled_s']:.1f} s "
+                    f"({b['step_eager_s'] * 1e3:.1f} against {b['step_compiled_s'] * 1e3:.1f} ms per step of one "
+                    f"batch); the first compiled run took {b['first_compiled_s']:.1f} s (compilation about "
+                    f"{b['compile_s']:.1f} s), paid back after {_e(b['break_even_steps'])} steps. Samples that "
+                    f"differ from the eager ones: {b['samples_differ']} of {b['bag']} (largest difference "
+                    f"{b['samples_max_diff']:.2g}).", ""]
     c = res.get("scaling")
     if c:
         out += ["## c. Scaling on the GPU", ""]

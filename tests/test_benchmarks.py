@@ -229,7 +229,8 @@ def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.M
     a = res["default"]
     assert a["stages"]["generate"]["forward_backward"] > 0 and a["queries"] >= 4
     b = res["compiled"]
-    assert b["modules_compiled"] == 3 and b["fingerprint"]["bag"] == a["bag"]  # the tiny CNN's three blocks
+    assert b["modules_compiled"] == 3 and b["bag"] == a["bag"]  # the tiny CNN's three blocks
+    assert b["samples_max_diff"] <= 1 / 255 + 1e-6 and b["steps"] == a["steps_run"]
     assert [r["model"] for r in res["scaling"]["rows"]] == ["base", "side 32"]
     d = res["numerics"]
     ran = [r for r in d["deviation"] if "vs_cpu_fp32" in r]
@@ -243,3 +244,16 @@ def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
     assert gpu.main(["--out", str(tmp_path / "none.md")]) == 2
     assert "expected a CUDA device" in capsys.readouterr().err and not (tmp_path / "none.md").exists()
+
+
+@pytest.mark.slow
+def test_prefix_search_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/prefix_search.py makes the same fingerprint with both searches and reports both."""
+    from benchmarks import prefix_search
+
+    raw = tmp_path / "p.json"
+    assert prefix_search.main(["--model", "tiny", "--bag", "8", "--steps", "1", "--json", str(raw),
+                               "--out", str(tmp_path / "p.md")]) == 0
+    rows = json.loads(raw.read_text())
+    assert [r["method"] for r in rows] == ["bisect", "line"]
+    assert rows[0]["reach"] == rows[1]["reach"] and rows[0]["bag"] == rows[1]["bag"] == 8

@@ -75,12 +75,14 @@ AUTO_MEMORY = 1.0 * 2**30
 AUTO_MEMORY_SHARE = 0.4
 
 #: Passes through the model per candidate (forward, forward+backward), counted by the
-#: cost meter on real runs (EfficientNet-Lite2 at 260x260: refine 29 and 11, twins 10 and
-#: 8; the Fashion-MNIST CNN: refine 19 and 18, twins 14 and 13), rounded up; calibration
-#: counts its float64 pass as three. The prediction's unit costs are the probe's.
+#: cost meter on real runs (EfficientNet-Lite2 at 260x260: refine 19.5 and 10.6 with the
+#: line search of the prefix, 29.2 and 10.6 with bisection alone, twins 10 and 8; the
+#: Fashion-MNIST CNN: refine 17.3 and 14.6, 23.1 and 14.6 with bisection, twins 14 and 13;
+#: ``benchmarks/prefix_search.py``), rounded up; calibration counts its float64 pass as
+#: three. The prediction's unit costs are the probe's.
 PASSES = {
     "calibrate": (6.0, 0.0),
-    "refine": (30.0, 14.0),
+    "refine": (20.0, 15.0),
     "twins": (12.0, 14.0),
     "select": (0.0, 2.0),
 }
