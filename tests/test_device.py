@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from device_audit import SOURCE, DeviceAudit
+from device_audit import ON_DEVICE, SOURCE, DeviceAudit, DeviceSimulation
 from veriprint.data import Dataset
 from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
@@ -115,3 +115,58 @@ def test_the_objectives_outside_the_pipeline_defaults(digits_model: torch.nn.Mod
         for method in ("probe", "jacobian", "loop"):
             log_sensitivity(digits_model, x, params="all", method=method, probes=2)  # type: ignore[arg-type]
     assert not audit.findings, audit.report()
+
+
+def simulated(model: torch.nn.Module, data: Dataset, cfg: FingerprintConfig,
+              monkeypatch: pytest.MonkeyPatch, returned_on_host: bool = True) -> DeviceSimulation:
+    """The whole pipeline with the model's parameters and buffers on a simulated GPU."""
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: 0)
+    sim = DeviceSimulation()
+    sim.on_device([*model.parameters(), *model.buffers()])
+    sim.on_host([data.x])  # the data stays in host memory
+    with sim:
+        fp, gen, _ = make_fingerprint(model, data, cfg, progress=False)
+        assert fp.meta["stages"]["generate"]["peak_gpu_mb"] == 0  # the meter saw a GPU
+    for t in (fp.samples, fp.expected, gen.samples, gen.margin):  # returned on the host
+        assert sim._get(t) != ON_DEVICE or not returned_on_host
+    return sim
+
+
+@pytest.mark.parametrize("selector", ["reach", "manc", "random", "tamper-aware"])
+def test_the_pipeline_on_a_simulated_gpu_mixes_no_devices(fashion_model: torch.nn.Module,
+                                                           fashion_data: tuple[Dataset, Dataset], selector: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """What CUDA would refuse (a host tensor in an operation on device tensors, numpy() of a
+    device tensor), found without a GPU by :class:`DeviceSimulation`."""
+    cfg = FingerprintConfig(bag=24, select=4, selector=selector, generation=FAST,  # type: ignore[arg-type]
+                            coverage=0.9 if selector == "reach" else None, max_queries=8)
+    sim = simulated(fashion_model, fashion_data[1], cfg, monkeypatch)
+    assert not sim.mixed, sim.report()
+
+
+def test_singles_views_and_a_flat_model_on_a_simulated_gpu(digits_model: torch.nn.Module,
+                                                           fashion_model: torch.nn.Module,
+                                                           digits_data: tuple[Dataset, Dataset],
+                                                           fashion_data: tuple[Dataset, Dataset],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    for model, data, cfg in [
+        (fashion_model, fashion_data[1].subset(slice(0, 8)), FingerprintConfig(bag=24, select=4, twins=False,
+                                                                               generation=FAST)),
+        (digits_model, digits_data[1], FingerprintConfig(bag=30, select=4, selector="manc", generation=FAST)),
+        (digits_model, digits_data[1], FingerprintConfig(bag=30, select=4, refine=False, generation=FAST)),
+    ]:
+        sim = simulated(model, data, cfg, monkeypatch)
+        assert not sim.mixed, sim.report()
+
+
+def test_the_simulation_finds_a_bag_left_on_the_host(fashion_model: torch.nn.Module,
+                                                     fashion_data: tuple[Dataset, Dataset],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import veriprint.pipeline.candidates as candidates
+
+    monkeypatch.setattr(candidates, "model_device", lambda model: torch.device("cpu"))  # the bag is not moved
+    sim = simulated(fashion_model, fashion_data[1], FingerprintConfig(bag=12, select=2, generation=FAST),
+                    monkeypatch, returned_on_host=False)
+    assert any("conv2d mixes a host tensor" in m for m in sim.mixed), sim.report()
