@@ -88,6 +88,7 @@ class DeviceAudit(TorchFunctionMode):
 # -- a simulated GPU ---------------------------------------------------------------------------------------------
 
 _DEVICE_ATTR = torch._C.TensorBase.device
+_DATA_ATTR = torch._C.TensorBase.data
 _CUDA = torch.device("cuda")
 ON_HOST, ON_DEVICE = "host", "device"
 _BASIC = (int, slice, type(None), type(Ellipsis))
@@ -104,8 +105,8 @@ class DeviceSimulation(TorchFunctionMode):
     it takes the side of the tensors it meets). :meth:`on_device` marks tensors (a model's
     parameters and buffers) as device tensors; ``x.device`` of a device tensor reads
     ``cuda``; a factory or ``.to()`` given a CUDA device makes a device tensor (on the CPU,
-    underneath), ``.cpu()`` / ``.to("cpu")`` of one a host copy; any other result is on the
-    side of its inputs. A call that mixes a host tensor of one or more dimensions with a
+    underneath), ``.cpu()`` / ``.to("cpu")`` of one a host copy, a factory without a device
+    a host tensor; any other result is on the side of its inputs. A call that mixes a host tensor of one or more dimensions with a
     device tensor is recorded in :attr:`mixed` (as CUDA raises "expected all tensors to be
     on the same device"), except what CUDA allows: a device tensor indexed by host indices,
     a copy across, a host 0-dim scalar. ``.numpy()`` of a device tensor is recorded too.
@@ -148,6 +149,11 @@ class DeviceSimulation(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if getattr(func, "__self__", None) is _DEVICE_ATTR:  # x.device
             return _CUDA if self._get(args[0]) == ON_DEVICE else torch.device("cpu")
+        if getattr(func, "__self__", None) is _DATA_ATTR and getattr(func, "__name__", "") == "__set__":
+            side = self._get(args[1])  # p.data = moved (nn.Module.to): p is where its data went
+            if side is not None:
+                self._set(args[0], side)
+            return func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
         flat, _ = tree_flatten((args, kwargs))
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
@@ -181,7 +187,8 @@ class DeviceSimulation(TorchFunctionMode):
         side = target
         if side is None:
             known = [s for s in sides if s is not None]
-            side = ON_DEVICE if ON_DEVICE in known else ON_HOST if known else None
+            # made from no tensor (a factory without a device): on the host, as torch's default
+            side = ON_DEVICE if ON_DEVICE in known else ON_HOST if known or not tensors else None
             if func is torch.Tensor.__getitem__ and sides and sides[0] is not None:
                 side = sides[0]  # indexing keeps the indexed tensor's side
         if side is not None and name not in ("__setitem__",):

@@ -170,3 +170,28 @@ def test_the_simulation_finds_a_bag_left_on_the_host(fashion_model: torch.nn.Mod
     sim = simulated(fashion_model, fashion_data[1], FingerprintConfig(bag=12, select=2, generation=FAST),
                     monkeypatch, returned_on_host=False)
     assert any("conv2d mixes a host tensor" in m for m in sim.mixed), sim.report()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16"])
+def test_device_cuda_copies_the_model_to_a_simulated_gpu(fashion_model: torch.nn.Module,
+                                                         fashion_data: tuple[Dataset, Dataset], precision: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device="cuda"``: make_fingerprint moves a copy of the caller's (host) model to the
+    device and runs everything there, the profile's calibration and expected outputs too."""
+    import types
+
+    for name, value in [("is_available", lambda: True), ("device_count", lambda: 1),
+                        ("get_device_name", lambda *a: "simulated GPU"), ("synchronize", lambda *a, **k: None),
+                        ("reset_peak_memory_stats", lambda *a, **k: None), ("max_memory_allocated", lambda *a: 0),
+                        ("get_device_properties", lambda *a: types.SimpleNamespace(total_memory=2**34))]:
+        monkeypatch.setattr(torch.cuda, name, value)
+    cfg = FingerprintConfig(bag=16, select=4, generation=FAST, device="cuda", precision=precision)  # type: ignore[arg-type]
+    sim = DeviceSimulation()
+    sim.on_host([fashion_data[1].x, *fashion_model.parameters(), *fashion_model.buffers()])
+    with sim:
+        fp, gen, _ = make_fingerprint(fashion_model, fashion_data[1], cfg, progress=False)
+    assert not sim.mixed, sim.report()
+    assert fp.meta["profile"]["device_name"] == "simulated GPU" and "peak_gpu_mb" in fp.meta["stages"]["refine"]
+    assert fp.meta["plan"]["memory_bytes"] == int(0.4 * 2**34)  # the GPU's memory, not the CPU's 1 GiB
+    assert all(sim._get(p) == "host" for p in fashion_model.parameters())  # the caller's model stays put
+    assert sim._get(fp.samples) != ON_DEVICE and sim._get(gen.samples) != ON_DEVICE
