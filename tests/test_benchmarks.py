@@ -231,3 +231,46 @@ def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path)
     text = out.read_text()
     assert "## The goal, where it stands" in text and "## The same models with other settings" in text
     assert text.count("| digits-mlp | 70 | 64 |") == 2  # the run and the run given with --also
+
+
+def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/gpu.py end to end on the CPU with a tiny model (every section), and its
+    refusal of --device cuda where there is no GPU."""
+    from benchmarks import gpu
+
+    out, raw = tmp_path / "gpu.md", tmp_path / "gpu.json"
+    assert gpu.main(["--device", "cpu", "--quick", "--out", str(out), "--json", str(raw)]) == 0
+    res = json.loads(raw.read_text())
+    assert not [k for k in (*gpu.SECTIONS, "cpu_fingerprint") if "error" in res[k]]
+    a = res["default"]
+    assert a["stages"]["generate"]["forward_backward"] > 0 and a["queries"] >= 4
+    b = res["compiled"]
+    assert b["modules_compiled"] == 3 and b["bag"] == a["bag"]  # the tiny CNN's three blocks
+    assert b["samples_max_diff"] <= 1 / 255 + 1e-6 and b["steps"] == a["steps_run"]
+    assert [r["model"] for r in res["scaling"]["rows"]] == ["base", "side 32"]
+    d = res["numerics"]
+    ran = [r for r in d["deviation"] if "vs_cpu_fp32" in r]
+    assert {r["variant"] for r in ran} == {"fp32", "autocast-fp16", "autocast-bf16", "half", "bfloat16"}
+    assert next(r for r in ran if r["variant"] == "fp32" and r["batch"] == 1)["vs_device_fp32_b1"] == 0.0
+    assert len(d["verifications"]) == len(ran) * 2  # two fingerprints, one verification each
+    assert {v["fingerprint"] for v in d["verifications"]} == {"pipeline on cpu (a)", "made on the CPU"}
+    text = out.read_text()
+    for heading in ("## a.", "## b.", "## c.", "## d.", "false alarms in"):
+        assert heading in text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    assert gpu.main(["--out", str(tmp_path / "none.md")]) == 2
+    assert "expected a CUDA device" in capsys.readouterr().err and not (tmp_path / "none.md").exists()
+
+
+@pytest.mark.slow
+def test_prefix_search_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/prefix_search.py makes the same fingerprint with both searches and reports both."""
+    from benchmarks import prefix_search
+
+    raw = tmp_path / "p.json"
+    assert prefix_search.main(["--model", "tiny", "--bag", "8", "--steps", "1", "--json", str(raw),
+                               "--out", str(tmp_path / "p.md")]) == 0
+    rows = json.loads(raw.read_text())
+    assert [r["method"] for r in rows] == ["bisect", "line"]
+    assert rows[0]["reach"] == rows[1]["reach"] and rows[0]["bag"] == rows[1]["bag"] == 8

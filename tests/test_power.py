@@ -57,6 +57,45 @@ def refined(fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset
     return seeds, ref, test.domain
 
 
+def test_line_search_finds_the_bisections_prefix_in_fewer_passes(fashion_model: torch.nn.Module,
+                                                                 fashion_data: tuple[Dataset, Dataset]) -> None:
+    """The prefix between a sample above the target and one below: both searches keep the
+    margin at or above the target and find the same prefix; the line search, from the
+    first-order prediction, in fewer forward passes."""
+    from veriprint.pipeline.cost import CostMeter
+    from veriprint.refine import _prefix_search
+
+    test = fashion_data[1]
+    with torch.inference_mode():
+        z = fashion_model(test.x[:200])
+    top2 = z.topk(2, dim=1).values
+    x = test.x[:200][(top2[:, 0] - top2[:, 1]).argsort()[:24]].float()
+    labels = fashion_model(x).argmax(1)
+    step = test.domain.step
+    below = x.clone()
+    for _ in range(6):  # signed-gradient steps down the margin until every sample is below tau
+        xr = below.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(label_margin(fashion_model, xr, labels).sum(), xr)
+        below = test.domain.snap((below - step * g.sign()).clamp(0, 1))
+    with torch.no_grad():
+        m_above, m_below = label_margin(fashion_model, x, labels), label_margin(fashion_model, below, labels)
+    keep = m_below < 1e-4
+    assert int(keep.sum()) >= 12
+    a, b, lab = x[keep], below[keep], labels[keep]
+    tau = torch.full((len(a),), 1e-4, dtype=torch.float64).clamp(max=m_above[keep] / 2)
+    out, passes = {}, {}
+    for method in ("bisect", "line"):
+        meter = CostMeter(fashion_model)
+        with meter.stage("prefix"):
+            out[method] = _prefix_search(fashion_model, a, b, lab, tau, "logits", test.domain, method)
+        meter.close()
+        passes[method] = meter.report()["prefix"]["forward"]
+        with torch.no_grad():
+            assert (label_margin(fashion_model, out[method], lab) >= tau).all(), method
+    assert torch.equal(out["line"], out["bisect"])  # the margin falls monotonically along these prefixes
+    assert passes["line"] < passes["bisect"], passes
+
+
 @pytest.mark.slow
 def test_settled_margins_sit_just_above_the_target(fashion_model, refined) -> None:  # type: ignore[no-untyped-def]
     seeds, ref, domain = refined

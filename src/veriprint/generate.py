@@ -232,7 +232,7 @@ def _ascend(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = v0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.lr, maximize=True)
-    history = torch.full((cfg.steps, 2), float("nan"))
+    history = torch.full((cfg.steps, 2), float("nan"), device=v0.device)
     best, since = -math.inf, 0
     last = _closed_form_layer(model, v0, cfg, model_outputs)
     for step in range(cfg.steps):
@@ -242,9 +242,10 @@ def _ascend(
         opt.step()
         with torch.no_grad():
             x.copy_(project(x, v0, cfg.eps, cfg.norm, domain))
-            mean = float(value.detach().mean())
-            history[step, 0] = mean
+            mean_t = value.detach().mean()
+            history[step, 0] = mean_t
             history[step, 1] = psnr(x, v0, domain).clamp(max=200).mean()
+            mean = float(mean_t)  # the one value per step the host needs (patience)
         bar.update(1)
         if deadline is not None and time.perf_counter() > deadline:
             bar.update(cfg.steps - step - 1)
@@ -311,12 +312,12 @@ def generate(
             if steps:
                 x, hist = _ascend(model, v0, cfg, domain, model_outputs, bar, due)
             else:
-                x, hist = v0.clone(), torch.zeros(0, 2)
+                x, hist = v0.clone(), torch.zeros(0, 2, device=v0.device)
             outs.append(snap_to_ball(x, v0, cfg.eps, cfg.norm, domain))
             hists.append((hist, v0.shape[0]))
     samples = torch.cat(outs)
     steps_run = max(h.shape[0] for h, _ in hists)
-    history = torch.zeros(steps_run, 2)
+    history = torch.zeros(steps_run, 2, device=seeds.device)
     for h, n in hists:
         padded = torch.cat([h, h[-1:].expand(steps_run - h.shape[0], 2)]) if h.shape[0] else history
         history += padded * (n / seeds.shape[0])
@@ -356,7 +357,7 @@ def result_for(
         psnr=psnr(samples, seeds, domain),
         margin=margins(out, model_outputs),
         labels=out.argmax(dim=-1),
-        history=torch.zeros(0, 2) if history is None else history,
+        history=torch.zeros(0, 2, device=samples.device) if history is None else history,
         steps_run=steps_run,
         seconds=seconds,
         config=cfg,

@@ -39,6 +39,7 @@ __all__ = [
     "ModelError",
     "OutputKind",
     "load_model",
+    "model_device",
     "model_hash",
     "save_weights",
     "split_last_layer",
@@ -162,6 +163,13 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, os.fspath(path))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: the device of its first parameter (else buffer), the CPU without either."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def model_hash(model: nn.Module) -> str:

@@ -277,7 +277,7 @@ def calibrate_noise(
             runs.append(("onnxruntime", as_logits(out, model_outputs), slice(0, len(x))))
     logit = prob = margin = 0.0
     p_ref = torch.softmax(ref, dim=-1)
-    m_ref = _margins(ref) if ref.shape[-1] > 1 else torch.zeros(len(ref), dtype=ref.dtype)
+    m_ref = _margins(ref) if ref.shape[-1] > 1 else torch.zeros(len(ref), dtype=ref.dtype, device=ref.device)
     for _name, z, part in runs:
         logit = max(logit, float((z - ref[part]).abs().max()))
         prob = max(prob, float((torch.softmax(z, dim=-1) - p_ref[part]).abs().max()))

@@ -209,12 +209,14 @@ def _log_probe(
     logits = _logits_fn(model, model_outputs, names)
     with torch.no_grad():
         r = int(model(x[:1]).shape[-1])
-    u = torch.randint(0, 2, (probes, x.shape[0], r), generator=generator).to(device=x.device, dtype=x.dtype) * 2 - 1
+    draw = generator.device if generator is not None else "cpu"  # drawn where the generator is, then moved
+    u = torch.randint(0, 2, (probes, x.shape[0], r), generator=generator, device=draw).to(device=x.device,
+                                                                                           dtype=x.dtype) * 2 - 1
 
     def per_sample(xi: torch.Tensor, ui: torch.Tensor) -> torch.Tensor:
         z, pullback = vjp(lambda p: logits(p, xi), params)  # type: ignore[misc]
         if outputs == "logits":
-            c, log_scale = ui, torch.zeros((), dtype=z.dtype)
+            c, log_scale = ui, torch.zeros((), dtype=z.dtype, device=z.device)
         else:
             logp = torch.log_softmax(z, dim=-1)
             lo, _ = _log_others(logp.unsqueeze(0))

@@ -36,7 +36,7 @@ from torch import nn
 
 from veriprint.errors import ConfigError
 
-__all__ = ["DEFAULT_PROFILE", "PRECISIONS", "DeviceProfile", "Precision", "check_device", "served"]
+__all__ = ["DEFAULT_PROFILE", "PRECISIONS", "DeviceProfile", "Precision", "check_device", "served", "tf32"]
 
 Precision = Literal["fp32", "tf32", "fp16", "bf16", "autocast-fp16", "autocast-bf16", "fp64"]
 #: Every precision a profile may name.
@@ -130,7 +130,7 @@ def check_device(device: str) -> torch.device:
 
 
 @contextmanager
-def _tf32(device: torch.device, on: bool) -> Iterator[None]:
+def tf32(device: torch.device, on: bool) -> Iterator[None]:
     """TF32 set as asked for the duration (CUDA only), the previous flags restored after."""
     if device.type != "cuda":
         yield
@@ -163,7 +163,7 @@ class Served(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.profile.precision
         x = x.to(self.device, self.dtype)
-        with _tf32(self.device, p == "tf32"):
+        with tf32(self.device, p == "tf32"):
             if p in _AUTOCAST:
                 with torch.autocast(self.device.type, dtype=_AUTOCAST[p]):
                     out = self.model(x)

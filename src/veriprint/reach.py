@@ -97,7 +97,8 @@ def parameter_reach(
     One backward pass per sample, in float64 arithmetic on the float32 gradients. Tensors
     larger than ``per_tensor`` entries are represented by a seeded random subset of that
     many entries; every tensor's share stays an unbiased estimate and a bag of hundreds
-    takes a few MB.
+    takes a few MB. The result lies on the device of ``x`` (the subsets are drawn on the
+    CPU, so they are the same everywhere).
 
     Args:
         model: the intact classifier (eval mode; its parameters are not changed).
@@ -112,11 +113,13 @@ def parameter_reach(
         raise ValueError("expected a model with parameters, got none")
     if per_tensor < 1:
         raise ValueError(f"expected per_tensor >= 1, got {per_tensor}")
-    g = torch.Generator().manual_seed(seed)
-    cols = [torch.arange(p.numel()) if p.numel() <= per_tensor
-            else torch.randperm(p.numel(), generator=g)[:per_tensor].sort().values for _, p in named]
+    g = torch.Generator().manual_seed(seed)  # subsets drawn on the CPU (the same on every device), then moved
+    dev = x.device
+    cols = [torch.arange(p.numel(), device=dev) if p.numel() <= per_tensor
+            else torch.randperm(p.numel(), generator=g, device="cpu")[:per_tensor].sort().values.to(dev)
+            for _, p in named]
     params = [p for _, p in named]
-    theta = torch.cat([p.detach().reshape(-1)[c].double().cpu() for p, c in zip(params, cols, strict=True)])
+    theta = torch.cat([p.detach().reshape(-1)[c].double().to(dev) for p, c in zip(params, cols, strict=True)])
     reach, signs = [], []
     flags = [p.requires_grad for p in params]
     try:
@@ -128,8 +131,8 @@ def parameter_reach(
                 top = z.detach().topk(2).indices
                 diff = z[top[0]] - z[top[1]]
                 grads = torch.autograd.grad(diff, params, allow_unused=True)
-                gk = torch.cat([torch.zeros(c.numel(), dtype=torch.float64) if gr is None
-                                else gr.detach().reshape(-1)[c].double().cpu() for gr, c in zip(grads, cols, strict=True)])
+                gk = torch.cat([torch.zeros(c.numel(), dtype=torch.float64, device=dev) if gr is None
+                                else gr.detach().reshape(-1)[c].double() for gr, c in zip(grads, cols, strict=True)])
                 tg = theta * gk
                 margin = max(float(diff.detach()), 1e-300)
                 reach.append(torch.log10(tg.abs() / margin).float())
@@ -137,8 +140,8 @@ def parameter_reach(
     finally:
         for p, f in zip(params, flags, strict=True):
             p.requires_grad_(f)
-    tensor_of = torch.cat([torch.full((c.numel(),), t) for t, c in enumerate(cols)])
-    weights = torch.cat([torch.full((c.numel(),), 1.0 / c.numel()) for c in cols])
+    tensor_of = torch.cat([torch.full((c.numel(),), t, device=dev) for t, c in enumerate(cols)])
+    weights = torch.cat([torch.full((c.numel(),), 1.0 / c.numel(), device=dev) for c in cols])
     return ParameterReach(torch.stack(reach), torch.stack(signs), weights, [n for n, _ in named], tensor_of,
                           [p.numel() for p in params])
 

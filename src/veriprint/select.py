@@ -166,7 +166,8 @@ def manc(
     if a.ndim != 2:
         raise ValueError(f"expected active of shape (N, M), got {a.shape}")
     n, m = a.shape
-    ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
+    ok = np.ones(n, dtype=bool) if eligible is None else np.asarray(
+        eligible.cpu() if isinstance(eligible, torch.Tensor) else eligible, dtype=bool)
     if ok.shape != (n,):
         raise ValueError(f"expected eligible of shape ({n},), got {ok.shape}")
     if not 0 < k <= int(ok.sum()):
@@ -203,10 +204,10 @@ def manc(
         counts += a[choice]
         coverage.append(float((coverable & (counts > 0)).sum()) / n_coverable)
     return Selection(
-        indices=torch.tensor(picked, dtype=torch.long),
-        coverage=torch.tensor(coverage),
-        gains=torch.tensor(gains),
-        levels=torch.tensor(levels),
+        indices=torch.tensor(picked, dtype=torch.long, device="cpu"),
+        coverage=torch.tensor(coverage, device="cpu"),
+        gains=torch.tensor(gains, device="cpu"),
+        levels=torch.tensor(levels, device="cpu"),
         neurons=m,
         method="manc",
     )
@@ -226,13 +227,13 @@ def boundary_events(logits: torch.Tensor, *, both_sides: bool) -> torch.Tensor:
     z = logits.detach().double()
     n, r = z.shape
     top2 = z.topk(2, dim=1).indices
-    rows = torch.arange(n)
+    rows = torch.arange(n, device=z.device)
     if both_sides:
-        ev = torch.zeros(n, r, dtype=torch.bool)
+        ev = torch.zeros(n, r, dtype=torch.bool, device=z.device)
         ev[rows, top2[:, 0]] = True
         ev[rows, top2[:, 1]] = True
         return ev
-    ev = torch.zeros(n, 2 * r, dtype=torch.bool)
+    ev = torch.zeros(n, 2 * r, dtype=torch.bool, device=z.device)
     ev[rows, 2 * top2[:, 0]] = True  # top class falling
     ev[rows, 2 * top2[:, 1] + 1] = True  # runner-up rising
     return ev
@@ -253,7 +254,7 @@ def event_cover(
     new neurons; multi-cover applies to both once everything is covered.
     """
     a = torch.as_tensor(active).bool()
-    e = torch.as_tensor(events).bool()
+    e = torch.as_tensor(events).bool().to(a.device)
     if a.shape[0] != e.shape[0]:
         raise ValueError(f"expected events for the {a.shape[0]} samples, got {e.shape[0]} rows")
     combined = torch.cat([e.repeat_interleave(a.shape[1] + 1, dim=1), a], dim=1)
@@ -290,13 +291,14 @@ def reach_cover(
     w = weights.double()
     if v.dim() != 2 or w.shape != (v.shape[1],):
         raise ValueError(f"expected values (N, Q) and weights (Q,), got {tuple(values.shape)} and {tuple(weights.shape)}")
-    ok = torch.ones(n, dtype=torch.bool) if eligible is None else eligible.bool().clone()
+    ok = torch.ones(n, dtype=torch.bool, device=v.device) if eligible is None else eligible.bool().to(v.device, copy=True)
     if ok.shape != (n,):
         raise ValueError(f"expected eligible of shape ({n},), got {tuple(ok.shape)}")
     if not 0 < k <= int(ok.sum()):
         raise ValueError(f"expected 0 < k <= {int(ok.sum())} eligible samples, got k={k}")
-    tie = torch.zeros(n, dtype=torch.float64) if score is None else score.double().nan_to_num(nan=-math.inf)
-    cur = torch.zeros(v.shape[1], dtype=torch.float64)
+    tie = (torch.zeros(n, dtype=torch.float64, device=v.device) if score is None
+           else score.double().nan_to_num(nan=-math.inf).to(v.device))
+    cur = torch.zeros(v.shape[1], dtype=torch.float64, device=v.device)
     picked: list[int] = []
     gains: list[float] = []
     coverage: list[float] = []
@@ -313,10 +315,10 @@ def reach_cover(
         cur = torch.maximum(cur, v[choice])
         coverage.append(float((w * (cur >= 1.0)).sum()) / total)
     return Selection(
-        indices=torch.tensor(picked, dtype=torch.long),
-        coverage=torch.tensor(coverage),
-        gains=torch.tensor(gains),
-        levels=torch.ones(k, dtype=torch.long),
+        indices=torch.tensor(picked, dtype=torch.long, device="cpu"),
+        coverage=torch.tensor(coverage, device="cpu"),
+        gains=torch.tensor(gains, device="cpu"),
+        levels=torch.ones(k, dtype=torch.long, device="cpu"),
         neurons=int(v.shape[1]),
         method="reach",
     )
@@ -324,14 +326,14 @@ def reach_cover(
 
 def random_selection(n: int, k: int, *, seed: int = 0, eligible: torch.Tensor | None = None) -> Selection:
     """``k`` distinct samples drawn uniformly (seeded) among the eligible ones."""
-    ok = torch.ones(n, dtype=torch.bool) if eligible is None else eligible.bool()
+    ok = torch.ones(n, dtype=torch.bool, device="cpu") if eligible is None else eligible.bool().cpu()
     pool = torch.nonzero(ok).flatten()
     if not 0 < k <= pool.numel():
         raise ValueError(f"expected 0 < k <= {pool.numel()} eligible samples, got k={k}")
     g = torch.Generator().manual_seed(seed)
-    idx = pool[torch.randperm(pool.numel(), generator=g)[:k]]
-    empty = torch.zeros(k)
-    return Selection(idx, empty, empty.long(), torch.ones(k, dtype=torch.long), 0, "random")
+    idx = pool[torch.randperm(pool.numel(), generator=g, device="cpu")[:k]]
+    empty = torch.zeros(k, device="cpu")
+    return Selection(idx, empty, empty.long(), torch.ones(k, dtype=torch.long, device="cpu"), 0, "random")
 
 
 def simulate_flips(
@@ -372,13 +374,13 @@ def simulate_flips(
         base = torch.cat([model(c).argmax(-1) for c in torch.split(x, batch_size)])
     work = copy.deepcopy(model)
     work_params = [p for p in work.parameters() if p.numel() > 0]
-    flips = torch.zeros(x.shape[0], count, dtype=torch.bool)
-    for t in range(count):
-        i = int(torch.randint(len(params), (1,), generator=g))
+    flips = torch.zeros(x.shape[0], count, dtype=torch.bool, device=x.device)
+    for t in range(count):  # drawn on the CPU (the same changes on every device), applied where the model is
+        i = int(torch.randint(len(params), (1,), generator=g, device="cpu"))
         p, w = params[i], work_params[i]
         n = max(1, round(fraction * p.numel()))
-        idx = torch.randperm(p.numel(), generator=g)[:n]
-        sign = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+        idx = torch.randperm(p.numel(), generator=g, device="cpu")[:n].to(p.device)
+        sign = (torch.randint(0, 2, (n,), generator=g, device="cpu").float() * 2 - 1).to(p.device)
         with torch.no_grad():
             w.view(-1)[idx] = p.reshape(-1)[idx] * (1 + scale * sign)
         with torch.inference_mode():

@@ -71,8 +71,9 @@ FINGERPRINT_HELP = {
     "budget": "time budget for the run (90s, 10m, 1.5h; auto: 10 min on a CPU, 60 s on an accelerator; none): "
               "bag, pool and steps are ceilings the plan trims to fit, a run that fits is unchanged",
     "max_memory": "memory for one backward pass's tensors, which caps the batch (512M, 2G; auto: 1G, "
-                  "at most 40%% of the machine's)",
-    "device": "device the deployment runs on (cpu, cuda, cuda:N): expected outputs and floor computed there",
+                  "at most 40%% of the machine's; on a GPU, 40%% of its memory)",
+    "device": "device the deployment runs on (cpu, cuda, cuda:N): the whole pipeline runs there, and the "
+              "expected outputs and floor are computed there",
     "precision": "the deployment's numerics: expected outputs and floor computed under them",
     "floor": "fixed: never below --min-floor; measured: safety x measured noise, down to 2 units of resolution",
 }

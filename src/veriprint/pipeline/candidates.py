@@ -19,7 +19,7 @@ from torch import nn
 from veriprint.data import Dataset, InputDomain
 from veriprint.errors import ConfigError
 from veriprint.generate import GenerationResult, generate
-from veriprint.models import OutputKind
+from veriprint.models import OutputKind, model_device
 from veriprint.noise import NoiseFloor
 from veriprint.pipeline.calibrate import calibrate
 from veriprint.pipeline.config import FingerprintConfig
@@ -80,12 +80,13 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
     with stage("seeds"):
         seeds, seed_idx = draw_seeds(data, cfg.bag, cfg.seed, "boundary" if boundary else "random", model,
                                      model_outputs, pool=cfg.pool, batch_size=seed_batch(cfg))
+        seeds = seeds.to(model_device(model))  # the bag goes where the model is; the data stays put
     with stage("generate"):
         gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs,
                        progress=progress, deadline=(deadlines or {}).get("generate"))
     with stage("calibrate"):
         noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
-    reached = torch.zeros(len(gen), dtype=torch.bool)
+    reached = torch.zeros(len(gen), dtype=torch.bool, device="cpu")  # masks over the bag stay on the CPU
     refined = 0
     if cfg.refine and cfg.generation.eps > 0:
         with stage("refine"):
@@ -112,7 +113,7 @@ def eligible(c: Candidates, cfg: FingerprintConfig, need: int) -> torch.Tensor:
     Raises:
         ConfigError: fewer than ``need`` are eligible, with what to change.
     """
-    ok = c.gen.margin > c.noise.floor
+    ok = (c.gen.margin > c.noise.floor).cpu()
     if cfg.refine and int((ok & c.reached).sum()) >= need:
         ok = ok & c.reached
     n_ok = int(ok.sum())

@@ -86,15 +86,18 @@ class FingerprintConfig:
             plan trims to fit (:mod:`veriprint.pipeline.plan`); a run that fits is
             unchanged.
         max_memory: memory budget for the tensors one backward pass keeps, which caps the
-            batch size: ``"auto"`` (default: 1 GiB, at most 40% of the machine's memory)
-            or a size (``"512M"``, ``"2G"``).
+            batch size: ``"auto"`` (default: 1 GiB, at most 40% of the machine's memory;
+            on a CUDA device, 40% of the GPU's memory) or a size (``"512M"``, ``"2G"``).
         device: where the deployment runs the model, ``"cpu"`` (default), ``"cuda"`` or
-            ``"cuda:N"``: expected outputs and the noise floor are computed there
-            (:mod:`veriprint.profiles`); a CUDA device is refused where none is present.
+            ``"cuda:N"``: the whole pipeline runs there (:func:`make_fingerprint` copies
+            the model to the device), and the expected outputs and the noise floor are
+            computed there (:mod:`veriprint.profiles`); a CUDA device is refused where
+            none is present.
         precision: the deployment's numerics, ``"fp32"`` (default), ``"tf32"`` (CUDA),
             ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
             ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
-            float32 either way; what the profile changes is what the file expects.
+            float32 either way (TF32 on for ``tf32`` only); what the profile changes is
+            what the file expects.
         floor: how the smallest margin floor is set: ``"fixed"`` (default): never below
             ``min_floor``; ``"measured"``: the floor follows ``safety`` times the measured
             noise, down to two units of the deployment's resolution

@@ -4,7 +4,8 @@
 run and counts the samples that pass through the model's first layer, split into those
 run with gradients (each followed by a backward pass, in practice) and those without.
 Counting at the first layer catches every way a stage runs the model (whole, split into
-body and head, through ``torch.func``), at the price of counting a vmapped batch once.
+body and head, through ``torch.func``), at the price of counting a vmapped batch once;
+passes through a compiled module (``torch.compile``) are not counted.
 Each stage also records the process's peak resident memory at its end (``peak_mb``, a
 running maximum: the stage where it jumps is the one that needed it). The result is stored
 in ``meta["stages"]`` and printed by ``veriprint fingerprint``.
@@ -33,8 +34,14 @@ class CostMeter:
         first = next((m for m in model.modules() if not list(m.children()) and any(
             True for _ in m.parameters(recurse=False))), None)
         self._hook = None if first is None else first.register_forward_hook(self._count)
+        dev = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
+        self._cuda = dev if dev.type == "cuda" else None
+        if self._cuda is not None:
+            torch.cuda.reset_peak_memory_stats(self._cuda)
 
     def _count(self, _m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+        if torch.compiler.is_compiling():  # traced into a compiled module: a counter there recompiles every call
+            return
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
         n = int(x.shape[0]) if x is not None and x.dim() > 0 else 1
         if torch.is_grad_enabled():
@@ -44,16 +51,28 @@ class CostMeter:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time the block and count its passes under ``name`` (added to earlier ones)."""
+        """Time the block and count its passes under ``name`` (added to earlier ones).
+
+        On a GPU the block is timed to the end of its kernels, and the GPU's peak
+        allocated memory so far is recorded too (``peak_gpu_mb``, a running maximum).
+        """
+        self._sync()
         start, f0, b0 = time.perf_counter(), self._forward, self._backward
         try:
             yield
         finally:
+            self._sync()
             row = self.stages.setdefault(name, {"seconds": 0.0, "forward": 0, "forward_backward": 0})
             row["seconds"] = round(row["seconds"] + time.perf_counter() - start, 3)
             row["peak_mb"] = _peak_mb()
+            if self._cuda is not None:
+                row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self._cuda) / 2**20, 1)
             row["forward"] += self._forward - f0
             row["forward_backward"] += self._backward - b0
+
+    def _sync(self) -> None:
+        if self._cuda is not None:
+            torch.cuda.synchronize(self._cuda)
 
     def close(self) -> None:
         if self._hook is not None:
@@ -80,8 +99,11 @@ def format_costs(stages: dict[str, dict[str, float]]) -> str:
     if not stages:
         return ""
     total = sum(v["seconds"] for v in stages.values()) or 1.0
-    lines = [f"{'stage':<10} {'seconds':>8} {'share':>6} {'forward':>9} {'fwd+bwd':>9} {'peak MB':>8}"]
+    gpu = any("peak_gpu_mb" in v for v in stages.values())
+    lines = [f"{'stage':<10} {'seconds':>8} {'share':>6} {'forward':>9} {'fwd+bwd':>9} {'peak MB':>8}"
+             + (f" {'GPU MB':>8}" if gpu else "")]
     for name, v in stages.items():
         lines.append(f"{name:<10} {v['seconds']:>8.2f} {v['seconds'] / total:>6.0%} {int(v['forward']):>9} "
-                     f"{int(v['forward_backward']):>9} {v.get('peak_mb', 0):>8.0f}")
+                     f"{int(v['forward_backward']):>9} {v.get('peak_mb', 0):>8.0f}"
+                     + (f" {v.get('peak_gpu_mb', 0):>8.0f}" if gpu else ""))
     return "\n".join(lines)

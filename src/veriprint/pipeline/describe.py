@@ -106,14 +106,14 @@ def describe(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, idx: to
         "labels": expected.argmax(1).tolist(),
         "seconds": round(time.perf_counter() - (started if started is not None else time.perf_counter()), 3),
     })
-    return Fingerprint(
-        samples=chosen.clone(),
-        grid=None if described.grid is None else described.grid.clone(),
-        expected=expected.clone(),
-        seeds=c.seeds[idx].clone(),
-        log_s=described.log_s_after.float().clone(),
-        margin=described.margin.float().clone(),
-        psnr=described.psnr.clone(),
+    return Fingerprint(  # stored on the CPU, wherever the pipeline ran
+        samples=chosen.cpu().clone(),
+        grid=None if described.grid is None else described.grid.cpu().clone(),
+        expected=expected.cpu().clone(),
+        seeds=c.seeds[idx].cpu().clone(),
+        log_s=described.log_s_after.float().cpu().clone(),
+        margin=described.margin.float().cpu().clone(),
+        psnr=described.psnr.cpu().clone(),
         noise=c.noise,
         meta=meta,
     )

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import time
@@ -20,7 +21,7 @@ from veriprint.data import Dataset, InputDomain
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.generate import GenerationResult
-from veriprint.models import OutputKind
+from veriprint.models import OutputKind, model_device
 from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
@@ -28,7 +29,7 @@ from veriprint.pipeline.describe import describe
 from veriprint.pipeline.plan import apply_plan, deadlines, plan_fingerprint
 from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
-from veriprint.profiles import check_device
+from veriprint.profiles import check_device, tf32
 from veriprint.select import Selection, event_cover
 from veriprint.selectors import SelectionContext, Selector, get_selector
 from veriprint.selectors.budget import Budget, choose
@@ -60,12 +61,42 @@ def make_fingerprint(
         progress: show progress bars.
         source: a description of the model stored in the metadata.
 
+    Where it runs: every stage runs on the device of the model's parameters. With
+    ``config.device`` a CUDA device, the model is copied there first (the caller's model
+    is not moved), so generation, calibration, refinement, twins, selection and the
+    expected outputs all run on the GPU, in the numerics of ``config.precision`` for its
+    TF32 flags (``fp32``: TF32 off; ``tf32``: on). The data stays in host memory; the
+    seed pool and the bag are moved to the device batch by batch. Random draws (the bag,
+    the reach subsets, random selection) are made on the CPU and moved, and bookkeeping
+    over the bag (which candidates reached their target, are eligible, have a twin; the
+    indices chosen) stays on the CPU. The fingerprint and the returned
+    :class:`GenerationResult` are on the CPU, in the same format whatever the device.
+
     Returns:
         The :class:`Fingerprint`, the full :class:`GenerationResult` of the bag (after
         refinement) and the :class:`Selection`.
     """
     cfg = config or FingerprintConfig()
-    check_device(cfg.device)  # refuse a missing GPU before minutes of generation
+    dev = check_device(cfg.device)  # refuse a missing GPU before minutes of generation
+    if dev.type != "cpu" and model_device(model) != dev:
+        model = copy.deepcopy(model).to(dev)
+    with tf32(model_device(model), cfg.precision == "tf32"):
+        fp, gen, sel = _make(model, data, cfg, domain, model_outputs, progress, source)
+    return fp, _on_cpu(gen), sel
+
+
+def _on_cpu(gen: GenerationResult) -> GenerationResult:
+    """``gen`` with every tensor on the CPU (itself when they are already there)."""
+    if gen.samples.device.type == "cpu":
+        return gen
+    moved = {f.name: getattr(gen, f.name).cpu() for f in dataclasses.fields(gen)
+             if isinstance(getattr(gen, f.name), torch.Tensor)}
+    return replace(gen, **moved)
+
+
+def _make(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, domain: InputDomain | None,
+          model_outputs: OutputKind, progress: bool,
+          source: str | None) -> tuple[Fingerprint, GenerationResult, Selection]:
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
     x0 = data.x if isinstance(data, Dataset) else data
@@ -155,7 +186,7 @@ def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, c
         assert twins is not None
         sel, budget = choose(ctx, selector, pairs, paired=True)
         anchors = sel.indices
-        extra = torch.empty(0, dtype=torch.long)
+        extra = torch.empty(0, dtype=torch.long, device="cpu")
         if cfg.select % 2:  # an odd size: one single sample after the pairs
             rest = ok.clone()
             rest[anchors] = False

@@ -75,12 +75,14 @@ AUTO_MEMORY = 1.0 * 2**30
 AUTO_MEMORY_SHARE = 0.4
 
 #: Passes through the model per candidate (forward, forward+backward), counted by the
-#: cost meter on real runs (EfficientNet-Lite2 at 260x260: refine 29 and 11, twins 10 and
-#: 8; the Fashion-MNIST CNN: refine 19 and 18, twins 14 and 13), rounded up; calibration
-#: counts its float64 pass as three. The prediction's unit costs are the probe's.
+#: cost meter on real runs (EfficientNet-Lite2 at 260x260: refine 19.5 and 10.6 with the
+#: line search of the prefix, 29.2 and 10.6 with bisection alone, twins 10 and 8; the
+#: Fashion-MNIST CNN: refine 17.3 and 14.6, 23.1 and 14.6 with bisection, twins 14 and 13;
+#: ``benchmarks/prefix_search.py``), rounded up; calibration counts its float64 pass as
+#: three. The prediction's unit costs are the probe's.
 PASSES = {
     "calibrate": (6.0, 0.0),
-    "refine": (30.0, 14.0),
+    "refine": (20.0, 15.0),
     "twins": (12.0, 14.0),
     "select": (0.0, 2.0),
 }
@@ -131,7 +133,12 @@ def parse_bytes(text: str | int) -> int | None:
     return int(float(m.group(1)) * _BYTES[m.group(2)])
 
 
-def _machine_memory() -> int | None:
+def _machine_memory(device: str = "cpu") -> int | None:
+    """Bytes of memory where the model runs: the machine's, or the GPU's for a CUDA device."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
@@ -163,21 +170,30 @@ def probe(model: nn.Module, example: torch.Tensor, generation: Any, *, model_out
           repeats: int = 2) -> Probe:
     """Time ``model`` on ``example`` (a few inputs) and measure its backward memory per sample.
 
-    Each cost is the fastest of ``repeats`` timed runs after one warm-up run.
+    Each cost is the fastest of ``repeats`` timed runs after one warm-up run; on a GPU each
+    run is timed to the end of its kernels (``torch.cuda.synchronize``), not to their launch.
     """
     from veriprint.generate import _closed_form_layer, _objective
+    from veriprint.models import model_device
     from veriprint.refine import label_margin
 
-    x = example.detach().float()
+    dev = model_device(model)
+    x = example.detach().float().to(dev)
     n = len(x)
-    device = next((p.device.type for p in model.parameters()), "cpu")
+    device = dev.type
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def timed(fn: Any) -> float:
         fn()
         best = math.inf
         for _ in range(repeats):
+            sync()
             t = time.perf_counter()
             fn()
+            sync()
             best = min(best, time.perf_counter() - t)
         return best / n
 
@@ -375,14 +391,23 @@ def _fit(start: int, floor: int, set_: Any, total: Any, budget: float) -> int:
 
 
 def resolve(budget: str, max_memory: str, device: str) -> tuple[float | None, int]:
-    """The time budget (seconds or ``None``) and memory budget (bytes) a config asks for."""
+    """The time budget (seconds or ``None``) and memory budget (bytes) a config asks for.
+
+    ``device`` is where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:N"``). ``auto``
+    memory is :data:`AUTO_MEMORY` on the CPU (at most :data:`AUTO_MEMORY_SHARE` of the
+    machine), and :data:`AUTO_MEMORY_SHARE` of the GPU's memory on a CUDA device, so that
+    the batches fill the device.
+    """
     b = parse_duration(budget)
     if b is not None and math.isnan(b):
         b = AUTO_BUDGET_CPU if device == "cpu" else AUTO_BUDGET_ACCELERATOR
     mem = parse_bytes(max_memory)
     if mem is None:
-        machine = _machine_memory()
-        mem = int(min(AUTO_MEMORY, AUTO_MEMORY_SHARE * machine)) if machine else int(AUTO_MEMORY)
+        machine = _machine_memory(device)
+        if device.startswith("cuda") and machine:
+            mem = int(AUTO_MEMORY_SHARE * machine)
+        else:
+            mem = int(min(AUTO_MEMORY, AUTO_MEMORY_SHARE * machine)) if machine else int(AUTO_MEMORY)
     return b, mem
 
 
@@ -391,8 +416,10 @@ def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outpu
     """The :class:`Plan` of a :class:`~veriprint.pipeline.config.FingerprintConfig` on data
     ``x`` (``n_data`` inputs to draw from, default ``len(x)``; more with natural views):
     probe the model on ``example`` inputs, then trim to the config's budgets."""
-    device = next((p.device.type for p in model.parameters()), "cpu")
-    budget_s, memory = resolve(cfg.budget, cfg.max_memory, device)
+    from veriprint.models import model_device
+
+    dev = model_device(model)
+    budget_s, memory = resolve(cfg.budget, cfg.max_memory, "cpu" if dev.type == "cpu" else str(dev))
     t0 = time.perf_counter()
     pr = probe(model, x[: max(1, min(example, len(x)))].float(), cfg.generation, model_outputs=model_outputs)
     probe_s = time.perf_counter() - t0

@@ -27,7 +27,7 @@ def refine(model: nn.Module, gen: GenerationResult, noise: NoiseFloor, cfg: Fing
     once ``time.perf_counter()`` passes ``deadline`` and at least ``at_least`` samples are
     refined, the rest are left as they are (not reached).
     """
-    samples, reached = gen.samples.clone(), torch.zeros(len(gen), dtype=torch.bool)
+    samples, reached = gen.samples.clone(), torch.zeros(len(gen), dtype=torch.bool, device="cpu")
     done = 0
     # the memory budget's batches (a whole small bag at once), until the deadline
     for part in batches_until(len(gen), cfg.generation.batch_size, deadline, at_least):

@@ -9,7 +9,7 @@ from torch import nn
 
 from veriprint.data import Dataset
 from veriprint.errors import ConfigError
-from veriprint.models import OutputKind
+from veriprint.models import OutputKind, model_device
 from veriprint.noise import as_logits
 
 __all__ = ["VIEW_KINDS", "draw_seeds", "natural_views", "view_names", "with_views"]
@@ -54,8 +54,8 @@ def _views(x: torch.Tensor, kind: str) -> list[tuple[str, Callable[[torch.Tensor
         def view(t: torch.Tensor) -> torch.Tensor:
             t = t.flip(3) if mirror else t
             h, w = t.shape[2:]
-            rows = (torch.arange(h) - dy).clamp(0, h - 1)
-            cols = (torch.arange(w) - dx).clamp(0, w - 1)
+            rows = (torch.arange(h, device=t.device) - dy).clamp(0, h - 1)
+            cols = (torch.arange(w, device=t.device) - dx).clamp(0, w - 1)
             return t[:, :, rows][:, :, :, cols]
         return view
 
@@ -101,18 +101,20 @@ def draw_seeds(
     if n > len(x):
         raise ConfigError(f"expected a bag of at most {len(x)} seeds (the data size), got bag={n}")
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
+    perm = torch.randperm(len(x), generator=g, device="cpu")  # drawn on the CPU: the same bag on every device
     if how == "random" or model is None:
         idx = perm[:n]
         return x[idx].float(), idx
     cand = perm[: max(n, pool) if pool > 0 else max(20 * n, min(len(x), 20000))]
-    with torch.inference_mode():
-        z = torch.cat([as_logits(model(c.float()), model_outputs) for c in torch.split(x[cand], batch_size)])
+    dev = model_device(model)
+    with torch.inference_mode():  # the pool goes through the model batch by batch, where the model is
+        z = torch.cat([as_logits(model(c.float().to(dev)), model_outputs) for c in torch.split(x[cand], batch_size)])
     top2 = z.topk(2, dim=1)
-    margin = top2.values[:, 0] - top2.values[:, 1]
+    margin = (top2.values[:, 0] - top2.values[:, 1]).cpu()  # the pool's margins and labels, brought over once
+    label = top2.indices[:, 0].cpu()
     # Round-robin over predicted classes, smallest margin first within each class.
-    queues = [cand_i[margin[cand_i].argsort()] for c in top2.indices[:, 0].unique()
-              for cand_i in [(top2.indices[:, 0] == c).nonzero().flatten()]]
+    queues = [cand_i[margin[cand_i].argsort()] for c in label.unique()
+              for cand_i in [(label == c).nonzero().flatten()]]
     picked: list[int] = []
     depth = 0
     while len(picked) < n:
@@ -120,5 +122,5 @@ def draw_seeds(
             if depth < len(q) and len(picked) < n:
                 picked.append(int(q[depth]))
         depth += 1
-    idx = cand[torch.tensor(picked, dtype=torch.long)]
+    idx = cand[torch.tensor(picked, dtype=torch.long, device="cpu")]
     return x[idx].float(), idx

@@ -45,7 +45,7 @@ def make_twins(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *,
     ``deadline`` and at least ``at_least`` candidates were tried, the rest get none
     (``ok`` False)."""
     x, seeds = (c.samples, c.seeds) if keep is None else (c.samples[keep], c.seeds[keep])
-    samples, ok = x.clone(), torch.zeros(len(x), dtype=torch.bool)
+    samples, ok = x.clone(), torch.zeros(len(x), dtype=torch.bool, device="cpu")
     tried = 0
     for part in batches_until(len(x), cfg.generation.batch_size, deadline, at_least):
         samples[part], ok[part] = boundary_twins(

@@ -136,7 +136,7 @@ def prefix_coverage(values: torch.Tensor, weights: torch.Tensor, order: torch.Te
         raise ValueError(f"expected delta > 0, got {delta}")
     hit = values[order] >= math.log10(1.0 / delta)
     if order.numel() == 0:
-        return torch.zeros(0, dtype=torch.float64)
+        return torch.zeros(0, dtype=torch.float64, device=values.device)
     seen = hit.cummax(0).values.double()
     w = weights.double()
     return (seen * w).sum(1) / max(float(w.sum()), 1e-300)
@@ -149,7 +149,7 @@ def _labels(ctx: SelectionContext, paired: bool) -> list[set[int]]:
         if paired:
             assert ctx.twins is not None
             rows.append(ctx.logits(ctx.twins.samples).argmax(1))
-        ctx._cache[key] = torch.stack(rows, 1)
+        ctx._cache[key] = torch.stack(rows, 1).cpu()  # read row by row on the host
     return [set(r.tolist()) for r in ctx._cache[key]]
 
 
@@ -231,14 +231,15 @@ def _trace(ctx: SelectionContext, indices: torch.Tensor) -> torch.Tensor | None:
         return None
     idx, values, weights = r
     pos = {int(b): i for i, b in enumerate(idx.tolist())}
-    return prefix_coverage(values, weights, torch.tensor([pos[int(i)] for i in indices], dtype=torch.long))
+    return prefix_coverage(values, weights, torch.tensor([pos[int(i)] for i in indices], dtype=torch.long,
+                                                         device=values.device))
 
 
 def _ceiling(ctx: SelectionContext) -> float:
     r = _reach(ctx)
     assert r is not None
     _, values, weights = r
-    return float(prefix_coverage(values, weights, torch.arange(values.shape[0]))[-1])
+    return float(prefix_coverage(values, weights, torch.arange(values.shape[0], device=values.device))[-1])
 
 
 def _prefix(sel: Selection, n: int) -> Selection:
@@ -259,8 +260,9 @@ def _cover_classes(ctx: SelectionContext, sel: Selection, cap: int, paired: bool
         idx, values, _ = r
         pos = {int(b): i for i, b in enumerate(idx.tolist())}
         v = values.double().clamp(0.0, 3.0)
-        cur = v[[pos[i] for i in picked]].amax(0) if picked else torch.zeros(v.shape[1], dtype=torch.float64)
-    margin = ctx.candidates.gen.margin.double()
+        cur = (v[[pos[i] for i in picked]].amax(0) if picked
+               else torch.zeros(v.shape[1], dtype=torch.float64, device=v.device))
+    margin = ctx.candidates.gen.margin.double().cpu()  # read one by one on the host
     added: list[int] = []
     while len(covered) < classes and len(picked) < cap:
         best: tuple[int, float, float, int] | None = None
@@ -287,17 +289,18 @@ def _cover_classes(ctx: SelectionContext, sel: Selection, cap: int, paired: bool
     if not added:
         return sel, 0
     n = len(added)
-    indices = torch.cat([sel.indices, torch.tensor(added, dtype=torch.long)])
+    indices = torch.cat([sel.indices, torch.tensor(added, dtype=torch.long, device="cpu")])
     if r is not None:  # the selector's own trace: share revealed by a 10% change
-        coverage = prefix_coverage(r[1], r[2], torch.tensor([pos[int(i)] for i in indices]), delta=0.1).float()
+        order = torch.tensor([pos[int(i)] for i in indices], dtype=torch.long, device=r[1].device)
+        coverage = prefix_coverage(r[1], r[2], order, delta=0.1).float().cpu()
     else:
-        last = sel.coverage[-1:] if sel.coverage.numel() else torch.zeros(1)
+        last = sel.coverage[-1:] if sel.coverage.numel() else torch.zeros(1, device="cpu")
         coverage = torch.cat([sel.coverage, last.repeat(n)])
     out = Selection(
         indices=indices,
         coverage=coverage,
-        gains=torch.cat([sel.gains, torch.zeros(n, dtype=sel.gains.dtype)]),
-        levels=torch.cat([sel.levels, torch.ones(n, dtype=sel.levels.dtype)]),
+        gains=torch.cat([sel.gains, torch.zeros(n, dtype=sel.gains.dtype, device="cpu")]),
+        levels=torch.cat([sel.levels, torch.ones(n, dtype=sel.levels.dtype, device="cpu")]),
         neurons=sel.neurons, method=sel.method,
     )
     return out, n
