@@ -539,14 +539,9 @@ def machine() -> dict[str, Any]:
 
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from veriprint.demo import cpu_model
+
+    cpu = cpu_model() or platform.machine()
     return {"cpu": cpu, "aten": torch.backends.cpu.get_cpu_capability(), "onnxruntime": ort.__version__,
             "providers": ort.get_available_providers()}
 

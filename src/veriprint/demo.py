@@ -32,6 +32,7 @@ __all__ = [
     "README_END",
     "Row",
     "Shipped",
+    "cpu_model",
     "export_assets",
     "file_sha256",
     "load_shipped",
@@ -63,16 +64,20 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def machine_description() -> str:
-    """This machine in one line: architecture, CPU model, cores, kernel level, threads, torch."""
-    cpu = platform.processor() or ""
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says ("" if nothing)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or ""
+
+
+def machine_description() -> str:
+    """This machine in one line: architecture, CPU model, cores, kernel level, threads, torch."""
+    cpu = cpu_model()
     return (f"{platform.machine()} {cpu or 'CPU'}, {os.cpu_count()} cores, "
             f"{torch.backends.cpu.get_cpu_capability()} kernels, {torch.get_num_threads()} threads, "
             f"torch {torch.__version__}")
