@@ -22,6 +22,7 @@ from veriprint.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.digits import tampered_copy
+from servers.required import missing
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +102,8 @@ def test_a_model_whose_class_was_loaded_from_a_file_is_served(tmp_path: Path) ->
 
     try:
         model = pretrained_mnist().eval()
-    except ImportError as e:
-        pytest.skip(str(e))
+    except ImportError as e:  # scripts/setup.sh installs its wheel: a failure under CI
+        missing(f"{e}; run scripts/setup.sh")
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         here = model(x).numpy()
