@@ -182,15 +182,18 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
     cap = max(k, min(max(cfg.max_queries, cfg.select) // per, available))
     stopped = "budget"
     target: float | None = None
-    share = cfg.ceiling_share if cfg.coverage is None and cfg.ceiling_share > 0 else None
-    sel = _pick(ctx, selector, cap if cfg.coverage is not None or share is not None else k, paired)
+    # the ceiling share needs reach's predictions; other selectors keep exactly the budget
+    share = (cfg.ceiling_share if cfg.coverage is None and cfg.ceiling_share > 0 and selector.name == "reach"
+             else None)
+    grow = cfg.coverage is not None or share is not None
+    sel = _pick(ctx, selector, cap if grow else k, paired)
     trace = _trace(ctx, sel.indices)
     if cfg.coverage is not None and trace is None:
         raise ConfigError("a coverage target needs selection by reach, which needs the model's parameters; "
                           "got a model without any")
-    if trace is None and share is not None:  # no reach to predict by: exactly the budget
-        sel, share = _pick(ctx, selector, k, paired), None
-    elif trace is not None and (cfg.coverage is not None or share is not None):
+    if grow and trace is None:  # reach recorded nothing to predict by: exactly the budget
+        sel, share = _prefix(sel, k), None
+    elif grow and trace is not None:
         ceiling = _ceiling(ctx)
         target = cfg.coverage if cfg.coverage is not None else ceiling * (share or 0.0)
         n = len(sel.indices)
