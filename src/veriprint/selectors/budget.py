@@ -239,10 +239,14 @@ def _trace(ctx: SelectionContext, indices: torch.Tensor) -> torch.Tensor | None:
 
 
 def _ceiling(ctx: SelectionContext) -> float:
-    r = _reach(ctx)
-    assert r is not None
-    _, values, weights = r
-    return float(prefix_coverage(values, weights, torch.arange(values.shape[0], device=values.device))[-1])
+    """What every eligible candidate together reveals (computed once per context)."""
+    if "ceiling" not in ctx._cache:
+        r = _reach(ctx)
+        assert r is not None
+        _, values, weights = r
+        ctx._cache["ceiling"] = float(
+            prefix_coverage(values, weights, torch.arange(values.shape[0], device=values.device))[-1])
+    return float(ctx._cache["ceiling"])
 
 
 def _prefix(sel: Selection, n: int) -> Selection:
