@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -473,11 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     text = render(rows, models_info, args, bag, steps, checks, total)
     write_report(text, args.out)
     if args.json:
-        args.json.write_text(json.dumps({"rows": [_row_dict(r) for r in rows], "models": models_info,
-                                         "seconds": total, "command": shlex.join(sys.argv[1:]),
-                                         "machine": machine(),
-                                         "args": {"pool": args.pool, "tolerance": args.tolerance, "bag": bag,
-                                                  "steps": steps}}, indent=1))
+        args.json.write_text(json.dumps(_strict({"rows": [_row_dict(r) for r in rows], "models": models_info,
+                                                  "seconds": total, "command": shlex.join(sys.argv[1:]),
+                                                  "machine": machine(),
+                                                  "args": {"pool": args.pool, "tolerance": args.tolerance,
+                                                           "bag": bag, "steps": steps}}),
+                                         indent=1, allow_nan=False))
     if args.plot:
         plot(rows, args.plot)
     return 0
@@ -529,7 +531,8 @@ def shift(args: argparse.Namespace) -> int:
                    f"{r['dz_1']:.2g} ({r['flips_1']}) |")
     write_report("\n".join(out) + "\n", args.out)
     if args.json:
-        args.json.write_text(json.dumps({"rows": res, "machine": mach, "command": shlex.join(sys.argv[1:])}, indent=1))
+        args.json.write_text(json.dumps(_strict({"rows": res, "machine": mach, "command": shlex.join(sys.argv[1:])}),
+                                         indent=1, allow_nan=False))
     return 0
 
 
@@ -564,11 +567,9 @@ def rerender(args: argparse.Namespace) -> int:
         for path in files:
             raw = json.loads(path.read_text())
             for d in raw["rows"]:
-                tally = {s: Tally(**t) for s, t in d.pop("tally").items()}
-                d["kind"] = LEGACY_KINDS.get(d["kind"], d["kind"])
-                rows_run.append(Row(**d, tally=tally))
+                rows_run.append(_row_from(d))
             for m in raw["models"]:
-                m["floors"] = {LEGACY_KINDS.get(k, k): v for k, v in m["floors"].items()}
+                m["floors"] = {LEGACY_KINDS.get(k, k): math.nan if v is None else v for k, v in m["floors"].items()}
                 models[m["model"]] = m
             meta = raw.get("args", meta)
             mach = raw.get("machine", mach)
@@ -609,6 +610,28 @@ def _row_dict(r: Row) -> dict[str, Any]:
     d = {k: v for k, v in vars(r).items() if k != "tally"}
     d["tally"] = {s: vars(t) for s, t in r.tally.items()}
     return d
+
+
+def _strict(v: Any) -> Any:
+    """``v`` with every NaN float replaced by ``None``, so the JSON written is standard
+    (``null``, not ``NaN``, which strict parsers refuse)."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x) for x in v]
+    return v
+
+
+def _row_from(d: dict[str, Any]) -> Row:
+    """A row read back from the JSON: ``null`` floats (not measured) become NaN again."""
+    tally = {s: Tally(**t) for s, t in d.pop("tally").items()}
+    d["kind"] = LEGACY_KINDS.get(d["kind"], d["kind"])
+    for k in ("floor", "max_dz"):
+        if k in d and d[k] is None:
+            d[k] = math.nan
+    return Row(**d, tally=tally)
 
 
 def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,21 @@ def test_tampered_copies_behind_real_servers_are_caught_as_in_process(tmp_path: 
         assert r["cases"] >= 6 and r["caught_cases"] == ref["caught_cases"], (d, kind)
     assert len(rows[("TorchServe", "fixed floor")]["caught_cases"]["logits"]) == rows[("TorchServe", "fixed floor")]["cases"]
     assert "Every one caught exactly the cases its reference caught." in out.read_text()
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"non-standard JSON constant {constant}")
+
+
+def test_rows_not_measured_are_written_as_null_and_read_back_as_nan() -> None:
+    from benchmarks.deployments import Row, Tally, _row_dict, _row_from, _strict
+
+    row = Row(model="m", deployment="bf16 weights", kind="enrolled", samples=0, floor=math.nan,
+              ambiguous={}, tally={"top1": Tally()}, note="refused")
+    text = json.dumps(_strict({"rows": [_row_dict(row)]}), allow_nan=False)
+    raw = json.loads(text, parse_constant=_refuse)  # a strict parser reads it
+    assert raw["rows"][0]["floor"] is None and raw["rows"][0]["max_dz"] is None
+    back = _row_from(raw["rows"][0])
+    assert math.isnan(back.floor) and math.isnan(back.max_dz) and back.note == "refused"
+    for path in (ROOT / "docs" / "deployments-runs").glob("*.json"):  # the stored runs are standard JSON too
+        json.loads(path.read_text(), parse_constant=_refuse)
