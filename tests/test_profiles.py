@@ -183,3 +183,63 @@ def test_measured_floor_of_a_half_precision_profile_is_its_resolution(digits_mod
         guard = resolution_guard(deployment(fp.samples), DeviceProfile("cpu", "bf16"))
     assert fp.noise.min_floor >= guard > 1e-3  # bfloat16 logits are spaced ~1e-2 apart
     assert verify(fp, deployment, spec="top1").verdict == "INTACT"
+
+
+class _Rounded(torch.nn.Module):
+    """A deployment whose logits come rounded to steps of ``q`` (as reduced precision does)."""
+
+    def __init__(self, model: torch.nn.Module, q: float) -> None:
+        super().__init__()
+        self.model, self.q = model, q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(self.model(x) / self.q) * self.q
+
+
+def test_straddle_moves_float32_pairs_onto_the_rounded_boundary(fashion_model: torch.nn.Module,
+                                                               fashion_data: tuple[Dataset, Dataset]) -> None:
+    from veriprint.numerics import top2_margin
+    from veriprint.refine import straddle
+
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
+    a, b, seeds = fp.samples[0::2], fp.samples[1::2], fp.seeds[0::2]
+    deployment = _Rounded(fashion_model, 0.05)
+    with torch.no_grad():
+        before = deployment(a).argmax(1) != deployment(b).argmax(1)
+    assert not before.all()  # rounding in steps of 0.05 undoes pairs made 2e-4 from the boundary
+    eps = fp.meta["config"]["generation"]["eps"]
+    domain = fashion_data[1].domain
+    res = straddle(deployment, fashion_model, a, b, seeds, target=2e-4, eps=eps, domain=domain)
+    assert int(res.ok.sum()) >= 3 and bool((res.ok | ~res.moved).all())
+    with torch.no_grad():
+        za, zb = deployment(res.first[res.ok]), deployment(res.second[res.ok])
+    assert (za.argmax(1) != zb.argmax(1)).all()
+    assert (top2_margin(za) >= 2e-4).all() and (top2_margin(zb) >= 2e-4).all()
+    assert domain.on_grid(res.first) and domain.on_grid(res.second)
+    for x in (res.first, res.second):
+        assert float((x - seeds).abs().max()) <= eps + 1e-6
+    assert torch.equal(res.first[~res.ok], a[~res.ok]) and torch.equal(res.second[~res.ok], b[~res.ok])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "autocast-bf16"])
+def test_reduced_precision_profile_stores_pairs_on_the_served_boundary(
+        fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset], precision: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from veriprint.cli.main import main
+
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed", precision=precision),
+                                progress=False)
+    st = fp.meta["straddle"]
+    assert st["pairs"] == fp.meta["selection"]["pairs"] and 0 <= st["straddling"] <= st["pairs"]
+    assert st["straddling"] == st["moved"] + st["already"]
+    labels = fp.expected.argmax(1)
+    differ = int((labels[0: 2 * st["pairs"]: 2] != labels[1: 2 * st["pairs"]: 2]).sum())
+    assert differ >= st["straddling"]  # each straddling pair gets two labels from the deployment
+    assert verify(fp, served(fashion_model, DeviceProfile("cpu", precision)), spec="top1").verdict == "INTACT"
+    fp.save(tmp_path / "fp.vpf")
+    assert Fingerprint.load(tmp_path / "fp.vpf").meta["straddle"] == st
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "fp.vpf")]) == 0
+    assert f"straddle: {st['straddling']} of {st['pairs']} pairs labelled differently" in capsys.readouterr().out
+    default, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
+    assert "straddle" not in default.meta

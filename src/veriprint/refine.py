@@ -40,6 +40,7 @@ sees only one direction.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,8 @@ from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 from veriprint.numerics import top2_margin
 
-__all__ = ["RefineResult", "boundary_twins", "label_margin", "refine_to_boundary", "settle_margin"]
+__all__ = ["RefineResult", "Straddle", "boundary_twins", "label_margin", "refine_to_boundary", "settle_margin",
+           "straddle"]
 
 
 @dataclass(frozen=True)
@@ -418,3 +420,167 @@ def _line_bracket(
         hi[rows] = torch.where(ok_n, r_hi, torch.where(ok_g, nxt, guess))
         m_hi[rows] = torch.where(ok_n, m_hi[rows], torch.where(ok_g, torch.where(two, m_n, m_hi[rows]), m_g))
     return lo, hi
+
+
+@dataclass(frozen=True)
+class Straddle:
+    """Pairs moved onto another model's decision boundary (:func:`straddle`).
+
+    Attributes:
+        first, second: the pairs, on the grid and inside their balls; where ``ok``, the
+            served model labels them differently, each with a margin of at least the target.
+        ok: which pairs straddle the served boundary (the others are returned unchanged).
+        moved: which of those had to be moved (the rest straddled it already).
+    """
+
+    first: torch.Tensor
+    second: torch.Tensor
+    ok: torch.Tensor
+    moved: torch.Tensor
+
+
+def straddle(
+    served: nn.Module,
+    guide: nn.Module,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    target: float,
+    eps: float,
+    norm: Norm = "linf",
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    steps: int | None = None,
+) -> Straddle:
+    """Move twin pairs made on ``guide``'s boundary onto ``served``'s.
+
+    A deployment in other numerics (bfloat16 or float16 weights, autocast, TF32) rounds
+    its logits in steps of up to a few hundredths: a pair made in float32 at margins of a
+    few times the floor then usually gets the same label from it on both sides, or a tie
+    (no label at all), and a weight change must move that deployment's margin by a whole
+    rounding step before a label flips. This finds two inputs close together that
+    ``served`` labels differently, each with a margin of at least ``target``, so the pair
+    sits on the boundary the deployment answers with.
+
+    Method, batched over pairs (``c`` is ``guide``'s label of ``a``):
+
+    1. an inside end: ``a`` if ``served`` gives it ``c`` at margin ``>= target``, else
+       signed-gradient steps of one grid step *up* ``guide``'s margin of ``c`` from ``a``
+       (smooth where the served model's rounding is not) until it does;
+    2. an outside end: ``b`` if ``served`` gives it another label at margin ``>= target``,
+       else steps *down* that margin from ``b`` until it does (each walk projected into the
+       ball and onto the grid, at most ``steps``, default ``2 * eps / step + 20``);
+    3. between the two ends the coordinate changes are ranked by ``guide``'s predicted
+       margin change; bisecting the prefix length finds the last input still inside, and
+       a second bisection beyond it the first input outside. Rounded logits can tie, so
+       the two may be a few coordinate changes apart rather than one (a tie between them).
+
+    Returns:
+        A :class:`Straddle`; pairs whose ends could not be found keep their inputs.
+    """
+    domain = domain or InputDomain()
+    step = domain.step or (eps / 16 if eps > 0 else 0.0)
+    n = a.shape[0]
+    tau = torch.full((n,), float(target), dtype=torch.float64, device=a.device)
+    with torch.no_grad():
+        c = as_logits(guide(a), model_outputs).argmax(dim=1)
+
+    def inside(x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            z = as_logits(served(x), model_outputs).to(a.device)
+        clear = top2_margin(z).double() >= tau[rows]
+        own = z.argmax(dim=1) == c[rows]
+        return own & clear, ~own & clear  # inside, outside (neither: a tie or below target)
+
+    every = torch.arange(n, device=a.device)
+    in_a, _ = inside(a, every)
+    _, out_b = inside(b, every)
+    already = in_a & out_b
+    if eps > 0 and step > 0:
+        walk = steps if steps is not None else math.ceil(2 * eps / step) + 20
+        inner, in_ok = _walk(inside, guide, a, seeds, c, in_a, +1.0, 0, walk, eps, norm, domain, step, model_outputs)
+        outer, out_ok = _walk(inside, guide, b, seeds, c, out_b, -1.0, 1, walk, eps, norm, domain, step,
+                              model_outputs)
+    else:
+        inner, in_ok, outer, out_ok = a, in_a, b, out_b
+    first, second = a.clone(), b.clone()
+    first[already], second[already] = a[already], b[already]
+    rows = (in_ok & out_ok & ~already).nonzero().flatten()
+    ok = already.clone()
+    if len(rows):
+        lo_x, hi_x, good = _label_bracket(inside, guide, inner[rows], outer[rows], c[rows], rows, model_outputs)
+        first[rows[good]] = lo_x[good]
+        second[rows[good]] = hi_x[good]
+        ok[rows[good]] = True
+    if domain.levels is not None:
+        first, second = domain.snap(first), domain.snap(second)
+    return Straddle(first, second, ok.cpu(), (ok & ~already).cpu())
+
+
+def _walk(
+    side: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], guide: nn.Module,
+    x: torch.Tensor, seeds: torch.Tensor, labels: torch.Tensor, done: torch.Tensor, sign: float, which: int,
+    steps: int, eps: float, norm: Norm, domain: InputDomain, step: float, model_outputs: OutputKind,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From ``x``, one grid step at a time up (``sign`` +1) or down ``guide``'s margin of
+    ``labels``, until ``side`` says the point is on side ``which`` (0 inside, 1 outside)."""
+    cur, found, todo = x.detach().clone(), done.clone(), ~done
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    for _ in range(steps):
+        rows = todo.nonzero().flatten()
+        if len(rows) == 0:
+            break
+        _, g = _margin_and_grad(guide, cur[rows], labels[rows], model_outputs)
+        move = g.sign() if norm == "linf" else (
+            g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * math.sqrt(g[0].numel()))
+        nxt = snap_to_ball(cur[rows] + sign * step * move, seeds[rows], eps, norm, domain)
+        stuck = (nxt == cur[rows]).flatten(1).all(dim=1)
+        cur[rows] = nxt
+        there = side(nxt, rows)[which]
+        found[rows[there]] = True
+        todo[rows[there | stuck]] = False
+    return cur, found
+
+
+def _label_bracket(
+    side: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], guide: nn.Module,
+    a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, model_outputs: OutputKind,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On the path of coordinate changes from ``a`` (inside) to ``b`` (outside), ranked by
+    ``guide``'s predicted margin change: the last input inside and, beyond it, the first
+    outside (two bisections of the prefix length), and whether both were found."""
+    shape = a.shape
+    af, bf = a.flatten(1), b.flatten(1)
+    d = bf - af
+    _, g = _margin_and_grad(guide, a, labels, model_outputs)
+    gain = (g.flatten(1) * d).double()
+    gain = torch.where(d != 0, gain, torch.full_like(gain, float("inf")))
+    order = gain.argsort(dim=1)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=a.device).expand_as(order))
+
+    def at(k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        return torch.where(rank[r] < k.view(-1, 1), bf[r], af[r]).view(-1, *shape[1:])
+
+    def bisect(lo: torch.Tensor, hi: torch.Tensor, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # invariant: side ``which`` false at lo, true at hi (inside: read as "not inside")
+        while True:
+            r = (hi - lo > 1).nonzero().flatten()
+            if len(r) == 0:
+                return lo, hi
+            mid = (lo[r] + hi[r]) // 2
+            s = side(at(mid, r), rows[r])
+            there = ~s[0] if which == 0 else s[1]
+            lo[r] = torch.where(there, lo[r], mid)
+            hi[r] = torch.where(there, mid, hi[r])
+
+    zero = torch.zeros(len(a), dtype=torch.long, device=a.device)
+    end = (d != 0).sum(dim=1)
+    last_in, _ = bisect(zero.clone(), end.clone(), 0)  # inside at last_in, not at last_in + 1
+    _, first_out = bisect(last_in.clone(), end.clone(), 1)  # outside at first_out, not just before
+    every = torch.arange(len(a), device=a.device)
+    lo_x, hi_x = at(last_in, every), at(first_out, every)
+    good = side(lo_x, rows)[0] & side(hi_x, rows)[1]
+    return lo_x, hi_x, good
+

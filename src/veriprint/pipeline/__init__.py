@@ -10,6 +10,7 @@ stage          module                                what it does
 4 refine       :mod:`veriprint.pipeline.refinement`  move samples to just above the floor
 5 twins        :mod:`veriprint.pipeline.twins`       a twin across each boundary
 6 select       :mod:`veriprint.selectors`            choose the samples (a registry)
+6b straddle    :mod:`veriprint.pipeline.straddle`    with a device profile: pairs on its boundary
 7 describe     :mod:`veriprint.pipeline.describe`    expected outputs, reach, metadata
 =============  ====================================  ======================================
 
@@ -27,6 +28,7 @@ from veriprint.pipeline.make import make_fingerprint
 from veriprint.pipeline.plan import Plan, plan_fingerprint
 from veriprint.pipeline.refinement import redescribe, refine
 from veriprint.pipeline.seeds import draw_seeds
+from veriprint.pipeline.straddle import straddle_pairs
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 
 __all__ = [
@@ -48,5 +50,6 @@ __all__ = [
     "reach_meta",
     "redescribe",
     "refine",
+    "straddle_pairs",
     "wants_twins",
 ]

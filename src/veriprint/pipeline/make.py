@@ -2,7 +2,8 @@
 
 0. plan (:mod:`.plan`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
-5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`); 7. describe
+5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`), then, with a device
+profile, straddle (:mod:`.straddle`); 7. describe
 (:mod:`.describe`). Each stage is callable on its own.
 """
 
@@ -28,6 +29,7 @@ from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
 from veriprint.pipeline.plan import apply_plan, deadlines, plan_fingerprint
 from veriprint.pipeline.seeds import view_names, with_views
+from veriprint.pipeline.straddle import straddle_pairs
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.profiles import check_device, tf32
 from veriprint.select import Selection, event_cover
@@ -172,10 +174,16 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
         sel, idx, chosen, budget = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
     if pairs:
         pairs = len(sel.indices)
+    straddled: dict[str, int] | None = None
+    if pairs and not cfg.profile.is_default:
+        with meter.stage("straddle"):
+            chosen, straddled = straddle_pairs(model, cands, cfg, idx, chosen, pairs, model_outputs)
     with meter.stage("describe"):
         fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()),
                       pairs=pairs, model_outputs=model_outputs, source=source, started=start,
                       budget=budget.to_dict())
+    if straddled is not None:
+        fp.meta["straddle"] = straddled
     return fp, cands.gen, sel
 
 
