@@ -15,6 +15,9 @@ as these kinds:
   from float32: ``fp64``, ``bf16``, ``autocast-bf16``; elsewhere it is the default);
 - **enrolled**: a pool of ``--pool`` samples enrolled against that deployment
   (:func:`veriprint.pipeline.enroll.enroll`, top1, 6 rounds, declared tolerance 0.1);
+- **enrolled, profiled pool** (deployments with a precision only): the same, from a pool
+  made with the deployment's ``--precision`` (its pairs straddle that deployment's
+  boundary, :func:`veriprint.refine.straddle`);
 - **declared**: the default with a declared tolerance (``--tolerance``, 0.05 logits), made
   from a bag four times larger (the raised floor leaves fewer samples above it).
 
@@ -85,7 +88,7 @@ from veriprint.targets import CallableTarget, QueryBatch, Target, TorchTarget, o
 from veriprint.verify import verify  # noqa: E402
 
 SPECS = ("top1", "logits")
-KINDS = ("fixed floor", "measured floor", "profile", "enrolled", "declared")
+KINDS = ("fixed floor", "measured floor", "profile", "enrolled", "enrolled, profiled pool", "declared")
 #: Kind names of reports written before the kinds were named by their floor.
 LEGACY_KINDS = {"default": "fixed floor"}
 
@@ -673,6 +676,10 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
         res = tamper(model, cfg, data=z.train, eval_data=z.test, progress=False)
         tampered.append((case, res.model.eval()))
     log(f"{z.name}: {len(tampered)} tampered copies in {time.perf_counter() - t1:.0f} s")
+    # pools made with the deployment's own profile (after the tampered copies, which keep the
+    # random state of earlier runs): an owner who knows the serving precision enrolls this one
+    profiled_pools = {p: make(bag=max(bag, 2 * args.pool), select=args.pool, precision=p)
+                      for p in dict.fromkeys(d.precision for d in deps) if p is not None}
     models_info.append({"model": z.name, "what": z.what, "fingerprint_s": round(made, 1),
                         "cases": [c for c, _ in tampered],
                         "floors": {k: f.noise.floor for k, f in {**fps, **profiled}.items()}})
@@ -695,6 +702,13 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
                 kinds["enrolled"] = rep.fingerprint
             except EnrollmentError as e:
                 note = f"enrollment refused: {str(e)[:120]}"
+            pnote = ""
+            if d.precision is not None:
+                try:
+                    rep = enroll(profiled_pools[d.precision], tgt, spec="top1", model=model, tolerance=0.1, keep=8)
+                    kinds["enrolled, profiled pool"] = rep.fingerprint
+                except EnrollmentError as e:
+                    pnote = f"enrollment refused: {str(e)[:120]}"
             tallies, dz = false_alarms(kinds, tgt, natural, checks,
                                        seed=zlib.crc32(f"{z.name}/{d.name}".encode()))
             for k, fp in kinds.items():
@@ -704,6 +718,8 @@ def run_model(z: Zoo, args: argparse.Namespace, bag: int, steps: int, checks: in
                                note=note if k == "enrolled" else "", max_dz=dz[k]))
             if "enrolled" not in kinds:
                 out.append(Row(z.name, d.name, "enrolled", 0, float("nan"), {}, note=note))
+            if pnote:
+                out.append(Row(z.name, d.name, "enrolled, profiled pool", 0, float("nan"), {}, note=pnote))
             for k, why in refused.items():
                 out.append(Row(z.name, d.name, k, 0, float("nan"), {}, note=why[:160]))
             if d.tampers:

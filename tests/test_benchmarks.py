@@ -274,3 +274,25 @@ def test_prefix_search_benchmark_runs(tmp_path: Path) -> None:
     rows = json.loads(raw.read_text())
     assert [r["method"] for r in rows] == ["bisect", "line"]
     assert rows[0]["reach"] == rows[1]["reach"] and rows[0]["bag"] == rows[1]["bag"] == 8
+
+
+@pytest.mark.slow
+def test_straddle_benchmark_runs_and_straddled_pairs_catch_more_behind_autocast(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.straddle", "--models", "fashion-mlp", "--precisions",
+                           "autocast-bf16", "--checks", "20", "--json", str(runs), "--out", str(tmp_path / "s.md")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((runs / "fashion-mlp-autocast-bf16.json").read_text())
+    kinds = r["kinds"]
+    assert kinds["straddled"]["straddle"]["straddling"] == kinds["straddled"]["straddle"]["pairs"] > 0
+    for k in kinds.values():  # made for this deployment: no false alarm
+        assert k["false_alarms"] == {"top1": 0, "logits": 0}
+    caught = {k: sum(c[k]["top1"] == "TAMPERED" for c in r["cases"]) for k in kinds}
+    assert caught["straddled"] > caught["profile, float32 pairs"], caught
+    again = tmp_path / "again.md"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.straddle", "--render", str(runs / "fashion-mlp-autocast-bf16.json"),
+                           "--out", str(again)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [ln for ln in (tmp_path / "s.md").read_text().splitlines() if ln.startswith("| ")]
+    assert table == [ln for ln in again.read_text().splitlines() if ln.startswith("| ")]

@@ -195,3 +195,5 @@ def test_device_cuda_copies_the_model_to_a_simulated_gpu(fashion_model: torch.nn
     assert fp.meta["plan"]["memory_bytes"] == int(0.4 * 2**34)  # the GPU's memory, not the CPU's 1 GiB
     assert all(sim._get(p) == "host" for p in fashion_model.parameters())  # the caller's model stays put
     assert sim._get(fp.samples) != ON_DEVICE and sim._get(gen.samples) != ON_DEVICE
+    if precision != "fp32" and fp.meta["selection"]["pairs"]:  # the pairs straddled the profiled boundary there too
+        assert fp.meta["straddle"]["pairs"] == fp.meta["selection"]["pairs"]

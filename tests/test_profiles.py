@@ -243,3 +243,14 @@ def test_reduced_precision_profile_stores_pairs_on_the_served_boundary(
     assert f"straddle: {st['straddling']} of {st['pairs']} pairs labelled differently" in capsys.readouterr().out
     default, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
     assert "straddle" not in default.meta
+
+
+def test_float64_profile_keeps_the_float32_pairs(fashion_model: torch.nn.Module,
+                                                 fashion_data: tuple[Dataset, Dataset]) -> None:
+    # float64 answers within ~1e-6 of float32: every pair straddles that boundary already
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed", precision="fp64"),
+                                progress=False)
+    st = fp.meta["straddle"]
+    assert st["pairs"] > 0 and st["already"] == st["pairs"] and st["moved"] == 0
+    plain, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
+    assert torch.equal(fp.samples, plain.samples)

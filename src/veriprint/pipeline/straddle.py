@@ -32,11 +32,12 @@ def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, 
     """The chosen twin pairs (profiles other than float32 on the CPU), made on the float32
     boundary, moved onto the boundary of the model as the profile runs it
     (:func:`veriprint.refine.straddle`), so that each pair gets two labels from the
-    deployment. ``chosen`` starts with ``pairs`` pairs (sample, twin); the counts are
+    deployment, each end at a margin of at least the floor (decided, as a twin must be).
+    ``chosen`` starts with ``pairs`` pairs (sample, twin); the counts are
     stored as ``meta["straddle"]``."""
     first, second = chosen[0: 2 * pairs: 2], chosen[1: 2 * pairs: 2]
     res = straddle(served(model, cfg.profile), model, first, second, cands.seeds[idx[0: 2 * pairs: 2]],
-                   target=cfg.refine_factor * cands.noise.floor, eps=cfg.generation.eps,
+                   target=cands.noise.floor, eps=cfg.generation.eps,
                    norm=cfg.generation.norm, domain=cands.gen.domain, model_outputs=model_outputs)
     out = chosen.clone()
     out[0: 2 * pairs: 2], out[1: 2 * pairs: 2] = res.first, res.second
