@@ -74,7 +74,7 @@ FINGERPRINT_HELP = {
                   "at most 40%% of the machine's; on a GPU, 40%% of its memory)",
     "device": "device the deployment runs on (cpu, cuda, cuda:N): the whole pipeline runs there, and the "
               "expected outputs and floor are computed there",
-    "precision": "the deployment's numerics: expected outputs and floor computed under them",
+    "precision": "the deployment's numerics: expected outputs and floor computed under them, pairs moved onto its boundary",
     "floor": "fixed: never below --min-floor; measured: safety x measured noise, down to 2 units of resolution",
 }
 

@@ -97,7 +97,8 @@ class FingerprintConfig:
             ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
             ``"autocast-bf16"`` (``torch.autocast``) or ``"fp64"``. Generation runs in
             float32 either way (TF32 on for ``tf32`` only); what the profile changes is
-            what the file expects.
+            what the file expects, and where its twin pairs sit: on the boundary of the
+            model as the profile runs it (:mod:`veriprint.pipeline.straddle`).
         floor: how the smallest margin floor is set: ``"fixed"`` (default): never below
             ``min_floor``; ``"measured"``: the floor follows ``safety`` times the measured
             noise, down to two units of the deployment's resolution
