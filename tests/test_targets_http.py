@@ -356,6 +356,7 @@ BAD_OUTPUTS = [
     Bad([[1.5, -0.5, 0.0]], "probs", r"expected probabilities in \[0, 1\], got values in \[-0.5, 1.5\]"),
     Bad([3], "labels", r"expected class indices in \[0, 2\], got values in \[3, 3\]"),
     Bad([1.5], "labels", r"expected integer labels, got non-integer values"),
+    Bad([1e30], "labels", r"expected integer labels, got values too large to be one \(e.g. 1e\+30\)"),
     Bad([[1, 2, 3]], "labels", r"expected labels of shape \[1\], got \[1, 3\]"),
     Bad([[1.0, 0.5, 0.1]], "top1-prob", r"expected \(label, probability\) pairs of shape \[1, 2\], got \[1, 3\]"),
     Bad([[1.0, 1.5]], "top1-prob", r"expected probabilities in \[0, 1\] in column 1"),

@@ -70,7 +70,11 @@ def _integers(arr: np.ndarray, what: str, where: str) -> np.ndarray:
         if not finite.all() or not np.all(arr == np.round(arr)):
             bad = arr[~finite | (arr != np.round(np.where(finite, arr, 0)))]
             raise TargetError(f"{where}: expected integer {what}, got non-integer values "
-                              f"(e.g. {bad.flat[0]!r})")
+                              f"(e.g. {float(bad.flat[0])!r})")
+        huge = np.abs(arr) >= 2.0**53  # beyond exact integers in float64 (and near int64's end)
+        if huge.any():
+            raise TargetError(f"{where}: expected integer {what}, got values too large to be one "
+                              f"(e.g. {float(arr[huge].flat[0])!r})")
     return arr.astype(np.int64)
 
 
