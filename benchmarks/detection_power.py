@@ -98,16 +98,17 @@ class Pool:
 
 
 def build(model: nn.Module, test: Dataset, bag: int, steps: int, eps: float | None,
-          tolerance: float = 0.0) -> dict[str, Any]:
+          tolerance: float = 0.0, default: dict[str, Any] | None = None) -> dict[str, Any]:
     """The three fingerprints (paper at 64, veriprint at 64, veriprint's default), made
-    from the seed data ``test``, and the eligible bags."""
+    from the seed data ``test``, and the eligible bags; ``default`` overrides fields of the
+    default's config (its budget: ``ceiling_share``, ``max_queries``)."""
     gen_cfg = GenerationConfig(steps=steps) if eps is None else GenerationConfig(steps=steps, eps=eps)
     cfgs = {
         "paper": FingerprintConfig(bag=bag, seeds="random", refine=False, twins=False, selector="manc", select=64,
                                    cover_classes=False, ceiling_share=0.0, generation=gen_cfg, tolerance=tolerance),
         "veriprint": FingerprintConfig(bag=bag, select=64, cover_classes=False, ceiling_share=0.0,
                                        generation=gen_cfg, tolerance=tolerance),
-        "default": FingerprintConfig(bag=bag, generation=gen_cfg, tolerance=tolerance),
+        "default": FingerprintConfig(bag=bag, generation=gen_cfg, tolerance=tolerance, **(default or {})),
     }
     out: dict[str, Any] = {}
     for name, cfg in cfgs.items():
@@ -237,6 +238,18 @@ def joined(train: Dataset, test: Dataset) -> Dataset:
     return Dataset(torch.cat([train.x, test.x]), y, test.domain, f"{train.name} + {test.name}")
 
 
+def default_budget(args: argparse.Namespace) -> dict[str, Any]:
+    """The default fingerprint's budget fields given on the command line (none: the library's)."""
+    return {k: v for k, v in (("ceiling_share", args.ceiling_share), ("max_queries", args.max_queries))
+            if v is not None}
+
+
+def budget_of(info: dict[str, Any]) -> str:
+    """How a run's default grew: its ceiling share and cap (runs before the options: 0.95, 32)."""
+    d = info["config"].get("default_budget") or {}
+    return f"{d.get('ceiling_share', 0.95):g}, {d.get('max_queries', 32)}"
+
+
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     desc, model, train, test, eps = load_model(name)
@@ -244,7 +257,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         acc = accuracy(model, test)
     log(f"{name}: accuracy {acc:.3f}")
     seed_data = test if args.seed_data == "test" else joined(train, test)
-    built = build(model, seed_data, args.bag, args.steps, eps, args.tolerance)
+    built = build(model, seed_data, args.bag, args.steps, eps, args.tolerance, default_budget(args))
     floor = built["default"]["fp"].noise.floor
     pool = Pool()
     pool.add("paper-bag", built["paper"]["bag"][0])
@@ -316,7 +329,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     info["config"] = {"bag": args.bag, "steps": args.steps, "draws": args.draws, "natural": args.natural,
                       "quick": args.quick, "seed_data": args.seed_data, "seed_inputs": len(seed_data), "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "tolerance": args.tolerance,
-                      "eps": eps}
+                      "eps": eps,
+                      "default_budget": {"ceiling_share": built["default"]["cfg"].ceiling_share,
+                                         "max_queries": built["default"]["cfg"].max_queries}}
     return info
 
 
@@ -479,11 +494,13 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
                 "Each row is its own run (`--also`): another bag, or more natural inputs judging visibility "
                 "(all there are when the test split is smaller). ±5% edits; the first row of each model is the "
                 "run above.", "",
-                "| model | bag | natural inputs | visible | default: queries | coverage | 32 queries | ceiling |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| model | bag | natural inputs | default's ceiling share, cap | visible | default: queries | "
+                "coverage | 32 queries | ceiling |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for i in sorted([*infos, *also], key=lambda i: (i["name"], i not in infos)):
             r5 = i["sweep"]["deltas"]["0.05"]
-            out.append(f"| {i['name']} | {i['config']['bag']} | {i['sweep']['natural']} | {fmt(r5['visible_all'])} | "
+            out.append(f"| {i['name']} | {i['config']['bag']} | {i['sweep']['natural']} | {budget_of(i)} | "
+                       f"{fmt(r5['visible_all'])} | "
                        f"{r5['default']['queries']} | {fmt(r5['default']['visible'])} | "
                        f"{fmt(r5['veriprint']['budgets']['32']['visible'])} | "
                        f"{fmt(r5['veriprint']['ceiling']['visible'])} |")
@@ -549,6 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-data", choices=["all", "test"], default="all",
                    help="what the fingerprints draw seeds from: all the data (train and test, default) or the test split")
     p.add_argument("--natural", type=int, default=256, help="natural test inputs deciding visibility (default 256)")
+    p.add_argument("--ceiling-share", type=float, default=None,
+                   help="the default fingerprint's ceiling_share (default: the library's)")
+    p.add_argument("--max-queries", type=int, default=None,
+                   help="the default fingerprint's max_queries (default: the library's)")
     p.add_argument("--json", type=Path, default=None, help="write the raw results (one model per run is the usual)")
     p.add_argument("--render", type=Path, nargs="+", default=None, help="render the report from these JSON files")
     p.add_argument("--also", type=Path, nargs="+", default=None,
