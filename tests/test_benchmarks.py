@@ -225,8 +225,8 @@ def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path)
     info = json.loads(run.read_text())["models"][0]
     assert info["config"]["seed_data"] == "all" and info["config"]["seed_inputs"] > 359  # train and test
     default = info["sweep"]["deltas"]["0.05"]["default"]
-    assert 8 <= default["queries"] <= 32 and 0 <= default["visible"] <= 1
-    assert info["config"]["default_budget"] == {"ceiling_share": 0.95, "max_queries": 32}  # the library's
+    assert 8 <= default["queries"] <= 64 and 0 <= default["visible"] <= 1
+    assert info["config"]["default_budget"] == {"ceiling_share": 0.97, "max_queries": 64}  # the library's
     other = tmp_path / "digits-share.json"  # the default's budget set on the command line
     assert detection_power.main([*small, "--ceiling-share", "0.5", "--max-queries", "10", "--json", str(other)]) == 0
     grown = json.loads(other.read_text())["models"][0]
@@ -236,7 +236,7 @@ def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path)
     assert detection_power.main(["--render", str(run), "--also", str(run), str(other), "--out", str(out)]) == 0
     text = out.read_text()
     assert "## The goal, where it stands" in text and "## The same models with other settings" in text
-    assert text.count("| digits-mlp | 70 | 64 | 0.95, 32 |") == 2  # the run and the run given with --also
+    assert text.count("| digits-mlp | 70 | 64 | 0.97, 64 |") == 2  # the run and the run given with --also
     assert text.count("| digits-mlp | 70 | 64 | 0.5, 10 |") == 1
 
 
