@@ -254,3 +254,16 @@ def test_float64_profile_keeps_the_float32_pairs(fashion_model: torch.nn.Module,
     assert st["pairs"] > 0 and st["already"] == st["pairs"] and st["moved"] == 0
     plain, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
     assert torch.equal(fp.samples, plain.samples)
+
+
+def test_cli_prints_the_straddle_of_a_profiled_fingerprint(tmp_path: Path, fashion_model: torch.nn.Module,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from veriprint.cli.main import main
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(fashion_model, weights)
+    assert main(["fingerprint", "--model", "veriprint.zoo:fashion_cnn", "--weights", str(weights), "--data",
+                 "fashion-mnist", "--bag", "40", "--steps", "20", "--queries", "8", "--precision", "autocast-bf16",
+                 "--out", str(tmp_path / "fp.vpf")]) == 0
+    st = Fingerprint.load(tmp_path / "fp.vpf").meta["straddle"]
+    assert f"straddle: {st['straddling']} of {st['pairs']} pairs" in capsys.readouterr().out

@@ -69,4 +69,9 @@ def run(args: argparse.Namespace) -> int:
         from veriprint.selectors.budget import Budget
 
         print(f"query budget: {Budget.from_dict(budget).summary()}")
+    st = fp.meta.get("straddle")
+    if isinstance(st, dict):
+        from veriprint.pipeline.straddle import straddle_summary
+
+        print(straddle_summary(st))
     return 0

@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         print("profile: cpu/fp32 (recorded before profiles existed)")
     st = m.get("straddle")
     if isinstance(st, dict):
-        print(f"straddle: {st.get('straddling')} of {st.get('pairs')} pairs labelled differently on both ends by the "
-              f"profiled model ({st.get('moved')} moved onto its boundary, {st.get('already')} already there)")
+        from veriprint.pipeline.straddle import straddle_summary
+
+        print(straddle_summary(st))
     nf = fp.noise
     print(f"noise: measured logit {nf.logit:.3g}, margin {nf.margin:.3g}, prob {nf.prob:.3g} over "
           f"{', '.join(nf.variants)}; floor {nf.floor:.3g}, declared {nf.declared:g}")

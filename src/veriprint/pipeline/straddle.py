@@ -21,7 +21,7 @@ from veriprint.pipeline.config import FingerprintConfig
 from veriprint.profiles import served
 from veriprint.refine import straddle
 
-__all__ = ["straddle_pairs"]
+__all__ = ["straddle_pairs", "straddle_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +46,9 @@ def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, 
         log.warning("%d of %d pairs straddle the boundary of the model as %s runs it; the others keep "
                     "their float32 pair", ok, pairs, cfg.profile.name)
     return out, {"pairs": pairs, "straddling": ok, "moved": moved, "already": ok - moved}
+
+
+def straddle_summary(st: dict[str, int]) -> str:
+    """One line on ``meta["straddle"]``, as ``veriprint fingerprint`` and ``inspect`` print it."""
+    return (f"straddle: {st.get('straddling')} of {st.get('pairs')} pairs labelled differently on both ends by the "
+            f"profiled model ({st.get('moved')} moved onto its boundary, {st.get('already')} already there)")
