@@ -140,18 +140,12 @@ def refine_to_boundary(
     best_m = m.clone()
     cur = x.detach().clone()
     taken = 0
-    shape = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(steps):
         rows = active.nonzero().flatten()  # only samples still above the target are moved
         if len(rows) == 0:
             break
         taken += 1
-        ga = g[rows]
-        if norm == "linf":
-            move = ga.sign()
-        else:
-            move = ga / ga.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * math.sqrt(ga[0].numel())
-        nxt = snap_to_ball(cur[rows] - step * move, seeds[rows], eps, norm, domain)
+        nxt = snap_to_ball(cur[rows] - step * _direction(g[rows], norm), seeds[rows], eps, norm, domain)
         m_new, g_new = _margin_and_grad(model, nxt, labels[rows], model_outputs)
         went = m_new < tau[rows]
         # Keep the smallest margin still above the target.
@@ -330,33 +324,70 @@ def _prefix_search(
     coordinate either way, and both run the model only on the samples whose bracket is
     still open.
     """
-    shape = a.shape
-    af, bf = a.flatten(1), b.flatten(1)
-    d = bf - af
-    m_a, g = _margin_and_grad(model, a, labels, model_outputs)
-    gain = (g.flatten(1) * d).double()  # predicted margin change per coordinate
-    gain = torch.where(d != 0, gain, torch.full_like(gain, float("inf")))
-    order = gain.argsort(dim=1)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=a.device).expand_as(order))
+    path = _Path(model, a, b, labels, model_outputs)
     lo = torch.zeros(len(a), dtype=torch.long, device=a.device)
-    hi = (d != 0).sum(dim=1)
+    hi = path.length.clone()
     if (method or PREFIX_SEARCH) == "line":
-        lo, hi = _line_bracket(model, af, bf, gain.gather(1, order), rank, m_a, lo, hi, labels, tau,
-                               model_outputs, shape)
-    while True:
-        rows = (hi - lo > 1).nonzero().flatten()  # only the samples whose bracket is still open
-        if len(rows) == 0:
-            break
-        mid = (lo[rows] + hi[rows]) // 2
-        cand = torch.where(rank[rows] < mid.view(-1, 1), bf[rows], af[rows]).view(-1, *shape[1:])
+        lo, hi = _line_bracket(model, path.af, path.bf, path.gain.gather(1, path.order), path.rank, path.m_a, lo,
+                               hi, labels, tau, model_outputs, a.shape)
+
+    def keeps(k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            m = label_margin(model, cand, labels[rows], model_outputs)
-        ok = m >= tau[rows]
+            return label_margin(model, path.at(k, rows), labels[rows], model_outputs) >= tau[rows]
+
+    lo, _ = _bisect(lo, hi, keeps)
+    out = path.at(lo)
+    return domain.snap(out) if domain.levels is not None else out
+
+
+class _Path:
+    """The coordinate changes from ``a`` to ``b``, ranked by ``model``'s predicted margin
+    change of ``labels`` (gradient at ``a`` times the change), most helpful first; ``at(k)``
+    is ``a`` with the first ``k`` of them made."""
+
+    def __init__(self, model: nn.Module, a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor,
+                 model_outputs: OutputKind) -> None:
+        self.shape = a.shape
+        self.af, self.bf = a.flatten(1), b.flatten(1)
+        d = self.bf - self.af
+        self.m_a, g = _margin_and_grad(model, a, labels, model_outputs)
+        gain = (g.flatten(1) * d).double()  # predicted margin change per coordinate
+        self.gain = torch.where(d != 0, gain, torch.full_like(gain, float("inf")))
+        self.order = self.gain.argsort(dim=1)
+        self.rank = torch.empty_like(self.order)
+        self.rank.scatter_(1, self.order, torch.arange(self.order.shape[1], device=a.device).expand_as(self.order))
+        self.length = (d != 0).sum(dim=1)
+
+    def at(self, k: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The inputs after the first ``k[i]`` changes (of rows ``rows``, default all)."""
+        if rows is None:
+            return torch.where(self.rank < k.view(-1, 1), self.bf, self.af).view(self.shape)
+        return torch.where(self.rank[rows] < k.view(-1, 1), self.bf[rows], self.af[rows]).view(-1, *self.shape[1:])
+
+
+def _bisect(lo: torch.Tensor, hi: torch.Tensor,
+            keeps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bisect each bracket of prefix lengths, ``keeps(k, rows)`` true at ``lo`` and false at
+    ``hi``, until they are adjacent; the model runs only on the rows still open."""
+    lo, hi = lo.clone(), hi.clone()
+    while True:
+        rows = (hi - lo > 1).nonzero().flatten()
+        if len(rows) == 0:
+            return lo, hi
+        mid = (lo[rows] + hi[rows]) // 2
+        ok = keeps(mid, rows)
         lo[rows] = torch.where(ok, mid, lo[rows])
         hi[rows] = torch.where(ok, hi[rows], mid)
-    out = torch.where(rank < lo.view(-1, 1), bf, af).view(shape)
-    return domain.snap(out) if domain.levels is not None else out
+
+
+def _direction(g: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """One grid step's direction from a gradient: its sign (linf), or scaled to the norm
+    of a step of every coordinate (l2)."""
+    if norm == "linf":
+        return g.sign()
+    shape = (-1,) + (1,) * (g.dim() - 1)
+    scaled: torch.Tensor = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * math.sqrt(g[0].numel())
+    return scaled
 
 
 #: How :func:`_prefix_search` finds the prefix by default: ``"line"`` or ``"bisect"``.
@@ -505,14 +536,12 @@ def straddle(
     else:
         inner, in_ok, outer, out_ok = a, in_a, b, out_b
     first, second = a.clone(), b.clone()
-    first[already], second[already] = a[already], b[already]
     rows = (in_ok & out_ok & ~already).nonzero().flatten()
     ok = already.clone()
     if len(rows):
-        lo_x, hi_x, good = _label_bracket(inside, guide, inner[rows], outer[rows], c[rows], rows, model_outputs)
-        first[rows[good]] = lo_x[good]
-        second[rows[good]] = hi_x[good]
-        ok[rows[good]] = True
+        first[rows], second[rows] = _label_bracket(inside, guide, inner[rows], outer[rows], c[rows], rows,
+                                                   model_outputs)
+        ok[rows] = True
     if domain.levels is not None:
         first, second = domain.snap(first), domain.snap(second)
     return Straddle(first, second, ok.cpu(), (ok & ~already).cpu())
@@ -526,15 +555,12 @@ def _walk(
     """From ``x``, one grid step at a time up (``sign`` +1) or down ``guide``'s margin of
     ``labels``, until ``side`` says the point is on side ``which`` (0 inside, 1 outside)."""
     cur, found, todo = x.detach().clone(), done.clone(), ~done
-    shape = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(steps):
         rows = todo.nonzero().flatten()
         if len(rows) == 0:
             break
         _, g = _margin_and_grad(guide, cur[rows], labels[rows], model_outputs)
-        move = g.sign() if norm == "linf" else (
-            g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * math.sqrt(g[0].numel()))
-        nxt = snap_to_ball(cur[rows] + sign * step * move, seeds[rows], eps, norm, domain)
+        nxt = snap_to_ball(cur[rows] + sign * step * _direction(g, norm), seeds[rows], eps, norm, domain)
         stuck = (nxt == cur[rows]).flatten(1).all(dim=1)
         cur[rows] = nxt
         there = side(nxt, rows)[which]
@@ -546,41 +572,13 @@ def _walk(
 def _label_bracket(
     side: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], guide: nn.Module,
     a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, model_outputs: OutputKind,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """On the path of coordinate changes from ``a`` (inside) to ``b`` (outside), ranked by
     ``guide``'s predicted margin change: the last input inside and, beyond it, the first
-    outside (two bisections of the prefix length), and whether both were found."""
-    shape = a.shape
-    af, bf = a.flatten(1), b.flatten(1)
-    d = bf - af
-    _, g = _margin_and_grad(guide, a, labels, model_outputs)
-    gain = (g.flatten(1) * d).double()
-    gain = torch.where(d != 0, gain, torch.full_like(gain, float("inf")))
-    order = gain.argsort(dim=1)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=a.device).expand_as(order))
-
-    def at(k: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return torch.where(rank[r] < k.view(-1, 1), bf[r], af[r]).view(-1, *shape[1:])
-
-    def bisect(lo: torch.Tensor, hi: torch.Tensor, which: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # invariant: side ``which`` false at lo, true at hi (inside: read as "not inside")
-        while True:
-            r = (hi - lo > 1).nonzero().flatten()
-            if len(r) == 0:
-                return lo, hi
-            mid = (lo[r] + hi[r]) // 2
-            s = side(at(mid, r), rows[r])
-            there = ~s[0] if which == 0 else s[1]
-            lo[r] = torch.where(there, lo[r], mid)
-            hi[r] = torch.where(there, mid, hi[r])
-
+    outside (two bisections of the prefix length; each keeps its ends on their sides)."""
+    path = _Path(guide, a, b, labels, model_outputs)
     zero = torch.zeros(len(a), dtype=torch.long, device=a.device)
-    end = (d != 0).sum(dim=1)
-    last_in, _ = bisect(zero.clone(), end.clone(), 0)  # inside at last_in, not at last_in + 1
-    _, first_out = bisect(last_in.clone(), end.clone(), 1)  # outside at first_out, not just before
-    every = torch.arange(len(a), device=a.device)
-    lo_x, hi_x = at(last_in, every), at(first_out, every)
-    good = side(lo_x, rows)[0] & side(hi_x, rows)[1]
-    return lo_x, hi_x, good
-
+    # inside at last_in, not at last_in + 1; then outside at first_out, not just before
+    last_in, _ = _bisect(zero, path.length, lambda k, r: side(path.at(k, r), rows[r])[0])
+    _, first_out = _bisect(last_in, path.length, lambda k, r: ~side(path.at(k, r), rows[r])[1])
+    return path.at(last_in), path.at(first_out)
