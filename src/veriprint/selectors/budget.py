@@ -10,7 +10,7 @@ selector:
   ``meta["reach"]`` records) reaches the target; the cap, the end of the eligible bag, or
   the bag's own ceiling (the share every eligible candidate together reveals) stops it
   otherwise;
-- without one, ``cfg.ceiling_share`` (default 0.95) sets the target the same way as that
+- without one, ``cfg.ceiling_share`` (default 0.97) sets the target the same way as that
   fraction of the bag's ceiling: the queries stop where more of them would add little of
   what the bag can reveal (a selector other than reach keeps exactly ``select``);
 - with ``cfg.cover_classes`` on a model of at most :data:`MAX_COVERED_CLASSES` classes,
@@ -187,13 +187,13 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
              else None)
     grow = cfg.coverage is not None or share is not None
     sel = _pick(ctx, selector, cap if grow else k, paired)
-    trace = _trace(ctx, sel.indices)
+    trace = _trace(ctx, sel.indices) if grow else None  # the prediction after each pick
     if cfg.coverage is not None and trace is None:
         raise ConfigError("a coverage target needs selection by reach, which needs the model's parameters; "
                           "got a model without any")
     if grow and trace is None:  # reach recorded nothing to predict by: exactly the budget
         sel, share = _prefix(sel, k), None
-    elif grow and trace is not None:
+    elif trace is not None:
         ceiling = _ceiling(ctx)
         target = cfg.coverage if cfg.coverage is not None else ceiling * (share or 0.0)
         n = len(sel.indices)
