@@ -750,16 +750,29 @@ def detected(rows: list[Row], model: str, d: Deployment, kinds: dict[str, Finger
         mine[k].cases = len(cases)
 
 
+def _installed(name: str, binary: str, module: str) -> bool:
+    """Whether the test servers' helpers (``module``) import and ``binary`` is in the serving
+    venv (else the reason is logged and the deployment skipped)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+        from servers.mlserver import serving_venv
+    except ImportError as e:
+        log(f"{name} helpers unavailable ({e}); skipping it")
+        return False
+    if not (serving_venv() / "bin" / binary).exists():
+        log(f"{name} is not installed (scripts/setup-serving.sh); skipping it")
+        return False
+    return True
+
+
 def _mlserver(paths: list[Path]) -> Any:
     """MLServer serving every ONNX file of ``paths`` (named by its stem)."""
-    try:
-        from servers.mlserver import MLServer, ServedModel, serving_venv
-    except ImportError as e:
-        log(f"MLServer helpers unavailable ({e}); skipping it")
+    if not _installed("MLServer", "mlserver", "servers.mlserver"):
         return None
-    if not (serving_venv() / "bin" / "mlserver").exists():
-        log("MLServer is not installed (scripts/setup-serving.sh); skipping it")
-        return None
+    from servers.mlserver import MLServer, ServedModel
+
     srv = MLServer(Path(tempfile.mkdtemp(prefix="deployments-mlserver-")),
                    [ServedModel(p.stem, p) for p in paths])
     srv.start(timeout=300)
@@ -768,15 +781,10 @@ def _mlserver(paths: list[Path]) -> Any:
 
 def _torchserve(paths: list[Path], preload: str) -> Any:
     """TorchServe with every ONNX file of ``paths`` in its store; only ``preload`` loaded."""
-    try:
-        from servers.mlserver import serving_venv
-        from servers.torchserve import TorchServe, TsModel
-    except ImportError as e:
-        log(f"TorchServe helpers unavailable ({e}); skipping it")
+    if not _installed("TorchServe", "torchserve", "servers.torchserve"):
         return None
-    if not (serving_venv() / "bin" / "torchserve").exists():
-        log("TorchServe is not installed (scripts/setup-serving.sh); skipping it")
-        return None
+    from servers.torchserve import TorchServe, TsModel
+
     ts = TorchServe(Path(tempfile.mkdtemp(prefix="deployments-torchserve-")),
                     [TsModel(p.stem, p) for p in paths], preload=[preload])
     ts.start(timeout=300)
