@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks.common import write_report
@@ -75,19 +74,20 @@ def run(name: str, precision: str, checks: int) -> dict[str, Any]:
     model, prof = z.model, DeviceProfile("cpu", precision)
     cfg = FingerprintConfig(bag=120, generation=GenerationConfig(steps=100), ceiling_share=0.0, precision=precision)
     fps = fingerprints(model, z.test, cfg)
-    natural = z.test.x[:500].numpy().astype(np.float32)
-    tallies, dz = false_alarms(fps, TorchTarget(served(model, prof), threads=1), natural, checks, seed=1)
+    natural = z.test.x[:500].float()
+    intact = served(model, prof)
+    tallies, dz = false_alarms(fps, TorchTarget(intact, threads=1), natural.numpy(), checks, seed=1)
     from veriprint.tamper import tamper
 
     cases: list[dict[str, Any]] = []
     floor = fps[KINDS[-1]].noise.floor
     with torch.inference_mode():
-        z0 = served(model, prof)(z.test.x[:500].float()).double()
+        z0 = intact(natural).double()
     for case, tcfg in tamper_suite(model, False, int(z.test.x.shape[-1])):
         bad = tamper(model, tcfg, data=z.train, eval_data=z.test, progress=False).model.eval()
         deployed = served(bad, prof)
         with torch.inference_mode():
-            z1 = deployed(z.test.x[:500].float()).double()
+            z1 = deployed(natural).double()
         # what this deployment shows of the change at all, on natural inputs
         moved = float((z1 - z0).abs().max())
         flips = int((z1.argmax(1) != z0.argmax(1)).sum())
