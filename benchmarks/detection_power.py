@@ -253,6 +253,8 @@ def budget_of(info: dict[str, Any]) -> tuple[float, int]:
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     desc, model, train, test, eps = load_model(name)
+    if args.eps is not None:
+        eps = args.eps
     with torch.inference_mode():
         acc = accuracy(model, test)
     log(f"{name}: accuracy {acc:.3f}")
@@ -284,6 +286,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                         "seconds": built[m]["seconds"], "pairs": built[m]["fp"].meta["selection"]["pairs"]}
                     for m in ("paper", "veriprint", "default")},
         "budget": default.meta.get("budget"),
+        "psnr": {"min": float(default.psnr.min()), "median": float(default.psnr.median())},
         "classes_at_8": sorted(set(v64.expected[:8].argmax(1).tolist())),
         "classes_default": sorted(set(default.expected.argmax(1).tolist())),
         "sweep": sweep,
@@ -329,10 +332,37 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     info["config"] = {"bag": args.bag, "steps": args.steps, "draws": args.draws, "natural": args.natural,
                       "quick": args.quick, "seed_data": args.seed_data, "seed_inputs": len(seed_data), "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "tolerance": args.tolerance,
-                      "eps": eps,
+                      "eps": eps if eps is not None else GenerationConfig().eps,
                       "default_budget": {"ceiling_share": built["default"]["cfg"].ceiling_share,
                                          "max_queries": built["default"]["cfg"].max_queries}}
     return info
+
+
+def _radius(text: str) -> float:
+    """A ball radius from the command line: ``0.0627`` or ``16/255``."""
+    num, _, den = text.partition("/")
+    try:
+        value = float(num) / (float(den) if den else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a radius such as 0.0627 or 16/255, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a radius above 0, got {text!r}")
+    return value
+
+
+def _ball(info: dict[str, Any]) -> str:
+    """A run's ball radius as a multiple of its grid step where it is one (8/255)."""
+    eps = info["config"].get("eps")
+    eps = GenerationConfig().eps if eps is None else float(eps)
+    levels = 16 if info["name"] == "digits-mlp" else 255
+    k = eps * levels
+    return f"{round(k)}/{levels}" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+def _psnr(info: dict[str, Any]) -> str:
+    """The default fingerprint's PSNR, median (min), where the run recorded it."""
+    p = info.get("psnr")
+    return f"{p['median']:.1f} ({p['min']:.1f})" if p else "not recorded"
 
 
 def fmt(x: float | None) -> str:
@@ -492,16 +522,17 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
             "the refinement target, and a bag with fewer than 32 twin pairs gives single samples)."]
     if also:
         out += ["", "## The same models with other settings", "",
-                "Each row is its own run (`--also`): another bag, another budget for the default, or more "
-                "natural inputs judging visibility "
-                "(all there are when the test split is smaller). ±5% edits; the first row of each model is the "
-                "run above.", "",
-                "| model | bag | natural inputs | default's ceiling share, cap | visible | default: queries | "
-                "coverage | 32 queries | ceiling |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "Each row is its own run (`--also`): another bag, another ball around each seed (*ball*, "
+                "L-inf, in grid steps; *PSNR* of the default fingerprint's queries against their seeds, "
+                "median and lowest, dB), another budget for the default, or more natural inputs judging "
+                "visibility (all there are when the test split is smaller). ±5% edits; the first row of "
+                "each model is the run above.", "",
+                "| model | bag | ball | PSNR | natural inputs | default's ceiling share, cap | visible | "
+                "default: queries | coverage | 32 queries | ceiling |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for i in sorted([*infos, *also], key=lambda i: (i["name"], i not in infos)):
             r5 = i["sweep"]["deltas"]["0.05"]
-            out.append(f"| {i['name']} | {i['config']['bag']} | {i['sweep']['natural']} | "
+            out.append(f"| {i['name']} | {i['config']['bag']} | {_ball(i)} | {_psnr(i)} | {i['sweep']['natural']} | "
                        f"{budget_of(i)[0]:g}, {budget_of(i)[1]} | "
                        f"{fmt(r5['visible_all'])} | "
                        f"{r5['default']['queries']} | {fmt(r5['default']['visible'])} | "
@@ -568,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="declared logit tolerance of the deployment (e.g. 5e-3 for GPU serving with TF32)")
     p.add_argument("--seed-data", choices=["all", "test"], default="all",
                    help="what the fingerprints draw seeds from: all the data (train and test, default) or the test split")
+    p.add_argument("--eps", type=_radius, default=None,
+                   help="the ball's radius around each seed, as a number or a fraction such as 16/255 "
+                        "(default: the model's, 8/255 on the 28x28 models, 2/16 on the digits)")
     p.add_argument("--natural", type=int, default=256, help="natural test inputs deciding visibility (default 256)")
     p.add_argument("--ceiling-share", type=float, default=None,
                    help="the default fingerprint's ceiling_share (default: the library's)")

@@ -228,16 +228,22 @@ def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path)
     assert 8 <= default["queries"] <= 64 and 0 <= default["visible"] <= 1
     assert info["config"]["default_budget"] == {"ceiling_share": 0.97, "max_queries": 64}  # the library's
     other = tmp_path / "digits-share.json"  # the default's budget set on the command line
-    assert detection_power.main([*small, "--ceiling-share", "0.5", "--max-queries", "10", "--json", str(other)]) == 0
+    assert detection_power.main([*small, "--ceiling-share", "0.5", "--max-queries", "10", "--eps", "3/16",
+                                 "--json", str(other)]) == 0
     grown = json.loads(other.read_text())["models"][0]
     assert grown["config"]["default_budget"] == {"ceiling_share": 0.5, "max_queries": 10}
+    assert info["config"]["eps"] == 2 / 16 and grown["config"]["eps"] == 3 / 16  # a larger ball asked for
+    assert 10 < grown["psnr"]["min"] <= grown["psnr"]["median"] < info["psnr"]["median"] + 1e-9
     assert grown["sweep"]["deltas"]["0.05"]["default"]["queries"] <= 10
     out = tmp_path / "power.md"
     assert detection_power.main(["--render", str(run), "--also", str(run), str(other), "--out", str(out)]) == 0
     text = out.read_text()
     assert "## The goal, where it stands" in text and "## The same models with other settings" in text
-    assert text.count("| digits-mlp | 70 | 64 | 0.97, 64 |") == 2  # the run and the run given with --also
-    assert text.count("| digits-mlp | 70 | 64 | 0.5, 10 |") == 1
+    psnr = f"{info['psnr']['median']:.1f} ({info['psnr']['min']:.1f})"
+    assert text.count(f"| digits-mlp | 70 | 2/16 | {psnr} | 64 | 0.97, 64 |") == 2  # the run, and again with --also
+    assert text.count("| digits-mlp | 70 | 3/16 |") == 1 and "| 64 | 0.5, 10 |" in text
+    with pytest.raises(SystemExit):
+        detection_power.main([*small, "--eps", "1/0"])
 
 
 def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

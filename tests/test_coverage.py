@@ -97,6 +97,24 @@ def test_the_sweep_matches_editing_a_fresh_copy(chain: bool) -> None:
     assert int(sw.edits(0.01).sum()) == int(sw.edits(0.05).sum()) == len(sw) // 2
 
 
+def test_a_sweep_of_some_tensors_makes_the_full_sweeps_edits_of_them() -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3)).eval()
+    probes, natural = torch.rand(12, 4), torch.rand(9, 4)
+    full = edit_sweep(model, {"q": probes}, natural, visible_at=1e-3, draws=3, deltas=(0.05,), seed=5)
+    part = edit_sweep(model, {"q": probes}, natural, visible_at=1e-3, draws=3, deltas=(0.05,), seed=5,
+                      tensors=["2.weight"])
+    keep = full.tensor_of == full.tensors.index("2.weight")
+    assert part.tensors == full.tensors and len(part) == int(keep.sum()) == 6
+    assert torch.equal(part.entry, full.entry[keep]) and torch.equal(part.visible, full.visible[keep])
+    assert torch.equal(part.flips["q"], full.flips["q"][keep])
+    shares = part.per_tensor(part.caught("q"), 0.05, of_visible=False)
+    assert math.isnan(shares[0]) and not math.isnan(shares[2])  # unedited tensors have no share
+    assert part.overall(part.caught("q"), 0.05, of_visible=False) == shares[2]
+    with pytest.raises(ConfigError, match="expected tensors of the model"):
+        edit_sweep(model, {"q": probes}, natural, visible_at=1e-3, tensors=["9.weight"])
+
+
 def test_sweep_refuses_bad_input() -> None:
     lin = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="natural input"):

@@ -3,6 +3,8 @@ whole command line, and the pretrained EfficientNet-Lite2 against its own packag
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,15 @@ def test_an_imagenet_shaped_model_through_the_whole_cli(tmp_path: Path, capsys: 
     assert all(v["seconds"] >= 0 for v in fp.meta["stages"].values())
     assert fp.meta["stages"]["generate"]["forward_backward"] > 0
     assert main(["verify", str(fp_path), "--target", "veriprint.zoo:tiny_imagenet_cnn", "--spec", "top1"]) == 0
+    from benchmarks import imagenet_coverage  # coverage of a fingerprint on a sample of the tensors
+
+    raw, md = tmp_path / "coverage.json", tmp_path / "coverage.md"
+    assert imagenet_coverage.main(["--model", "tiny-imagenet", "--fingerprint", str(fp_path), "--tensors", "3",
+                                   "--draws", "1", "--natural", "8", "--json", str(raw), "--out", str(md)]) == 0
+    res = json.loads(raw.read_text())
+    row = res["deltas"]["0.05"]
+    assert len(res["tensors"]) == 3 and row["edits"] == 6 and row["caught_visible_edits"] <= row["visible_edits"]
+    assert row["predicted"] is not None and 0 <= row["predicted"] <= 1 and "| ±5% |" in md.read_text()
     assert main(["inspect", str(fp_path)]) == 0
 
 

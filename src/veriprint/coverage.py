@@ -193,6 +193,7 @@ def edit_sweep(
     seed: int = 0,
     model_outputs: OutputKind = "logits",
     batch_size: int = 1024,
+    tensors: Sequence[str] | None = None,
 ) -> EditSweep:
     """Real single-parameter edits of every tensor of ``model``, and what each one flips.
 
@@ -207,9 +208,14 @@ def edit_sweep(
         seed: seed of the draws.
         model_outputs: what the model returns.
         batch_size: rows per forward pass.
+        tensors: the names of the tensors to edit (default: every one). The entries are
+            drawn as for a sweep of every tensor, so a sweep of some tensors makes the same
+            edits of them as the full sweep; the others have no edits, and the shares over
+            tensors are over the edited ones.
 
     Raises:
-        ConfigError: no parameters, no natural inputs, a bad ``draws``, ``deltas`` or ``visible_at``.
+        ConfigError: no parameters, no natural inputs, a bad ``draws``, ``deltas`` or
+            ``visible_at``, or a tensor name the model does not have.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.numel() > 0]
     if not named:
@@ -219,6 +225,10 @@ def edit_sweep(
     if draws < 1 or not deltas or any(not 0 < d < 1 for d in deltas) or not visible_at > 0:
         raise ConfigError(f"expected draws >= 1, deltas in (0, 1) and visible_at > 0, got {draws}, "
                           f"{list(deltas)}, {visible_at}")
+    wanted = set(tensors) if tensors is not None else {n for n, _ in named}
+    unknown = sorted(wanted - {n for n, _ in named})
+    if unknown:
+        raise ConfigError(f"expected tensors of the model (such as {named[0][0]!r}), got {', '.join(map(repr, unknown))}")
     work = copy.deepcopy(model).eval()
     names = list(probes)
     sizes_n = [int(probes[n].shape[0]) for n in names]
@@ -233,8 +243,10 @@ def edit_sweep(
     owner = {id(p): mod for mod in work.modules() for p in mod.parameters(recurse=False)}
     g = torch.Generator().manual_seed(seed)
     tensor_of, entry, delta, visible, flips = [], [], [], [], []
-    for t, ((_name, p), w) in enumerate(zip(named, [q for q in work.parameters() if q.numel() > 0], strict=True)):
+    for t, ((name, p), w) in enumerate(zip(named, [q for q in work.parameters() if q.numel() > 0], strict=True)):
         idx = torch.randperm(p.numel(), generator=g)[:draws].tolist()
+        if name not in wanted:  # drawn all the same, so the edited tensors get the full sweep's entries
+            continue
         runner.prepare(owner.get(id(w)))
         flat = w.data.view(-1)
         for j in idx:
