@@ -410,10 +410,14 @@ def plot(info: dict[str, Any], path: Path) -> None:
 
 
 def render(infos: list[dict[str, Any]], command: str, images: Path | None, base: Path,
-           also: list[dict[str, Any]] | None = None) -> str:
+           also: list[dict[str, Any]] | None = None, large: list[dict[str, Any]] | None = None) -> str:
     """The report; ``also``: runs of the same models with other settings (more natural
-    inputs, a larger bag), shown beside the main runs in one table."""
+    inputs, a larger bag, a larger ball), shown beside the main runs in one table;
+    ``large``: results of :mod:`benchmarks.imagenet_coverage` (a model measured on a sample
+    of its tensors), shown under the goal."""
     import os
+
+    from benchmarks import imagenet_coverage
 
     share, cap = budget_of(infos[0]) if infos else (0.95, 32)
     out = ["# Detection power through a top-1 label API: coverage against queries", "",
@@ -484,6 +488,19 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
                    f"{fmt(r1['veriprint']['budgets']['32']['visible'])} | {fmt(r1['veriprint']['ceiling']['visible'])} | "
                    f"{sum(c['default']['verdict'] == 'TAMPERED' for c in i['cases'])} of {len(i['cases'])} | "
                    f"{sum(c['paper']['caught']['8'] for c in i['cases'])} of {len(i['cases'])} |")
+    ceilings = []
+    for i in infos:
+        runs = [j for j in [i, *(also or [])] if j["name"] == i["name"]]
+        best = max(runs, key=lambda j: j["sweep"]["deltas"]["0.05"]["veriprint"]["ceiling"]["visible"])
+        ceilings.append(f"{i['name']} {fmt(best['sweep']['deltas']['0.05']['veriprint']['ceiling']['visible'])} "
+                        f"(bag {best['config']['bag']}, ball {_ball(best)})")
+    out += ["", "Queries are chosen from the bag, so no budget catches more than the bag's ceiling, and 99% at 32 "
+            "queries needs a ceiling of 99% first. The highest ceiling of any run below (another bag, a ball twice "
+            "as large) is " + "; ".join(ceilings) + "."]
+    for r in large or []:
+        out += ["", f"**{r['model']}**, too large for this sweep, measured on a seeded sample of its tensors "
+                "(`benchmarks/imagenet_coverage.py`): " + imagenet_coverage.describe(r), "",
+                *imagenet_coverage.table(r)]
     out += ["", "## Classes", "",
             "Through a top-1 API a query reveals a decrease of its own label's logit and of no other: a class "
             "no query is labelled with is blind to it.", "",
@@ -611,6 +628,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", type=Path, nargs="+", default=None, help="render the report from these JSON files")
     p.add_argument("--also", type=Path, nargs="+", default=None,
                    help="with --render: runs of the same models with other settings, tabled beside them")
+    p.add_argument("--large", type=Path, nargs="+", default=None,
+                   help="with --render: results of benchmarks.imagenet_coverage, shown under the goal")
     p.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout)")
     p.add_argument("--images", type=Path, default=None, help="folder for the coverage plots and sample images")
     p.add_argument("--command", default=None, help="the command line recorded in the report")
@@ -634,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out or not args.json:
         cmd = args.command or "python -m benchmarks.detection_power " + " ".join(sys.argv[1:] if argv is None else argv)
         also = [m for f in args.also or [] for m in json.loads(f.read_text())["models"]]
-        text = render(infos, cmd.strip(), args.images, args.out.parent if args.out else Path.cwd(), also)
+        large = [json.loads(f.read_text()) for f in args.large or []]
+        text = render(infos, cmd.strip(), args.images, args.out.parent if args.out else Path.cwd(), also, large)
         write_report(text, args.out)
     return 0
 
