@@ -303,6 +303,9 @@ def test_straddle_benchmark_runs_and_straddled_pairs_catch_more_behind_autocast(
         assert k["false_alarms"] == {"top1": 0, "logits": 0}
     caught = {k: sum(c[k]["top1"] == "TAMPERED" for c in r["cases"]) for k in kinds}
     assert caught["straddled"] > caught["profile, float32 pairs"], caught
+    gross = [c for c in r["cases"] if c["labels_flipped"] >= 20]  # trojans, poisonings: seen by any fingerprint
+    assert gross and all(c["exact CPU"]["top1"] == "TAMPERED" for c in gross)
+    assert r["budget"]["ceiling_share"] == 0.0 and r["exact"]["queries"] >= 8
     again = tmp_path / "again.md"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.straddle", "--render", str(runs / "fashion-mlp-autocast-bf16.json"),
                            "--out", str(again)], cwd=ROOT, capture_output=True, text=True, timeout=120)
