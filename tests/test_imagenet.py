@@ -4,7 +4,6 @@ whole command line, and the pretrained EfficientNet-Lite2 against its own packag
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest
