@@ -270,7 +270,8 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     natural = test.x[torch.randperm(len(test), generator=g)[: args.natural]].float()
     t0 = time.perf_counter()
-    sw = edit_sweep(model, {"pool": pool.x}, natural, visible_at=2 * floor, draws=args.draws, deltas=DELTAS)
+    sw = edit_sweep(model, {"pool": pool.x}, natural, visible_at=2 * floor, draws=args.draws, deltas=DELTAS,
+                    progress=sys.stderr.isatty())
     sweep_seconds = time.perf_counter() - t0
     log(f"{name}: {len(sw)} edits of {pool.x.shape[0]} probes and {natural.shape[0]} natural inputs in "
         f"{sweep_seconds:.0f} s")

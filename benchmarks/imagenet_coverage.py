@@ -77,7 +77,7 @@ def measure(name: str, path: Path, *, tensors: int | None, draws: int, natural: 
     floor = float(fp.noise.floor)
     t0 = time.perf_counter()
     sw = edit_sweep(model, {"fingerprint": fp.samples}, nat, visible_at=2 * floor, draws=draws, deltas=deltas,
-                    seed=seed, batch_size=16, tensors=picked)
+                    seed=seed, batch_size=16, tensors=picked, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     log(f"{name}: {len(sw)} edits of {len(picked)} tensors against {len(fp)} queries and {len(nat)} natural "
         f"inputs in {seconds:.0f} s")

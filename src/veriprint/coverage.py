@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
@@ -194,6 +195,7 @@ def edit_sweep(
     model_outputs: OutputKind = "logits",
     batch_size: int = 1024,
     tensors: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> EditSweep:
     """Real single-parameter edits of every tensor of ``model``, and what each one flips.
 
@@ -212,6 +214,8 @@ def edit_sweep(
             drawn as for a sweep of every tensor, so a sweep of some tensors makes the same
             edits of them as the full sweep; the others have no edits, and the shares over
             tensors are over the edited ones.
+        progress: show a progress bar over the edits (a sweep of a large model takes
+            minutes to hours).
 
     Raises:
         ConfigError: no parameters, no natural inputs, a bad ``draws``, ``deltas`` or
@@ -242,6 +246,8 @@ def edit_sweep(
     base_label = base[m:].argmax(1)
     owner = {id(p): mod for mod in work.modules() for p in mod.parameters(recurse=False)}
     g = torch.Generator().manual_seed(seed)
+    total = sum(min(draws, p.numel()) for n, p in named if n in wanted) * 2 * len(deltas)
+    bar = tqdm(total=total, desc="edits", unit="edit", disable=not progress, leave=False)
     tensor_of, entry, delta, visible, flips = [], [], [], [], []
     for t, ((name, p), w) in enumerate(zip(named, [q for q in work.parameters() if q.numel() > 0], strict=True)):
         idx = torch.randperm(p.numel(), generator=g)[:draws].tolist()
@@ -263,6 +269,8 @@ def edit_sweep(
                     tensor_of.append(t)
                     entry.append(j)
                     delta.append(sign * d)
+                    bar.update()
+    bar.close()
     allflips = torch.stack(flips) if flips else torch.zeros(0, sum(sizes_n), dtype=torch.bool)
     split = dict(zip(names, torch.split(allflips, sizes_n, dim=1), strict=True))
     return EditSweep(
