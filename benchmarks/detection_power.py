@@ -502,6 +502,8 @@ def render(infos: list[dict[str, Any]], command: str, images: Path | None, base:
         out += ["", f"**{r['model']}**, too large for this sweep, measured on a seeded sample of its tensors "
                 "(`benchmarks/imagenet_coverage.py`): " + imagenet_coverage.describe(r), "",
                 *imagenet_coverage.table(r)]
+        if imagenet_coverage.explain_last(r):
+            out += ["", imagenet_coverage.explain_last(r)]
     out += ["", "## Classes", "",
             "Through a top-1 API a query reveals a decrease of its own label's logit and of no other: a class "
             "no query is labelled with is blind to it.", "",

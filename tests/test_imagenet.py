@@ -48,6 +48,9 @@ def test_an_imagenet_shaped_model_through_the_whole_cli(tmp_path: Path, capsys: 
     row = res["deltas"]["0.05"]
     assert len(res["tensors"]) == 3 and row["edits"] == 6 and row["caught_visible_edits"] <= row["visible_edits"]
     assert row["predicted"] is not None and 0 <= row["predicted"] <= 1 and "| ±5% |" in md.read_text()
+    last = res["largest_last_weight"]  # why the structural last-layer case can or cannot flip a label
+    assert last["tensor"].endswith("weight") and 0 <= last["class"] < 100 and 0 <= last["best_rank"] < 100
+    assert last["largest_change"] >= 0 and f"feeds class {last['class']}" in md.read_text()
     assert main(["inspect", str(fp_path)]) == 0
 
 
