@@ -9,12 +9,16 @@ answers. Its twin pairs are still made on the float32 boundary, a few times the 
 from it, while a bfloat16 deployment rounds its logits in steps of 0.01-0.06: both ends of
 a pair then mostly get one label from it, or a tie. Straddling
 (:func:`veriprint.refine.straddle`, the pipeline's default with a profile) moves each
-chosen pair onto the deployment's own boundary. Per model and precision, two
-fingerprints of the same config (the deployments benchmark's: bag 120, 100 steps, 8
-queries plus class coverage, fixed floor):
+chosen pair onto the deployment's own boundary, and tightening
+(:func:`veriprint.refine.tighten`) then moves each end to where the smallest shift of one
+logit that flips the deployment's label is as small as the floor allows. Per model and
+precision, three fingerprints of the same config (the deployments benchmark's: bag 120,
+100 steps, 8 queries plus class coverage, fixed floor):
 
-- **profile, float32 pairs**: the profile without straddling (what it did before);
-- **straddled**: the default, pairs moved onto the served boundary.
+- **profile, float32 pairs**: the profile without straddling;
+- **straddled**: pairs moved onto the served boundary, not tightened (runs made before
+  tightening have these two kinds only);
+- **straddled, tightened**: the library's default with a rounded profile.
 
 A tampered copy counts as *visible* behind the deployment when, served in that precision,
 some logit of one of the first 500 natural test inputs moves by more than twice the floor
@@ -56,22 +60,27 @@ from veriprint.profiles import DeviceProfile, served
 from veriprint.targets import TorchTarget
 from veriprint.verify import verify
 
-KINDS = ("profile, float32 pairs", "straddled")
+KINDS = ("profile, float32 pairs", "straddled", "straddled, tightened")
 EXACT = "exact CPU"  # the same config without a profile, against the tampered copies in float32
 
 
 def fingerprints(model: torch.nn.Module, data: Any, cfg: FingerprintConfig) -> dict[str, Fingerprint]:
-    """Both kinds, from one config (the pipeline's straddle stage left out for the first)."""
+    """The three kinds, from one config: the pipeline's straddle stage left out, then
+    straddling without tightening, then the pipeline as it is."""
     import veriprint.pipeline.make as make
+    import veriprint.pipeline.straddle as stage_module
 
     out: dict[str, Fingerprint] = {}
-    stage = make.straddle_pairs
+    stage, tight = make.straddle_pairs, stage_module.tighten
     try:
         make.straddle_pairs = lambda model, cands, cfg, idx, chosen, pairs, mo: (chosen, {})  # type: ignore[assignment]
         out[KINDS[0]] = make_fingerprint(model, data, cfg, progress=False)[0]
-    finally:
         make.straddle_pairs = stage
-    out[KINDS[1]] = make_fingerprint(model, data, cfg, progress=False)[0]
+        stage_module.tighten = lambda *a, **k: None  # type: ignore[assignment]
+        out[KINDS[1]] = make_fingerprint(model, data, cfg, progress=False)[0]
+    finally:
+        make.straddle_pairs, stage_module.tighten = stage, tight
+    out[KINDS[2]] = make_fingerprint(model, data, cfg, progress=False)[0]
     return out
 
 
@@ -151,7 +160,7 @@ def render(results: list[dict[str, Any]], command: str, mach: dict[str, Any] | N
     for r in results:
         n = len(r["cases"])
         vis = sum(bool(c.get("visible")) for c in r["cases"]) if all("visible" in c for c in r["cases"]) else None
-        for k in KINDS:
+        for k in [k for k in KINDS if k in r["kinds"]]:
             info = r["kinds"][k]
             st = info["straddle"] or {}
             caught = {s: sum(c[k][s] == "TAMPERED" for c in r["cases"]) for s in SPECS}
@@ -190,7 +199,7 @@ def render(results: list[dict[str, Any]], command: str, mach: dict[str, Any] | N
             dz = f"{c['max_dz_natural']:.2g}" if "max_dz_natural" in c else "-"
             lines.append(f"| {r['model']} | {r['precision']} | {_budget(r, short=True)} | {c['case']} | {dz} | "
                          f"{c.get('labels_flipped', '-')} | "
-                         + " | ".join(mark[c[k]["top1"]] for k in KINDS)
+                         + " | ".join(mark[c[k]["top1"]] if k in c else "-" for k in KINDS)
                          + f" | {mark[c[EXACT]['top1']] if EXACT in c else '-'} |")
     return "\n".join(lines) + "\n"
 

@@ -221,6 +221,49 @@ def test_straddle_moves_float32_pairs_onto_the_rounded_boundary(fashion_model: t
     assert torch.equal(res.first[~res.ok], a[~res.ok]) and torch.equal(res.second[~res.ok], b[~res.ok])
 
 
+def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None:
+    from veriprint.numerics import top2_margin
+    from veriprint.refine import flip_shift, output_bias
+
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
+    x = torch.rand(40, 4)
+    assert output_bias(model, x) is model[2].bias  # not the hidden layer's
+    assert output_bias(torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False)), x) is None
+    low = 1e-3
+    before = [p.clone() for p in model.parameters()]
+    got = flip_shift(model, model[2].bias, x, low)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # restored
+    with torch.no_grad():
+        m = top2_margin(model(x)).double()
+    levels = torch.tensor([low * 2.0 ** (k - 1) for k in range(14)], dtype=torch.float64)
+    # a shift flips the label once it passes the margin: the first level above it
+    want = torch.tensor([float(levels[levels > v][0]) if bool((levels > v).any()) else float("inf") for v in m],
+                        dtype=torch.float64)
+    close = (m.view(-1, 1) - levels).abs().min(1).values < 1e-6  # float32 rounding at a level: either one
+    assert torch.equal(got[~close], want[~close]) and bool((~close).sum() >= 30)
+
+
+def test_tighten_brings_the_flipping_shift_down_behind_rounded_logits(
+        fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset]) -> None:
+    from veriprint.numerics import top2_margin
+    from veriprint.refine import straddle, tighten
+
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
+    a, b, seeds = fp.samples[0::2], fp.samples[1::2], fp.seeds[0::2]
+    deployment = _Rounded(fashion_model, 0.05)
+    eps, domain = fp.meta["config"]["generation"]["eps"], fashion_data[1].domain
+    res = straddle(deployment, fashion_model, a, b, seeds, target=2e-4, eps=eps, domain=domain)
+    x, s = torch.cat([res.first[res.ok], res.second[res.ok]]), torch.cat([seeds[res.ok], seeds[res.ok]])
+    t = tighten(deployment, fashion_model, x, s, low=2e-4, eps=eps, domain=domain)
+    assert t is not None
+    with torch.no_grad():
+        z0, z1 = deployment(x), deployment(t.samples)
+    assert torch.equal(z0.argmax(1), z1.argmax(1)) and (top2_margin(z1) >= 2e-4).all()  # same answers, decided
+    assert (t.after <= t.before).all() and (t.after < t.before).any() and (t.after >= 2e-4).all()
+    assert domain.on_grid(t.samples) and float((t.samples - s).abs().max()) <= eps + 1e-6
+
+
 @pytest.mark.parametrize("precision", ["bf16", "autocast-bf16"])
 def test_reduced_precision_profile_stores_pairs_on_the_served_boundary(
         fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset], precision: str, tmp_path: Path,
@@ -232,6 +275,9 @@ def test_reduced_precision_profile_stores_pairs_on_the_served_boundary(
     st = fp.meta["straddle"]
     assert st["pairs"] == fp.meta["selection"]["pairs"] and 0 <= st["straddling"] <= st["pairs"]
     assert st["straddling"] == st["moved"] + st["already"]
+    assert 0 <= st["tightened"] <= 2 * st["straddling"]  # rounded logits: ends tightened too
+    if st["tightened"]:
+        assert st["shift_after"] <= st["shift_before"]
     labels = fp.expected.argmax(1)
     differ = int((labels[0: 2 * st["pairs"]: 2] != labels[1: 2 * st["pairs"]: 2]).sum())
     assert differ >= st["straddling"]  # each straddling pair gets two labels from the deployment
@@ -251,7 +297,7 @@ def test_float64_profile_keeps_the_float32_pairs(fashion_model: torch.nn.Module,
     fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed", precision="fp64"),
                                 progress=False)
     st = fp.meta["straddle"]
-    assert st["pairs"] > 0 and st["already"] == st["pairs"] and st["moved"] == 0
+    assert st["pairs"] > 0 and st["already"] == st["pairs"] and st["moved"] == 0 and "tightened" not in st
     plain, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
     assert torch.equal(fp.samples, plain.samples)
 

@@ -52,8 +52,8 @@ from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 from veriprint.numerics import top2_margin
 
-__all__ = ["RefineResult", "Straddle", "boundary_twins", "label_margin", "refine_to_boundary", "settle_margin",
-           "straddle"]
+__all__ = ["RefineResult", "Straddle", "Tightened", "boundary_twins", "flip_shift", "label_margin", "output_bias",
+           "refine_to_boundary", "settle_margin", "straddle", "tighten"]
 
 
 @dataclass(frozen=True)
@@ -582,3 +582,164 @@ def _label_bracket(
     last_in, _ = _bisect(zero, path.length, lambda k, r: side(path.at(k, r), rows[r])[0])
     _, first_out = _bisect(last_in, path.length, lambda k, r: ~side(path.at(k, r), rows[r])[1])
     return path.at(last_in), path.at(first_out)
+
+
+@dataclass(frozen=True)
+class Tightened:
+    """Samples moved to where the smallest shift of one logit flips the served label
+    (:func:`tighten`).
+
+    Attributes:
+        samples: on the grid and inside their balls; the served label of each is unchanged.
+        before, after: the smallest shift of the label's or the runner-up's logit, on the
+            shift grid, that flips each sample's served label (``inf``: none up to the
+            grid's largest shift).
+    """
+
+    samples: torch.Tensor
+    before: torch.Tensor
+    after: torch.Tensor
+
+
+def output_bias(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind = "logits") -> torch.Tensor | None:
+    """The bias of ``model``'s output layer: a parameter whose entry ``k`` moves logit ``k``
+    and no other (checked on ``x``), or None when the model has none."""
+    with torch.no_grad():
+        z0 = as_logits(model(x), model_outputs)
+    for name, p in reversed(list(model.named_parameters())):
+        if not name.endswith("bias") or p.dim() != 1 or p.numel() != z0.shape[1]:
+            continue
+        orig = p.data[0].clone()
+        try:
+            p.data[0] = orig + 1.0
+            with torch.no_grad():
+                dz = (as_logits(model(x), model_outputs) - z0).abs()
+        finally:
+            p.data[0] = orig
+        if bool((dz[:, 0] > 0.5).all()) and bool((dz[:, 1:] == 0).all()):
+            return p
+    return None
+
+
+def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
+               model_outputs: OutputKind = "logits") -> torch.Tensor:
+    """The smallest shift ``low * 2**k / 2`` (``k < levels``) of one logit that flips each
+    row's label: the runner-up's raised or the label's lowered, through the output bias
+    ``bias`` of ``model`` (restored after); ``inf`` where none does.
+
+    A shift is what a change of the output layer's bias does to one logit, and about what
+    any small change does near the query: the smaller it may be, the less of a change the
+    sample misses. Through rounded logits (bfloat16) it is not the served margin but how
+    close the unrounded logits sit to the rounding that flips the label.
+    """
+    with torch.no_grad():
+        z = as_logits(model(x), model_outputs).cpu()  # bookkeeping on the CPU, the inputs where they are
+    lab = z.argmax(dim=1)
+    run = z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+    out = torch.full((len(x),), math.inf, dtype=torch.float64)
+    for cls in range(bias.numel()):
+        for rows, sign in (((run == cls).nonzero().flatten(), 1.0), ((lab == cls).nonzero().flatten(), -1.0)):
+            orig = bias.data[cls].clone()
+            try:
+                for k in range(levels):
+                    todo = rows[torch.isinf(out[rows])]
+                    if len(todo) == 0:
+                        break
+                    d = low * 2.0 ** (k - 1)
+                    bias.data[cls] = orig + sign * d
+                    with torch.no_grad():
+                        zk = as_logits(model(x[todo.to(x.device)]), model_outputs).cpu()
+                    out[todo[zk.argmax(dim=1) != lab[todo]]] = d
+            finally:
+                bias.data[cls] = orig
+    return out
+
+
+def tighten(
+    served: nn.Module,
+    guide: nn.Module,
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    low: float,
+    eps: float,
+    norm: Norm = "linf",
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    rounds: int = 6,
+    moves: int = 24,
+    seed: int = 0,
+) -> Tightened | None:
+    """Move each sample, one grid step of one pixel at a time, to where the smallest shift
+    of its label's or runner-up's logit that flips ``served``'s label is as small as it
+    can be while staying at least ``low``.
+
+    Behind rounded logits (bfloat16 weights or autocast), a pair that straddles the served
+    boundary (:func:`straddle`) has served margins of a whole rounding step (0.01-0.06),
+    and a change smaller than that flips its label only when the unrounded logits sit
+    close to the rounding that decides it. The served margin cannot show how close; the
+    shift that flips the label can (:func:`flip_shift`, through the output layer's bias).
+    Each round tries, up and down, ``moves`` pixels among the ``4 moves`` with the largest
+    gradient of ``guide``'s margin that can take one grid step that way inside the ball
+    (drawn with ``seed``), and keeps the
+    move with the smallest flipping shift that keeps the served label, a served margin of
+    at least ``low``, and a flipping shift of at least ``low`` (a sample that a shift of
+    ``low / 2`` flips could flip from the deployment's own noise).
+
+    Returns:
+        A :class:`Tightened`, or None when ``served`` has no output bias to shift with.
+    """
+    domain = domain or InputDomain()
+    step = domain.step or (eps / 16 if eps > 0 else 0.0)
+    bias = output_bias(served, x[: min(4, len(x))], model_outputs)
+    if bias is None:
+        return None
+    before = flip_shift(served, bias, x, low, model_outputs=model_outputs)
+    cur, best = x.detach().clone(), before.clone()
+    if eps == 0 or step == 0:
+        return Tightened(cur, before, best)
+    with torch.no_grad():
+        z = as_logits(served(x), model_outputs).cpu()
+    lab = z.argmax(dim=1)
+    run = z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+    lab_x, run_x = lab.to(x.device), run.to(x.device)
+    g = torch.Generator().manual_seed(seed)
+    n = len(x)
+    for _ in range(rounds):
+        xr = cur.clone().requires_grad_(True)
+        with torch.enable_grad():
+            zg = as_logits(guide(xr), model_outputs)
+            m = zg.gather(1, lab_x.view(-1, 1)).sum() - zg.gather(1, run_x.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(m, xr)
+        flat, base = grad.flatten(1).abs(), cur.flatten(1)
+        cols, signs = [], []
+        for sign in (1.0, -1.0):  # the pixels that can move one grid step this way inside the ball
+            moved = snap_to_ball((base + sign * step).view_as(cur), seeds, eps, norm, domain).flatten(1)
+            score = torch.where(moved != base, flat, torch.full_like(flat, -1.0))
+            top = score.topk(min(4 * moves, score.shape[1]), dim=1).indices
+            cols.append(top[:, torch.randperm(top.shape[1], generator=g)[:moves].to(top.device)])
+            signs.append(torch.full_like(cols[-1], int(sign)))
+        pick, sg = torch.cat(cols, dim=1), torch.cat(signs, dim=1).to(base.dtype)
+        cand = base.unsqueeze(1).repeat(1, pick.shape[1], 1)  # (n, 2 moves, d)
+        cand.scatter_add_(2, pick.unsqueeze(2), (sg * step).unsqueeze(2))
+        k = cand.shape[1]
+        flat_c = cand.reshape(n * k, *x.shape[1:])
+        flat_c = snap_to_ball(flat_c, seeds.repeat_interleave(k, dim=0), eps, norm, domain)
+        with torch.no_grad():
+            zc = as_logits(served(flat_c), model_outputs).cpu()
+        keep = (zc.argmax(dim=1) == lab.repeat_interleave(k)) & (top2_margin(zc).double() >= low)
+        shift = torch.full((n * k,), math.inf, dtype=torch.float64)
+        rows = keep.nonzero().flatten()
+        if len(rows):
+            shift[rows] = flip_shift(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs)
+        shift[shift < low] = math.inf  # flipped by the smallest shift: too close to the deployment's noise
+        shift = shift.view(n, k)
+        val, arg = shift.min(dim=1)
+        better = val < best
+        if not bool(better.any()):
+            break
+        rows_b = better.nonzero().flatten()
+        on = rows_b.to(cur.device)
+        cur[on] = flat_c.view(n, k, *x.shape[1:])[on, arg[rows_b].to(cur.device)]
+        best[rows_b] = val[rows_b]
+    return Tightened(cur, before, best)

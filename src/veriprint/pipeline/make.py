@@ -174,7 +174,7 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
         sel, idx, chosen, budget = _select(ctx, selector, cfg, cands, twins, ok, pairs, samples)
     if pairs:
         pairs = len(sel.indices)
-    straddled: dict[str, int] | None = None
+    straddled: dict[str, int | float | None] | None = None
     if pairs and not cfg.profile.is_default:
         with meter.stage("straddle"):
             chosen, straddled = straddle_pairs(model, cands, cfg, idx, chosen, pairs, model_outputs)

@@ -5,7 +5,10 @@ Pairs are made on the float32 boundary, a few times the floor from it. A deploym
 reduced precision rounds its logits in steps of 0.01-0.06, so it mostly gives both ends
 of such a pair one label, or a tie; :func:`veriprint.refine.straddle` finds two inputs
 nearby that it labels differently (``docs/straddle.md``: top-1 detection behind bfloat16
-autocast went from 25 to 42 of 69 tampered copies).
+autocast went from 25 to 42 of 69 tampered copies). Both ends are then tightened
+(:func:`veriprint.refine.tighten`): moved a pixel at a time to where the smallest shift
+of one logit that flips the deployment's label is as small as the floor allows, since a
+rounded margin of one whole step says nothing of how close the unrounded logits are.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ from veriprint.models import OutputKind
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.profiles import served
-from veriprint.refine import straddle
+from veriprint.refine import straddle, tighten
 
-__all__ = ["straddle_pairs", "straddle_summary"]
+__all__ = ["ROUNDED", "straddle_pairs", "straddle_summary"]
+
+#: Profiles whose logits come rounded to 16-bit floats (steps of 0.01-0.06 at the logits'
+#: usual sizes): their pairs are tightened. Float64 and TF32 answer in float32 or finer,
+#: where the straddled margin already says how small a change flips a label.
+ROUNDED = ("fp16", "bf16", "autocast-fp16", "autocast-bf16")
 
 log = logging.getLogger(__name__)
 
 
 def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, idx: torch.Tensor,
                    chosen: torch.Tensor, pairs: int,
-                   model_outputs: OutputKind) -> tuple[torch.Tensor, dict[str, int]]:
+                   model_outputs: OutputKind) -> tuple[torch.Tensor, dict[str, int | float | None]]:
     """The chosen twin pairs (profiles other than float32 on the CPU), made on the float32
     boundary, moved onto the boundary of the model as the profile runs it
     (:func:`veriprint.refine.straddle`), so that each pair gets two labels from the
@@ -45,10 +53,35 @@ def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, 
     if ok < pairs:
         log.warning("%d of %d pairs straddle the boundary of the model as %s runs it; the others keep "
                     "their float32 pair", ok, pairs, cfg.profile.name)
-    return out, {"pairs": pairs, "straddling": ok, "moved": moved, "already": ok - moved}
+    counts: dict[str, int | float | None] = {"pairs": pairs, "straddling": ok, "moved": moved, "already": ok - moved}
+    ends = torch.arange(2 * pairs)
+    ends = ends[res.ok.repeat_interleave(2)]  # both ends of every straddling pair
+    if len(ends) and cfg.precision in ROUNDED:
+        seeds = cands.seeds[idx[ends].to(cands.seeds.device)]
+        t = tighten(served(model, cfg.profile), model, out[ends.to(out.device)], seeds, low=cfg.refine_factor * cands.noise.floor,
+                    eps=cfg.generation.eps, norm=cfg.generation.norm, domain=cands.gen.domain,
+                    model_outputs=model_outputs, seed=cfg.seed)
+        if t is not None:
+            out[ends.to(out.device)] = t.samples
+            counts.update(tightened=int((t.after < t.before).sum()), shift_before=_median(t.before),
+                          shift_after=_median(t.after))
+    return out, counts
 
 
-def straddle_summary(st: dict[str, int]) -> str:
+def _median(x: torch.Tensor) -> float | None:
+    """The median of the finite values (None when there are none)."""
+    f = x[torch.isfinite(x)]
+    return float(f.median()) if len(f) else None
+
+
+def straddle_summary(st: dict[str, int | float | None]) -> str:
     """One line on ``meta["straddle"]``, as ``veriprint fingerprint`` and ``inspect`` print it."""
-    return (f"straddle: {st.get('straddling')} of {st.get('pairs')} pairs labelled differently on both ends by the "
+    line = (f"straddle: {st.get('straddling')} of {st.get('pairs')} pairs labelled differently on both ends by the "
             f"profiled model ({st.get('moved')} moved onto its boundary, {st.get('already')} already there)")
+    if "tightened" in st:
+        def fmt(v: int | float | None) -> str:
+            return "none" if v is None else f"{v:.2g}"
+
+        line += (f"; {st['tightened']} ends tightened, the logit shift that flips one {fmt(st['shift_before'])} -> "
+                 f"{fmt(st['shift_after'])} (median)")
+    return line
