@@ -299,6 +299,7 @@ def test_straddle_benchmark_runs_and_straddled_pairs_catch_more_behind_autocast(
     r = json.loads((runs / "fashion-mlp-autocast-bf16.json").read_text())
     kinds = r["kinds"]
     assert kinds["straddled"]["straddle"]["straddling"] == kinds["straddled"]["straddle"]["pairs"] > 0
+    assert "tightened" not in kinds["straddled"]["straddle"] and kinds["straddled, tightened"]["straddle"]["tightened"] >= 0
     for k in kinds.values():  # made for this deployment: no false alarm
         assert k["false_alarms"] == {"top1": 0, "logits": 0}
     caught = {k: sum(c[k]["top1"] == "TAMPERED" for c in r["cases"]) for k in kinds}
