@@ -621,6 +621,14 @@ def output_bias(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind = "
     return None
 
 
+def _label_runner(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's label and runner-up under ``model``, on the CPU."""
+    with torch.no_grad():
+        z = as_logits(model(x), model_outputs).cpu()
+    lab = z.argmax(dim=1)
+    return lab, z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+
+
 def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
                model_outputs: OutputKind = "logits") -> torch.Tensor:
     """The smallest shift ``low * 2**k / 2`` (``k < levels``) of one logit that flips each
@@ -632,10 +640,7 @@ def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float
     sample misses. Through rounded logits (bfloat16) it is not the served margin but how
     close the unrounded logits sit to the rounding that flips the label.
     """
-    with torch.no_grad():
-        z = as_logits(model(x), model_outputs).cpu()  # bookkeeping on the CPU, the inputs where they are
-    lab = z.argmax(dim=1)
-    run = z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+    lab, run = _label_runner(model, x, model_outputs)  # bookkeeping on the CPU, the inputs where they are
     out = torch.full((len(x),), math.inf, dtype=torch.float64)
     for cls in range(bias.numel()):
         for rows, sign in (((run == cls).nonzero().flatten(), 1.0), ((lab == cls).nonzero().flatten(), -1.0)):
@@ -698,10 +703,7 @@ def tighten(
     cur, best = x.detach().clone(), before.clone()
     if eps == 0 or step == 0:
         return Tightened(cur, before, best)
-    with torch.no_grad():
-        z = as_logits(served(x), model_outputs).cpu()
-    lab = z.argmax(dim=1)
-    run = z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+    lab, run = _label_runner(served, x, model_outputs)
     lab_x, run_x = lab.to(x.device), run.to(x.device)
     g = torch.Generator().manual_seed(seed)
     n = len(x)
