@@ -630,10 +630,11 @@ def _label_runner(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) 
 
 
 def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
-               model_outputs: OutputKind = "logits") -> torch.Tensor:
+               model_outputs: OutputKind = "logits", below: torch.Tensor | None = None) -> torch.Tensor:
     """The smallest shift ``low * 2**k / 2`` (``k < levels``) of one logit that flips each
     row's label: the runner-up's raised or the label's lowered, through the output bias
-    ``bias`` of ``model`` (restored after); ``inf`` where none does.
+    ``bias`` of ``model`` (restored after); ``inf`` where none does (or, with ``below``,
+    none smaller than that row's value: the search stops there).
 
     A shift is what a change of the output layer's bias does to one logit, and about what
     any small change does near the query: the smaller it may be, the less of a change the
@@ -642,19 +643,25 @@ def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float
     """
     lab, run = _label_runner(model, x, model_outputs)  # bookkeeping on the CPU, the inputs where they are
     out = torch.full((len(x),), math.inf, dtype=torch.float64)
+    cap = below if below is not None else torch.full((len(x),), math.inf, dtype=torch.float64)
     for cls in range(bias.numel()):
+        # each row twice: its runner-up raised, its label lowered; it keeps the smaller shift
         for rows, sign in (((run == cls).nonzero().flatten(), 1.0), ((lab == cls).nonzero().flatten(), -1.0)):
             orig = bias.data[cls].clone()
+            found = torch.zeros(len(rows), dtype=torch.bool)
             try:
                 for k in range(levels):
-                    todo = rows[torch.isinf(out[rows])]
-                    if len(todo) == 0:
-                        break
                     d = low * 2.0 ** (k - 1)
+                    active = ~found & (out[rows] > d) & (cap[rows] > d)  # only a shift smaller than known
+                    if not bool(active.any()):
+                        break
+                    todo = rows[active]
                     bias.data[cls] = orig + sign * d
                     with torch.no_grad():
                         zk = as_logits(model(x[todo.to(x.device)]), model_outputs).cpu()
-                    out[todo[zk.argmax(dim=1) != lab[todo]]] = d
+                    flipped = zk.argmax(dim=1) != lab[todo]
+                    out[todo[flipped]] = d
+                    found[active.nonzero().flatten()[flipped]] = True
             finally:
                 bias.data[cls] = orig
     return out
@@ -733,7 +740,8 @@ def tighten(
         shift = torch.full((n * k,), math.inf, dtype=torch.float64)
         rows = keep.nonzero().flatten()
         if len(rows):
-            shift[rows] = flip_shift(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs)
+            shift[rows] = flip_shift(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs,
+                                     below=best.repeat_interleave(k)[rows])  # only what would improve
         shift[shift < low] = math.inf  # flipped by the smallest shift: too close to the deployment's noise
         shift = shift.view(n, k)
         val, arg = shift.min(dim=1)
