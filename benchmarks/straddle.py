@@ -185,7 +185,7 @@ def render(results: list[dict[str, Any]], command: str, mach: dict[str, Any] | N
               "|---|---|---|---|---|---|---|---|---|"]
     for (bud, prec, k), t in totals.items():
         shown = f"{t[5]}/{t[2]}" if t[5] >= 0 else "-"
-        ex, ratio = (f"{t[6]}/{t[2]}", f"{t[0] / t[6]:.0%}" if t[6] else "-") if t[6] >= 0 else ("-", "-")
+        ex, ratio = (f"{t[6]}/{t[2]}", f"{t[0] / t[6]:.1%}" if t[6] else "-") if t[6] >= 0 else ("-", "-")
         lines.append(f"| {bud} | {prec} | {k} | {t[3]}/{t[4]} | {shown} | **{t[0]}/{t[2]}** | {t[1]}/{t[2]} | {ex} | "
                      f"{ratio} |")
     lines += ["", "Case by case (top1; T tampered, I intact, ? inconclusive), per model and deployment, in the kinds' order; "
