@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.common import write_report  # noqa: E402
-from benchmarks.stages import MODELS, load_model  # noqa: E402
+from benchmarks.stages import MODELS, last_weight, load_model  # noqa: E402
 from veriprint.coverage import edit_sweep  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
 
@@ -50,6 +50,12 @@ BUDGETS = (8, 16, 32)
 
 def log(msg: str) -> None:
     print(f"[imagenet-coverage] {msg}", file=sys.stderr, flush=True)
+
+
+def natural_inputs(data: Any, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` of the data's inputs, drawn with ``seed + 1`` (the natural inputs of a run)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    return data.x[torch.randperm(len(data), generator=g)[:n]].float()
 
 
 def drawn_tensors(names: list[str], n: int | None, seed: int) -> list[str]:
@@ -74,8 +80,8 @@ def largest_last_weight(model: torch.nn.Module, natural: torch.Tensor) -> dict[s
     weight's input feature. A top-1 query changes label only when that class is within the
     change of the query's top logit; a query stays within its ball of a natural input.
     """
-    weights = [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2]
-    name, w = weights[-1]
+    name = last_weight(model)
+    w = dict(model.named_parameters())[name]
     mod = dict(model.named_modules())[name.rsplit(".", 1)[0]]
     k = int(w.detach().abs().argmax())
     c, j = divmod(k, w.shape[1])
@@ -102,8 +108,7 @@ def measure(name: str, path: Path, *, tensors: int | None, draws: int, natural: 
     fp = Fingerprint.load(path)
     names = [n for n, p in model.named_parameters() if p.numel() > 0]
     picked = drawn_tensors(names, tensors, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    nat = data.x[torch.randperm(len(data), generator=g)[:natural]].float()
+    nat = natural_inputs(data, natural, seed)
     floor = float(fp.noise.floor)
     t0 = time.perf_counter()
     sw = edit_sweep(model, {"fingerprint": fp.samples}, nat, visible_at=2 * floor, draws=draws, deltas=deltas,
@@ -215,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(args.render.read_text())
         if args.explain:
             model, _, data = load_model(r["model"])
-            g = torch.Generator().manual_seed(1)  # the natural inputs of measure()
-            nat = data.x[torch.randperm(len(data), generator=g)[:r["natural"]]].float()
-            r["largest_last_weight"] = largest_last_weight(model, nat)
+            r["largest_last_weight"] = largest_last_weight(model, natural_inputs(data, r["natural"]))
             args.render.write_text(json.dumps(r, indent=1, allow_nan=False))
     else:
         if args.fingerprint is None:

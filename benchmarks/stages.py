@@ -141,6 +141,11 @@ def edit_sweep(model: nn.Module, x: torch.Tensor, draws: int, tensors: int | Non
     return sum(shares) / len(shares), edits
 
 
+def last_weight(model: nn.Module) -> str:
+    """The name of the last weight matrix (or kernel) of ``model``: its output layer's."""
+    return [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2][-1]
+
+
 def structural(model: nn.Module) -> list[tuple[str, Any]]:
     from veriprint.tamper import (
         CastConfig,
@@ -150,7 +155,7 @@ def structural(model: nn.Module) -> list[tuple[str, Any]]:
         WeightNoiseConfig,
     )
 
-    last = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2][-1]
+    last = last_weight(model)
     return [("float16 cast", CastConfig("float16")), ("bfloat16 cast", CastConfig("bfloat16")),
             ("8-bit per-channel", QuantizeConfig(bits=8, granularity="channel")),
             ("2% pruning", PruneConfig(amount=0.02)), ("noise 1e-3 relative", WeightNoiseConfig(1e-3)),

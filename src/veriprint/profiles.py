@@ -92,6 +92,12 @@ class DeviceProfile:
         return float(torch.finfo(dtype).eps)
 
     @property
+    def half(self) -> bool:
+        """Whether this deployment answers in a 16-bit float (float16 or bfloat16 weights, or
+        autocast): logits rounded in steps of 0.01-0.06 at their usual sizes."""
+        return self.precision in ("fp16", "bf16", *_AUTOCAST)
+
+    @property
     def name(self) -> str:
         return f"{self.device}/{self.precision}"
 

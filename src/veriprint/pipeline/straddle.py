@@ -24,12 +24,7 @@ from veriprint.pipeline.config import FingerprintConfig
 from veriprint.profiles import served
 from veriprint.refine import straddle, tighten
 
-__all__ = ["ROUNDED", "straddle_pairs", "straddle_summary"]
-
-#: Profiles whose logits come rounded to 16-bit floats (steps of 0.01-0.06 at the logits'
-#: usual sizes): their pairs are tightened. Float64 and TF32 answer in float32 or finer,
-#: where the straddled margin already says how small a change flips a label.
-ROUNDED = ("fp16", "bf16", "autocast-fp16", "autocast-bf16")
+__all__ = ["straddle_pairs", "straddle_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +39,8 @@ def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, 
     ``chosen`` starts with ``pairs`` pairs (sample, twin); the counts are
     stored as ``meta["straddle"]``."""
     first, second = chosen[0: 2 * pairs: 2], chosen[1: 2 * pairs: 2]
-    res = straddle(served(model, cfg.profile), model, first, second, cands.seeds[idx[0: 2 * pairs: 2]],
+    deployment = served(model, cfg.profile)  # one copy in the profile's numerics for both steps
+    res = straddle(deployment, model, first, second, cands.seeds[idx[0: 2 * pairs: 2]],
                    target=cands.noise.floor, eps=cfg.generation.eps,
                    norm=cfg.generation.norm, domain=cands.gen.domain, model_outputs=model_outputs)
     out = chosen.clone()
@@ -56,9 +52,11 @@ def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, 
     counts: dict[str, int | float | None] = {"pairs": pairs, "straddling": ok, "moved": moved, "already": ok - moved}
     ends = torch.arange(2 * pairs)
     ends = ends[res.ok.repeat_interleave(2)]  # both ends of every straddling pair
-    if len(ends) and cfg.precision in ROUNDED:
+    # 16-bit answers only: float64 and TF32 answer finely enough that the straddled margin
+    # already says how small a change flips a label
+    if len(ends) and cfg.profile.half:
         seeds = cands.seeds[idx[ends].to(cands.seeds.device)]
-        t = tighten(served(model, cfg.profile), model, out[ends.to(out.device)], seeds, low=cfg.refine_factor * cands.noise.floor,
+        t = tighten(deployment, model, out[ends.to(out.device)], seeds, low=cfg.refine_factor * cands.noise.floor,
                     eps=cfg.generation.eps, norm=cfg.generation.norm, domain=cands.gen.domain,
                     model_outputs=model_outputs, seed=cfg.seed)
         if t is not None:
