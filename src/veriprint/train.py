@@ -123,7 +123,7 @@ def reference_model(dataset: str, *, progress: bool = True) -> tuple[nn.Module, 
         torch.manual_seed(cfg.seed)
         model = load_model(factory)
         train_(model, load_data(dataset, split="train"), cfg, progress=progress)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # parallel trainers never share one
         save_weights(model, tmp)
         tmp.replace(path)
     return load_model(factory, weights=path), factory, path
