@@ -24,6 +24,9 @@ A tampered copy counts as *visible* behind the deployment when, served in that p
 some logit of one of the first 500 natural test inputs moves by more than twice the floor
 from what the intact model served the same way answers: a change the rounding swallows on
 every natural input is one no fingerprint of natural-looking inputs can be expected to see.
+The last column of the sums compares with the exact CPU on the visible cases only: a
+bfloat16 cast of a model served in bfloat16 weights, for one, serves exactly what the
+intact model does there, while the exact CPU, serving float32, sees it.
 
 Each is checked ``--checks`` times against the intact model served in that precision
 (requests of random sizes among natural inputs, as in ``benchmarks.deployments``: false
@@ -164,7 +167,7 @@ def render(results: list[dict[str, Any]], command: str, mach: dict[str, Any] | N
             info = r["kinds"][k]
             st = info["straddle"] or {}
             caught = {s: sum(c[k][s] == "TAMPERED" for c in r["cases"]) for s in SPECS}
-            t = totals.setdefault((_budget(r, short=True), r["precision"], k), [0, 0, 0, 0, 0, 0, 0])
+            t = totals.setdefault((_budget(r, short=True), r["precision"], k), [0, 0, 0, 0, 0, 0, 0, 0, 0])
             # the exact CPU's count on the same cases (negative: a run made before it was measured)
             t[6] = -10**9 if EXACT not in r["cases"][0] else t[6] + sum(c[EXACT]["top1"] == "TAMPERED"
                                                                           for c in r["cases"])
@@ -174,6 +177,9 @@ def render(results: list[dict[str, Any]], command: str, mach: dict[str, Any] | N
             t[3] += info["false_alarms"]["top1"] + info["false_alarms"]["logits"]
             t[4] += 2 * r["checks"]
             t[5] = -10**9 if vis is None else t[5] + vis  # negative: not measured in some run
+            if vis is not None and EXACT in r["cases"][0]:  # the same two counts on the visible cases only
+                t[7] += sum(c[k]["top1"] == "TAMPERED" for c in r["cases"] if c["visible"])
+                t[8] += sum(c[EXACT]["top1"] == "TAMPERED" for c in r["cases"] if c["visible"])
             pairs = f"{st['straddling']} of {st['pairs']}" if st else "-"
             lines.append(f"| {r['model']} | {r['precision']} | {'-' if vis is None else f'{vis}/{n}'} | {k} | "
                          f"{info['queries']} | {pairs} | "
@@ -181,13 +187,14 @@ def render(results: list[dict[str, Any]], command: str, mach: dict[str, Any] | N
                          f"{caught['top1']}/{n} | {caught['logits']}/{n} |")
     lines += ["", "Sums over the models:", "",
               "| query budget | deployment | kind | false alarms (both specs) | visible | caught top1 | caught logits | "
-              "exact CPU: caught top1 | top1 against the exact CPU |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "exact CPU: caught top1 | top1 against the exact CPU | the same, visible cases only |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for (bud, prec, k), t in totals.items():
         shown = f"{t[5]}/{t[2]}" if t[5] >= 0 else "-"
         ex, ratio = (f"{t[6]}/{t[2]}", f"{t[0] / t[6]:.1%}" if t[6] else "-") if t[6] >= 0 else ("-", "-")
+        on_vis = f"{t[7]}/{t[8]} = {t[7] / t[8]:.1%}" if t[5] >= 0 and t[6] >= 0 and t[8] else "-"
         lines.append(f"| {bud} | {prec} | {k} | {t[3]}/{t[4]} | {shown} | **{t[0]}/{t[2]}** | {t[1]}/{t[2]} | {ex} | "
-                     f"{ratio} |")
+                     f"{ratio} | {on_vis} |")
     lines += ["", "Case by case (top1; T tampered, I intact, ? inconclusive), per model and deployment, in the kinds' order; "
               "the largest logit change on the natural inputs behind the deployment, and the labels it flips there:", "",
               "| model | deployment | query budget | case | max logit change | labels flipped | " + " | ".join(KINDS)

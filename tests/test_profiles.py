@@ -223,7 +223,7 @@ def test_straddle_moves_float32_pairs_onto_the_rounded_boundary(fashion_model: t
 
 def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None:
     from veriprint.numerics import top2_margin
-    from veriprint.refine import flip_shift, output_bias
+    from veriprint.refine import flip_shift, flip_shifts, output_bias
 
     torch.manual_seed(5)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
@@ -249,8 +249,8 @@ def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None
         with torch.no_grad():
             z = rounded(x[i:i + 1])[0]
         lab, run = int(z.argmax()), int(z.scatter(0, z.argmax().view(1), float("-inf")).argmax())
-        best = float("inf")
-        for cls, sign in ((run, 1.0), (lab, -1.0)):
+        ways = [float("inf"), float("inf")]
+        for way, (cls, sign) in enumerate(((run, 1.0), (lab, -1.0))):
             for d in levels.tolist():
                 orig = model[2].bias.data[cls].clone()
                 model[2].bias.data[cls] = orig + sign * d
@@ -258,19 +258,22 @@ def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None
                     flipped = int(rounded(x[i:i + 1])[0].argmax()) != lab
                 model[2].bias.data[cls] = orig
                 if flipped:
-                    best = min(best, d)
+                    ways[way] = d
                     break
-        brute.append(best)
-    assert flip_shift(rounded, model[2].bias, x, low).tolist() == brute
-    cap = torch.full((len(x),), 4 * low, dtype=torch.float64)  # with a cap: only the shifts below it
+        brute.append(ways)
+    each = flip_shifts(rounded, model[2].bias, x, low)
+    assert each.tolist() == brute
+    assert flip_shift(rounded, model[2].bias, x, low).tolist() == [min(w) for w in brute]
+    assert bool((each[:, 0] != each[:, 1]).any())  # the ways do differ behind rounding
+    cap = torch.full((len(x),), 4 * low, dtype=torch.float64)  # with a cap: only the shifts up to it
     capped = flip_shift(model, model[2].bias, x, low, below=cap)
-    assert torch.equal(capped, torch.where(got < 4 * low, got, torch.full_like(got, float("inf"))))
+    assert torch.equal(capped, torch.where(got <= 4 * low, got, torch.full_like(got, float("inf"))))
 
 
 def test_tighten_brings_the_flipping_shift_down_behind_rounded_logits(
         fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset]) -> None:
     from veriprint.numerics import top2_margin
-    from veriprint.refine import straddle, tighten
+    from veriprint.refine import flip_shifts, output_bias, straddle, tighten
 
     fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
     a, b, seeds = fp.samples[0::2], fp.samples[1::2], fp.seeds[0::2]
@@ -285,6 +288,9 @@ def test_tighten_brings_the_flipping_shift_down_behind_rounded_logits(
     assert torch.equal(z0.argmax(1), z1.argmax(1)) and (top2_margin(z1) >= 2e-4).all()  # same answers, decided
     better = t.after < t.before
     assert (t.after <= t.before).all() and better.any() and (t.after[better] >= 2e-4).all()
+    bias = output_bias(deployment, x[:4])
+    assert bias is not None
+    assert torch.equal(flip_shifts(deployment, bias, t.samples, 2e-4).max(dim=1).values, t.after)  # either way
     assert domain.on_grid(t.samples) and float((t.samples - s).abs().max()) <= eps + 1e-6
 
 

@@ -52,7 +52,7 @@ from veriprint.models import OutputKind
 from veriprint.noise import as_logits
 from veriprint.numerics import top2_margin
 
-__all__ = ["RefineResult", "Straddle", "Tightened", "boundary_twins", "flip_shift", "label_margin", "output_bias",
+__all__ = ["RefineResult", "Straddle", "Tightened", "boundary_twins", "flip_shift", "flip_shifts", "label_margin", "output_bias",
            "refine_to_boundary", "settle_margin", "straddle", "tighten"]
 
 
@@ -586,14 +586,15 @@ def _label_bracket(
 
 @dataclass(frozen=True)
 class Tightened:
-    """Samples moved to where the smallest shift of one logit flips the served label
-    (:func:`tighten`).
+    """Samples moved to where a small shift of one logit flips the served label, either
+    way (:func:`tighten`).
 
     Attributes:
         samples: on the grid and inside their balls; the served label of each is unchanged.
-        before, after: the smallest shift of the label's or the runner-up's logit, on the
-            shift grid, that flips each sample's served label (``inf``: none up to the
-            grid's largest shift).
+        before, after: the shift, on the shift grid, that flips each sample's served label
+            whichever of the label's and the runner-up's logits moves (the larger of the two
+            ways' shifts of :func:`flip_shifts`; ``inf``: one way flips at no shift up to
+            the grid's largest).
     """
 
     samples: torch.Tensor
@@ -629,42 +630,60 @@ def _label_runner(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) 
     return lab, z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
 
 
-def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
-               model_outputs: OutputKind = "logits", below: torch.Tensor | None = None) -> torch.Tensor:
+def flip_shifts(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
+                model_outputs: OutputKind = "logits", below: torch.Tensor | None = None) -> torch.Tensor:
     """The smallest shift ``low * 2**k / 2`` (``k < levels``) of one logit that flips each
-    row's label: the runner-up's raised or the label's lowered, through the output bias
-    ``bias`` of ``model`` (restored after); ``inf`` where none does (or, with ``below``,
-    none smaller than that row's value: the search stops there).
+    row's label, each way: column 0 the runner-up's logit raised, column 1 the label's
+    lowered, through the output bias ``bias`` of ``model`` (restored after); ``inf`` where
+    none does (or, with ``below``, none up to that row's value: the search stops there).
 
     A shift is what a change of the output layer's bias does to one logit, and about what
     any small change does near the query: the smaller it may be, the less of a change the
     sample misses. Through rounded logits (bfloat16) it is not the served margin but how
-    close the unrounded logits sit to the rounding that flips the label.
+    close the unrounded logits sit to the rounding that flips the label, and the two ways
+    differ: a rounded tie goes to the lower class index, so a label can flip when the
+    runner-up's logit is rounded up to it, or only when it is rounded past it.
+
+    Returns:
+        float64 ``(n, 2)``, on the CPU.
     """
     lab, run = _label_runner(model, x, model_outputs)  # bookkeeping on the CPU, the inputs where they are
-    out = torch.full((len(x),), math.inf, dtype=torch.float64)
+    out = torch.full((len(x), 2), math.inf, dtype=torch.float64)
     cap = below if below is not None else torch.full((len(x),), math.inf, dtype=torch.float64)
     for cls in range(bias.numel()):
-        # each row twice: its runner-up raised, its label lowered; it keeps the smaller shift
-        for rows, sign in (((run == cls).nonzero().flatten(), 1.0), ((lab == cls).nonzero().flatten(), -1.0)):
+        for way, rows, sign in ((0, (run == cls).nonzero().flatten(), 1.0), (1, (lab == cls).nonzero().flatten(), -1.0)):
             orig = bias.data[cls].clone()
-            found = torch.zeros(len(rows), dtype=torch.bool)
             try:
                 for k in range(levels):
                     d = low * 2.0 ** (k - 1)
-                    active = ~found & (out[rows] > d) & (cap[rows] > d)  # only a shift smaller than known
+                    active = (out[rows, way] == math.inf) & (cap[rows] >= d)
                     if not bool(active.any()):
                         break
                     todo = rows[active]
                     bias.data[cls] = orig + sign * d
                     with torch.no_grad():
                         zk = as_logits(model(x[todo.to(x.device)]), model_outputs).cpu()
-                    flipped = zk.argmax(dim=1) != lab[todo]
-                    out[todo[flipped]] = d
-                    found[active.nonzero().flatten()[flipped]] = True
+                    out[todo[zk.argmax(dim=1) != lab[todo]], way] = d
             finally:
                 bias.data[cls] = orig
     return out
+
+
+def flip_shift(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
+               model_outputs: OutputKind = "logits", below: torch.Tensor | None = None) -> torch.Tensor:
+    """The smaller of the two ways' shifts of :func:`flip_shifts`: the smallest shift of
+    one logit, the runner-up's raised or the label's lowered, that flips each row's label
+    (float64 ``(n,)``; ``below`` as there)."""
+    return flip_shifts(model, bias, x, low, levels=levels, model_outputs=model_outputs, below=below).min(dim=1).values
+
+
+def _either_way(shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From :func:`flip_shifts`' ``(n, 2)``: the larger of the two ways (the shift that
+    flips the label whichever of its two logits moves), and a key that orders rows by it,
+    then by the smaller (the grid's levels are a factor 2 apart, so the smaller adds less
+    than a level)."""
+    hi, lo = shifts.max(dim=1).values, shifts.min(dim=1).values
+    return hi, hi + 1e-3 * torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
 
 
 def tighten(
@@ -682,21 +701,25 @@ def tighten(
     moves: int = 24,
     seed: int = 0,
 ) -> Tightened | None:
-    """Move each sample, one grid step of one pixel at a time, to where the smallest shift
-    of its label's or runner-up's logit that flips ``served``'s label is as small as it
-    can be while staying at least ``low``.
+    """Move each sample, one grid step of one pixel at a time, to where the shift of one
+    logit that flips ``served``'s label, whichever of the label's and the runner-up's
+    logits moves, is as small as it can be while staying at least ``low``.
 
     Behind rounded logits (bfloat16 weights or autocast), a pair that straddles the served
     boundary (:func:`straddle`) has served margins of a whole rounding step (0.01-0.06),
     and a change smaller than that flips its label only when the unrounded logits sit
     close to the rounding that decides it. The served margin cannot show how close; the
-    shift that flips the label can (:func:`flip_shift`, through the output layer's bias).
+    shifts that flip the label can (:func:`flip_shifts`, through the output layer's bias).
+    Both ways count: a change that lowers the label's logit and one that raises the
+    runner-up's are different changes (one output weight or bias each), and a sample
+    tightened one way only can miss the other by a whole rounding step. The objective is
+    the larger of the two ways' shifts, then the smaller.
+
     Each round tries, up and down, ``moves`` pixels among the ``4 moves`` with the largest
     gradient of ``guide``'s margin that can take one grid step that way inside the ball
-    (drawn with ``seed``), and keeps the
-    move with the smallest flipping shift that keeps the served label, a served margin of
-    at least ``low``, and a flipping shift of at least ``low`` (a sample that a shift of
-    ``low / 2`` flips could flip from the deployment's own noise).
+    (drawn with ``seed``), and keeps the best move that keeps the served label, a served
+    margin of at least ``low``, and both ways' shifts at least ``low`` (a sample that a
+    shift of ``low / 2`` flips could flip from the deployment's own noise).
 
     Returns:
         A :class:`Tightened`, or None when ``served`` has no output bias to shift with.
@@ -706,7 +729,7 @@ def tighten(
     bias = output_bias(served, x[: min(4, len(x))], model_outputs)
     if bias is None:
         return None
-    before = flip_shift(served, bias, x, low, model_outputs=model_outputs)
+    before, key = _either_way(flip_shifts(served, bias, x, low, model_outputs=model_outputs))
     cur, best = x.detach().clone(), before.clone()
     if eps == 0 or step == 0:
         return Tightened(cur, before, best)
@@ -737,19 +760,21 @@ def tighten(
         with torch.no_grad():
             zc = as_logits(served(flat_c), model_outputs).cpu()
         keep = (zc.argmax(dim=1) == lab.repeat_interleave(k)) & (top2_margin(zc).double() >= low)
-        shift = torch.full((n * k,), math.inf, dtype=torch.float64)
+        shifts = torch.full((n * k, 2), math.inf, dtype=torch.float64)
         rows = keep.nonzero().flatten()
         if len(rows):
-            shift[rows] = flip_shift(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs,
-                                     below=best.repeat_interleave(k)[rows])  # only what would improve
-        shift[shift < low] = math.inf  # flipped by the smallest shift: too close to the deployment's noise
-        shift = shift.view(n, k)
-        val, arg = shift.min(dim=1)
-        better = val < best
+            shifts[rows] = flip_shifts(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs,
+                                       below=best.repeat_interleave(k)[rows])  # only what could improve
+        # flipped by the smallest shift either way: too close to the deployment's noise
+        shifts[(shifts < low).any(dim=1)] = math.inf
+        hi, cand_key = _either_way(shifts)
+        val, arg = cand_key.view(n, k).min(dim=1)
+        better = val < key
         if not bool(better.any()):
             break
         rows_b = better.nonzero().flatten()
         on = rows_b.to(cur.device)
         cur[on] = flat_c.view(n, k, *x.shape[1:])[on, arg[rows_b].to(cur.device)]
-        best[rows_b] = val[rows_b]
+        best[rows_b] = hi.view(n, k)[rows_b, arg[rows_b]]
+        key[rows_b] = val[rows_b]
     return Tightened(cur, before, best)

@@ -6,9 +6,10 @@ reduced precision rounds its logits in steps of 0.01-0.06, so it mostly gives bo
 of such a pair one label, or a tie; :func:`veriprint.refine.straddle` finds two inputs
 nearby that it labels differently (``docs/straddle.md``: top-1 detection behind bfloat16
 autocast went from 25 to 42 of 69 tampered copies). Both ends are then tightened
-(:func:`veriprint.refine.tighten`): moved a pixel at a time to where the smallest shift
-of one logit that flips the deployment's label is as small as the floor allows, since a
-rounded margin of one whole step says nothing of how close the unrounded logits are.
+(:func:`veriprint.refine.tighten`): moved a pixel at a time to where a shift of one
+logit as small as the floor allows flips the deployment's label, whichever of the label's
+and the runner-up's logits moves, since a rounded margin of one whole step says nothing
+of how close the unrounded logits are.
 """
 
 from __future__ import annotations
@@ -80,6 +81,6 @@ def straddle_summary(st: dict[str, int | float | None]) -> str:
         def fmt(v: int | float | None) -> str:
             return "none" if v is None else f"{v:.2g}"
 
-        line += (f"; {st['tightened']} ends tightened, the logit shift that flips one {fmt(st['shift_before'])} -> "
+        line += (f"; {st['tightened']} ends tightened, the logit shift that flips one either way {fmt(st['shift_before'])} -> "
                  f"{fmt(st['shift_after'])} (median)")
     return line
