@@ -295,7 +295,7 @@ def test_select_neurons_by_outgoing_weight() -> None:
         (FineTuneConfig(last=1, **FAST), {"7.weight", "7.bias"}),
         (FineTuneConfig(last=2, **FAST), {"5.weight", "5.bias", "7.weight", "7.bias"}),
     ],
-    ids=repr,
+    ids=lambda v: ",".join(sorted(v)) if isinstance(v, set) else repr(v),  # the same ids in every process
 )
 def test_layer_restricted_attacks_touch_only_their_layers(
     config: Any, changed: set[str], model: nn.Module, digits: tuple[Dataset, Dataset]
