@@ -76,7 +76,7 @@ def fingerprints(model: torch.nn.Module, data: Any, cfg: FingerprintConfig) -> d
     out: dict[str, Fingerprint] = {}
     stage, tight = make.straddle_pairs, stage_module.tighten
     try:
-        make.straddle_pairs = lambda model, cands, cfg, idx, chosen, pairs, mo: (chosen, {})  # type: ignore[assignment]
+        make.straddle_pairs = lambda model, cands, cfg, idx, chosen, pairs, mo, deadline=None: (chosen, {})  # type: ignore[assignment]
         out[KINDS[0]] = make_fingerprint(model, data, cfg, progress=False)[0]
         make.straddle_pairs = stage
         stage_module.tighten = lambda *a, **k: None  # type: ignore[assignment]

@@ -212,9 +212,10 @@ def test_deadlines_share_the_budget_in_proportion_to_the_prediction() -> None:
 
     pl = dc_replace(_plan(budget=100.0), probe_s=10.0)  # type: ignore[type-var]
     due = deadlines(pl, now=1000.0)  # type: ignore[arg-type]
-    assert list(due) == list(ORDER)
+    assert list(due) == [*ORDER, "straddle"]
     assert all(a <= b for a, b in zip(list(due.values()), list(due.values())[1:], strict=False))
     assert due["select"] == pytest.approx(1090.0)  # the budget left after the probe
+    assert due["straddle"] == pytest.approx(1090.0)  # not predicted: the end of the budget
     assert deadlines(_plan(budget=None), now=0.0) == {}  # type: ignore[arg-type]
 
 

@@ -291,6 +291,9 @@ def test_tighten_brings_the_flipping_shift_down_behind_rounded_logits(
     bias = output_bias(deployment, x[:4])
     assert bias is not None
     assert torch.equal(flip_shifts(deployment, bias, t.samples, 2e-4).max(dim=1).values, t.after)  # either way
+    assert 1 <= t.rounds <= 6 and not t.stopped
+    late = tighten(deployment, fashion_model, x, s, low=2e-4, eps=eps, domain=domain, deadline=0.0)
+    assert late is not None and late.stopped and late.rounds == 0 and torch.equal(late.samples, x)  # past it
     assert domain.on_grid(t.samples) and float((t.samples - s).abs().max()) <= eps + 1e-6
 
 
@@ -305,7 +308,7 @@ def test_reduced_precision_profile_stores_pairs_on_the_served_boundary(
     st = fp.meta["straddle"]
     assert st["pairs"] == fp.meta["selection"]["pairs"] and 0 <= st["straddling"] <= st["pairs"]
     assert st["straddling"] == st["moved"] + st["already"]
-    assert 0 <= st["tightened"] <= 2 * st["straddling"]  # rounded logits: ends tightened too
+    assert 0 <= st["tightened"] <= 2 * st["straddling"] and "tighten_rounds" not in st  # rounded logits: ends tightened too
     if st["tightened"]:
         assert st["shift_after"] <= st["shift_before"]
     labels = fp.expected.argmax(1)
@@ -343,3 +346,17 @@ def test_cli_prints_the_straddle_of_a_profiled_fingerprint(tmp_path: Path, fashi
                  "--out", str(tmp_path / "fp.vpf")]) == 0
     st = Fingerprint.load(tmp_path / "fp.vpf").meta["straddle"]
     assert f"straddle: {st['straddling']} of {st['pairs']} pairs" in capsys.readouterr().out
+
+
+def test_the_time_budget_stops_tightening_and_the_summary_says_so(
+        fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    import veriprint.pipeline.make as make
+    from veriprint.pipeline.straddle import straddle_summary
+
+    # every other stage unbounded, and the budget's end long past when the straddle stage runs
+    monkeypatch.setattr(make, "deadlines", lambda pl, now: {"straddle": 0.0})
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed", precision="bf16"),
+                                progress=False)
+    st = fp.meta["straddle"]
+    assert st["straddling"] > 0 and st["tighten_rounds"] == 0 and st["tightened"] == 0
+    assert "the time budget stopped tightening after 0 rounds" in straddle_summary(st)

@@ -40,6 +40,7 @@ sees only one direction.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -595,11 +596,15 @@ class Tightened:
             whichever of the label's and the runner-up's logits moves (the larger of the two
             ways' shifts of :func:`flip_shifts`; ``inf``: one way flips at no shift up to
             the grid's largest).
+        rounds: the rounds run.
+        stopped: the deadline ended it before its rounds or a round without improvement.
     """
 
     samples: torch.Tensor
     before: torch.Tensor
     after: torch.Tensor
+    rounds: int = 0
+    stopped: bool = False
 
 
 def output_bias(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind = "logits") -> torch.Tensor | None:
@@ -686,6 +691,25 @@ def _either_way(shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, hi + 1e-3 * torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
 
 
+def _flips_at(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, lab: torch.Tensor, cls: torch.Tensor,
+              shift: torch.Tensor, sign: float, model_outputs: OutputKind) -> torch.Tensor:
+    """Whether each row's label ``lab`` changes when logit ``cls`` of that row is moved by
+    ``sign * shift`` through the output bias (one pass per class and shift; restored after)."""
+    out = torch.zeros(len(x), dtype=torch.bool)
+    for c in cls.unique().tolist():
+        orig = bias.data[c].clone()
+        try:
+            for d in shift[cls == c].unique().tolist():
+                rows = ((cls == c) & (shift == d)).nonzero().flatten()
+                bias.data[c] = orig + sign * d
+                with torch.no_grad():
+                    z = as_logits(model(x[rows.to(x.device)]), model_outputs).cpu()
+                out[rows] = z.argmax(dim=1) != lab[rows]
+        finally:
+            bias.data[c] = orig
+    return out
+
+
 def tighten(
     served: nn.Module,
     guide: nn.Module,
@@ -700,6 +724,7 @@ def tighten(
     rounds: int = 6,
     moves: int = 24,
     seed: int = 0,
+    deadline: float | None = None,
 ) -> Tightened | None:
     """Move each sample, one grid step of one pixel at a time, to where the shift of one
     logit that flips ``served``'s label, whichever of the label's and the runner-up's
@@ -719,7 +744,9 @@ def tighten(
     gradient of ``guide``'s margin that can take one grid step that way inside the ball
     (drawn with ``seed``), and keeps the best move that keeps the served label, a served
     margin of at least ``low``, and both ways' shifts at least ``low`` (a sample that a
-    shift of ``low / 2`` flips could flip from the deployment's own noise).
+    shift of ``low / 2`` flips could flip from the deployment's own noise). No round starts
+    after ``deadline`` (a ``time.perf_counter()`` value), so a large model stays within
+    a fingerprint's time budget.
 
     Returns:
         A :class:`Tightened`, or None when ``served`` has no output bias to shift with.
@@ -737,7 +764,12 @@ def tighten(
     lab_x, run_x = lab.to(x.device), run.to(x.device)
     g = torch.Generator().manual_seed(seed)
     n = len(x)
+    done, stopped = 0, False
     for _ in range(rounds):
+        if deadline is not None and time.perf_counter() > deadline:
+            stopped = True
+            break
+        done += 1
         xr = cur.clone().requires_grad_(True)
         with torch.enable_grad():
             zg = as_logits(guide(xr), model_outputs)
@@ -762,9 +794,20 @@ def tighten(
         keep = (zc.argmax(dim=1) == lab.repeat_interleave(k)) & (top2_margin(zc).double() >= low)
         shifts = torch.full((n * k, 2), math.inf, dtype=torch.float64)
         rows = keep.nonzero().flatten()
+        cap = best.repeat_interleave(k)
+        screen = rows[torch.isfinite(cap[rows])]
+        if len(screen):  # a move can only be kept if both ways flip at the end's current shift: one pass each
+            zs = zc[screen]
+            lab_s = zs.argmax(dim=1)
+            run_s = zs.scatter(1, lab_s.view(-1, 1), float("-inf")).argmax(dim=1)
+            both = (_flips_at(served, bias, flat_c[screen.to(flat_c.device)], lab_s, run_s, cap[screen], 1.0,
+                              model_outputs)
+                    & _flips_at(served, bias, flat_c[screen.to(flat_c.device)], lab_s, lab_s, cap[screen], -1.0,
+                                model_outputs))
+            rows = torch.cat([rows[~torch.isfinite(cap[rows])], screen[both]]).sort().values
         if len(rows):
             shifts[rows] = flip_shifts(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs,
-                                       below=best.repeat_interleave(k)[rows])  # only what could improve
+                                       below=cap[rows])  # only what could improve
         # flipped by the smallest shift either way: too close to the deployment's noise
         shifts[(shifts < low).any(dim=1)] = math.inf
         hi, cand_key = _either_way(shifts)
@@ -777,4 +820,4 @@ def tighten(
         cur[on] = flat_c.view(n, k, *x.shape[1:])[on, arg[rows_b].to(cur.device)]
         best[rows_b] = hi.view(n, k)[rows_b, arg[rows_b]]
         key[rows_b] = val[rows_b]
-    return Tightened(cur, before, best)
+    return Tightened(cur, before, best, done, stopped)

@@ -177,7 +177,8 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
     straddled: dict[str, int | float | None] | None = None
     if pairs and not cfg.profile.is_default:
         with meter.stage("straddle"):
-            chosen, straddled = straddle_pairs(model, cands, cfg, idx, chosen, pairs, model_outputs)
+            chosen, straddled = straddle_pairs(model, cands, cfg, idx, chosen, pairs, model_outputs,
+                                               deadline=due.get("straddle"))
     with meter.stage("describe"):
         fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()),
                       pairs=pairs, model_outputs=model_outputs, source=source, started=start,

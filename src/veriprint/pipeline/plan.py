@@ -440,7 +440,9 @@ def deadlines(pl: Plan, now: float) -> dict[str, float]:
     """When each stage should be done (``time.perf_counter()`` values), starting ``now``:
     the budget left after the probe, shared out in proportion to the prediction. Refinement
     and twins stop at theirs (after a minimum of samples), so a prediction that was too low
-    costs candidates, not the budget. Empty without a time budget."""
+    costs candidates, not the budget. The straddle stage, which runs only with a device
+    profile and is not predicted, has the end of the budget: its tightening starts no round
+    after it. Empty without a time budget."""
     if pl.budget_s is None or pl.total_s <= 0:
         return {}
     left = max(0.0, pl.budget_s - (pl.probe_s or 0.0))
@@ -448,6 +450,7 @@ def deadlines(pl: Plan, now: float) -> dict[str, float]:
     for stage in ORDER:
         done += pl.predicted.get(stage, 0.0)
         out[stage] = now + left * done / pl.total_s
+    out["straddle"] = now + left
     return out
 
 
