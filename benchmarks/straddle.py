@@ -10,8 +10,9 @@ from it, while a bfloat16 deployment rounds its logits in steps of 0.01-0.06: bo
 a pair then mostly get one label from it, or a tie. Straddling
 (:func:`veriprint.refine.straddle`, the pipeline's default with a profile) moves each
 chosen pair onto the deployment's own boundary, and tightening
-(:func:`veriprint.refine.tighten`) then moves each end to where the smallest shift of one
-logit that flips the deployment's label is as small as the floor allows. Per model and
+(:func:`veriprint.refine.tighten`) then moves each end to where a shift of one logit as
+small as the floor allows flips the deployment's label, whichever of the label's and the
+runner-up's logits moves. Per model and
 precision, three fingerprints of the same config (the deployments benchmark's: bag 120,
 100 steps, 8 queries plus class coverage, fixed floor):
 
