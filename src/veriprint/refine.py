@@ -627,12 +627,16 @@ def output_bias(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind = "
     return None
 
 
+def _top2(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's label and runner-up in logits ``z``."""
+    lab = z.argmax(dim=1)
+    return lab, z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+
+
 def _label_runner(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's label and runner-up under ``model``, on the CPU."""
     with torch.no_grad():
-        z = as_logits(model(x), model_outputs).cpu()
-    lab = z.argmax(dim=1)
-    return lab, z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
+        return _top2(as_logits(model(x), model_outputs).cpu())
 
 
 def flip_shifts(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
@@ -655,22 +659,15 @@ def flip_shifts(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: floa
     lab, run = _label_runner(model, x, model_outputs)  # bookkeeping on the CPU, the inputs where they are
     out = torch.full((len(x), 2), math.inf, dtype=torch.float64)
     cap = below if below is not None else torch.full((len(x),), math.inf, dtype=torch.float64)
-    for cls in range(bias.numel()):
-        for way, rows, sign in ((0, (run == cls).nonzero().flatten(), 1.0), (1, (lab == cls).nonzero().flatten(), -1.0)):
-            orig = bias.data[cls].clone()
-            try:
-                for k in range(levels):
-                    d = low * 2.0 ** (k - 1)
-                    active = (out[rows, way] == math.inf) & (cap[rows] >= d)
-                    if not bool(active.any()):
-                        break
-                    todo = rows[active]
-                    bias.data[cls] = orig + sign * d
-                    with torch.no_grad():
-                        zk = as_logits(model(x[todo.to(x.device)]), model_outputs).cpu()
-                    out[todo[zk.argmax(dim=1) != lab[todo]], way] = d
-            finally:
-                bias.data[cls] = orig
+    for way, cls, sign in ((0, run, 1.0), (1, lab, -1.0)):
+        for k in range(levels):
+            d = low * 2.0 ** (k - 1)
+            active = (out[:, way] == math.inf) & (cap >= d)  # not flipped yet, and d still below the cap
+            if not bool(active.any()):
+                break
+            shift = torch.full_like(cap, math.inf)
+            shift[active] = d
+            out[_flips_at(model, bias, x, lab, cls, shift, sign, model_outputs), way] = d
     return out
 
 
@@ -694,13 +691,15 @@ def _either_way(shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _flips_at(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, lab: torch.Tensor, cls: torch.Tensor,
               shift: torch.Tensor, sign: float, model_outputs: OutputKind) -> torch.Tensor:
     """Whether each row's label ``lab`` changes when logit ``cls`` of that row is moved by
-    ``sign * shift`` through the output bias (one pass per class and shift; restored after)."""
+    ``sign * shift`` through the output bias ``bias`` (one pass per class and shift, over
+    the rows that have them; restored after). Rows with an infinite shift are not tried."""
     out = torch.zeros(len(x), dtype=torch.bool)
-    for c in cls.unique().tolist():
+    tried = torch.isfinite(shift)
+    for c in cls[tried].unique().tolist():
         orig = bias.data[c].clone()
         try:
-            for d in shift[cls == c].unique().tolist():
-                rows = ((cls == c) & (shift == d)).nonzero().flatten()
+            for d in shift[tried & (cls == c)].unique().tolist():
+                rows = (tried & (cls == c) & (shift == d)).nonzero().flatten()
                 bias.data[c] = orig + sign * d
                 with torch.no_grad():
                     z = as_logits(model(x[rows.to(x.device)]), model_outputs).cpu()
@@ -797,13 +796,10 @@ def tighten(
         cap = best.repeat_interleave(k)
         screen = rows[torch.isfinite(cap[rows])]
         if len(screen):  # a move can only be kept if both ways flip at the end's current shift: one pass each
-            zs = zc[screen]
-            lab_s = zs.argmax(dim=1)
-            run_s = zs.scatter(1, lab_s.view(-1, 1), float("-inf")).argmax(dim=1)
-            both = (_flips_at(served, bias, flat_c[screen.to(flat_c.device)], lab_s, run_s, cap[screen], 1.0,
-                              model_outputs)
-                    & _flips_at(served, bias, flat_c[screen.to(flat_c.device)], lab_s, lab_s, cap[screen], -1.0,
-                                model_outputs))
+            lab_s, run_s = _top2(zc[screen])
+            xs = flat_c[screen.to(flat_c.device)]
+            both = (_flips_at(served, bias, xs, lab_s, run_s, cap[screen], 1.0, model_outputs)
+                    & _flips_at(served, bias, xs, lab_s, lab_s, cap[screen], -1.0, model_outputs))
             rows = torch.cat([rows[~torch.isfinite(cap[rows])], screen[both]]).sort().values
         if len(rows):
             shifts[rows] = flip_shifts(served, bias, flat_c[rows.to(flat_c.device)], low, model_outputs=model_outputs,
