@@ -31,7 +31,7 @@ from veriprint.errors import ConfigError
 from veriprint.targets.base import OutputForm, QueryBatch, Target
 
 __all__ = ["Policy", "PolicyInfo", "Provider", "calibrate", "list_policies", "make_policy", "margins",
-           "register_policy", "routed_share", "softmax"]
+           "register_policy", "routed_share", "served_logits", "softmax"]
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -47,7 +47,7 @@ def margins(z: np.ndarray) -> np.ndarray:
     if z.shape[1] < 2:
         return np.full(len(z), np.inf)
     part = np.partition(z, -2, axis=1)
-    return part[:, -1] - part[:, -2]  # type: ignore[no-any-return]
+    return part[:, -1] - part[:, -2]
 
 
 class Policy:
@@ -66,6 +66,12 @@ class Policy:
 
     name: ClassVar[str] = "policy"
     threshold: float = float("inf")
+    model: nn.Module | None = None
+
+    def bind(self, model: nn.Module) -> Policy:
+        """Give the policy the provider's served copy (detectors that run it again need it)."""
+        self.model = model
+        return self
 
     def score(self, x: np.ndarray, served: np.ndarray) -> np.ndarray:
         """Suspicion of each row (float ``(N,)``); ``served`` is the served copy's logits."""
@@ -128,7 +134,7 @@ def make_policy(name: str, **options: Any) -> Policy:
     return infos[name].cls(**options)
 
 
-def _logits(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+def served_logits(model: nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for lo in range(0, len(x), batch):
@@ -158,7 +164,7 @@ class Provider(Target):
             raise ConfigError(f"expected a provider output among logits, probs, labels, got {output!r}")
         self.intact = intact.eval()
         self.served = (served or intact).eval()
-        self.policy = policy
+        self.policy = None if policy is None else policy.bind(self.served)
         self.output = output
         self.max_batch = max_batch
         self.swapped = swapped
@@ -173,11 +179,11 @@ class Provider(Target):
 
     def _answer(self, batch: QueryBatch) -> np.ndarray:
         x = np.asarray(batch.x, np.float32)
-        intact = _logits(self.intact, x)
+        intact = served_logits(self.intact, x)
         if not self.swapped:
             z, honest = intact, True
         else:
-            served = _logits(self.served, x)
+            served = served_logits(self.served, x)
             mask = np.zeros(len(x), bool) if self.policy is None else np.asarray(self.policy.route(x, served), bool)
             if mask.shape != (len(x),):
                 raise ConfigError(f"policy {self.policy}: expected {len(x)} routing flags, got {mask.shape}")
@@ -208,6 +214,7 @@ def calibrate(policy: Policy, natural: np.ndarray, served: nn.Module, rate: floa
     """Set a score policy's threshold so that it flags ``rate`` of ``natural`` (served copy's scores)."""
     if not 0 <= rate <= 1:
         raise ConfigError(f"expected a flag rate in [0, 1], got {rate}")
-    s = policy.score(np.asarray(natural, np.float32), _logits(served, np.asarray(natural, np.float32)))
+    policy.bind(served)
+    s = policy.score(np.asarray(natural, np.float32), served_logits(served, np.asarray(natural, np.float32)))
     policy.threshold = float("inf") if rate == 0 else float(np.quantile(s, 1 - rate, method="higher"))
     return policy
