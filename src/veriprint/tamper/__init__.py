@@ -12,7 +12,8 @@ Attacks, by family (one module each):
   modification), ``adversarial-finetune`` (Table 6);
 * BIVBench (ACM MM 2024): ``finetune`` (all or last layers), ``freeze-tune``,
   ``retrain-last``, ``distill``, ``fine-prune``, ``transfer``, ``unlearn``,
-  ``class-degrade``, ``clean-label``, ``badnets``.
+  ``class-degrade``, ``clean-label``, ``badnets``;
+* subtle: ``weight-noise``, ``bn-recalibrate`` (BatchNorm statistics re-estimated).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from veriprint._callable import callable_module as _callable_module
 from veriprint.tamper.adaptive import AdversarialFineTuneConfig
 from veriprint.tamper.backdoor import BadNetsConfig, CleanLabelConfig
+from veriprint.tamper.batchnorm import BnRecalibrateConfig
 from veriprint.tamper.base import (
     AttackInfo,
     TamperReport,
@@ -48,6 +50,7 @@ __all__ = [
     "AdversarialFineTuneConfig",
     "AttackInfo",
     "BadNetsConfig",
+    "BnRecalibrateConfig",
     "CastConfig",
     "ClassDegradeConfig",
     "CleanLabelConfig",
