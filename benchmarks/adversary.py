@@ -107,7 +107,7 @@ def tampered_copies(model: nn.Module, train: Dataset, test: Dataset, quick: bool
         tamper,
     )
 
-    side = int(math.isqrt(int(np.prod(train.x.shape[1:])))) if train.x.ndim == 2 else int(train.x.shape[-1])
+    side = math.isqrt(int(np.prod(train.x.shape[1:]))) if train.x.ndim == 2 else int(train.x.shape[-1])
     steps = 40 if quick else 200
     cases: list[tuple[str, Any]] = [
         ("8-bit quantization", QuantizeConfig(bits=8, granularity="channel")),

@@ -21,7 +21,6 @@ from __future__ import annotations
 from veriprint._callable import callable_module as _callable_module
 from veriprint.tamper.adaptive import AdversarialFineTuneConfig
 from veriprint.tamper.backdoor import BadNetsConfig, CleanLabelConfig
-from veriprint.tamper.batchnorm import BnRecalibrateConfig
 from veriprint.tamper.base import (
     AttackInfo,
     TamperReport,
@@ -32,6 +31,7 @@ from veriprint.tamper.base import (
     register,
     tamper,
 )
+from veriprint.tamper.batchnorm import BnRecalibrateConfig
 from veriprint.tamper.finetune import (
     DistillConfig,
     FineTuneConfig,
