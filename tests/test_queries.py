@@ -134,3 +134,34 @@ def test_bn_recalibration_changes_statistics_only() -> None:
         tamper(digits_mlp(), BnRecalibrateConfig(), data=Dataset(torch.rand(64, 64), torch.zeros(64, dtype=torch.long)),
                progress=False)
     assert np.isfinite(res.report.clean_accuracy_after)
+
+
+def test_cli_decoys_differ_between_runs_unless_seeded(tmp_path: Path, digits_fingerprint: object,
+                                                      digits_model: torch.nn.Module,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from veriprint.cli.main import main
+    from veriprint.fingerprint import Fingerprint
+    from veriprint.models import save_weights
+    from veriprint.targets.decoys import DecoyTarget
+
+    assert isinstance(digits_fingerprint, Fingerprint)
+    digits_fingerprint.save(tmp_path / "fp.vpf")
+    save_weights(digits_model, tmp_path / "w.safetensors")
+    sent: list[bytes] = []
+    real = DecoyTarget.query
+
+    def record(self: DecoyTarget, batch):  # type: ignore[no-untyped-def]
+        out = real(self, batch)
+        sent.append(self._rng.bit_generator.state["state"]["state"].to_bytes(16, "big"))
+        return out
+
+    monkeypatch.setattr(DecoyTarget, "query", record)
+    args = ["verify", str(tmp_path / "fp.vpf"), "--target", "veriprint.zoo:digits_mlp", "--weights",
+            str(tmp_path / "w.safetensors"), "--decoys", "8", "--decoy-data", "digits"]
+    for _ in range(2):
+        assert main(args) == 0
+    assert len(sent) == 2 and sent[0] != sent[1]  # a new mix on every run
+    sent.clear()
+    for _ in range(2):
+        assert main([*args, "--decoy-seed", "5"]) == 0
+    assert len(sent) == 2 and sent[0] == sent[1]  # repeatable only when asked

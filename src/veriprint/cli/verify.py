@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 
 from veriprint.cli.common import add_target_arguments, same_file, target_options, write_report
@@ -23,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="natural decoy queries to mix among the fingerprint's (needs --decoy-data)")
     p.add_argument("--decoy-data", default=None,
                    help="natural inputs to draw decoys from: fashion-mnist, mnist-5k, digits or an .npz file")
+    p.add_argument("--decoy-seed", type=int, default=None,
+                   help="seed of the decoys' choice and order (default: drawn from the OS on every run, so "
+                        "repeated checks never send the same mix)")
     p.add_argument("--report", default=None, help="write the full JSON report here")
     p.add_argument("--pubkey", default=None, help="Ed25519 public key the fingerprint must be signed with")
 
@@ -56,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         fp = Fingerprint.load(args.fingerprint, pubkey=args.pubkey)
         try:
             inner = open_target(args.target, **options)
-            target = DecoyTarget.from_dataset(inner, load_data(args.decoy_data), ratio=args.decoys / len(fp))
+            seed = args.decoy_seed if args.decoy_seed is not None else secrets.randbits(63)
+            target = DecoyTarget.from_dataset(inner, load_data(args.decoy_data), ratio=args.decoys / len(fp),
+                                              seed=seed)
         except Exception as e:
             print(f"error: could not set up decoys: {type(e).__name__}: {redact(str(e))}", file=sys.stderr)
             return 2
