@@ -273,6 +273,43 @@ def frontier(model: nn.Module, served: nn.Module, way: Way, natural: np.ndarray,
     return out
 
 
+def hiding_bound(model: nn.Module, served: nn.Module, way: Way, natural: np.ndarray) -> dict[str, float]:
+    """What a margin router needs to hide a tamper from every top1 query.
+
+    A query flips from intact label i to served label j only if the served copy's margin
+    m' <= (z'_j - z_j) - (z'_i - z_i) <= 2 max_k |z'_k - z_k|: a router that answers every
+    row whose served margin is at most twice the largest logit change from the intact copy
+    never lets a flip through. The largest change over the fresh boundary queries and over
+    natural traffic, and the share of natural traffic at or below twice each: the
+    provider's cost of hiding this tamper from such queries.
+    """
+    xs = np.concatenate([fp.samples.numpy() for fp in way.checks])
+    d_q = float(np.abs(served_logits(served, xs) - served_logits(model, xs)).max())
+    d_n = float(np.abs(served_logits(served, natural) - served_logits(model, natural)).max())
+    m = margins(served_logits(served, natural))
+    return {"delta_queries": d_q, "delta_natural": d_n, "cost_queries": float((m <= 2 * d_q).mean()),
+            "cost_natural": float((m <= 2 * d_n).mean())}
+
+
+def lite2_cost(per_check: int, steps: int) -> dict[str, Any]:
+    """Seconds to make one fresh check of EfficientNet-Lite2 (boundary and natural kinds)."""
+    from veriprint.data import load_data
+    from veriprint.zoo import efficientnet_lite2
+
+    model = efficientnet_lite2().eval()
+    data = load_data("imagenet-samples:260")
+    out: dict[str, Any] = {"per_check": per_check, "steps": steps, "inputs": len(data.x)}
+    for kind in ("boundary", "natural"):
+        fq = FreshQueries(model, data, SECRET, FreshConfig(kind=kind, per_check=per_check,  # type: ignore[arg-type]
+                                                            horizon_checks=1, seeds_per_check=len(data.x),
+                                                            steps=steps, budget="10min"), name="lite2")
+        t0 = time.perf_counter()
+        fp = fq.make(0)
+        out[kind] = {"seconds": round(time.perf_counter() - t0, 1), "queries": len(fp)}
+        log(f"Lite2 fresh {kind}: {out[kind]}")
+    return out
+
+
 def attacker_detector(model: nn.Module, attacker: Dataset, natural: np.ndarray, quick: bool) -> LearnedDetector:
     """The provider's own detector: veriprint samples it made from its own inputs, against natural ones."""
     from veriprint.generate import GenerationConfig
@@ -392,6 +429,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for wn in ("default", "fresh boundary", "fresh natural (probs)")}
         result.setdefault("frontier", {})[tname] = {
             wn: frontier(model, served, fresh[wn], traffic, args.honest) for wn in ("fresh boundary", "fresh twins")}
+        result.setdefault("bound", {})[tname] = hiding_bound(model, served, fresh["fresh boundary"], traffic)
         log(f"  {tname}: {time.perf_counter() - t0:.1f} s")
     result["roc"] = detector_rocs(model, ways, traffic, detector)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -479,6 +517,20 @@ def render_model(res: dict[str, Any], png: Path | None) -> str:
     costs = [float(np.mean([res["frontier"][t]["fresh boundary"][i]["cost"] for t in res["tampers"]]))
              for i in range(len(qs))]
     lines.append("| provider cost | " + " | ".join(f"{100 * c:.2f}%" for c in costs) + " |")
+    if "bound" in res:
+        lines.append("")
+        lines.append("What hiding each tampered copy from every top1 query takes (a flip needs the served margin to be "
+                     "at most twice the largest logit change, so a router at that threshold lets none through): the "
+                     "largest logit change over the fresh boundary queries and over natural traffic, and the share "
+                     "of natural traffic such a router answers from the intact copy:")
+        lines.append("")
+        lines.append("| tampered copy | largest change, queries | cost to hide from them | largest change, natural | "
+                     "cost to hide from natural inputs |")
+        lines.append("|---|---|---|---|---|")
+        for t in res["tampers"]:
+            b = res["bound"][t]
+            lines.append(f"| {t} | {b['delta_queries']:.3g} | {100 * b['cost_queries']:.2f}% | {b['delta_natural']:.3g} | "
+                         f"{100 * b['cost_natural']:.2f}% |")
     half = _evade_half_cost(res)
     lines.append("")
     lines.append(f"To evade half the tampered copies under top1 (fresh boundary checks) the margin router must answer "
@@ -575,8 +627,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="folder for one JSON file per model")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report (default: stdout)")
     ap.add_argument("--render", nargs="*", type=Path, default=None, help="render stored JSON runs only")
+    ap.add_argument("--lite2-cost", action="store_true",
+                    help="only time one fresh check of EfficientNet-Lite2 (JSON to stdout)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
+    if args.lite2_cost:
+        print(json.dumps(lite2_cost(8, 10 if args.quick else 50), indent=1))
+        return 0
     if args.render:
         results = [json.loads(p.read_text()) for p in args.render]
         command = results[0].get("command", "python -m benchmarks.adversary")
