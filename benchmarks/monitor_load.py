@@ -82,6 +82,7 @@ def run(endpoints: int = 100, seconds: float = 60.0, interval: float = 1.0, conc
         work / "monitor.toml", database=f"sqlite:///{db}", concurrency=concurrency,
         defaults={"fingerprint": path, "pubkey": pub, "interval": interval, "jitter": interval * 0.9,
                   "pairs_per_check": 2, "pool_warn_checks": 0, "spec": "top1",
+                  "on_pool_exhausted": "wrap",  # a load test of the scheduler: repeats are fine here
                   "options": {"timeout": "10s", "retries": 0}},
         endpoints=[{"name": f"e{i:03d}", "target": t} for i, t in enumerate(targets)])
     log = work / "monitor.log"

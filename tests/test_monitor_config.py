@@ -29,7 +29,7 @@ def doc(**endpoint: Any) -> dict[str, Any]:
 def test_a_minimal_config_gets_the_documented_defaults(files: Path) -> None:
     cfg = parse_config(doc(), base=files)
     e = cfg.endpoints[0]
-    assert (e.interval, e.jitter_s, e.spec, e.pairs_per_check, e.on_pool_exhausted) == (3600, 360, "top1", 4, "wrap")
+    assert (e.interval, e.jitter_s, e.spec, e.pairs_per_check, e.on_pool_exhausted) == (3600, 360, "top1", 4, "refuse")
     assert e.fingerprint == str(files / "fp.vpf")
     assert cfg.database == f"sqlite:///{files / 'veriprint-monitor.db'}"
     assert (cfg.host, cfg.port, cfg.concurrency) == ("127.0.0.1", 9108, 8)

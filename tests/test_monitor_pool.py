@@ -27,7 +27,7 @@ def test_units_are_the_stored_twin_pairs() -> None:
 
 def test_consecutive_checks_do_not_repeat_queries_until_the_pool_is_spent() -> None:
     _, _, fp = pool_files()
-    pool = Pool(fp, per_check=4)
+    pool = Pool(fp, per_check=4, on_exhausted="wrap")
     assert pool.rotates and pool.checks_per_cycle == 3
     cycle, pos, seen = 0, 0, []
     draws = []

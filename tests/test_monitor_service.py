@@ -30,7 +30,7 @@ def test_service_checks_alerts_and_serves_metrics(tmp_path: Path) -> None:
     cfg_path = write_config(
         tmp_path / "monitor.toml", database=f"sqlite:///{tmp_path / 'm.db'}",
         defaults={"fingerprint": path, "pubkey": pub, "interval": 1, "jitter": 0, "pairs_per_check": 2,
-                  "pool_warn_checks": 2, "inconclusive_alert_after": 2, "spec": "probs",
+                  "pool_warn_checks": 2, "on_pool_exhausted": "wrap", "inconclusive_alert_after": 2, "spec": "probs",
                   "options": {"timeout": "5s", "retries": 0}},
         alerts=[{"name": "hook", "url": hook.url, "backoff": "100ms"},
                 {"name": "slack", "url": slack.url, "format": "slack", "backoff": "100ms"}],

@@ -16,7 +16,7 @@ def test_migrations_create_exactly_the_models(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")
     with store.engine.connect() as c:
         assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
-        assert MigrationContext.configure(c).get_current_revision() == "0001"
+        assert MigrationContext.configure(c).get_current_revision() == "0002"
     assert set(inspect(store.engine).get_table_names()) >= {"checks", "attempts", "alerts", "alert_attempts"}
     Store(f"sqlite:///{tmp_path / 'm.db'}")  # upgrading an up-to-date database is a no-op
 

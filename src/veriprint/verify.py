@@ -36,7 +36,7 @@ from veriprint.specs import OutputSpec, parse_spec
 from veriprint.targets import QueryBatch, Target, TargetError, open_target
 from veriprint.targets.contract import check_output
 
-__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "verify"]
+__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "merge_reports", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,58 @@ def verify(
     within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
     return report("INTACT", f"all {n} samples match the intact model{within}", compared, 0, amb, results,
                   name, decoys, sent)
+
+
+def merge_reports(parts: list[tuple[VerificationReport, list[int]]]) -> VerificationReport:
+    """One report for a check sent as several requests, by the same rules as one request.
+
+    Args:
+        parts: each request's report with the positions (in the whole check) of the
+            samples it carried, in the order of its ``samples``.
+
+    TAMPERED when any request saw a mismatch; INCONCLUSIVE when any request could not
+    compare all its samples, or every sample of the check was within noise of a decision;
+    INTACT only when every sample of every request was compared and matched.
+    """
+    if not parts:
+        raise ConfigError("expected the reports of at least one request, got none")
+    first = parts[0][0]
+    n = sum(len(idx) for _, idx in parts)
+    samples: list[SampleResult | None] = [None] * n
+    for rep, idx in parts:
+        if len(rep.samples) != len(idx):
+            raise ConfigError(f"expected a report of {len(idx)} samples, got {len(rep.samples)}")
+        for s, i in zip(rep.samples, idx, strict=True):
+            samples[i] = SampleResult(i, s.expected, s.observed, s.match, s.ambiguous)
+    if any(s is None for s in samples):
+        raise ConfigError("expected the requests' positions to cover the check once each")
+    reps = [r for r, _ in parts]
+    compared = sum(r.compared for r in reps)
+    mism = sum(r.mismatches for r in reps)
+    amb = sum(r.ambiguous for r in reps)
+    k = len(reps)
+    where = f" over {k} requests" if k > 1 else ""
+    failed = [f"request {j + 1}: {r.reason}" for j, r in enumerate(reps)
+              if r.verdict == "INCONCLUSIVE" and r.compared < len(parts[j][1])]
+    if mism:
+        hit = sum(r.mismatches > 0 for r in reps)
+        verdict: Verdict = "TAMPERED"
+        reason = f"{mism} of {compared} compared samples differ from the intact model" + (
+            f" ({hit} of {k} requests)" if k > 1 else "")
+        if failed:
+            reason += f" (and {failed[0]})"
+    elif failed:
+        verdict, reason = "INCONCLUSIVE", f"only {compared} of {n} samples were compared{where}; {failed[0]}"
+    elif amb == compared:
+        verdict, reason = "INCONCLUSIVE", (f"every one of the {n} samples sits within the noise floor "
+                                           f"({first.tolerance['floor']:.3g}) of a decision, so any answer "
+                                           f"matches: this check cannot tell under spec {first.spec}")
+    else:
+        within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
+        verdict, reason = "INTACT", f"all {n} samples match the intact model{where}{within}"
+    return VerificationReport(verdict, redact(reason), first.spec, first.target, sum(r.queries for r in reps),
+                              sum(r.decoys for r in reps), compared, mism, amb, first.tolerance, first.fingerprint,
+                              [s for s in samples if s is not None], sum(r.seconds for r in reps))
 
 
 callable_module(__name__, "verify")  # ``veriprint.verify`` is this module and this function alike

@@ -2,7 +2,8 @@
 
 It serves any number of models by name from one port (``/v2/models/NAME``), each a
 function from a float32 batch to logits, and can be told per model to fail: answer HTTP
-500, hang (until released), or slow down. A ``hits`` counter records what was asked.
+500, hang (until released), or slow down. A ``hits`` counter records what was asked, and
+``inputs`` each request's rows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class FakeOip:
         self.delay: dict[str, float] = {}
         self.hits: Counter[str] = Counter()
         self.samples: Counter[str] = Counter()
+        self.inputs: dict[str, list[np.ndarray]] = {}
         self.release = threading.Event()
         self.lock = threading.Lock()
         fake = self
@@ -73,6 +75,7 @@ class FakeOip:
                 x = np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
                 with fake.lock:
                     fake.samples[name] += len(x)
+                    fake.inputs.setdefault(name, []).append(x.copy())
                 z = np.asarray(fake.models[name](x), dtype=np.float32)
                 self._send(200, {"model_name": name, "id": req.get("id"), "outputs": [
                     {"name": "logits", "datatype": "FP32", "shape": list(z.shape), "data": z.reshape(-1).tolist()}]})

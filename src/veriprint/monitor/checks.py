@@ -1,11 +1,24 @@
-"""One check of one endpoint: draw from the pool, query the target, store the result.
+"""One check of one endpoint: draw or make its queries, send them, store the result.
 
 :class:`EndpointRuntime` holds what an endpoint needs between checks (its configuration,
-the loaded fingerprint, the pool and the decoy data). :func:`run_check` does one check in
-a given slot: it records the attempt, builds the target (decoys mixed in with a seed fixed
-by the endpoint and slot), calls :func:`veriprint.verify.verify` on the drawn subset, and
-writes the check row with its alerts. It never raises for a target's failure: that is an
-INCONCLUSIVE check like any other.
+the loaded fingerprint and its pool, or the source of fresh checks, the decoy data and the
+owner's secret). :func:`run_check` does one check in a given slot:
+
+1. it takes the check's queries: the next units of the pool, or a check made anew by the
+   fresh source (its position stored with the attempt, so no position is used twice);
+2. it records the attempt, then splits the queries into ``requests_per_check`` requests of
+   keyed sizes, twin halves in different requests (:func:`veriprint.queries.split.split_requests`),
+   and mixes each request with natural decoys never sent before (unless ``repeat``);
+3. it verifies each request (:func:`veriprint.verify.verify`), merges the verdicts, and
+   feeds each request's outcome to the endpoint's sequential test
+   (:mod:`veriprint.monitor.sequential`);
+4. it writes the check row with its alerts.
+
+With a secret (``secret`` in the configuration) every draw of steps 1-2 comes from
+``HMAC(secret, endpoint, slot)``: the owner can reproduce it, the provider cannot predict
+it. Without one they come from the endpoint's name and slot, which anyone who knows the
+algorithm can recompute (a warning says so at start). A check never raises for a target's
+failure: that is an INCONCLUSIVE check like any other.
 """
 
 from __future__ import annotations
@@ -24,9 +37,13 @@ from veriprint.fingerprint import Fingerprint
 from veriprint.monitor.config import EndpointConfig, MonitorConfig
 from veriprint.monitor.db import Store, StoredCheck
 from veriprint.monitor.pool import LARGER_POOL_HINT, Draw, Pool
+from veriprint.monitor.sequential import SequentialParams, SequentialState, update
+from veriprint.queries.keyed import keyed_permutation, keyed_rng
+from veriprint.queries.source import CheckSource
+from veriprint.queries.split import split_requests
 from veriprint.redact import redact
 from veriprint.targets import QueryBatch, Target, open_target
-from veriprint.verify import VerificationReport, verify
+from veriprint.verify import VerificationReport, merge_reports, verify
 
 __all__ = ["CheckOutcome", "EndpointRuntime", "TimedTarget", "jitter_offset", "run_check", "slot_of"]
 
@@ -68,34 +85,61 @@ class TimedTarget(Target):
         self.inner.close()
 
 
+#: Stands in for a secret when none is configured: draws are then predictable (see the module).
+_UNKEYED = b"veriprint-unkeyed-draws-predictable"
+
+
 @dataclass
 class EndpointRuntime:
-    """An endpoint's configuration and what is loaded for it once, at start."""
+    """An endpoint's configuration and what is loaded for it once, at start.
+
+    Exactly one of ``pool`` (a fingerprint's rotation) and ``source`` (fresh checks) is set.
+    """
 
     cfg: EndpointConfig
-    fingerprint: Fingerprint
-    pool: Pool
+    fingerprint: Fingerprint | None
+    pool: Pool | None
     decoy_data: Any = None  # a veriprint.data.Dataset, when decoys are configured
+    source: CheckSource | None = None
+    secret: bytes | None = None
     in_flight: bool = False
     last_slot: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def load(cls, cfg: EndpointConfig, key: str) -> EndpointRuntime:
-        """Load and check the fingerprint (signature of the whole file) and decoy data.
+        """Load and check the fingerprint (signature of the whole file) or the fresh source,
+        the secret and the decoy data.
 
         Raises:
             ValueError: naming ``key`` and what is wrong.
         """
-        try:
-            fp = Fingerprint.load(cfg.fingerprint, pubkey=cfg.pubkey)
-        except Exception as e:
-            raise ValueError(f"{key}.fingerprint: expected a valid fingerprint file, got {cfg.fingerprint}: {e}"
-                             ) from None
-        pool = Pool(fp, cfg.pairs_per_check, cfg.on_pool_exhausted)
-        if not pool.rotates and cfg.pairs_per_check:
-            log.warning("%s: the fingerprint has %d unit(s), not more than pairs_per_check=%d, so every check "
-                        "sends the same queries; %s", cfg.name, pool.size, cfg.pairs_per_check, LARGER_POOL_HINT)
+        secret = None
+        if cfg.secret is not None:
+            from veriprint.queries.keyed import load_secret
+
+            try:
+                secret = load_secret(cfg.secret)
+            except Exception as e:
+                raise ValueError(f"{cfg.secret_key or key + '.secret'}: {e}") from None
+        fp: Fingerprint | None = None
+        pool: Pool | None = None
+        source: CheckSource | None = None
+        shape: tuple[int, ...]
+        if cfg.fresh is not None:
+            source = _fresh_source(cfg, key, secret)
+            shape = tuple(source.data.x.shape[1:])  # type: ignore[attr-defined]
+        else:
+            try:
+                fp = Fingerprint.load(str(cfg.fingerprint), pubkey=cfg.pubkey)
+            except Exception as e:
+                raise ValueError(f"{key}.fingerprint: expected a valid fingerprint file, got {cfg.fingerprint}: {e}"
+                                 ) from None
+            pool = Pool(fp, cfg.pairs_per_check, cfg.on_pool_exhausted, secret=secret)
+            if not pool.rotates and cfg.pairs_per_check:
+                log.warning("%s: the fingerprint has %d unit(s), not more than pairs_per_check=%d, so every check "
+                            "sends the same queries; %s", cfg.name, pool.size, cfg.pairs_per_check, LARGER_POOL_HINT)
+            shape = tuple(fp.samples.shape[1:])
         data = None
         if cfg.decoys is not None:
             from veriprint.data import load_data
@@ -105,15 +149,59 @@ class EndpointRuntime:
             except Exception as e:
                 raise ValueError(f"{key}.decoys.data: expected natural inputs, got {cfg.decoys.data!r}: {e}"
                                  ) from None
-            if tuple(data.x.shape[1:]) != tuple(fp.samples.shape[1:]):
-                raise ValueError(f"{key}.decoys.data: expected inputs of the fingerprint's shape "
-                                 f"{list(fp.samples.shape[1:])}, got {list(data.x.shape[1:])}")
-        return cls(cfg, fp, pool, data)
+            if tuple(data.x.shape[1:]) != shape:
+                raise ValueError(f"{key}.decoys.data: expected inputs of the queries' shape "
+                                 f"{list(shape)}, got {list(data.x.shape[1:])}")
+        if secret is None:
+            log.warning("%s: no secret is configured, so which queries, decoys and request splits each check "
+                        "uses can be recomputed by anyone who knows the endpoint's name; set secret = FILE "
+                        "(e.g. `head -c 32 /dev/urandom > FILE`)", cfg.name)
+        return cls(cfg, fp, pool, data, source, secret)
 
-    def planned_queries(self, draw: Draw) -> int:
-        n = len(draw.indices)
+    @property
+    def key(self) -> bytes:
+        return self.secret if self.secret is not None else _UNKEYED
+
+    @property
+    def source_id(self) -> str:
+        """What the attempts' ``fingerprint_sha256`` column holds: the file's hash, or one
+        naming the fresh source (so its positions are counted apart from any pool's)."""
+        if self.fingerprint is not None:
+            return self.fingerprint.sha256
+        f = self.cfg.fresh
+        assert f is not None
+        text = f"fresh/{self.cfg.name}/{f.model}/{f.weights}/{f.data}/{f.split}/{f.kind}/{f.per_check}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def planned_queries(self, n: int, requests: int) -> int:
+        """Queries a check of ``n`` samples sends as ``requests`` requests, decoys included
+        (at most: every request rounds its decoys up)."""
         ratio = self.cfg.decoys.ratio if self.cfg.decoys is not None else 0.0
-        return n + (math.ceil(ratio * n) if n else 0)
+        return n + (math.ceil(ratio * n) + min(requests, n) if n and ratio else 0)
+
+
+def _fresh_source(cfg: EndpointConfig, key: str, secret: bytes | None) -> CheckSource:
+    from veriprint.data import load_data
+    from veriprint.models import load_model
+    from veriprint.queries.fresh import FreshConfig, FreshQueries
+
+    f = cfg.fresh
+    assert f is not None
+    if secret is None:  # the configuration refuses this; a programmatic config might not
+        raise ValueError(f"{key}.secret: expected a secret for fresh checks, got none")
+    try:
+        model = load_model(f.model, weights=f.weights)
+    except Exception as e:
+        raise ValueError(f"{key}.fresh.model: expected a loadable model, got {f.model!r}: {e}") from None
+    try:
+        data = load_data(f.data, split=f.split)
+    except Exception as e:
+        raise ValueError(f"{key}.fresh.data: expected natural inputs, got {f.data!r}: {e}") from None
+    try:
+        return FreshQueries(model, data, secret, FreshConfig(kind=f.kind, per_check=f.per_check,
+                                                             horizon_checks=f.horizon_checks), name=cfg.name)
+    except Exception as e:
+        raise ValueError(f"{key}.fresh: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -134,6 +222,56 @@ class CheckOutcome:
     skipped: bool = False
 
 
+@dataclass
+class _Plan:
+    """The queries of one check, before any is sent."""
+
+    fp: Fingerprint | None  # the check's fingerprint (None: nothing to send)
+    draw: Draw  # what the attempt records: pool units, or the fresh position as one unit
+    indices: tuple[int, ...]  # the check's samples, as positions in the pool file (fresh: 0..n-1)
+    units: list[tuple[int, ...]]  # the check's units, as positions in ``fp``
+    refused: str = ""  # why nothing may be sent
+    warnings: list[str] = field(default_factory=list)
+
+
+def _plan_pool(rt: EndpointRuntime, store: Store) -> _Plan:
+    cfg, fp, pool = rt.cfg, rt.fingerprint, rt.pool
+    assert fp is not None and pool is not None
+    warnings: list[str] = []
+    cycle, position = store.pool_position(cfg.name, fp.sha256)
+    draw = pool.draw(cycle, position)
+    if draw.refused:
+        return _Plan(None, draw, (), [], refused=(
+            f"query pool exhausted and on_pool_exhausted = 'refuse': no check was sent; {LARGER_POOL_HINT}"))
+    warn_below = cfg.warn_below(pool.checks_per_cycle)
+    if draw.cycle > 0 and pool.rotates:
+        msg = (f"query pool spent: all {pool.size} units were sent; pass {draw.cycle} repeats queries the "
+               f"provider has answered (on_pool_exhausted = 'wrap'), so a provider that replays answers goes "
+               f"unseen; {LARGER_POOL_HINT}, or use fresh checks")
+        log.warning("%s: %s", cfg.name, msg)
+        warnings.append(msg)
+    elif draw.checks_left is not None and draw.checks_left < warn_below:
+        msg = f"query pool low: {draw.checks_left} check(s) left before the pool is spent; {LARGER_POOL_HINT}"
+        log.warning("%s: %s", cfg.name, msg)
+        warnings.append(msg)
+    pos = {i: j for j, i in enumerate(draw.indices)}
+    units = [tuple(pos[i] for i in pool.units[u]) for u in draw.units]
+    return _Plan(fp.subset(draw.indices), draw, draw.indices, units, warnings=warnings)
+
+
+def _plan_fresh(rt: EndpointRuntime, store: Store) -> tuple[Draw, str]:
+    """The fresh position this check takes, or why none is left."""
+    src = rt.source
+    assert src is not None
+    _, position = store.pool_position(rt.cfg.name, rt.source_id)
+    left = None if src.checks_available is None else src.checks_available - position - 1
+    if left is not None and left < 0:
+        return Draw(0, position, (), (), checks_left=0, refused=True), (
+            f"fresh checks exhausted: all {src.checks_available} slices of natural seeds were used, and no "
+            "query is ever repeated; give more natural inputs (fresh.data) or a new secret")
+    return Draw(0, position, (position,), (), checks_left=left), ""
+
+
 def _samples(report: VerificationReport, indices: tuple[int, ...], units: dict[int, int]) -> list[dict[str, Any]]:
     out = []
     for s in report.samples:
@@ -146,6 +284,29 @@ def _samples(report: VerificationReport, indices: tuple[int, ...], units: dict[i
 
 def _round(v: list[float]) -> list[float]:
     return [float(f"{x:.6g}") if math.isfinite(x) else float("nan") for x in v]
+
+
+def _decoy_pool(rt: EndpointRuntime, store: Store, need: int, warnings: list[str]) -> Any:
+    """The natural inputs this check mixes in: the next ``need`` of a keyed order of the
+    decoy data that no earlier check sent (a :class:`~veriprint.data.Dataset`, or None)."""
+    from veriprint.data import Dataset
+
+    d, dc = rt.decoy_data, rt.cfg.decoys
+    if d is None or dc is None or need <= 0:
+        return None
+    m = len(d.x)
+    order = keyed_permutation(rt.key, m, "decoy-order", rt.cfg.name)
+    start = store.decoys_sent(rt.cfg.name)
+    if start + need > m and not dc.repeat:
+        if start >= m:
+            msg = (f"decoys spent: all {m} natural decoys were sent once; this check sends none "
+                   "(decoys.repeat = true sends them again)")
+            log.warning("%s: %s", rt.cfg.name, msg)
+            warnings.append(msg)
+            return None
+        need = m - start
+    take = order[(start + np.arange(need)) % m]
+    return Dataset(d.x[take], None, d.domain, d.name)
 
 
 def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConfig, *,
@@ -164,39 +325,37 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
     cfg = rt.cfg
     started = time.time()
     t0 = time.perf_counter()
-    fp = rt.fingerprint
-    warnings: list[str] = []
     if store.has_check(cfg.name, slot):
         return CheckOutcome(cfg.name, slot, "", "already checked in this slot", None, 0.0, 0.0, 0, 0, None, (),
                             skipped=True)
-    cycle, position = store.pool_position(cfg.name, fp.sha256)
-    draw = rt.pool.draw(cycle, position)
-    if draw.wrapped:
-        msg = (f"query pool spent: all {rt.pool.size} units were sent; starting pass {draw.cycle} in a new "
-               f"order, so the provider sees queries again; {LARGER_POOL_HINT}")
-        log.warning("%s: %s", cfg.name, msg)
-        warnings.append(msg)
-    elif draw.checks_left is not None and draw.checks_left < cfg.pool_warn_checks and not draw.refused:
-        msg = f"query pool low: {draw.checks_left} check(s) left before queries repeat; {LARGER_POOL_HINT}"
-        log.warning("%s: %s", cfg.name, msg)
-        warnings.append(msg)
-    planned = rt.planned_queries(draw)
-    budget_note = None
-    if cfg.queries_per_day and not draw.refused:
+    if rt.source is not None:
+        draw, refused = _plan_fresh(rt, store)
+        n_planned = 0 if refused else int(getattr(getattr(rt.source, "cfg", None), "per_check", 16))
+        plan = _Plan(None, draw, (), [], refused=refused)
+    else:
+        plan = _plan_pool(rt, store)
+        draw, n_planned = plan.draw, len(plan.indices)
+    warnings = plan.warnings
+    planned = rt.planned_queries(n_planned, cfg.requests_per_check)
+    budget_note = ""
+    if cfg.queries_per_day and not plan.refused:
         spent = store.queries_since(cfg.name, started - 86400)
         if spent + planned > cfg.queries_per_day:
             budget_note = (f"query budget spent: {spent} of {cfg.queries_per_day} queries in the last 24 h, "
                            f"this check needs {planned}")
-    sent_units = [] if (draw.refused or budget_note) else list(draw.units)
-    attempt = store.begin(cfg.name, slot, fp.sha256, draw.cycle, draw.start if sent_units else position,
-                          sent_units, planned if sent_units else 0)
+    sending = not (plan.refused or budget_note)
+    sent_units = list(draw.units) if sending else []
+    attempt = store.begin(cfg.name, slot, rt.source_id, draw.cycle, draw.start, sent_units,
+                          planned if sending else 0)
     if attempt is None:
         return CheckOutcome(cfg.name, slot, "", "already checked in this slot", None, 0.0, 0.0, 0, 0,
                             draw.checks_left, (), skipped=True)
     report: VerificationReport | None = None
+    requests: list[dict[str, Any]] = []
+    outcomes: list[bool] = []
     target_s = 0.0
-    if draw.refused:
-        reason = f"query pool exhausted and on_pool_exhausted = 'refuse': no check was sent; {LARGER_POOL_HINT}"
+    if plan.refused:
+        reason = plan.refused
         log.error("%s: %s", cfg.name, reason)
     elif budget_note:
         reason = budget_note
@@ -204,16 +363,44 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
     else:
         timed: TimedTarget | None = None
         try:
-            inner = open_target(cfg.target, **cfg.target_options())
-            timed = TimedTarget(inner)
-            target: Target = timed
-            if cfg.decoys is not None and rt.decoy_data is not None:
-                from veriprint.targets.decoys import DecoyTarget
+            if rt.source is not None:
+                try:
+                    fresh = rt.source.make(draw.start)
+                except Exception as e:
+                    raise _NotMade(f"could not make fresh check {draw.start}: {type(e).__name__}: {e}") from None
+                plan = _Plan(fresh, draw, tuple(range(len(fresh))), fresh.units(), warnings=warnings)
+            assert plan.fp is not None
+            rng = keyed_rng(rt.key, "check", cfg.name, slot)
+            split = split_requests(rng, plan.units, cfg.requests_per_check)
+            decoys = _decoy_pool(rt, store, rt.planned_queries(len(plan.indices), len(split)) - len(plan.indices),
+                                 warnings)
+            timed = TimedTarget(open_target(cfg.target, **cfg.target_options()))
+            parts: list[tuple[VerificationReport, list[int]]] = []
+            used = 0
+            for req in split:
+                target: Target = timed
+                if decoys is not None and cfg.decoys is not None and used < len(decoys.x):
+                    from veriprint.data import Dataset
+                    from veriprint.targets.decoys import DecoyTarget
 
-                seed = int.from_bytes(hashlib.sha256(f"decoys/{cfg.name}/{slot}".encode()).digest()[:8], "big")
-                target = DecoyTarget.from_dataset(timed, rt.decoy_data, ratio=cfg.decoys.ratio, seed=seed)
-            report = verify(fp.subset(draw.indices), target, spec=cfg.spec, max_batch=cfg.max_batch)
+                    k = min(math.ceil(cfg.decoys.ratio * len(req)), len(decoys.x) - used)
+                    if k > 0:
+                        mine = Dataset(decoys.x[used: used + k], None, decoys.domain, decoys.name)
+                        used += k
+                        # ceil(ratio * len(req)) == k exactly, so each decoy is sent once
+                        target = DecoyTarget.from_dataset(timed, mine, ratio=(k - 0.5) / len(req),
+                                                          seed=int(rng.integers(2**63)))
+                rep = verify(plan.fp.subset(req), target, spec=cfg.spec, max_batch=cfg.max_batch)
+                parts.append((rep, req))
+                requests.append({"size": len(req), "decoys": rep.decoys, "verdict": rep.verdict,
+                                 "mismatches": rep.mismatches})
+                if rep.verdict == "TAMPERED" or (rep.verdict == "INTACT" and rep.compared == len(req)):
+                    outcomes.append(rep.verdict == "TAMPERED")
+            report = merge_reports(parts)
             reason = report.reason
+        except _NotMade as e:
+            reason = str(e)
+            log.warning("%s: %s", cfg.name, reason)
         except Exception as e:  # a bad option or a target's own bug: could not check
             reason = f"could not check: {type(e).__name__}: {e}"
             log.warning("%s: %s", cfg.name, reason)
@@ -231,17 +418,42 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
                  cfg.name, slot, verdict)
         return CheckOutcome(cfg.name, slot, verdict, reason, None, duration, target_s, 0, 0, draw.checks_left,
                             tuple(warnings), skipped=True)
-    unit_of = {i: u for u in draw.units for i in rt.pool.units[u]}
+    seq = _sequential(rt, store, outcomes, slot, warnings)
+    unit_of = ({i: u for u in draw.units for i in rt.pool.units[u]} if rt.pool is not None
+               else {i: j for j, unit in enumerate(plan.units) for i in unit})
     row = _row(rt, slot, scheduled_at or started, started, report, verdict, reason, duration, target_s, draw,
-               sent_units, unit_of, warnings)
+               sent_units, plan, unit_of, warnings, requests, seq)
     stored = store.complete(attempt, row, sinks=tuple(s.name for s in monitor.alerts),
                             inconclusive_after=cfg.inconclusive_alert_after,
                             payload=alert_payload(rt, row, monitor))
     if stored is not None:
-        log.info("stored check endpoint=%s slot=%d id=%d verdict=%s queries=%d decoys=%d seconds=%.3f",
-                 cfg.name, slot, stored.id, verdict, row["queries"], row["decoys"], duration)
+        log.info("stored check endpoint=%s slot=%d id=%d verdict=%s queries=%d decoys=%d requests=%d seconds=%.3f",
+                 cfg.name, slot, stored.id, verdict, row["queries"], row["decoys"], len(requests), duration)
     return CheckOutcome(cfg.name, slot, verdict, reason, stored, duration, target_s, row["queries"], row["decoys"],
                         row["pool_checks_left"], tuple(warnings))
+
+
+class _NotMade(Exception):
+    """The fresh source could not make the check's queries."""
+
+
+def _sequential(rt: EndpointRuntime, store: Store, outcomes: list[bool], slot: int,
+                warnings: list[str]) -> dict[str, Any]:
+    """The sequential test after this check's requests (stored with the check)."""
+    params = SequentialParams(rt.cfg.false_mismatch_rate, rt.cfg.alpha)
+    state = SequentialState.from_dict(store.sequential_state(rt.cfg.name), params)
+    state, crossed = update(state, outcomes, params, slot=slot)
+    if crossed:
+        share = state.share
+        msg = (f"sequential test: evidence {state.evidence:.3g} >= 1/alpha = {params.threshold:g} after "
+               f"{state.mismatched} mismatching of {state.requests} requests: the endpoint is not answering "
+               f"from the intact model (false alarm chance <= {params.alpha:g} over all checks, if an intact "
+               f"request mismatches at most {params.p0:g} of the time)"
+               + (f"; share of requests answered otherwise: {share:.1%} (>= {state.share_lower:.1%} at 95%)"
+                  if share is not None else ""))
+        log.error("%s: %s", rt.cfg.name, msg)
+        warnings.append(msg)
+    return state.to_dict() | {"evidence": state.evidence, "share": state.share, "share_lower": state.share_lower}
 
 
 def record_timeout(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConfig, attempt_started: float,
@@ -258,36 +470,42 @@ def record_timeout(rt: EndpointRuntime, slot: int, store: Store, monitor: Monito
     if a is None:
         return None
     units = list(a.pool_units)
-    indices = tuple(i for u in units for i in rt.pool.units[u]) if units else ()
+    indices = (tuple(i for u in units for i in rt.pool.units[u]) if units and rt.pool is not None else ())
     draw = Draw(a.pool_cycle, a.pool_start, tuple(units), indices, checks_left=None)
+    plan = _Plan(None, draw, indices, [])
     reason = f"the check took longer than check_timeout = {cfg.check_timeout:g} s"
     row = _row(rt, slot, scheduled_at, attempt_started, None, "INCONCLUSIVE", reason,
-               time.time() - attempt_started, 0.0, draw, units, {}, [])
+               time.time() - attempt_started, 0.0, draw, units, plan, {}, [], [], None)
     row["queries"] = a.planned_queries  # what may have been sent
     return store.complete(a.id, row, sinks=tuple(s.name for s in monitor.alerts),
                           inconclusive_after=cfg.inconclusive_alert_after, payload=alert_payload(rt, row, monitor))
 
 
 def _row(rt: EndpointRuntime, slot: int, scheduled_at: float, started: float, report: VerificationReport | None,
-         verdict: str, reason: str, duration: float, target_s: float, draw: Draw, units: list[int],
-         unit_of: dict[int, int], warnings: list[str]) -> dict[str, Any]:
-    fp = rt.fingerprint
-    noise = fp.noise
+         verdict: str, reason: str, duration: float, target_s: float, draw: Draw, units: list[int], plan: _Plan,
+         unit_of: dict[int, int], warnings: list[str], requests: list[dict[str, Any]],
+         sequential: dict[str, Any] | None) -> dict[str, Any]:
+    fp = plan.fp if plan.fp is not None else rt.fingerprint
+    noise = fp.noise if fp is not None else None
+    fresh = rt.source is not None
     return {
         "endpoint": rt.cfg.name, "slot": slot, "scheduled_at": scheduled_at, "started_at": started,
         "finished_at": time.time(), "target": rt.cfg.shown_target, "spec": rt.cfg.spec,
-        "fingerprint_sha256": fp.sha256, "signature": fp.signature,
-        "model_hash": str(fp.meta.get("model_hash", ""))[:128], "verdict": verdict, "reason": redact(reason)[:4000],
+        "fingerprint_sha256": rt.source_id if fresh or fp is None else fp.sha256,
+        "signature": "" if fresh or fp is None else fp.signature,
+        "model_hash": "" if fp is None else str(fp.meta.get("model_hash", ""))[:128], "verdict": verdict,
+        "reason": redact(reason)[:4000],
         "queries": report.queries if report else 0, "decoys": report.decoys if report else 0,
         "compared": report.compared if report else 0, "mismatches": report.mismatches if report else 0,
         "ambiguous": report.ambiguous if report else 0, "duration_s": duration, "target_s": target_s,
         "pool_cycle": draw.cycle, "pool_start": draw.start, "pool_units": units,
         "pool_checks_left": draw.checks_left if units else (0 if draw.refused else draw.checks_left),
-        "sample_indices": list(draw.indices) if units else [],
-        "samples": _samples(report, draw.indices, unit_of) if report else [],
+        "sample_indices": list(plan.indices) if units else [],
+        "samples": _samples(report, plan.indices, unit_of) if report else [],
         "tolerance": dict(report.tolerance) if report else
-        {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance},
-        "warnings": warnings,
+        ({"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance} if noise else {}),
+        "warnings": warnings, "source": "fresh" if fresh else "pool", "requests": requests,
+        "sequential": sequential,
     }
 
 
@@ -299,5 +517,7 @@ def alert_payload(rt: EndpointRuntime, row: dict[str, Any], monitor: MonitorConf
         "reason": row["reason"], "slot": row["slot"], "time": row["finished_at"],
         "fingerprint_sha256": row["fingerprint_sha256"], "signature": row["signature"], "spec": row["spec"],
         "mismatches": row["mismatches"], "compared": row["compared"],
+        "evidence": (row.get("sequential") or {}).get("evidence"),
+        "routed_share_lower": (row.get("sequential") or {}).get("share_lower"),
         "dashboard": f"{base}/endpoints/{rt.cfg.name}" if base else "",
     }

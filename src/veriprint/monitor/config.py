@@ -4,6 +4,7 @@ Layout (every key is optional unless marked required)::
 
     [monitor]
     database = "sqlite:///monitor.db"    # or database_env = "VAR" holding a PostgreSQL URL
+    secret = "schedule.key"               # or secret_env = "VAR" holding its path: keys every draw
     listen = "127.0.0.1:9108"             # dashboard and /metrics
     concurrency = 8                       # checks in flight at once, all endpoints together
     public_url = ""                       # dashboard address put in alerts (default: none)
@@ -25,8 +26,10 @@ Layout (every key is optional unless marked required)::
     interval = "1h"
     jitter = "5m"
     pairs_per_check = 4                   # twin pairs per check; 0: the whole fingerprint
+    requests_per_check = 4                # each check goes out as this many requests
     [endpoints.options]                   # target options: timeout, retries, auth_env, ...
-    [endpoints.decoys]                    # data = "fashion-mnist", ratio = 1.0
+    [endpoints.decoys]                    # data = "fashion-mnist", ratio = 1.0, repeat = false
+    [endpoints.fresh]                     # instead of a fingerprint: model = "pkg.mod:factory", data = ...
 
 A mistake raises :class:`ConfigError` naming the key, what was expected and what came.
 Secrets never appear in the file: auth values, webhook URLs that embed a token and database
@@ -53,6 +56,7 @@ __all__ = [
     "ConfigError",
     "DecoyConfig",
     "EndpointConfig",
+    "FreshSourceConfig",
     "MonitorConfig",
     "load_config",
     "parse_config",
@@ -117,11 +121,39 @@ class DecoyConfig:
         data: a built-in data set name or an ``.npz`` file (see :func:`veriprint.data.load_data`).
         split: its split (default ``"test"``).
         ratio: decoys per fingerprint sample (default 1.0).
+        repeat: once every decoy of the pool was sent, start over (default False: decoys
+            stop, with a warning, rather than repeat).
     """
 
     data: str
     split: str = "test"
     ratio: float = 1.0
+    repeat: bool = False
+
+
+@dataclass(frozen=True)
+class FreshSourceConfig:
+    """Queries made anew for each check from the owner's model and natural inputs.
+
+    Attributes:
+        model: the owner's model, a source :func:`veriprint.models.load_model` takes.
+        weights: its weights file, if the source is a factory (default none).
+        data: the natural seeds, a data set :func:`veriprint.data.load_data` takes.
+        split: its split (default ``"test"``).
+        kind: ``"boundary"`` (default), ``"twins"`` or ``"natural"`` (see :mod:`veriprint.queries.fresh`).
+        per_check: queries per check (default 16).
+        horizon: seconds the seed supply must last at the endpoint's interval (default 30 days).
+        horizon_checks: ``horizon`` in checks (at least 1).
+    """
+
+    model: str
+    data: str
+    weights: str | None = None
+    split: str = "test"
+    kind: Literal["boundary", "twins", "natural"] = "boundary"
+    per_check: int = 16
+    horizon: float = 30 * 86400.0
+    horizon_checks: int = 720
 
 
 @dataclass(frozen=True)
@@ -131,7 +163,7 @@ class EndpointConfig:
     Attributes:
         name: unique name (metric label, URL path): letters, digits, ``.``, ``_``, ``-``.
         target: the model's URL (or any target :func:`veriprint.targets.open_target` takes).
-        fingerprint: the ``.vpf`` file (absolute path after loading).
+        fingerprint: the ``.vpf`` file (absolute path after loading); None for a fresh endpoint.
         pubkey: Ed25519 public key the file must be signed with (None: unsigned accepted).
         spec: what the API reveals (default ``"top1"``).
         interval: seconds between scheduled checks (default 3600).
@@ -142,18 +174,28 @@ class EndpointConfig:
         max_batch: most samples per query batch (default: the target's own limit).
         pairs_per_check: twin pairs (or single samples of an unpaired fingerprint) each
             check spends from the pool; 0 spends the whole fingerprint every time (default 4).
-        pool_warn_checks: warn when fewer checks than this remain in the pool (default 24).
-        on_pool_exhausted: ``"wrap"`` (default: start over in a new shuffled order, with a
-            warning) or ``"refuse"`` (record INCONCLUSIVE until a larger pool is given).
+        requests_per_check: requests each check's mixed batch is split into, of keyed random
+            sizes (default 4; fewer when the check has fewer samples).
+        pool_warn_checks: warn when fewer checks than this remain in the pool (default None:
+            ``max(1, checks_per_cycle // 4)``).
+        on_pool_exhausted: ``"refuse"`` (default: record INCONCLUSIVE until a larger pool is
+            given) or ``"wrap"`` (start over in a new shuffled order, warning on every check
+            of a repeated pass).
         queries_per_day: query budget over any 24 hours, decoys included (0: none).
         inconclusive_alert_after: alert after this many INCONCLUSIVE checks in a row (default 3).
         options: target options (``timeout``, ``retries``, ``auth_env``, ``datatype``, ...).
         decoys: natural decoys to mix in, or None.
+        fresh: the source of fresh checks, or None (a fingerprint pool).
+        secret: path of the owner's secret keying every random draw, or None.
+        secret_key: the configuration key that named it (for messages).
+        false_mismatch_rate: assumed bound on the chance that a request to the intact model
+            mismatches (the sequential test's ``p0``, default 1e-3).
+        alpha: the sequential test's false alarm bound (default 1e-3).
     """
 
     name: str
     target: str
-    fingerprint: str
+    fingerprint: str | None
     pubkey: str | None = None
     spec: str = "top1"
     interval: float = 3600.0
@@ -161,12 +203,24 @@ class EndpointConfig:
     check_timeout: float = 120.0
     max_batch: int | None = None
     pairs_per_check: int = 4
-    pool_warn_checks: int = 24
-    on_pool_exhausted: Literal["wrap", "refuse"] = "wrap"
+    requests_per_check: int = 4
+    pool_warn_checks: int | None = None
+    on_pool_exhausted: Literal["wrap", "refuse"] = "refuse"
     queries_per_day: int = 0
     inconclusive_alert_after: int = 3
     options: dict[str, Any] = field(default_factory=dict)
     decoys: DecoyConfig | None = None
+    fresh: FreshSourceConfig | None = None
+    secret: str | None = None
+    secret_key: str = ""
+    false_mismatch_rate: float = 1e-3
+    alpha: float = 1e-3
+
+    def warn_below(self, checks_per_cycle: int) -> int:
+        """Warn when fewer checks than this are left (``pool_warn_checks`` or its default)."""
+        if self.pool_warn_checks is not None:
+            return self.pool_warn_checks
+        return max(1, checks_per_cycle // 4)
 
     @property
     def jitter_s(self) -> float:
@@ -227,6 +281,8 @@ class MonitorConfig:
         listen: ``HOST:PORT`` of the dashboard and ``/metrics`` (default ``127.0.0.1:9108``).
         concurrency: checks in flight at once over all endpoints (default 8).
         public_url: the dashboard's address as people reach it, used in alert links.
+        secret: path of the owner's secret for keyed draws (endpoints may name their own).
+        secret_env: or the environment variable holding that path.
         refresh: seconds between dashboard page reloads (default 30; 0: never).
         endpoints: what to watch.
         alerts: where to send alerts.
@@ -242,6 +298,8 @@ class MonitorConfig:
     public_url: str = ""
     refresh: float = 30.0
     source: str = ""
+    secret: str | None = None
+    secret_env: str | None = None
 
     def database_url(self) -> str:
         if self.database_env:
@@ -351,12 +409,39 @@ def _check_no_password(t: _Table, name: str, url: str, env_key: str) -> None:
 
 
 _ENDPOINT_KEYS = ("name", "target", "fingerprint", "pubkey", "spec", "interval", "jitter", "check_timeout",
-                  "max_batch", "pairs_per_check", "pool_warn_checks", "on_pool_exhausted", "queries_per_day",
-                  "inconclusive_alert_after", "options", "decoys")
+                  "max_batch", "pairs_per_check", "requests_per_check", "pool_warn_checks", "on_pool_exhausted",
+                  "queries_per_day", "inconclusive_alert_after", "options", "decoys", "fresh", "secret",
+                  "secret_env", "false_mismatch_rate", "alpha")
+_BUILTIN_DATA = ("fashion-mnist", "mnist-5k", "digits")
 
 
-def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, Any], check_files: bool
-              ) -> EndpointConfig:
+def _secret(t: _Table, base: Path, check_files: bool, inherited: tuple[str | None, str]) -> tuple[str | None, str]:
+    """``(path, key)`` of the secret named by ``secret`` or ``secret_env`` in ``t``, else ``inherited``.
+
+    Only the path is read here (never the file): messages name the key and the path.
+    """
+    path = t.string("secret")
+    env = _env_name(t, "secret_env")
+    if path is not None and env is not None:
+        raise t.error("secret", "either secret or secret_env", "<both>")
+    if env is not None:
+        value = os.environ.get(env, "")
+        if not value:
+            raise t.error("secret_env", f"environment variable {env} to hold the path of a secret key file",
+                          "<unset or empty>")
+        resolved, key = str(Path(value).resolve()), t.path("secret_env")
+    elif path is not None:
+        resolved, key = str((base / path).resolve()), t.path("secret")
+    else:
+        return inherited
+    if check_files and not Path(resolved).is_file():
+        raise t.error(key.rsplit(".", 1)[-1], "an existing secret key file (e.g. `head -c 32 /dev/urandom > FILE`)",
+                      resolved)
+    return resolved, key
+
+
+def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, Any], check_files: bool,
+              secret: tuple[str | None, str] = (None, "")) -> EndpointConfig:
     if not isinstance(data, dict):
         raise ConfigError(key, "a table", f"<{type(data).__name__}>", source=source)
     merged = {**defaults, **data}
@@ -370,10 +455,15 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
     target = t.string("target", required=True)
     if "://" in target:
         _check_no_password(t, "target", target, "options.auth_env")
-    fingerprint = t.string("fingerprint", required=True)
-    fp_path = (base / fingerprint).resolve()
-    if check_files and not fp_path.is_file():
-        raise t.error("fingerprint", "an existing .vpf file", str(fp_path))
+    fresh_given = t.has("fresh")
+    fingerprint = t.string("fingerprint", required=not fresh_given)
+    if fresh_given and fingerprint is not None:
+        raise t.error("fingerprint", "either fingerprint or a [fresh] table", "<both>")
+    fp_path: Path | None = None
+    if fingerprint is not None:
+        fp_path = (base / fingerprint).resolve()
+        if check_files and not fp_path.is_file():
+            raise t.error("fingerprint", "an existing .vpf file", str(fp_path))
     pubkey = t.string("pubkey")
     pub_path: str | None = None
     if pubkey is not None:
@@ -400,12 +490,20 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
     if max_batch is not None and max_batch < 1:
         raise t.error("max_batch", "an integer >= 1", max_batch)
     pairs = t.integer("pairs_per_check", 4)
-    warn = t.integer("pool_warn_checks", 24)
-    exhausted = t.string("on_pool_exhausted", "wrap")
+    requests = t.integer("requests_per_check", 4, lo=1, hi=1024)
+    warn: int | None = t.integer("pool_warn_checks", 0) if t.has("pool_warn_checks") else None
+    exhausted = t.string("on_pool_exhausted", "refuse")
     if exhausted not in ("wrap", "refuse"):
         raise t.error("on_pool_exhausted", "'wrap' or 'refuse'", exhausted)
     budget = t.integer("queries_per_day", 0)
     after = t.integer("inconclusive_alert_after", 3, lo=1)
+    p0 = t.number("false_mismatch_rate", 1e-3)
+    if not 0 < p0 < 0.5:
+        raise t.error("false_mismatch_rate", "a number in (0, 0.5)", p0)
+    alpha = t.number("alpha", 1e-3)
+    if not 0 < alpha < 1:
+        raise t.error("alpha", "a number in (0, 1)", alpha)
+    secret_path, secret_key = _secret(t, base, check_files, secret)
     options: dict[str, Any] = {}
     ot = t.table("options")
     if ot is not None:
@@ -435,24 +533,77 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
     decoys = None
     dt = t.table("decoys")
     if dt is not None:
-        dt.known = "data, split, ratio"
-        data_name = dt.string("data", required=True)
-        if data_name not in ("fashion-mnist", "mnist-5k", "digits"):
-            p = (base / data_name).resolve()
-            if check_files and not p.exists():
-                raise dt.error("data", "fashion-mnist, mnist-5k, digits or an existing .npz file or folder", data_name)
-            data_name = str(p)
-        split = dt.string("split", "test")
-        if split not in ("train", "test"):
-            raise dt.error("split", "'train' or 'test'", split)
+        dt.known = "data, split, ratio, repeat"
+        data_name = _data_name(dt, base, check_files)
+        split = _split(dt)
         ratio = dt.number("ratio", 1.0)
+        repeat = bool(dt.pop("repeat", (bool,), "true or false", False))
         dt.done()
-        decoys = DecoyConfig(data_name, split, ratio)
+        decoys = DecoyConfig(data_name, split, ratio, repeat)
+    fresh = None
+    ft = t.table("fresh")
+    if ft is not None:
+        ft.known = "model, weights, data, split, kind, per_check, horizon"
+        model = ft.string("model", required=True)
+        prefix, _, attr = model.rpartition(":")
+        if prefix and attr and not prefix.endswith(".py"):
+            pass  # a factory, package.module:callable
+        else:
+            p = (base / (prefix or model)).resolve()
+            if check_files and not p.is_file():
+                raise ft.error("model", "a model factory 'package.module:callable', 'file.py:callable' or an "
+                               "existing model file", model)
+            model = f"{p}:{attr}" if prefix else str(p)
+        weights = ft.string("weights")
+        if weights is not None:
+            wp = (base / weights).resolve()
+            if check_files and not wp.is_file():
+                raise ft.error("weights", "an existing weights file", str(wp))
+            weights = str(wp)
+        fdata = _data_name(ft, base, check_files)
+        fsplit = _split(ft)
+        kind = ft.string("kind", "boundary")
+        if kind not in ("boundary", "twins", "natural"):
+            raise ft.error("kind", "'boundary', 'twins' or 'natural'", kind)
+        per_check = ft.integer("per_check", 16, lo=1)
+        horizon = ft.duration("horizon", 30 * 86400.0)
+        if horizon <= 0:
+            raise ft.error("horizon", "a duration > 0", horizon)
+        ft.done()
+        if decoys is not None and (decoys.data, decoys.split) == (fdata, fsplit):
+            raise t.error("decoys", "decoys from other natural inputs than fresh.data "
+                          "(a decoy next to a query made from it lets a near-duplicate router pair them)",
+                          f"{fdata} ({fsplit}), the same as fresh.data")
+        if secret_path is None:
+            raise t.error("secret", "a secret for a fresh endpoint (secret or secret_env here, under [defaults] "
+                          "or under [monitor]): fresh checks are drawn from it", "<none>")
+        fresh = FreshSourceConfig(model=model, data=fdata, weights=weights, split=fsplit, kind=kind,
+                                  per_check=per_check, horizon=horizon,
+                                  horizon_checks=max(1, math.ceil(horizon / interval)))
     t.done()
-    return EndpointConfig(name=name, target=target, fingerprint=str(fp_path), pubkey=pub_path, spec=spec,
-                          interval=interval, jitter=jitter, check_timeout=check_timeout, max_batch=max_batch,
-                          pairs_per_check=pairs, pool_warn_checks=warn, on_pool_exhausted=exhausted,
-                          queries_per_day=budget, inconclusive_alert_after=after, options=options, decoys=decoys)
+    return EndpointConfig(name=name, target=target, fingerprint=None if fp_path is None else str(fp_path),
+                          pubkey=pub_path, spec=spec, interval=interval, jitter=jitter, check_timeout=check_timeout,
+                          max_batch=max_batch, pairs_per_check=pairs, requests_per_check=requests,
+                          pool_warn_checks=warn, on_pool_exhausted=exhausted, queries_per_day=budget,
+                          inconclusive_alert_after=after, options=options, decoys=decoys, fresh=fresh,
+                          secret=secret_path, secret_key=secret_key, false_mismatch_rate=p0, alpha=alpha)
+
+
+def _data_name(t: _Table, base: Path, check_files: bool) -> str:
+    data_name: str = t.string("data", required=True)
+    if data_name in _BUILTIN_DATA:
+        return data_name
+    p = (base / data_name).resolve()
+    if check_files and not p.exists():
+        raise t.error("data", "fashion-mnist, mnist-5k, digits or an existing .npz file or folder", data_name)
+    return str(p)
+
+
+def _split(t: _Table) -> str:
+    split: str = t.string("split", "test")
+    if split not in ("train", "test"):
+        raise t.error("split", "'train' or 'test'", split)
+    return split
 
 
 def _sink(data: Any, key: str, source: str) -> AlertSink:
@@ -501,7 +652,7 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
     root.known = "monitor, defaults, alerts, endpoints"
     base_dir = Path(base)
     mt = root.table("monitor") or _Table({}, "monitor", source)
-    mt.known = "database, database_env, listen, concurrency, public_url, refresh"
+    mt.known = "database, database_env, listen, concurrency, public_url, refresh, secret, secret_env"
     database = mt.string("database")
     database_env = _env_name(mt, "database_env")
     if database is not None and database_env is not None:
@@ -526,6 +677,8 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
     concurrency = mt.integer("concurrency", 8, lo=1, hi=1024)
     public_url = mt.string("public_url", "")
     refresh = mt.number("refresh", 30.0)
+    m_secret_env = mt.data.get("secret_env") if isinstance(mt.data.get("secret_env"), str) else None
+    monitor_secret = _secret(mt, base_dir, check_files, (None, ""))
     mt.done()
     dt = root.table("defaults")
     defaults = dict(dt.data) if dt is not None else {}
@@ -542,7 +695,7 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
     raw = root.pop("endpoints", (list,), "an array of tables ([[endpoints]])", required=True)
     if not raw:
         raise ConfigError("endpoints", "at least one [[endpoints]] table", "<none>", source=source)
-    endpoints = tuple(_endpoint(e, f"endpoints[{i}]", source, base_dir, defaults, check_files)
+    endpoints = tuple(_endpoint(e, f"endpoints[{i}]", source, base_dir, defaults, check_files, monitor_secret)
                       for i, e in enumerate(raw))
     seen: set[str] = set()
     for i, e in enumerate(endpoints):
@@ -552,7 +705,8 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
     root.done()
     return MonitorConfig(endpoints=endpoints, alerts=sinks, database=database, database_env=database_env,
                          listen=listen, concurrency=concurrency, public_url=public_url, refresh=refresh,
-                         source=source)
+                         source=source, secret=monitor_secret[0] if m_secret_env is None else None,
+                         secret_env=m_secret_env)
 
 
 def load_config(path: str | os.PathLike[str], **overrides: Any) -> MonitorConfig:

@@ -117,6 +117,9 @@ class Check(Base):
     warnings: Mapped[list[str]] = mapped_column(JSON)
     consecutive_inconclusive: Mapped[int] = mapped_column(Integer)
     alert_open: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    requests: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    sequential: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Alert(Base):
@@ -257,6 +260,18 @@ class Store:
         if a is None:
             return 0, 0
         return a.pool_cycle, a.pool_start + len(a.pool_units)
+
+    def sequential_state(self, endpoint: str) -> dict[str, Any] | None:
+        """The sequential test's state stored with the endpoint's newest check that has one."""
+        with self.read() as s:
+            return s.scalars(select(Check.sequential).where(Check.endpoint == endpoint, Check.sequential.is_not(None))
+                             .order_by(Check.slot.desc()).limit(1)).first()
+
+    def decoys_sent(self, endpoint: str) -> int:
+        """Decoys the endpoint's stored checks sent (where the next check's decoys start)."""
+        with self.read() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(Check.decoys), 0))
+                                .where(Check.endpoint == endpoint)) or 0)
 
     def queries_since(self, endpoint: str, since: float) -> int:
         """Queries that attempts started since ``since`` sent or were about to send."""

@@ -72,8 +72,17 @@ class _StateCollector(Collector):
                                  labels=["endpoint"])
         budget = GaugeMetricFamily("veriprint_monitor_budget_queries_left",
                                    "queries left in the last 24 hours' budget (-1: no budget)", labels=["endpoint"])
+        evidence = GaugeMetricFamily("veriprint_monitor_sequential_evidence",
+                                     "the sequential test's evidence against the intact model over all requests "
+                                     "(alarm at 1/alpha)", labels=["endpoint"])
+        share = GaugeMetricFamily("veriprint_monitor_routed_share_lower",
+                                  "95% lower bound on the share of requests answered by another model",
+                                  labels=["endpoint"])
         for name in names:
             c = latest.get(name)
+            if c is not None and c.sequential:
+                evidence.add_metric([name], float(c.sequential.get("evidence") or 1.0))
+                share.add_metric([name], float(c.sequential.get("share_lower") or 0.0))
             for v in VERDICTS:
                 verdict.add_metric([name, v], 1.0 if c is not None and c.verdict == v else 0.0)
             if c is not None:
@@ -112,7 +121,7 @@ class _StateCollector(Collector):
                                    labels=["sink", "kind", "status"])
         for sink, kind, status, n in self.store.alert_counts():
             alerts.add_metric([sink, kind, status], n)
-        return [verdict, last, last_ok, streak, pool, budget, checks, queries, interrupted, alerts]
+        return [verdict, last, last_ok, streak, pool, budget, evidence, share, checks, queries, interrupted, alerts]
 
 
 class Metrics:

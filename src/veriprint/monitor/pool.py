@@ -9,10 +9,12 @@ fingerprint stored without twins. Consecutive checks thus never repeat a query u
 pool is spent.
 
 The first pass goes through the units in file order (the selector put the most revealing
-first); when the pool runs out, ``"wrap"`` starts a new cycle in an order shuffled by the
-fingerprint's hash and the cycle number (so repeats come in new combinations), with a
-loud warning, and ``"refuse"`` stops checking (INCONCLUSIVE) until a larger pool is
-given. Make a larger pool with ``veriprint fingerprint --select 64`` (32 pairs: 8 checks
+first); when the pool runs out, ``"refuse"`` (the default) stops checking (INCONCLUSIVE)
+until a larger pool is given, and ``"wrap"`` starts a new cycle in an order shuffled by the
+owner's secret (or, without one, the fingerprint's hash) and the cycle number, so repeats
+come in new combinations, with a warning on every check of a repeated pass: a provider
+that remembers its answers replays them from then on (``docs/adversary.md``). Fresh
+checks (``[endpoints.fresh]``) never repeat a query at all. Make a larger pool with ``veriprint fingerprint --select 64`` (32 pairs: 8 checks
 of 4 pairs) or more.
 
 The signature covers the whole file: it is checked when the file is loaded, and a check
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veriprint.fingerprint import Fingerprint
+from veriprint.queries.keyed import keyed_permutation
 
 __all__ = ["Draw", "Pool"]
 
@@ -67,15 +70,19 @@ class Pool:
     Args:
         fp: the loaded (and signature-checked) fingerprint.
         per_check: units per check; 0 or at least the pool's size: every check takes all.
-        on_exhausted: ``"wrap"`` or ``"refuse"``.
+        on_exhausted: ``"refuse"`` (default) or ``"wrap"``.
+        secret: the owner's secret, keying the order of repeated passes (default: the
+            fingerprint's hash, which a provider holding the file could recompute).
     """
 
-    def __init__(self, fp: Fingerprint, per_check: int, on_exhausted: str = "wrap") -> None:
+    def __init__(self, fp: Fingerprint, per_check: int, on_exhausted: str = "refuse", *,
+                 secret: bytes | None = None) -> None:
         self.fp = fp
         self.units = fp.units()
         self.size = len(self.units)
         self.per_check = self.size if per_check <= 0 or per_check >= self.size else per_check
         self.on_exhausted = on_exhausted
+        self.secret = secret
         self._orders: list[list[int]] = [list(range(self.size))]
 
     @property
@@ -94,8 +101,12 @@ class Pool:
         """
         while len(self._orders) <= cycle:
             c = len(self._orders)
-            seed = int.from_bytes(hashlib.sha256(f"{self.fp.sha256}/{c}".encode()).digest()[:8], "big")
-            shuffled = [int(i) for i in np.random.default_rng(seed).permutation(self.size)]
+            if self.secret is not None:
+                perm = keyed_permutation(self.secret, self.size, "pool-pass", self.fp.sha256, c)
+            else:
+                seed = int.from_bytes(hashlib.sha256(f"{self.fp.sha256}/{c}".encode()).digest()[:8], "big")
+                perm = np.random.default_rng(seed).permutation(self.size)
+            shuffled = [int(i) for i in perm]
             prev = self._orders[c - 1]
             last = (self.checks_per_cycle - 1) * self.per_check
             spent = set(prev[last: last + self.per_check])

@@ -117,11 +117,23 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
                 "last": _time(c.finished_at) if c else "never", "ago": _ago(c.finished_at if c else None, now),
                 "last_conclusive": _time(conclusive.get(e.name)),
                 "streak": c.consecutive_inconclusive if c else 0,
-                "pool_left": None if c is None else c.pool_checks_left, "warn": e.pool_warn_checks,
+                "pool_left": None if c is None else c.pool_checks_left, "warn": _warn_below(e, c),
+                "evidence": None if c is None or not c.sequential else c.sequential.get("evidence"),
+                "share_lower": None if c is None or not c.sequential else c.sequential.get("share_lower"),
                 "check_id": c.id if c else None,
                 "strip": timeline_svg(store.checks(e.name, limit=40), width=240, height=16),
             })
         return rows
+
+    def _warn_below(e: Any, c: Any) -> int:
+        """The pool size below which the page warns: the configured one, else whenever the
+        endpoint's last check warned of its pool (the default depends on the pool's size)."""
+        if e.pool_warn_checks is not None:
+            return int(e.pool_warn_checks)
+        if c is not None and c.pool_checks_left is not None and any(
+                str(w).startswith("query pool") for w in c.warnings or ()):
+            return int(c.pool_checks_left) + 1
+        return 0
 
     async def index(request: Request) -> Response:
         return templates.TemplateResponse(request, "index.html", {"endpoints": endpoint_rows()})
