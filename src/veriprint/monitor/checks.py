@@ -56,11 +56,17 @@ def slot_of(t: float, interval: float) -> int:
     return (int(t * 1000) // ms) * ms
 
 
-def jitter_offset(endpoint: str, slot: int, jitter: float) -> float:
-    """Seconds after the slot's start that its check begins: fixed by endpoint and slot."""
+def jitter_offset(endpoint: str, slot: int, jitter: float, secret: bytes | None = None) -> float:
+    """Seconds after the slot's start that its check begins: fixed by endpoint and slot, and
+    by the owner's secret when there is one (so the provider cannot tell when checks come)."""
     if jitter <= 0:
         return 0.0
-    h = int.from_bytes(hashlib.sha256(f"{endpoint}/{slot}".encode()).digest()[:8], "big")
+    if secret is not None:
+        from veriprint.queries.keyed import keyed_int
+
+        h = keyed_int(secret, "jitter", endpoint, slot)
+    else:
+        h = int.from_bytes(hashlib.sha256(f"{endpoint}/{slot}".encode()).digest()[:8], "big")
     return jitter * (h / 2**64)
 
 

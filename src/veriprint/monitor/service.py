@@ -141,7 +141,7 @@ class Monitor:
         slot = slot_of(now, cfg.interval)
         if rt.last_slot is not None and slot <= rt.last_slot:
             slot = rt.last_slot + max(1, round(cfg.interval * 1000))
-        return slot, slot / 1000 + jitter_offset(cfg.name, slot, cfg.jitter_s)
+        return slot, slot / 1000 + jitter_offset(cfg.name, slot, cfg.jitter_s, rt.secret)
 
     def _tick(self) -> float:
         """Start what is due; seconds until the next check is due."""
