@@ -579,6 +579,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
             ax.plot(v["fpr"], v["tpr"], label=f"{w} ({100 * v['tpr_at_1pct']:.0f}% at 1%)")
         ax.axvline(FPR, color="grey", lw=0.6, ls=":")
         ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlim(0, 1)
         ax.set_title(f"{d} detector")
         ax.set_xlabel("natural inputs flagged")
         ax.set_ylabel("queries flagged")
@@ -591,6 +592,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
         caught = [sum(res["frontier"][t][wn][i]["caught"] for t in res["tampers"]) for i in range(len(FRONTIER_QUANTILES))]
         ax.step(np.array(costs) * 100, caught, where="post", marker="o", label=wn)
     ax.set_xscale("symlog", linthresh=0.05)
+    ax.set_xlim(0, 100)
     ax.set_ylim(-0.2, n_t + 0.2)
     ax.set_xlabel("natural traffic answered honestly (%)")
     ax.set_ylabel(f"tampered copies caught (of {n_t})")
