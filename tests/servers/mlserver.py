@@ -51,11 +51,14 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One model for the server: its name, ONNX file and onnxruntime threads."""
+    """One model for the server: its name, ONNX file and onnxruntime threads; or, with
+    ``runtime``, a runtime file of ``tests/servers`` (``module.Class``) and its parameters."""
 
     name: str
-    onnx: Path
+    onnx: Path | None = None
     threads: int | None = 1
+    runtime: str = ""
+    parameters: dict[str, object] | None = None
 
 
 class MLServer:
@@ -87,6 +90,13 @@ class MLServer:
         for m in self.models:
             d = self.root / "models" / m.name
             d.mkdir(parents=True, exist_ok=True)
+            if m.runtime:
+                module = m.runtime.rsplit(".", 1)[0]
+                shutil.copy(RUNTIME.with_name(f"{module}.py"), self.root / f"{module}.py")
+                (d / "model-settings.json").write_text(json.dumps({
+                    "name": m.name, "implementation": m.runtime, "parameters": dict(m.parameters or {})}))
+                continue
+            assert m.onnx is not None
             shutil.copy(m.onnx, d / "model.onnx")
             params: dict[str, object] = {"uri": "./model.onnx"}
             if m.threads:
