@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,10 +34,12 @@ from veriprint.pipeline.straddle import straddle_pairs
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
 from veriprint.profiles import check_device, tf32
 from veriprint.select import Selection, event_cover
-from veriprint.selectors import SelectionContext, Selector, get_selector
-from veriprint.selectors.budget import Budget, choose
 
 __all__ = ["make_fingerprint"]
+
+if TYPE_CHECKING:  # the selectors build on the pipeline's lower stages, and this module calls them
+    from veriprint.selectors import SelectionContext, Selector
+    from veriprint.selectors.budget import Budget
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,8 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
     name = cfg.selector
     if name == "reach" and not any(p.numel() for p in model.parameters()):
         name = "manc"
+    from veriprint.selectors import SelectionContext, get_selector
+
     ctx = SelectionContext(model, cands, ok, twins if pairs else None, cfg, model_outputs, progress)
     selector = get_selector(name)
     samples = cands.samples
@@ -191,6 +196,8 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
 def _select(ctx: SelectionContext, selector: Selector, cfg: FingerprintConfig, cands: Candidates,
             twins: Twins | None, ok: torch.Tensor, pairs: int,
             samples: torch.Tensor) -> tuple[Selection, torch.Tensor, torch.Tensor, Budget]:
+    from veriprint.selectors.budget import choose
+
     if pairs:
         assert twins is not None
         sel, budget = choose(ctx, selector, pairs, paired=True)
