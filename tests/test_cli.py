@@ -86,3 +86,15 @@ def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: tor
     assert "signature: valid" in shown.stdout
     assert "reach (first order)" in fp.stdout and "reach (first order)" in shown.stdout
     assert (tmp_path / "img" / "samples.png").stat().st_size > 1000
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
+    """`veriprint inspect FILE | head`: exit 141 (never a verdict's 0, 1 or 2), no error line."""
+    demo = Path(__file__).resolve().parents[1] / "src" / "veriprint" / "assets" / "demo" / "fingerprint.vpf"
+    p = subprocess.Popen([sys.executable, "-m", "veriprint.cli.main", "inspect", str(demo)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "BrokenPipe" not in err and "Traceback" not in err, err

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 
 SUBCOMMANDS = ("fingerprint", "verify", "enroll", "inspect", "keygen", "demo", "generate", "tamper",
@@ -83,12 +84,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `veriprint inspect FILE | head`: the reader left; stop quietly
+        _stdout_closed()
+        return EXIT_PIPE
     except (VeriprintError, FileNotFoundError) as e:  # the input's fault: say what, on one line
         print(f"error: {redact(_one_line(e))}", file=sys.stderr)
         return 2
     except Exception as e:  # exit 1 means TAMPERED: any other failure must be 2
         print(f"error: {type(e).__name__}: {redact(_one_line(e))}", file=sys.stderr)
         return 2
+
+
+#: Exit status when standard output was closed by its reader (128 + SIGPIPE, as shells report
+#: a process killed by SIGPIPE); never 0, 1 or 2, which are verdicts.
+EXIT_PIPE = 141
+
+
+def _stdout_closed() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _one_line(e: BaseException) -> str:
