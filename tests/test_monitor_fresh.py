@@ -193,3 +193,22 @@ def test_fresh_endpoints_need_a_secret_and_decoys_apart_from_their_seeds(tmp_pat
         parse_config({"monitor": {"secret": "k"}, "endpoints": [{**e, "decoys": {"data": "digits"}}]}, base=tmp_path)
     with pytest.raises(ConfigError, match="either fingerprint or a \\[fresh\\] table"):
         parse_config({"monitor": {"secret": "k"}, "endpoints": [{**e, "fingerprint": "digits.pt"}]}, base=tmp_path)
+
+
+def test_the_check_page_shows_the_labels_a_top1_check_compared(tmp_path: Path, served: FakeOip) -> None:
+    from starlette.testclient import TestClient
+
+    from veriprint.monitor.web import create_app
+
+    cfg = _fresh_config(tmp_path, served, name="bad", target=served.url("bad"), spec="top1")
+    rt = EndpointRuntime.load(cfg.endpoints[0], "endpoints[0]")
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    out = run_check(rt, HOUR_MS, store, cfg)
+    assert out.verdict == "TAMPERED" and out.stored is not None
+    row = store.check(out.stored.id)
+    assert row is not None
+    flipped = [s for s in row.samples if s["match"] is False]
+    page = TestClient(create_app(store, cfg, {})).get(f"/checks/{out.stored.id}").text
+    assert "label flipped" in page and ">differs<" not in page
+    s = flipped[0]
+    assert f"<td>{int(s['expected'][0])}</td><td>{int(s['observed'][0])}</td>" in page

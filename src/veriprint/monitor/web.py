@@ -72,6 +72,24 @@ def sample_png(fp: Fingerprint, index: int, which: str, scale: int = 8) -> bytes
     return buf.getvalue()
 
 
+def _labels_first(spec: str) -> bool:
+    """Whether a stored answer under ``spec`` starts with the label (top1, topk, top1-prob)
+    rather than being a vector of scores (probs, logits)."""
+    from veriprint.specs import parse_spec
+
+    try:
+        return parse_spec(spec).kind in ("top1", "topk", "top1-prob")
+    except Exception:
+        return False
+
+
+def _label(values: list[float] | None, labels_first: bool) -> int | None:
+    """The label an answer stored with a check says (None when there was none)."""
+    if not values:
+        return None
+    return int(values[0]) if labels_first else int(np.argmax(values))
+
+
 def timeline_svg(checks: list[Check], width: int = 900, height: int = 36) -> str:
     """Oldest left to newest right: one bar per check, coloured by verdict, linking to it."""
     checks = sorted(checks, key=lambda c: c.slot)
@@ -154,11 +172,11 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
             raise HTTPException(404, "no such check")
         alerts = [(a, store.alert_attempts(a.id)) for a in store.alerts(check_id=c.id)]
         samples = []
+        labels_first = _labels_first(c.spec)
         for s in c.samples:
             exp, obs = s.get("expected") or [], s.get("observed")
-            samples.append({**s, "expected_label": int(np.argmax(exp)) if exp else None,
-                            "observed_label": int(np.argmax(obs)) if obs else None,
-                            "flipped": s.get("match") is False})
+            samples.append({**s, "expected_label": _label(exp, labels_first),
+                            "observed_label": _label(obs, labels_first), "flipped": s.get("match") is False})
         return templates.TemplateResponse(request, "check.html", {
             "c": c, "samples": samples, "alerts": alerts, "images": c.fingerprint_sha256 in fingerprints})
 
