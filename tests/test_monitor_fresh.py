@@ -212,3 +212,26 @@ def test_the_check_page_shows_the_labels_a_top1_check_compared(tmp_path: Path, s
     assert "label flipped" in page and ">differs<" not in page
     s = flipped[0]
     assert f"<td>{int(s['expected'][0])}</td><td>{int(s['observed'][0])}</td>" in page
+
+
+def test_check_config_creates_nothing_and_once_reports_its_own_timed_out_check(tmp_path: Path) -> None:
+    import subprocess
+
+    from servers.monitor_kit import monitor_cmd, pool_files, write_config
+
+    path, pub, _ = pool_files()
+    m = digits_models()
+    with FakeOip({"hang": torch_model(m.model)}, (1, 8, 8)) as fake:
+        fake.faults["hang"] = "hang"
+        db = tmp_path / "m.db"
+        cfg = write_config(tmp_path / "monitor.toml", database=f"sqlite:///{db}", endpoints=[
+            {"name": "hang", "target": fake.url("hang"), "fingerprint": path, "pubkey": pub,
+             "check_timeout": "1s", "options": {"timeout": "30s", "retries": 0}}])
+        r = subprocess.run(monitor_cmd(cfg, "--check-config"), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+        assert not db.exists()  # checking the file opens no database
+        r = subprocess.run(monitor_cmd(cfg, "--once"), capture_output=True, text=True, timeout=120)
+        fake.release.set()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "hang: INCONCLUSIVE (the check took longer than check_timeout = 1 s)" in r.stdout, r.stdout
+    assert "already checked" not in r.stdout

@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from veriprint.monitor.db import Store, shown_url
 
     url = config.database_url()
+    if args.check_config:  # check the file and what it names; create or change nothing
+        return _check_config(config, url)
     try:
         store = Store(url)
     except Exception as e:
@@ -67,13 +69,31 @@ def run(args: argparse.Namespace) -> int:
         monitor = Monitor(config, store)
     except ValueError as e:
         return _fail(f"{config.source}: {e}")
-    if args.check_config:
-        print(f"{config.source}: {len(config.endpoints)} endpoint(s), {len(config.alerts)} alert sink(s), "
-              f"database {shown_url(url)}: ok")
-        return 0
     if args.once:
         return _once(monitor)
     return _serve(monitor, checks=not args.serve_only)
+
+
+def _check_config(config, url: str) -> int:  # type: ignore[no-untyped-def]
+    """Load every endpoint (fingerprints, signatures, fresh sources, decoys) and parse the
+    database URL, without connecting to the database or creating it."""
+    from sqlalchemy.engine import make_url
+
+    from veriprint.monitor.checks import EndpointRuntime
+    from veriprint.monitor.db import engine_url, shown_url
+
+    try:
+        make_url(engine_url(url))
+    except Exception as e:
+        return _fail(f"{config.source}: the database URL {shown_url(url)} does not parse: {type(e).__name__}")
+    for i, endpoint in enumerate(config.endpoints):
+        try:
+            EndpointRuntime.load(endpoint, f"endpoints[{i}]")
+        except ValueError as err:
+            return _fail(f"{config.source}: {err}")
+    print(f"{config.source}: {len(config.endpoints)} endpoint(s), {len(config.alerts)} alert sink(s), "
+          f"database {shown_url(url)}: ok (not opened)")
+    return 0
 
 
 def _once(monitor) -> int:  # type: ignore[no-untyped-def]
@@ -87,6 +107,8 @@ def _once(monitor) -> int:  # type: ignore[no-untyped-def]
         c = latest.get(name)
         if out is not None:
             print(f"{name}: {out.verdict} ({out.reason})")
+        elif c is not None and c.started_at >= monitor.started_at:  # made by this run (a timeout)
+            print(f"{name}: {c.verdict} ({c.reason})")
         elif c is not None:
             print(f"{name}: {c.verdict} (already checked in this slot, check {c.id}: {c.reason})")
         else:
