@@ -235,3 +235,6 @@ def test_check_config_creates_nothing_and_once_reports_its_own_timed_out_check(t
     assert r.returncode == 2, r.stdout + r.stderr
     assert "hang: INCONCLUSIVE (the check took longer than check_timeout = 1 s)" in r.stdout, r.stdout
     assert "already checked" not in r.stdout
+    row = Store(f"sqlite:///{db}").checks("hang")[0]
+    assert row.pool_checks_left is not None and row.pool_checks_left >= 0  # the pool's state, not "no rotation"
+    assert row.queries == 0 and any("may have been sent" in w for w in row.warnings)

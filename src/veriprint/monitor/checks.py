@@ -240,11 +240,12 @@ class _Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _plan_pool(rt: EndpointRuntime, store: Store) -> _Plan:
+def _plan_pool(rt: EndpointRuntime, store: Store, before: tuple[int, int] | None = None) -> _Plan:
+    """The next draw of the pool, or (``before``: an attempt's cycle and start) that attempt's."""
     cfg, fp, pool = rt.cfg, rt.fingerprint, rt.pool
     assert fp is not None and pool is not None
     warnings: list[str] = []
-    cycle, position = store.pool_position(cfg.name, fp.sha256)
+    cycle, position = before if before is not None else store.pool_position(cfg.name, fp.sha256)
     draw = pool.draw(cycle, position)
     if draw.refused:
         return _Plan(None, draw, (), [], refused=(
@@ -477,12 +478,21 @@ def record_timeout(rt: EndpointRuntime, slot: int, store: Store, monitor: Monito
         return None
     units = list(a.pool_units)
     indices = (tuple(i for u in units for i in rt.pool.units[u]) if units and rt.pool is not None else ())
-    draw = Draw(a.pool_cycle, a.pool_start, tuple(units), indices, checks_left=None)
+    warnings: list[str] = []
+    if rt.pool is not None:  # the pool's state after this attempt, and its warnings, as a check would say
+        plan = _plan_pool(rt, store, before=(a.pool_cycle, a.pool_start))
+        draw, warnings = plan.draw, plan.warnings
+    else:
+        src = rt.source
+        left = None if src is None or src.checks_available is None else src.checks_available - a.pool_start - 1
+        draw = Draw(a.pool_cycle, a.pool_start, tuple(units), indices, checks_left=left)
     plan = _Plan(None, draw, indices, [])
     reason = f"the check took longer than check_timeout = {cfg.check_timeout:g} s"
+    if a.planned_queries:
+        warnings.append(f"up to {a.planned_queries} queries may have been sent before the timeout; the query "
+                        "budget counts them, the queries metric does not")
     row = _row(rt, slot, scheduled_at, attempt_started, None, "INCONCLUSIVE", reason,
-               time.time() - attempt_started, 0.0, draw, units, plan, {}, [], [], None)
-    row["queries"] = a.planned_queries  # what may have been sent
+               time.time() - attempt_started, 0.0, draw, units, plan, {}, warnings, [], None)
     return store.complete(a.id, row, sinks=tuple(s.name for s in monitor.alerts),
                           inconclusive_after=cfg.inconclusive_alert_after, payload=alert_payload(rt, row, monitor))
 
