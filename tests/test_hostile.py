@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import threading
@@ -578,3 +579,51 @@ def test_every_error_is_a_veriprint_error() -> None:
 def test_query_string_secrets_in_urls_are_masked(vpf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, text = cli(capsys, "verify", str(vpf), "--target", f"http://127.0.0.1:9/v2/models/m?token={SECRET}")
     assert code == 2 and "token=***" in text and SECRET not in text, text
+
+
+class _Cast(torch.nn.Module):
+    """A model whose answers are the intact ones cast to another dtype."""
+
+    def __init__(self, inner: torch.nn.Module, how: str) -> None:
+        super().__init__()
+        self.inner, self.how = inner, how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inner(x)
+        return z > z.mean(dim=1, keepdim=True) if self.how == "bool" else z.to(torch.complex64)
+
+
+@pytest.mark.parametrize("how", ["bool", "complex"])
+def test_a_local_model_answering_booleans_or_complex_numbers_is_inconclusive(
+        digits_fingerprint: Fingerprint, digits_model: torch.nn.Module, how: str) -> None:
+    """Never TAMPERED (booleans read as 0/1 scores) nor INTACT (complex read as its real part)."""
+    for spec in ("top1", "logits"):
+        rep = verify(digits_fingerprint, _Cast(digits_model, how), spec=spec)
+        assert rep.verdict == "INCONCLUSIVE" and "expected numbers" in rep.reason, rep.reason
+        assert ("booleans" if how == "bool" else "complex") in rep.reason
+
+
+def test_an_oip_answer_with_two_outputs_of_one_name_is_refused() -> None:
+    from veriprint.targets import TargetError
+    from veriprint.targets.oip import OipTarget
+
+    good = {"name": "logits", "datatype": "FP32", "shape": [1, 3], "data": [1.0, 2.0, 3.0]}
+    other = {**good, "data": [9.0, 0.0, 0.0]}
+    for output_name in (None, "logits"):
+        t = OipTarget("http://127.0.0.1:9/v2/models/m", output_name=output_name)
+        with pytest.raises(TargetError, match=r"distinct names.*logits more than once"):
+            t._decode({"model_name": "m", "outputs": [good, other]}, "r")
+        assert t._decode({"model_name": "m", "outputs": [good]}, "r").shape == (1, 3)
+
+
+def test_a_rehashed_file_with_mistyped_known_metadata_is_refused(vpf: Path, tmp_path: Path) -> None:
+    cases = {"num_classes": ("ten", "expected num_classes to be the expected outputs' 10 classes"),
+             "input_shape": ([1, 2], "expected input_shape to be the samples' shape"),
+             "selection": ("all", "expected selection to be an object")}
+    for key, (value, words) in cases.items():
+        bad = craft(vpf, tmp_path / f"{key}.vpf", lambda t, m, k=key, v=value: m.update({k: v}))
+        with pytest.raises(FingerprintFileError, match=re.escape(words)):
+            Fingerprint.load(bad)
+    wrong = craft(vpf, tmp_path / "n.vpf", lambda t, m: m.update(num_classes=11))
+    with pytest.raises(FingerprintFileError, match="num_classes"):
+        Fingerprint.load(wrong)

@@ -228,8 +228,40 @@ def _checked_contents(path: str, t: dict[str, torch.Tensor],
         if (on_grid - samples.double()).abs().max() > max(domain.step, 1.0) * 1e-4:
             raise refuse("expected the grid values to be the samples' own (lo + grid * step), "
                          "they differ")
+    bad = _known_meta_error(meta, classes=int(expected.shape[1]), shape=list(samples.shape[1:]))
+    if bad:
+        raise refuse(bad)
     try:
         noise = NoiseFloor.from_dict(meta.pop("noise"))
     except ConfigError as e:
         raise refuse(str(e)) from e
     return noise, meta
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: The optional metadata entries a reader relies on: each, when present, must be what the
+#: writer puts there (a file is refused on load, not when ``inspect`` or a selector reads it).
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "tool": (str,), "tool_version": (str,), "created": (str,), "model_hash": (str,), "model_source": (str,),
+    "config": (dict,), "profile": (dict,), "selection": (dict,), "reach": (dict,), "generation": (dict,),
+    "fresh": (dict,),
+}
+
+
+def _known_meta_error(meta: dict[str, Any], *, classes: int, shape: list[int]) -> str:
+    """What is wrong with a known metadata entry ("" when nothing is)."""
+    if "num_classes" in meta and (not _is_int(meta["num_classes"]) or meta["num_classes"] != classes):
+        return (f"expected num_classes to be the expected outputs' {classes} classes (an integer), "
+                f"got {meta['num_classes']!r:.60}")
+    if "input_shape" in meta:
+        v = meta["input_shape"]
+        if not isinstance(v, list) or not all(_is_int(d) for d in v) or v != shape:
+            return f"expected input_shape to be the samples' shape {shape}, got {v!r:.60}"
+    for key, types in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], types):
+            return (f"expected {key} to be {' or '.join('an object' if t is dict else 'a string' for t in types)}, "
+                    f"got {type(meta[key]).__name__}")
+    return ""

@@ -28,7 +28,7 @@ import numpy as np
 
 from veriprint.targets.base import OutputForm, TargetError
 
-__all__ = ["PROB_SUM_TOLERANCE", "check_output", "to_array"]
+__all__ = ["PROB_SUM_TOLERANCE", "check_output", "pick_output", "to_array"]
 
 #: How far a row of probabilities may sum from 1 (float32 softmax rounding is ~1e-7).
 PROB_SUM_TOLERANCE = 1e-3
@@ -62,6 +62,31 @@ def to_array(out: Any, where: str) -> np.ndarray:
         example = " ".join(repr(arr.flat[0]).split())[:80]
         raise TargetError(f"{where}: expected numbers, got {what} (e.g. {example}); an answer must be numeric")
     return arr
+
+
+def pick_output(names: list[Any], wanted: str | None, where: str) -> int:
+    """Which of a server's named outputs is the answer: the one named ``wanted``, or the only
+    one. Every protocol's decoder asks this, so an answer with two outputs of one name (one
+    of them holding other values) is refused the same way everywhere.
+
+    Raises:
+        TargetError: no output, a repeated name, ``wanted`` missing, or several outputs and
+            no ``wanted``.
+    """
+    if not names:
+        raise TargetError(f"{where}: expected at least one output, got none")
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    if repeated:
+        raise TargetError(f"{where}: expected outputs with distinct names, the server sent {names} "
+                          f"({', '.join(repeated)} more than once)")
+    if wanted is not None:
+        if wanted not in names:
+            raise TargetError(f"{where}: expected output {wanted!r}, server sent {names}")
+        return names.index(wanted)
+    if len(names) != 1:
+        raise TargetError(f"{where}: the server sent {len(names)} outputs {names}; "
+                          "name the one to use with output_name")
+    return 0
 
 
 def _integers(arr: np.ndarray, what: str, where: str) -> np.ndarray:

@@ -50,7 +50,12 @@ class TorchTarget(Target):
             torch.set_num_threads(previous)
         if not isinstance(out, torch.Tensor):
             raise TargetError(f"expected the model to return a tensor, got {type(out).__name__}")
-        return out.float().cpu().numpy()
+        if out.is_floating_point() and out.dtype not in (torch.float32, torch.float64):
+            out = out.float()  # float16 and bfloat16, which NumPy cannot hold
+        # everything else (float64, integers, booleans, complex) goes to the contract as it
+        # came, which takes real numbers only: a cast here would turn booleans into 0/1
+        # scores and complex numbers into their real part
+        return to_array(out.detach().cpu(), self.description)
 
 
 class OnnxTarget(Target):

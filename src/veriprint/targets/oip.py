@@ -24,6 +24,7 @@ import numpy as np
 
 from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
+from veriprint.targets.contract import pick_output
 from veriprint.targets.http import HttpTarget, as_array
 
 __all__ = ["OipTarget", "parse_oip_url"]
@@ -124,15 +125,7 @@ class OipTarget(HttpTarget):
         if not isinstance(outputs, list) or not outputs:
             raise TargetError(f"{where}: expected a non-empty 'outputs' list, got {outputs!r:.200}")
         names = [o.get("name") if isinstance(o, dict) else None for o in outputs]
-        if self.output_name is not None:
-            if self.output_name not in names:
-                raise TargetError(f"{where}: expected output {self.output_name!r}, server sent {names}")
-            tensor = outputs[names.index(self.output_name)]
-        elif len(outputs) == 1:
-            tensor = outputs[0]
-        else:
-            raise TargetError(f"{where}: the server sent {len(outputs)} outputs {names}; "
-                              "name the one to use with output_name")
+        tensor = outputs[pick_output(names, self.output_name, where)]
         label = tensor.get("name") if isinstance(tensor, dict) else None
         return _tensor(tensor, self.output, f"{where} output {label!r}")
 

@@ -20,6 +20,7 @@ import numpy as np
 from veriprint.errors import ConfigError
 from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
+from veriprint.targets.contract import pick_output
 from veriprint.targets.http import HttpOptions, InputDatatype, check_target_options
 from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
 from veriprint.targets.transport import Retryable, transport_options, with_retries
@@ -174,18 +175,7 @@ class GrpcOipTarget(Target):
             raise TargetError(f"{where}: expected an answer from model {self.model!r}, got {resp.model_name!r}")
         if resp.id and resp.id != rid:
             raise TargetError(f"{where}: expected response id {rid!r}, got {resp.id!r}")
-        names = [o.name for o in resp.outputs]
-        if not names:
-            raise TargetError(f"{where}: expected at least one output, got none")
-        if self.output_name is not None:
-            if self.output_name not in names:
-                raise TargetError(f"{where}: expected output {self.output_name!r}, server sent {names}")
-            i = names.index(self.output_name)
-        elif len(names) == 1:
-            i = 0
-        else:
-            raise TargetError(f"{where}: the server sent {len(names)} outputs {names}; "
-                              "name the one to use with output_name")
+        i = pick_output([o.name for o in resp.outputs], self.output_name, where)
         out = resp.outputs[i]
         where = f"{where} output {out.name!r}"
         allowed = FLOAT_TYPES if self.output in ("logits", "probs", "top1-prob") else INT_TYPES | FLOAT_TYPES
