@@ -627,3 +627,28 @@ def test_a_rehashed_file_with_mistyped_known_metadata_is_refused(vpf: Path, tmp_
     wrong = craft(vpf, tmp_path / "n.vpf", lambda t, m: m.update(num_classes=11))
     with pytest.raises(FingerprintFileError, match="num_classes"):
         Fingerprint.load(wrong)
+
+
+def test_webhook_tokens_in_url_paths_and_mistaken_auth_headers_are_never_shown(tmp_path: Path) -> None:
+    from veriprint.monitor.config import ConfigError as MonitorConfigError
+    from veriprint.monitor.config import parse_config
+    from veriprint.targets.transport import TransportOptions
+
+    token = "XyZ-webhook-secret-1234"
+    hook = f"https://hooks.slack.com/services/T000/B000/{token}"
+    assert redact.redact_url(hook) == "https://hooks.slack.com/***"
+    assert token not in redact.redact(f"posting to {hook} failed")
+    (tmp_path / "fp.vpf").write_bytes(b"x")
+    ep = {"name": "e", "target": "http://127.0.0.1:1/v2/models/m", "fingerprint": "fp.vpf"}
+    with pytest.raises(MonitorConfigError) as e:
+        parse_config({"endpoints": [ep], "alerts": [{"name": "a", "url": hook, "format": "slack"}]},
+                     base=tmp_path, check_files=False)
+    assert "url_env" in str(e.value) and token not in str(e.value)
+    bearer = "Authorization: Bearer tok-abc-987"
+    with pytest.raises(MonitorConfigError) as e:
+        parse_config({"endpoints": [{**ep, "options": {"auth_header": bearer}}]}, base=tmp_path, check_files=False)
+    assert "auth_header" in str(e.value) and "tok-abc-987" not in str(e.value)
+    with pytest.raises(ConfigError) as e2:
+        TransportOptions(auth_header=bearer)
+    assert "header name" in str(e2.value) and "tok-abc-987" not in str(e2.value)
+    assert TransportOptions(auth_header="X-Api-Key").auth_header == "X-Api-Key"

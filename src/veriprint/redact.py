@@ -10,7 +10,8 @@ token part, e.g. ``abc`` in ``Bearer abc``) with ``***``. The verifier redacts i
 report, the command line redacts every message it prints, and the HTTP layer redacts
 the server's words before quoting them, so a 401 page that echoes the Authorization
 header cannot put the token in stdout or in a report file. In any URL it prints, the user
-name, the password and every query value (``?token=...``) are masked too.
+name, the password and every query value (``?token=...``) are masked too, and the whole
+path of a webhook whose path is its token (Slack, Discord, Teams, Zapier, Google Chat).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 
 from veriprint.errors import ConfigError
 
-__all__ = ["MASK", "RedactingFilter", "forget_all", "redact", "redact_obj", "redact_url",
+__all__ = ["MASK", "SECRET_PATH_HOSTS", "RedactingFilter", "forget_all", "redact", "redact_obj", "redact_url",
            "refuse_url_credentials", "remember"]
 
 MASK = "***"
@@ -63,10 +64,17 @@ def redact(text: str) -> str:
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+#: Webhook services whose URL path is the secret (``https://hooks.slack.com/services/T/B/token``).
+SECRET_PATH_HOSTS = ("hooks.slack.com", "discord.com", "discordapp.com", "webhook.office.com",
+                     "outlook.office.com", "hooks.zapier.com", "chat.googleapis.com")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its user name and password, and every query value, replaced by ``***``."""
+    """``url`` with its user name and password, and every query value, replaced by ``***``;
+    for a webhook service whose path is the token (:data:`SECRET_PATH_HOSTS`), the path too."""
     try:
         parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
     except ValueError:
         return MASK
     netloc = parts.netloc
@@ -74,7 +82,10 @@ def redact_url(url: str) -> str:
         netloc = f"{MASK}@" + netloc.rsplit("@", 1)[1]
     query = "&".join(f"{kv.split('=', 1)[0]}={MASK}" if "=" in kv else kv for kv in parts.query.split("&")
                      ) if parts.query else ""
-    out = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else url.split("?")[0]
+    path = parts.path
+    if path and any(host == h or host.endswith("." + h) for h in SECRET_PATH_HOSTS):
+        path = "/" + MASK
+    out = f"{parts.scheme}://{netloc}{path}" if parts.scheme else url.split("?")[0]
     return out + (f"?{query}" if query else "")
 
 

@@ -84,6 +84,8 @@ TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
     "auth_header": (str,),
     "verify_tls": (bool,),
     "ca_file": (str,),
+    "retry_timeouts": (bool,),
+    "max_response_bytes": (int,),
 }
 
 
@@ -516,6 +518,12 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                     raise ot.error(k, f"environment variable {options[k]} to be set", "<unset or empty>")
                 continue
             want = TARGET_OPTIONS[k]
+            if k == "auth_header":  # checked before it can be quoted: a mistaken value may be a token
+                from veriprint.targets.transport import header_name_problem
+
+                bad = header_name_problem(ot.data.get(k))
+                if bad:
+                    raise ot.error(k, "a header name such as 'Authorization'", f"<{bad}>")
             value = ot.pop(k, want, f"{' or '.join(x.__name__ for x in want)}")
             if k in ("timeout", "backoff"):
                 try:

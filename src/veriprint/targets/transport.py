@@ -74,8 +74,9 @@ class TransportOptions:
             raise ConfigError(f"expected max_response_bytes >= 1, got {self.max_response_bytes}")
         if self.auth_env is not None and not self.auth_env:
             raise ConfigError("expected auth_env to name an environment variable, got ''")
-        if not self.auth_header or any(c in self.auth_header for c in ":\r\n "):
-            raise ConfigError(f"expected auth_header to be a header name, got {self.auth_header!r}")
+        bad = header_name_problem(self.auth_header)
+        if bad:
+            raise ConfigError(f"expected auth_header to be a header name such as 'Authorization', got {bad}")
         if self.ca_file is not None and not os.path.exists(self.ca_file):
             raise ConfigError(f"expected ca_file to be an existing file, got {self.ca_file!r}")
 
@@ -99,6 +100,20 @@ class TransportOptions:
 
 
 HttpOptions = TransportOptions
+
+#: The characters of an HTTP header name (RFC 9110 "token").
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def header_name_problem(name: object) -> str:
+    """What is wrong with ``name`` as a header name ("" when nothing is), never quoting a
+    value that is not a plain name: ``"Authorization: Bearer abc"`` holds a token."""
+    if not isinstance(name, str) or not name:
+        return "an empty value" if name == "" else f"a {type(name).__name__}"
+    if all(c in _TCHAR for c in name) and len(name) <= 64:
+        return ""
+    return (f"a value of {len(name)} characters with {'a colon' if ':' in name else 'spaces or other characters'} "
+            "(not shown: it may hold a secret; put the value in the variable auth_env names)")
 
 
 def transport_options(http: TransportOptions | None, fields: dict[str, Any], owner: str) -> TransportOptions:
