@@ -652,3 +652,34 @@ def test_webhook_tokens_in_url_paths_and_mistaken_auth_headers_are_never_shown(t
         TransportOptions(auth_header=bearer)
     assert "header name" in str(e2.value) and "tok-abc-987" not in str(e2.value)
     assert TransportOptions(auth_header="X-Api-Key").auth_header == "X-Api-Key"
+
+
+def test_config_files_take_every_flag_name_parsed_as_the_flag_parses_it(
+        vpf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('max_batch = 4\nspec = "probs"\n')
+    code, text = cli(capsys, "verify", str(vpf), "--target", "veriprint.zoo:digits_mlp", "--config", str(cfg))
+    assert "TypeError" not in text and "multiple values" not in text, text
+    assert code in (0, 1) and "spec: probs" in text, text  # the file's spec was used
+    cfg.write_text('timeout = "3s"\nretries = 0\n')  # a duration, as the flag takes it
+    code, text = cli(capsys, "verify", str(vpf), "--target", "http://127.0.0.1:9/v2/models/m", "--config", str(cfg))
+    assert code == 2 and "connection failed" in text and "TypeError" not in text, text
+    for body, words in [('timeout = "soon"', "timeout (as --timeout): expected a duration"),
+                        ("max_batch = 0", "max_batch (as --max-batch): expected a whole number >= 1"),
+                        ('spec = ["top1"]', "spec (as --spec): expected a value as on the command line"),
+                        ("retries = true", "retries (as --retries): expected a value"),
+                        ('datatype = "FP64"', "datatype (as --datatype): expected one of FP32, UINT8")]:
+        cfg.write_text(body + "\n")
+        code, text = cli(capsys, "verify", str(vpf), "--target", "veriprint.zoo:digits_mlp", "--config", str(cfg))
+        assert code == 2 and words in text and len(text.strip().splitlines()) == 1, (body, text)
+
+
+def test_a_fingerprint_setting_that_is_not_finite_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "f.toml"
+    cfg.write_text("tolerance = inf\n")
+    t0 = time.perf_counter()
+    code, text = cli(capsys, "fingerprint", "--model", "veriprint.zoo:digits_mlp", "--data", "digits",
+                     "--out", str(tmp_path / "x.vpf"), "--config", str(cfg))
+    assert code == 2 and "expected a finite number, got inf" in text, text
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "x.vpf").exists()

@@ -134,7 +134,8 @@ def _parse_bool(text: str) -> bool:
 def add_dataclass_arguments(p: argparse.ArgumentParser | Any, cls: type, *,
                             help: Mapping[str, str] | None = None,
                             aliases: Mapping[str, tuple[str, ...]] | None = None,
-                            skip: tuple[str, ...] = ("version",)) -> list[str]:
+                            skip: tuple[str, ...] = ("version",),
+                            types: Mapping[str, Any] | None = None) -> list[str]:
     """Add one flag per field of ``cls`` (``--field-name``); a flag the user does not give
     leaves no attribute at all, so only what was set flows into :func:`from_mapping`.
 
@@ -144,6 +145,7 @@ def add_dataclass_arguments(p: argparse.ArgumentParser | Any, cls: type, *,
         help: help text per field (the default shown is the dataclass's own).
         aliases: extra flag spellings per field (kept for older command lines).
         skip: fields without a flag (default: ``version``; nested dataclasses have none).
+        types: a parser per field in place of its annotation's (e.g. durations as ``"3s"``).
 
     Booleans take ``--name`` / ``--no-name``. Returns the ``dest`` names added.
     """
@@ -156,6 +158,8 @@ def add_dataclass_arguments(p: argparse.ArgumentParser | Any, cls: type, *,
         if kind is None:
             continue
         typ, extra = kind
+        if types and f.name in types:
+            typ = types[f.name]
         flags = ["--" + f.name.replace("_", "-"), *((aliases or {}).get(f.name, ()))]
         if f.default is not dataclasses.MISSING:
             default = f.default

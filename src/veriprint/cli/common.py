@@ -191,19 +191,24 @@ def add_target_arguments(p: argparse.ArgumentParser, *, max_batch: bool = True) 
     p.add_argument("--datatype", default=None, choices=["FP32", "UINT8"], help="input datatype (remote targets)")
     p.add_argument("--insecure", action="store_true", help="do not verify TLS certificates (as --no-verify-tls)")
     p.add_argument("--config", default=None, metavar="FILE.toml",
-                   help="transport settings in TOML with the flags' names (underscores); flags win")
+                   help="defaults for this command's options (transport settings included), in TOML with the "
+                        "flags' names (underscores); each value is parsed as its flag's; flags given win")
+    p.set_defaults(_settings_parser=p)
+    from veriprint.units import duration_flag
+
     add_dataclass_arguments(p.add_argument_group("transport (remote targets)"), TransportOptions,
-                            help=TRANSPORT_HELP)
+                            help=TRANSPORT_HELP, types={"timeout": duration_flag, "backoff": duration_flag})
 
 
 def target_options(args: argparse.Namespace, *, include_max_batch: bool = False) -> dict[str, Any]:
     """The target options of :func:`add_target_arguments`'s flags and ``--config``: only
     what was set."""
-    from veriprint.configs import load_toml, set_values
+    from veriprint.configs import set_values
     from veriprint.targets.transport import TransportOptions
 
-    options: dict[str, Any] = load_toml(args.config) if args.config else {}
-    options.update(set_values(args, list(TransportOptions.__dataclass_fields__)))
+    # a --config file's values are already the flags' defaults (veriprint.cli.main), parsed
+    # by each flag's own type: the file is not read again here
+    options: dict[str, Any] = set_values(args, list(TransportOptions.__dataclass_fields__))
     names = ["input_name", "output_name", "datatype", "output"] + (["max_batch"] if include_max_batch else [])
     for name in names:
         value = getattr(args, name, None)

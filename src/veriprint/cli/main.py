@@ -55,13 +55,40 @@ def _apply_settings_file(parser: argparse.ArgumentParser, args: argparse.Namespa
 
     sub: argparse.ArgumentParser = args._settings_parser
     values = load_toml(args.config)
-    known = {a.dest for a in sub._actions if a.dest not in ("help", "config")}
-    unknown = sorted(set(values) - known)
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config") and a.option_strings}
+    unknown = sorted(set(values) - set(actions))
     if unknown:
         raise ConfigError(f"--config {args.config!r}: unknown setting{'s' * (len(unknown) > 1)} "
-                          f"{', '.join(unknown)} for `veriprint {args.command}`; known: {', '.join(sorted(known))}")
-    sub.set_defaults(**values)
+                          f"{', '.join(unknown)} for `veriprint {args.command}`; known: {', '.join(sorted(actions))}")
+    sub.set_defaults(**{k: _setting(args.config, k, v, actions[k]) for k, v in values.items()})
     return parser.parse_args(argv)
+
+
+def _setting(path: str, key: str, value: object, action: argparse.Action) -> object:
+    """A ``--config`` value parsed as its flag parses text, or :class:`ConfigError` naming the key."""
+    from veriprint.errors import ConfigError
+
+    flag = action.option_strings[-1] if action.option_strings else key
+    where = f"--config {path!r}: {key} (as {flag})"
+    if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):  # a switch
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    items = value if isinstance(value, list) and action.nargs not in (None, "?") else [value]
+    if any(isinstance(v, list | dict | bool) for v in items):
+        raise ConfigError(f"{where}: expected {'values' if len(items) > 1 else 'a value'} as on the command "
+                          f"line, got {value!r:.80}")
+    out = []
+    for v in items:
+        text = str(v)
+        try:
+            parsed = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if action.choices is not None and parsed not in action.choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, action.choices))}, got {v!r}")
+        out.append(parsed)
+    return out if items is value else out[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,8 +65,6 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 SPECS_HINT = "top1, topk:K, probs, probs:N, top1-prob:N or logits"
 
 #: Target options an endpoint may set, with their types (passed to ``open_target``).
@@ -101,18 +99,18 @@ class ConfigError(errors.ConfigError):
 
 
 def parse_duration(value: Any, key: str) -> float:
-    """Seconds from a number or a string such as ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``."""
-    if isinstance(value, bool):
+    """Seconds from a number or a string such as ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``
+    (:func:`veriprint.units.seconds`, the grammar of every flag and file)."""
+    from veriprint.units import seconds
+
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(key, "a duration >= 0", value)
-    return seconds
+    try:
+        return seconds(value)
+    except ValueError:
+        if isinstance(value, int | float) or (isinstance(value, str) and value.strip().startswith("-")):
+            raise ConfigError(key, "a duration >= 0", value) from None
+        raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value) from None
 
 
 @dataclass(frozen=True)

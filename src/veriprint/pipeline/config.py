@@ -7,7 +7,8 @@ and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from veriprint.configs import check_version, from_mapping
@@ -143,6 +144,10 @@ class FingerprintConfig:
     version: int = 1
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # no setting is NaN or infinite (they would pass every comparison below)
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"invalid FingerprintConfig.{f.name}: expected a finite number, got {v!r}")
         checks = [
             ("bag", self.bag >= 1),
             ("seeds", self.seeds in ("boundary", "random")),
