@@ -683,3 +683,51 @@ def test_a_fingerprint_setting_that_is_not_finite_is_refused_before_any_work(
                      "--out", str(tmp_path / "x.vpf"), "--config", str(cfg))
     assert code == 2 and "expected a finite number, got inf" in text, text
     assert time.perf_counter() - t0 < 20 and not (tmp_path / "x.vpf").exists()
+
+
+def test_a_query_string_in_a_target_url_stays_a_query_string(digits_fingerprint: Fingerprint,
+                                                             digits_model: torch.nn.Module) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            paths.append(self.path)
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            x = np.asarray(req["inputs"][0]["data"], np.float32).reshape(req["inputs"][0]["shape"])
+            with torch.inference_mode():
+                z = digits_model(torch.from_numpy(x)).numpy()
+            body = json.dumps({"model_name": "m", "outputs": [{"name": "logits", "datatype": "FP32",
+                               "shape": list(z.shape), "data": z.ravel().tolist()}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/v2/models/m?api_key={SECRET}"
+        rep = verify(digits_fingerprint, url, spec="top1", retries=0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rep.verdict == "INTACT", rep.reason
+    assert paths and all(p == f"/v2/models/m/infer?api_key={SECRET}" for p in paths), paths
+    assert SECRET not in rep.target and SECRET not in json.dumps(rep.to_dict())
+
+
+def test_a_monitor_target_with_a_user_name_is_refused_when_the_file_is_read(tmp_path: Path) -> None:
+    from veriprint.monitor.config import ConfigError as MonitorConfigError
+    from veriprint.monitor.config import parse_config
+
+    for url in ("http://alice@127.0.0.1:1/v2/models/m", f"http://alice:{SECRET}@127.0.0.1:1/v2/models/m"):
+        ep = {"name": "e", "target": url, "fingerprint": "fp.vpf"}
+        with pytest.raises(MonitorConfigError, match="without credentials") as e:
+            parse_config({"endpoints": [ep]}, base=tmp_path, check_files=False)
+        assert "alice" not in str(e.value) and SECRET not in str(e.value)

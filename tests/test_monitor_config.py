@@ -64,7 +64,7 @@ def test_defaults_apply_and_endpoints_override(files: Path) -> None:
     ({"decoys": {"ratio": 1}}, r"endpoints\[0\]\.decoys\.data: expected a string, got nothing"),
     ({"decoys": {"data": "digits", "ratio": -1}}, r"decoys\.ratio: expected a number >= 0, got -1"),
     ({"target": "http://user:hunter2@10.0.0.1/v2/models/x"},
-     r"endpoints\[0\]\.target: expected no password in the file .* got 'http://\*\*\*@10.0.0.1/v2/models/x'"),
+     r"endpoints\[0\]\.target: expected a URL without credentials .* got 'http://\*\*\*@10.0.0.1/v2/models/x'"),
 ])
 def test_mistakes_name_the_key_what_was_expected_and_what_came(files: Path, change: dict[str, Any],
                                                                 match: str) -> None:
@@ -82,7 +82,7 @@ def test_monitor_and_alert_mistakes(files: Path, monkeypatch: pytest.MonkeyPatch
     assert "endpoints: expected an array of tables ([[endpoints]]), got nothing" in err({})
     assert "endpoints: expected at least one [[endpoints]] table" in err({"endpoints": []})
     assert "monitor.listen: expected HOST:PORT, got 'localhost'" in err({**doc(), "monitor": {"listen": "localhost"}})
-    assert "monitor.database: expected no password in the file" in err(
+    assert "monitor.database: expected a URL without credentials" in err(
         {**doc(), "monitor": {"database": "postgresql://u:secret@db/x"}})
     assert "secret" not in err({**doc(), "monitor": {"database": "postgresql://u:secret@db/x"}})
     assert "monitor.database: expected a sqlite:/// or postgresql:// URL" in err(

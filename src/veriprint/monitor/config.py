@@ -397,15 +397,20 @@ def _env_name(t: _Table, name: str) -> str | None:
     return value
 
 
-def _check_no_password(t: _Table, name: str, url: str, env_key: str) -> None:
+def _check_no_password(t: _Table, name: str, url: str, env_key: str, *, user_ok: bool = False) -> None:
+    """The rule every check applies (:func:`veriprint.redact.refuse_url_credentials`), applied
+    when the file is read: no ``user@`` or ``user:password@`` before the host (a database URL
+    may name its user, ``postgresql://user@host/db``, but never a password)."""
     try:
         parts = urlsplit(url)
-        password = parts.password
+        netloc, password = parts.netloc, parts.password
     except ValueError:
-        raise t.error(name, "a URL", url) from None
-    if password:
-        raise t.error(name, f"no password in the file (put the URL in an environment variable named by {env_key})",
-                      redact_url(url))
+        raise t.error(name, "a URL", redact_url(url)) from None
+    if user_ok and "@" in netloc and not password:
+        return
+    if "@" in netloc:
+        raise t.error(name, f"a URL without credentials (no user or password before the host: put them in an "
+                      f"environment variable named by {env_key})", redact_url(url))
 
 
 _ENDPOINT_KEYS = ("name", "target", "fingerprint", "pubkey", "spec", "interval", "jitter", "check_timeout",
@@ -669,7 +674,7 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
     if database is None:
         database = f"sqlite:///{(base_dir / 'veriprint-monitor.db').resolve()}"
     else:
-        _check_no_password(mt, "database", database, "database_env")
+        _check_no_password(mt, "database", database, "database_env", user_ok=True)
         scheme = database.split("://", 1)[0] if "://" in database else ""
         if not scheme.startswith(("sqlite", "postgresql")):
             raise mt.error("database", "a sqlite:/// or postgresql:// URL", redact_url(database))

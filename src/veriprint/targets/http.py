@@ -183,6 +183,7 @@ class HttpClient:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.prefix = parts.path.rstrip("/")
+        self.query = parts.query  # kept on every request (``?api_key=...``), masked where shown
         self._headers = {"Accept": "application/json", **self.options.auth_headers()}
         self._ssl: ssl.SSLContext | None = None
         if self.scheme == "https":
@@ -201,7 +202,11 @@ class HttpClient:
         return f"{self.scheme}://{host}:{self.port}"
 
     def url(self, path: str) -> str:
-        return f"{self.origin}{self.prefix}{path}"
+        return f"{self.origin}{self.prefix}{self._target(path)}"
+
+    def _target(self, path: str) -> str:
+        """``path`` with the base URL's query string, if any."""
+        return f"{path}?{self.query}" if self.query else path
 
     def _connect(self, watchdog: _Watchdog) -> http.client.HTTPConnection:
         """A connection whose socket the watchdog can cut (TLS handshake included)."""
@@ -223,7 +228,8 @@ class HttpClient:
         with _Watchdog(self.options.timeout) as watchdog:
             try:
                 conn = self._connect(watchdog)
-                conn.request(method, self.prefix + path, body=body, headers={**self._headers, **headers})
+                conn.request(method, self.prefix + self._target(path), body=body,
+                             headers={**self._headers, **headers})
                 resp = conn.getresponse()
                 declared = _content_length(resp, method, url)
                 if declared is not None and declared > limit:
@@ -320,6 +326,17 @@ def parse_json(body: bytes, where: str) -> Any:
         raise TargetError(f"{where}: expected a JSON body, got {_snippet(body)!r}") from e
     except RecursionError as e:
         raise TargetError(f"{where}: expected a JSON body, got one nested too deeply to read") from e
+
+
+def split_query(url: str) -> tuple[str, str]:
+    """``url`` without its query string, and the query string (``""`` when none): a model URL
+    is parsed without it, and the query goes back on every request's path."""
+    head, sep, query = url.partition("?")
+    return head, query if sep else ""
+
+
+def with_query(base: str, query: str) -> str:
+    return f"{base}?{query}" if query else base
 
 
 def as_array(data: Any, where: str) -> np.ndarray:

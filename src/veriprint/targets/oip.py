@@ -25,7 +25,7 @@ import numpy as np
 from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
 from veriprint.targets.contract import pick_output
-from veriprint.targets.http import HttpTarget, as_array
+from veriprint.targets.http import HttpTarget, as_array, split_query, with_query
 
 __all__ = ["OipTarget", "parse_oip_url"]
 
@@ -43,10 +43,11 @@ def parse_oip_url(url: str) -> tuple[str, str, str | None]:
     Raises:
         ValueError: the URL is not ``http(s)://HOST:PORT/v2/models/NAME[/versions/V]``.
     """
+    url, query = split_query(url)
     m = _URL.match(url)
     if not m:
         raise ConfigError(f"expected http(s)://HOST:PORT/v2/models/NAME[/versions/V], got {url!r}")
-    return m.group(1), m.group(2), m.group(3)
+    return with_query(m.group(1), query), m.group(2), m.group(3)
 
 
 class OipTarget(HttpTarget):

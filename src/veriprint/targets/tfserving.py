@@ -19,7 +19,7 @@ import numpy as np
 
 from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
-from veriprint.targets.http import HttpTarget, as_array
+from veriprint.targets.http import HttpTarget, as_array, split_query, with_query
 
 __all__ = ["TfServingTarget", "parse_tfserving_url"]
 
@@ -28,11 +28,12 @@ _URL = re.compile(r"^tfserving\+(https?://[^/]+)(/v1/models/[^/:]+(?:/(?:version
 
 def parse_tfserving_url(url: str) -> tuple[str, str]:
     """Split ``tfserving+http(s)://HOST:PORT/v1/models/NAME[...]`` into ``(base_url, path)``."""
+    url, query = split_query(url)
     m = _URL.match(url)
     if not m:
         raise ConfigError("expected tfserving+http(s)://HOST:PORT/v1/models/NAME"
                          f"[/versions/V|/labels/L], got {url!r}")
-    return m.group(1), m.group(2)
+    return with_query(m.group(1), query), m.group(2)
 
 
 class TfServingTarget(HttpTarget):

@@ -22,7 +22,7 @@ import numpy as np
 
 from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
-from veriprint.targets.http import HttpTarget, as_array
+from veriprint.targets.http import HttpTarget, as_array, split_query, with_query
 
 __all__ = ["TorchServeTarget", "parse_torchserve_url"]
 
@@ -32,11 +32,12 @@ _URL = re.compile(r"^torchserve\+(https?://[^/]+)/predictions/([^/]+)(?:/([^/]+)
 def parse_torchserve_url(url: str) -> tuple[str, str, str | None]:
     """Split ``torchserve+http(s)://HOST:PORT/predictions/NAME[/VERSION]`` into
     ``(base_url, model, version)``."""
+    url, query = split_query(url)
     m = _URL.match(url)
     if not m:
         raise ConfigError(
             f"expected torchserve+http(s)://HOST:PORT/predictions/NAME[/VERSION], got {url!r}")
-    return m.group(1), m.group(2), m.group(3)
+    return with_query(m.group(1), query), m.group(2), m.group(3)
 
 
 class TorchServeTarget(HttpTarget):
