@@ -238,3 +238,16 @@ def test_check_config_creates_nothing_and_once_reports_its_own_timed_out_check(t
     row = Store(f"sqlite:///{db}").checks("hang")[0]
     assert row.pool_checks_left is not None and row.pool_checks_left >= 0  # the pool's state, not "no rotation"
     assert row.queries == 0 and any("may have been sent" in w for w in row.warnings)
+
+
+def test_a_check_id_beyond_the_database_range_is_not_found(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from veriprint.monitor.web import create_app
+
+    (tmp_path / "fp.vpf").write_bytes(b"x")
+    cfg = parse_config({"endpoints": [{"name": "e", "target": "http://127.0.0.1:1/v2/models/m",
+                                       "fingerprint": "fp.vpf"}]}, base=tmp_path)
+    client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'm.db'}"), cfg, {}), raise_server_exceptions=False)
+    for path in ("/checks/1234567890123456789012345", "/api/checks/1234567890123456789012345", "/checks/7"):
+        assert client.get(path).status_code == 404, path

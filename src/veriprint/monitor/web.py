@@ -72,6 +72,19 @@ def sample_png(fp: Fingerprint, index: int, which: str, scale: int = 8) -> bytes
     return buf.getvalue()
 
 
+#: Check ids are database integers (64-bit signed): anything larger names no check.
+_MAX_ID = 2**63 - 1
+
+
+def _check_or_404(store: Store, raw: object) -> Check:
+    """The check with id ``raw``, or HTTP 404 (ids out of the database's range included)."""
+    cid = int(str(raw)) if str(raw).isdigit() else -1
+    c = store.check(cid) if 0 < cid <= _MAX_ID else None
+    if c is None:
+        raise HTTPException(404, "no such check")
+    return c
+
+
 def _labels_first(spec: str) -> bool:
     """Whether a stored answer under ``spec`` starts with the label (top1, topk, top1-prob)
     rather than being a vector of scores (probs, logits)."""
@@ -167,9 +180,7 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
             "row": next(r for r in endpoint_rows() if r["name"] == name)})
 
     async def check(request: Request) -> Response:
-        c = store.check(int(request.path_params["id"]))
-        if c is None:
-            raise HTTPException(404, "no such check")
+        c = _check_or_404(store, request.path_params["id"])
         alerts = [(a, store.alert_attempts(a.id)) for a in store.alerts(check_id=c.id)]
         samples = []
         labels_first = _labels_first(c.spec)
@@ -209,9 +220,7 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         return JSONResponse(rows)
 
     async def api_check(request: Request) -> Response:
-        c = store.check(int(request.path_params["id"]))
-        if c is None:
-            raise HTTPException(404, "no such check")
+        c = _check_or_404(store, request.path_params["id"])
         return JSONResponse({col.name: getattr(c, col.name) for col in Check.__table__.columns})
 
     routes = [
