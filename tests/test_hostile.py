@@ -731,3 +731,12 @@ def test_a_monitor_target_with_a_user_name_is_refused_when_the_file_is_read(tmp_
         with pytest.raises(MonitorConfigError, match="without credentials") as e:
             parse_config({"endpoints": [ep]}, base=tmp_path, check_files=False)
         assert "alice" not in str(e.value) and SECRET not in str(e.value)
+
+
+def test_inspect_reads_a_file_with_only_the_required_metadata(vpf: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    keep = ("noise", "domain", "model_outputs")
+    bare = craft(vpf, tmp_path / "bare.vpf", lambda t, m: [m.pop(k) for k in list(m) if k not in keep])
+    code, text = cli(capsys, "inspect", str(bare))
+    assert code == 0 and "KeyError" not in text and "error" not in text, text
+    assert "classes:" in text and "label a query" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 HELP = "print a fingerprint's metadata, signature status and per-sample margin and PSNR (--png: images)"
 
@@ -20,19 +21,34 @@ def run(args: argparse.Namespace) -> int:
 
     fp = Fingerprint.load(args.fingerprint, pubkey=args.pubkey)
     m = fp.meta
-    cfg = m["config"]
-    gen = cfg["generation"]
+
+    def g(*keys: str, default: Any = "?") -> Any:
+        """A metadata entry, ``default`` when the file (written by another version, or edited and
+        re-hashed) lacks it: only noise, domain and model outputs are required of a file."""
+        v: Any = m
+        for k in keys:
+            if not isinstance(v, dict) or k not in v:
+                return default
+            v = v[k]
+        return v
+
+    def num(v: Any, fmt: str) -> str:
+        return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
     print(f"file: {args.fingerprint}")
     print(f"sha256: {fp.sha256}   signature: {fp.signature}")
-    print(f"made by veriprint {m['tool_version']} on {m['created']} in {m['seconds']} s")
-    print(f"model: {m['model_source']} (weights sha256 {m['model_hash'][:16]}..., outputs {m['model_outputs']}, "
-          f"{m['num_classes']} classes, input {m['input_shape']})")
+    print(f"made by veriprint {g('tool_version')} on {g('created')} in {g('seconds')} s")
+    print(f"model: {g('model_source')} (weights sha256 {str(g('model_hash'))[:16]}..., outputs {m['model_outputs']}, "
+          f"{g('num_classes', default=fp.expected.shape[1])} classes, input {g('input_shape')})")
     print(f"domain: {m['domain']}")
-    print(f"generation: objective {gen['objective']}, params {gen['params']}, eps {gen['eps']:.4g} ({gen['norm']}), "
-          f"steps {m['generation']['steps_run']}/{gen['steps']}, lr {gen['lr']}")
-    sel = m["selection"]
-    print(f"selection: {sel['method']} {len(fp)} of {cfg['bag']} ({sel['eligible']} eligible), "
-          f"refinement {'on' if cfg['refine'] else 'off'}")
+    print(f"generation: objective {g('config', 'generation', 'objective')}, params {g('config', 'generation', 'params')}, "
+          f"eps {num(g('config', 'generation', 'eps'), '.4g')} ({g('config', 'generation', 'norm')}), "
+          f"steps {g('generation', 'steps_run')}/{g('config', 'generation', 'steps')}, "
+          f"lr {g('config', 'generation', 'lr')}")
+    refine = g("config", "refine", default=None)
+    print(f"selection: {g('selection', 'method')} {len(fp)} of {g('config', 'bag')} "
+          f"({g('selection', 'eligible')} eligible), refinement "
+          f"{'?' if refine is None else 'on' if refine else 'off'}")
     prof = m.get("profile")
     if isinstance(prof, dict):
         where = ", ".join(f"{k} {prof[k]}" for k in ("device_name", "cuda", "cudnn") if prof.get(k))
@@ -75,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(data, dict) and data.get("views"):
         print(f"seeds: {data.get('size')} inputs with natural views ({', '.join(data['views'])})")
     labels_seen = sorted(set(labels.tolist()))
-    blind = [c for c in range(int(m["num_classes"])) if c not in labels_seen]
-    print(f"classes: {len(labels_seen)} of {m['num_classes']} label a query; "
+    classes = int(fp.expected.shape[1])
+    blind = [c for c in range(classes) if c not in labels_seen]
+    print(f"classes: {len(labels_seen)} of {classes} label a query; "
           + (f"blind to a decrease of their logit (no query labelled): {_ranges(blind)}" if blind
              else "every class shows a decrease of its logit"))
     reach = m.get("reach")
-    if reach:
+    if isinstance(reach, dict) and {"tensors", "sizes", "share", "deltas", "all"} <= set(reach):
         print("reach (first order): predicted coverage, the share of each tensor's parameters whose change by "
               "+-delta (random sign) flips at least one query")
         width = max(len(n) for n in reach["tensors"])
