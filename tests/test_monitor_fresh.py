@@ -251,3 +251,23 @@ def test_a_check_id_beyond_the_database_range_is_not_found(tmp_path: Path) -> No
     client = TestClient(create_app(Store(f"sqlite:///{tmp_path / 'm.db'}"), cfg, {}), raise_server_exceptions=False)
     for path in ("/checks/1234567890123456789012345", "/api/checks/1234567890123456789012345", "/checks/7"):
         assert client.get(path).status_code == 404, path
+
+
+def test_a_probe_reports_the_newest_check_and_sends_nothing(tmp_path: Path, served: FakeOip) -> None:
+    from starlette.testclient import TestClient
+
+    from veriprint.monitor.web import create_app
+
+    cfg = _fresh_config(tmp_path, served, name="bad", target=served.url("bad"))
+    rt = EndpointRuntime.load(cfg.endpoints[0], "endpoints[0]")
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    client = TestClient(create_app(store, cfg, {}))
+    before = client.get("/probe", params={"target": "bad"})
+    assert before.status_code == 200 and "probe_success 0" in before.text
+    assert "probe_duration_seconds" not in before.text  # no check yet
+    assert run_check(rt, HOUR_MS, store, cfg).verdict == "TAMPERED"
+    hits = served.hits["bad"]
+    after = client.get("/probe", params={"target": "bad"}).text
+    assert "probe_success 0" in after and 'veriprint_probe_verdict{endpoint="bad",verdict="TAMPERED"} 1' in after
+    assert served.hits["bad"] == hits  # a scrape sends no query
+    assert client.get("/probe", params={"target": "nope"}).status_code == 400

@@ -72,6 +72,24 @@ def sample_png(fp: Fingerprint, index: int, which: str, scale: int = 8) -> bytes
     return buf.getvalue()
 
 
+def probe_text(name: str, c: Check | None, now: float | None = None) -> str:
+    """The Prometheus text a probe of endpoint ``name`` answers (its newest check ``c``)."""
+    now = _clock.time() if now is None else now
+    lines = ["# HELP probe_success 1 when the endpoint's newest check is INTACT",
+             "# TYPE probe_success gauge", f"probe_success {1 if c is not None and c.verdict == 'INTACT' else 0}"]
+    if c is not None:
+        lines += ["# HELP probe_duration_seconds wall time of that check", "# TYPE probe_duration_seconds gauge",
+                  f"probe_duration_seconds {c.duration_s:.6g}",
+                  "# HELP veriprint_probe_check_age_seconds seconds since that check finished",
+                  "# TYPE veriprint_probe_check_age_seconds gauge",
+                  f"veriprint_probe_check_age_seconds {max(now - c.finished_at, 0.0):.3f}"]
+    lines += ["# HELP veriprint_probe_verdict 1 for the newest check's verdict", "# TYPE veriprint_probe_verdict gauge"]
+    for v in ("INTACT", "TAMPERED", "INCONCLUSIVE"):
+        lines.append(f'veriprint_probe_verdict{{endpoint="{name}",verdict="{v}"}} '
+                     f"{1 if c is not None and c.verdict == v else 0}")
+    return "\n".join(lines) + "\n"
+
+
 #: Check ids are database integers (64-bit signed): anything larger names no check.
 _MAX_ID = 2**63 - 1
 
@@ -223,7 +241,18 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         c = _check_or_404(store, request.path_params["id"])
         return JSONResponse({col.name: getattr(c, col.name) for col in Check.__table__.columns})
 
+    async def probe(request: Request) -> Response:
+        """``/probe?target=NAME`` in the style of Prometheus' blackbox exporter: the endpoint's
+        newest stored check as ``probe_success`` and friends. It reads the database only, so a
+        scrape never sends a query (the schedule and ``queries_per_day`` stay the monitor's)."""
+        name = request.query_params.get("target", "")
+        if name not in names:
+            return PlainTextResponse(f"expected ?target= one of the endpoints ({', '.join(names)}), got {name!r:.80}\n",
+                                     status_code=400)
+        return Response(probe_text(name, store.latest().get(name)), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
+        Route("/probe", probe),
         Route("/", index), Route("/endpoints/{name}", endpoint), Route("/checks/{id:int}", check),
         Route("/alerts", alerts), Route("/fingerprints/{sha}/{index:int}/{which}.png", image),
         Route("/metrics", metrics), Route("/healthz", healthz), Route("/api/endpoints", api_endpoints),
