@@ -40,12 +40,14 @@ fi
 bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
 
 # Debian packages, each only when missing: the data set, and for the monitor's tests a
-# PostgreSQL server (started by the tests as a non-root user) and Chromium with its driver.
+# PostgreSQL server (started by the tests as a non-root user), Chromium with its driver and
+# Prometheus (promtool and a server, started by the tests on 127.0.0.1).
 want=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || want+=(chromium-driver)
+command -v promtool >/dev/null 2>&1 || want+=(prometheus)  # promtool and a server for the alert rules' tests
 if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
