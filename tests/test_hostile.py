@@ -740,3 +740,81 @@ def test_inspect_reads_a_file_with_only_the_required_metadata(vpf: Path, tmp_pat
     code, text = cli(capsys, "inspect", str(bare))
     assert code == 0 and "KeyError" not in text and "error" not in text, text
     assert "classes:" in text and "label a query" in text
+
+# --- enrollment --------------------------------------------------------------------------------
+
+def _jitter(model: torch.nn.Module, size: float, seed: int = 0) -> CallableTarget:
+    """The model's logits, each moved by +-``size`` (a fresh sign per value and call)."""
+    rng = np.random.default_rng(seed)
+
+    def answer(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            z = model(torch.from_numpy(x)).double().numpy()
+        return z + rng.choice([-size, size], size=z.shape)  # type: ignore[no-any-return]
+
+    return CallableTarget(answer)
+
+
+@pytest.fixture(scope="module")
+def demo_pool() -> tuple[torch.nn.Module, Fingerprint]:
+    from veriprint.demo import load_shipped
+    from veriprint.models import load_model
+
+    s = load_shipped()
+    return load_model(s.factory, weights=s.weights).eval(), Fingerprint.load(s.fingerprint)
+
+
+def test_enrollment_inside_the_pools_tolerance_keeps_the_pools_floor(
+        demo_pool: tuple[torch.nn.Module, Fingerprint]) -> None:
+    """Noise the pool absorbs must not widen the enrolled floor: a label check with a logits
+    enrollment catches what the pool catches."""
+    import copy
+
+    from veriprint.pipeline.enroll import enroll
+
+    model, pool = demo_pool
+    rep = enroll(pool, _jitter(model, 2e-5), spec="logits", keep=8)
+    fp = rep.fingerprint
+    assert (fp.noise.floor, fp.noise.logit_tolerance) == (pool.noise.floor, pool.noise.logit_tolerance)
+    assert fp.meta["enrollment"]["serves"] == ["top1", "topk", "logits"], fp.meta["enrollment"]
+    bad = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in bad.parameters():
+            p.mul_(1 + 1e-3 * torch.randn(p.shape, generator=g))
+    for spec in ("top1", "logits"):
+        assert verify(fp, _jitter(model, 2e-5, seed=3), spec=spec).verdict == "INTACT"
+    pool_says = verify(pool, _jitter(bad, 2e-5, seed=3), spec="top1")
+    enrolled_says = verify(fp, _jitter(bad, 2e-5, seed=3), spec="top1")
+    assert pool_says.verdict == "TAMPERED", pool_says.reason
+    assert enrolled_says.verdict == "TAMPERED" and enrolled_says.mismatches >= pool_says.mismatches
+
+
+def test_an_enrollment_whose_floor_grew_serves_only_its_spec(demo_pool: tuple[torch.nn.Module, Fingerprint],
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from veriprint.pipeline.enroll import enroll
+
+    model, pool = demo_pool
+    rep = enroll(pool, _jitter(model, 1e-4), spec="logits", keep=8, tolerance=1e-3)
+    fp = rep.fingerprint
+    info = fp.meta["enrollment"]
+    assert fp.noise.floor > pool.noise.floor and info["serves"] == ["logits"], info
+    assert set(info["grown"]) == {"floor", "logit", "prob"}
+    assert verify(fp, _jitter(model, 1e-4, seed=3), spec="logits").verdict == "INTACT"
+    with pytest.raises(ConfigError, match="expected a spec this enrolled fingerprint serves"):
+        verify(fp, _jitter(model, 1e-4, seed=3), spec="top1")
+    fp.save(tmp_path / "enrolled.vpf")
+    code, text = cli(capsys, "verify", str(tmp_path / "enrolled.vpf"), "--target", "veriprint.zoo:fashion_cnn",
+                     "--spec", "top1")
+    assert code == 2 and "margin floor from 0.0001 to" in text and "--spec logits" in text, text
+    assert len(text.strip().splitlines()) == 1
+
+
+def test_keep_too_small_for_a_pair_is_named(demo_pool: tuple[torch.nn.Module, Fingerprint]) -> None:
+    from veriprint.pipeline.enroll import EnrollmentError, enroll
+
+    model, pool = demo_pool
+    with pytest.raises(EnrollmentError, match=r"keep 1 cannot hold a twin pair .* keep 2 or more"):
+        enroll(pool, model, spec="top1", keep=1)
+    assert enroll(pool, model, spec="top1", keep=2).kept_pairs == 1

@@ -112,6 +112,31 @@ class VerificationReport:
         return "\n".join(lines)
 
 
+def _check_enrolled_spec(fp: Fingerprint, spec: OutputSpec) -> None:
+    """Refuse a spec an enrolled fingerprint does not serve.
+
+    An enrollment whose measured spread went beyond the pool's tolerances widened them;
+    the file then serves only the spec it was enrolled for (``meta["enrollment"]["serves"]``),
+    since under another spec it would check less than the pool it came from.
+    """
+    info = fp.meta.get("enrollment")
+    serves = info.get("serves") if isinstance(info, dict) else None
+    if not isinstance(serves, list) or spec.kind in serves:
+        return
+    assert isinstance(info, dict)
+    grown = info.get("grown")
+    names = {"floor": "margin floor", "logit": "logit tolerance", "prob": "probability tolerance"}
+    what = "its tolerances"
+    if isinstance(grown, dict) and grown:
+        what = ", ".join(f"the {names.get(str(k), str(k))} from {v.get('pool', 0):.3g} to {v.get('enrolled', 0):.3g}"
+                         if isinstance(v, dict) else str(k) for k, v in grown.items())
+    raise ConfigError(
+        f"expected a spec this enrolled fingerprint serves ({', '.join(map(str, serves))}), got {spec}: "
+        f"enrollment widened {what} beyond the pool's (the deployment's answers spread more than the pool "
+        f"allows), so under {spec} it would check less than the pool does; verify with --spec "
+        f"{info.get('spec', serves[0])}, or enroll again with --spec {spec}")
+
+
 def verify(
     fingerprint: Fingerprint | str | os.PathLike[str],
     target: Target | nn.Module | Callable[..., Any] | str | os.PathLike[str],
@@ -147,6 +172,7 @@ def verify(
         raise ConfigError("expected a fingerprint with at least one sample, got 0: nothing to compare")
     if not torch.isfinite(fp.expected).all():
         raise ConfigError("expected finite expected outputs in the fingerprint, got NaN or infinity")
+    _check_enrolled_spec(fp, out_spec)
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
     info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", "")}

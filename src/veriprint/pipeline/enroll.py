@@ -382,8 +382,14 @@ def enroll(
             raise EnrollmentError(f"the endpoint's answers spread by {max(lg, mg):.3g} logits over the "
                                   f"rounds: more than any floor can hold ({MAX_LOGIT_NOISE:g})")
         base = pool.noise
+        # What the pool's floor already holds stays as it is: a spread measured inside the
+        # pool's own tolerances is noise the pool was made to absorb, and multiplying it by
+        # the safety factor would widen the floor beyond anything measured (and weaken every
+        # label check). Only a spread beyond the pool's tolerance moves the floor.
         new_noise = dataclasses.replace(
-            base, logit=max(base.logit, lg), prob=min(1.0, max(base.prob, pr)), margin=max(base.margin, mg),
+            base, logit=base.logit if lg <= base.logit_tolerance else max(base.logit, lg),
+            prob=base.prob if pr <= base.prob_tolerance else min(1.0, max(base.prob, pr)),
+            margin=base.margin if mg <= base.floor else max(base.margin, mg),
             variants=(*base.variants, f"enrolled:{rounds} rounds"),
             declared=base.declared if numeric else declared.declared,
             declared_prob=base.declared_prob if numeric else declared.declared_prob)
@@ -426,6 +432,12 @@ def enroll(
     counts: dict[str, int] = {}
     for c in stats:
         counts[c.why] = counts.get(c.why, 0) + 1
+    if not chosen and good_units and keep < 2 and not single_units:
+        raise EnrollmentError(
+            f"keep {keep} cannot hold a twin pair (a pair counts two queries and is kept only whole), and "
+            f"every one of the {len(pair_units)} stable, decided candidates of this pool is half of a pair; "
+            f"keep 2 or more (--keep 2)",
+            {"pool": n, "counts": counts, "target": names, "keep": keep, "good_pairs": len(pair_units)})
     if not chosen:
         raise EnrollmentError(
             f"no candidate of the pool of {n} is stable and decided on this endpoint "
@@ -434,6 +446,12 @@ def enroll(
 
     # --- the enrolled fingerprint ------------------------------------------------------
     sub = pool.subset(chosen)
+    base = pool.noise
+    grown = [what for what, new, old in (("floor", new_noise.floor, base.floor),
+                                         ("logit", new_noise.logit_tolerance, base.logit_tolerance),
+                                         ("prob", new_noise.prob_tolerance, base.prob_tolerance))
+             if new > old * (1 + 1e-9)]
+    serves = [kind for kind, uses in _TOLERANCES_USED.items() if kind == out_spec.kind or not uses & set(grown)]
     kept_spread = {"logit": lg, "prob": pr, "margin": mg}
     pool_info: dict[str, Any] = {"sha256": pool.sha256, "size": n, "pairs": sum(len(u) == 2 for u in units)}
     reselected = "reach" if model is not None and len(pair_units) + len(single_units) > n_pairs + n_singles \
@@ -456,6 +474,10 @@ def enroll(
         "tolerance": {"logit": float(tolerance), "prob": float(prob_tolerance)},
         "measured_spread": kept_spread,
         "reselected_by": reselected,
+        # Every spec, unless a tolerance had to grow beyond the pool's: then only the spec
+        # enrolled for (a check under another would be weaker than the pool's own).
+        "serves": "every spec" if len(serves) == len(_TOLERANCES_USED) else serves,
+        "grown": {g: {"pool": _tol(base, g), "enrolled": _tol(new_noise, g)} for g in grown},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     meta = dict(sub.meta)
@@ -473,6 +495,15 @@ def enroll(
         noise={**kept_spread, "floor": new_noise.floor, "logit_tolerance": new_noise.logit_tolerance,
                "prob_tolerance": new_noise.prob_tolerance},
         queries=sent, seconds=time.perf_counter() - start)
+
+
+#: The tolerances each kind of spec compares with (see :meth:`veriprint.specs.OutputSpec.compare`).
+_TOLERANCES_USED: dict[str, set[str]] = {"top1": {"floor"}, "topk": {"floor"}, "top1-prob": {"floor", "prob"},
+                                         "probs": {"prob"}, "logits": {"logit"}}
+
+
+def _tol(noise: Any, which: str) -> float:
+    return float({"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}[which])
 
 
 def _short(v: Any) -> str:
