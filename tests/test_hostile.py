@@ -315,6 +315,10 @@ def _local_cases(m: torch.nn.Module) -> dict[str, tuple[Any, str]]:
         "ragged output": (CallableTarget(lambda x: [[1.0] * 10, [1.0]] * (len(x) // 2)), "rectangular"),
         "extra rows": (CallableTarget(lambda x: np.concatenate([z(x), z(x)])), "expected outputs for"),
         "too large for float32": (CallableTarget(lambda x: z(x) * 1e300), "float32 range"),
+        "bool factory tensor": (CallableTarget(lambda x: torch.from_numpy(z(x)) > 0), "booleans"),
+        "bools among floats": (CallableTarget(lambda x: [[True, *r[1:]] for r in z(x).tolist()]), "booleans"),
+        "complex among floats": (CallableTarget(lambda x: [[complex(r[0]), *r[1:]] for r in z(x).tolist()]),
+                                 "complex"),
     }
 
 
@@ -818,3 +822,12 @@ def test_keep_too_small_for_a_pair_is_named(demo_pool: tuple[torch.nn.Module, Fi
     with pytest.raises(EnrollmentError, match=r"keep 1 cannot hold a twin pair .* keep 2 or more"):
         enroll(pool, model, spec="top1", keep=1)
     assert enroll(pool, model, spec="top1", keep=2).kept_pairs == 1
+
+
+def test_a_json_answer_naming_a_key_twice_is_refused() -> None:
+    from veriprint.targets import TargetError
+    from veriprint.targets.http import parse_json
+
+    with pytest.raises(TargetError, match="name each key once"):
+        parse_json(b'{"outputs": [], "outputs": [{"name": "logits"}]}', "t")
+    assert parse_json(b'{"a": {"b": 1}, "c": 2}', "t") == {"a": {"b": 1}, "c": 2}

@@ -50,6 +50,11 @@ def to_array(out: Any, where: str) -> np.ndarray:
         if getattr(out, "is_complex", lambda: False)():
             raise TargetError(f"{where}: expected numbers, got a complex tensor; an answer must be numeric")
         out = out.numpy()
+    if isinstance(out, list | tuple):
+        odd = _odd_element(out)
+        if odd is not None:
+            raise TargetError(f"{where}: expected numbers, got {_KINDS[odd[0]]} among them (e.g. "
+                              f"{odd[1]!r:.80}); an answer must be numeric")
     try:
         arr = np.asarray(out)
     except (ValueError, TypeError) as e:  # ragged lists, odd objects
@@ -62,6 +67,25 @@ def to_array(out: Any, where: str) -> np.ndarray:
         example = " ".join(repr(arr.flat[0]).split())[:80]
         raise TargetError(f"{where}: expected numbers, got {what} (e.g. {example}); an answer must be numeric")
     return arr
+
+
+def _odd_element(values: list[Any] | tuple[Any, ...], depth: int = 0) -> tuple[str, Any] | None:
+    """The first boolean or complex number inside nested lists (NumPy would turn a list mixing
+    them with floats into floats: ``[True, 0.5]`` into ``[1.0, 0.5]``), as ``(kind, value)``."""
+    if depth > 64:
+        return None  # NumPy refuses deeper nesting itself
+    for v in values:
+        if isinstance(v, bool | np.bool_):
+            return "b", v
+        if isinstance(v, complex | np.complexfloating):
+            return "c", v
+        if isinstance(v, list | tuple):
+            odd = _odd_element(v, depth + 1)
+            if odd is not None:
+                return odd
+        elif isinstance(v, np.ndarray) and v.dtype.kind in "bc":
+            return v.dtype.kind, v.flat[0] if v.size else v
+    return None
 
 
 def pick_output(names: list[Any], wanted: str | None, where: str) -> int:

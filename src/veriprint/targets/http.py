@@ -318,10 +318,27 @@ def _status_message(method: str, url: str, resp: HttpResponse) -> str:
     return f"{method} {url}: expected HTTP 200, server answered HTTP {resp.status}: {said}"
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _distinct_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (the reader would keep only the last)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(repr(k[:80]))
+        out[k] = v
+    return out
+
+
 def parse_json(body: bytes, where: str) -> Any:
     """The JSON value in ``body``, or :class:`TargetError` quoting the start of what came."""
     try:
-        return json.loads(body)
+        return json.loads(body, object_pairs_hook=_distinct_keys)
+    except _DuplicateKey as e:
+        raise TargetError(f"{where}: expected a JSON body whose objects name each key once, got {e} "
+                          "twice in one object") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise TargetError(f"{where}: expected a JSON body, got {_snippet(body)!r}") from e
     except RecursionError as e:
