@@ -76,9 +76,15 @@ class Dispatcher:
         self._wake.set()
 
     def deliver_due(self) -> int:
-        """Attempt every due alert once; how many were attempted."""
+        """Attempt every due alert once; how many were attempted.
+
+        Once :meth:`stop` was called no further attempt starts: what is left stays queued in
+        the database, and the next start (or ``--once`` run) delivers it.
+        """
         n = 0
         for alert in self.store.due_alerts(time.time()):
+            if self._stop.is_set():
+                break
             sink = self.sinks.get(alert.sink)
             if sink is None:
                 self.store.record_delivery(alert.id, ok=False, status_code=None, seconds=0.0,
@@ -143,9 +149,19 @@ class Dispatcher:
         self._thread = threading.Thread(target=loop, name="veriprint-alerts", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 2.0) -> None:
+        """Stop delivering: no new attempt starts, pending alerts stay queued for the next start.
+
+        An attempt in flight is given ``wait`` seconds; a webhook that does not answer by then
+        is left to its own timeout in the (daemon) delivery thread, which ends with the process,
+        and its alert stays pending (delivery is at least once).
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(wait)
+            if self._thread.is_alive():
+                log.warning("alert delivery still waiting on a webhook after %g s; leaving it (the alert "
+                            "stays queued for the next start)", wait)
+                return
         self._client.close()

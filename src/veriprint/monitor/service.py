@@ -185,8 +185,13 @@ class Monitor:
                  len(self.runtimes), self.config.concurrency, _shown(self.config.database_url()))
 
     def stop(self, grace: float = 10.0) -> None:
-        """Stop scheduling; wait up to ``grace`` seconds for running checks, then stop alerts."""
+        """Stop scheduling; wait up to ``grace`` seconds for running checks, then stop alerts.
+
+        Alert delivery stops at once (pending alerts stay queued in the database for the next
+        start), so a webhook that never answers cannot hold the shutdown.
+        """
         self._stop.set()
+        self.dispatcher.stop()
         if self._thread is not None:
             self._thread.join(5)
         end = time.monotonic() + grace
@@ -196,8 +201,6 @@ class Monitor:
                     break
             self._reap_timeouts()
             time.sleep(0.05)
-        self.dispatcher.deliver_due()
-        self.dispatcher.stop()
 
     @property
     def alive(self) -> bool:
