@@ -271,3 +271,40 @@ def test_a_probe_reports_the_newest_check_and_sends_nothing(tmp_path: Path, serv
     assert "probe_success 0" in after and 'veriprint_probe_verdict{endpoint="bad",verdict="TAMPERED"} 1' in after
     assert served.hits["bad"] == hits  # a scrape sends no query
     assert client.get("/probe", params={"target": "nope"}).status_code == 400
+
+
+@pytest.mark.slow  # a monitor process, a check and a shutdown: ~15 s
+def test_sigterm_stops_the_service_promptly_while_a_webhook_never_answers(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from servers.mlserver import free_port
+    from servers.monitor_kit import MonitorProcess, pool_files, write_config
+
+    path, pub, _ = pool_files()
+    m = digits_models()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections and never answers
+    hook = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+    db = tmp_path / "m.db"
+    with FakeOip({"bad": torch_model(tampered_copy(m.model, 4))}, (1, 8, 8)) as fake:
+        cfg = write_config(tmp_path / "monitor.toml", database=f"sqlite:///{db}", endpoints=[
+            {"name": "bad", "target": fake.url("bad"), "fingerprint": path, "pubkey": pub, "spec": "probs",
+             "interval": 1, "jitter": 0, "on_pool_exhausted": "wrap"}],
+            alerts=[{"name": "hook", "url": hook, "timeout": "60s", "attempts": 5}])
+        mon = MonitorProcess(cfg, free_port(), tmp_path / "monitor.log").start()
+        try:
+            end = time.monotonic() + 60
+            while time.monotonic() < end and not (db.exists() and Store(f"sqlite:///{db}").pending_alerts()):
+                time.sleep(0.2)
+            assert Store(f"sqlite:///{db}").pending_alerts() >= 1, mon.tail()
+            time.sleep(1.0)  # the delivery thread is now waiting on the silent webhook
+            t0 = time.monotonic()
+            code = mon.stop(grace=30)
+            took = time.monotonic() - t0
+        finally:
+            mon.kill()
+            silent.close()
+    assert code == 0 and took < 15, (code, took, mon.tail())
+    assert Store(f"sqlite:///{db}").pending_alerts() >= 1  # still queued for the next start
