@@ -831,3 +831,11 @@ def test_a_json_answer_naming_a_key_twice_is_refused() -> None:
     with pytest.raises(TargetError, match="name each key once"):
         parse_json(b'{"outputs": [], "outputs": [{"name": "logits"}]}', "t")
     assert parse_json(b'{"a": {"b": 1}, "c": 2}', "t") == {"a": {"b": 1}, "c": 2}
+
+
+def test_credentials_written_in_any_text_are_masked_without_being_remembered() -> None:
+    assert redact.redact("Authorization: Bearer abc.def-123 was refused") == "Authorization: *** was refused"
+    assert redact.redact("sent Bearer eyJhbGciOi") == "sent Bearer ***"
+    assert redact.redact("X-Api-Key: k3y") == "X-Api-Key: ***"
+    assert redact.redact("Basic dXNlcjpwYXNz") == "Basic ***"
+    assert redact.redact("Basic auth is off; the token basic") == "Basic auth is off; the token basic"

@@ -12,6 +12,9 @@ the server's words before quoting them, so a 401 page that echoes the Authorizat
 header cannot put the token in stdout or in a report file. In any URL it prints, the user
 name, the password and every query value (``?token=...``) are masked too, and the whole
 path of a webhook whose path is its token (Slack, Discord, Teams, Zapier, Google Chat).
+Whatever looks like a credential in any text is masked even when it was never remembered:
+an auth scheme and its token (``Bearer abc``, ``Basic dXNl...``) and the value of an auth
+header written out (``Authorization: ...``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 # A URL inside any text: scheme://, then everything up to white space or a quote.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+# What looks like a credential wherever it is written, remembered or not: an auth scheme
+# word and its token ("Bearer abc...", "Basic dXNl..."), and the value of an auth header
+# written out ("Authorization: ...", "X-Api-Key: ..."), up to the end of the value.
+# After "Bearer" anything is a token; after the words that are also English ("Basic",
+# "Token", ...) only what is shaped like one: 8 or more characters with a digit, one of
+# + / = or a capital inside.
+_SCHEME_TOKEN = re.compile(r"\b(Bearer|bearer|BEARER)(\s+)(?!\*\*\*)[A-Za-z0-9._~+/=:-]{3,}"
+                           r"|(?i:\b(Basic|Token|Digest|Negotiate|ApiKey|Api-Key))(\s+)(?!\*\*\*)"
+                           r"(?=[A-Za-z0-9._~+/=:-]{8,})(?=[A-Za-z0-9._~+/=:-]*(?:[0-9+/=]|(?<=[A-Za-z0-9])[A-Z]))"
+                           r"[A-Za-z0-9._~+/=:-]+")
+_HEADER_VALUE = re.compile(r"(?i)\b((?:Proxy-)?Authorization|X-Api-Key|Api-Key|X-Auth-Token|Cookie)(\s*:\s*)"
+                           r"(?!\*\*\*)(?:(Bearer|Basic|Token|Digest|Negotiate|ApiKey)\s+)?[^\s'\"<>,;]+")
 
 
 def remember(value: str) -> None:
@@ -61,6 +76,8 @@ def redact(text: str) -> str:
     for s in secrets:
         if s in text:
             text = text.replace(s, MASK)
+    text = _HEADER_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _SCHEME_TOKEN.sub(lambda m: f"{m.group(1) or m.group(3)}{m.group(2) or m.group(4)}{MASK}", text)
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
