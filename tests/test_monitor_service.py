@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
-import itertools
-
 from servers.digits import digits_models, tampered_copy
 from servers.fake_oip import FakeOip, torch_model
 from servers.monitor_kit import Receiver, pool_files, write_config
@@ -95,3 +96,23 @@ def test_service_checks_alerts_and_serves_metrics(tmp_path: Path) -> None:
     assert client.get("/api/endpoints").json()[0]["name"] == "good"
     hook.close()
     slack.close()
+
+
+def test_the_dashboard_serves_fresh_endpoints_beside_pool_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import uvicorn
+
+    from veriprint.cli.monitor import _serve
+
+    path, _, _ = pool_files()
+    cfg = write_config(tmp_path / "monitor.toml", database=f"sqlite:///{tmp_path / 'm.db'}",
+                       endpoints=[{"name": "pool", "target": "http://127.0.0.1:9/v2/models/x", "fingerprint": path}])
+    mon = Monitor(load_config(cfg))
+    pool = mon.runtimes["pool"]
+    # a fresh endpoint's runtime holds a source of checks and no fingerprint file
+    mon.runtimes["fresh"] = dataclasses.replace(pool, fingerprint=None, pool=None)
+    served: list[Any] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(self.config.app))
+    assert _serve(mon, checks=False) == 0
+    assert len(served) == 1

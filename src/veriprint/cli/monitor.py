@@ -129,7 +129,8 @@ def _serve(monitor, *, checks: bool) -> int:  # type: ignore[no-untyped-def]
     from veriprint.monitor.web import create_app
 
     config = monitor.config
-    fps = {rt.fingerprint.sha256: rt.fingerprint for rt in monitor.runtimes.values()}
+    # sample images for the pool endpoints (a fresh endpoint's checks are made anew, with no file)
+    fps = {rt.fingerprint.sha256: rt.fingerprint for rt in monitor.runtimes.values() if rt.fingerprint is not None}
     app = create_app(monitor.store, config, fps, monitor.metrics.registry,
                      health=(lambda: monitor.alive) if checks else None)
     if checks:
