@@ -52,7 +52,7 @@ def digits_fingerprint(digits_model: torch.nn.Module, digits_data: tuple[Dataset
     from veriprint.fingerprint import FingerprintConfig, make_fingerprint
     from veriprint.generate import GenerationConfig
 
-    cfg = FingerprintConfig(bag=60, select=8, cover_classes=False, ceiling_share=0.0,
+    cfg = FingerprintConfig(bag=60, select=8, cover_classes=False, ceiling_share=0.0, budget="none",
                             generation=GenerationConfig(steps=40, eps=2 / 16, lr=1e-2))
     fp, _, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False, source="veriprint.zoo:digits_mlp")
     return fp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,10 +92,12 @@ def test_fingerprint_verify_inspect_round_trip(tmp_path: Path, digits_model: tor
 def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
     """`veriprint inspect FILE | head`: exit 141 (never a verdict's 0, 1 or 2), no error line."""
     demo = Path(__file__).resolve().parents[1] / "src" / "veriprint" / "assets" / "demo" / "fingerprint.vpf"
-    p = subprocess.Popen([sys.executable, "-m", "veriprint.cli.main", "inspect", str(demo)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert p.stdout is not None and p.stderr is not None
-    p.stdout.readline()
-    p.stdout.close()
-    err = p.stderr.read().decode()
-    assert p.wait(timeout=120) == 141 and "BrokenPipe" not in err and "Traceback" not in err, err
+    for unbuffered in ("", "1"):
+        p = subprocess.Popen([sys.executable, "-m", "veriprint.cli.main", "inspect", str(demo)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()  # the reader is gone before the first line is written
+        err = p.stderr.read().decode()
+        code = p.wait(timeout=120)
+        assert code == 141 and "BrokenPipe" not in err and "Traceback" not in err, (unbuffered, code, err)

@@ -670,9 +670,10 @@ def test_config_files_take_every_flag_name_parsed_as_the_flag_parses_it(
     assert code == 2 and "connection failed" in text and "TypeError" not in text, text
     for body, words in [('timeout = "soon"', "timeout (as --timeout): expected a duration"),
                         ("max_batch = 0", "max_batch (as --max-batch): expected a whole number >= 1"),
-                        ('spec = ["top1"]', "spec (as --spec): expected a value as on the command line"),
+                        ('spec = ["top1"]', "spec (as --spec): expected a string, got list"),
                         ("retries = true", "retries (as --retries): expected a value"),
-                        ('datatype = "FP64"', "datatype (as --datatype): expected one of FP32, UINT8")]:
+                        ('datatype = "FP64"', "datatype (as --datatype): expected one of FP32, UINT8"),
+                        ("pubkey = 7", "pubkey (as --pubkey): expected a string, got int 7")]:
         cfg.write_text(body + "\n")
         code, text = cli(capsys, "verify", str(vpf), "--target", "veriprint.zoo:digits_mlp", "--config", str(cfg))
         assert code == 2 and words in text and len(text.strip().splitlines()) == 1, (body, text)
@@ -681,12 +682,16 @@ def test_config_files_take_every_flag_name_parsed_as_the_flag_parses_it(
 def test_a_fingerprint_setting_that_is_not_finite_is_refused_before_any_work(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "f.toml"
-    cfg.write_text("tolerance = inf\n")
-    t0 = time.perf_counter()
-    code, text = cli(capsys, "fingerprint", "--model", "veriprint.zoo:digits_mlp", "--data", "digits",
-                     "--out", str(tmp_path / "x.vpf"), "--config", str(cfg))
-    assert code == 2 and "expected a finite number, got inf" in text, text
-    assert time.perf_counter() - t0 < 20 and not (tmp_path / "x.vpf").exists()
+    for body, words in [("tolerance = inf", "expected a finite number, got inf"),
+                        ("tolerance = nan", "expected a finite number, got nan"),
+                        ("prob_tolerance = 2.0", "FingerprintConfig.prob_tolerance"),
+                        ("tolerance = 1e9", "FingerprintConfig.tolerance")]:
+        cfg.write_text(body + "\n")
+        # a model that does not exist: the settings are refused before it is even looked for
+        code, text = cli(capsys, "fingerprint", "--model", str(tmp_path / "missing.pt"), "--data", "digits",
+                         "--out", str(tmp_path / "x.vpf"), "--config", str(cfg))
+        assert code == 2 and words in text and "no model" not in text, (body, text)
+    assert not (tmp_path / "x.vpf").exists()
 
 
 def test_a_query_string_in_a_target_url_stays_a_query_string(digits_fingerprint: Fingerprint,

@@ -85,5 +85,5 @@ def digits_models() -> Digits:
 @functools.lru_cache(maxsize=1)
 def digits_fingerprint() -> Fingerprint:
     fp, _, _ = make_fingerprint(digits_models().model, digits_models().test,
-                                FingerprintConfig(bag=32, select=8, cover_classes=False), progress=False)
+                                FingerprintConfig(bag=32, select=8, cover_classes=False, budget="none"), progress=False)
     return fp

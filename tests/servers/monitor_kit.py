@@ -31,7 +31,7 @@ def pool_files() -> tuple[Path, Path, Fingerprint]:
     """A signed fingerprint of the digits MLP with 12 twin pairs (24 samples), and its public key."""
     d = Path(tempfile.mkdtemp(prefix="veriprint-monitor-fp-"))
     priv, pub = generate_keypair(d / "owner.key")
-    cfg = FingerprintConfig(bag=200, select=24, selector="random", cover_classes=False,
+    cfg = FingerprintConfig(bag=200, select=24, selector="random", cover_classes=False, budget="none",
                             generation=GenerationConfig(steps=40, eps=4 / 16, lr=1e-2))
     fp, _, _ = make_fingerprint(digits_models().model, digits_models().test, cfg, progress=False)
     assert fp.meta["selection"]["pairs"] == 12, fp.meta["selection"]

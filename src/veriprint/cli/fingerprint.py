@@ -32,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from veriprint.models import load_model
     from veriprint.pipeline import make_fingerprint
 
+    cfg = fingerprint_config(args)  # every setting checked before the model or the data is read
     model = load_model(args.model, weights=args.weights)
     data = load_data_from(args)
-    cfg = fingerprint_config(args)
     fp, gen, sel = make_fingerprint(model, data, cfg, model_outputs=args.model_outputs, progress=not args.quiet,
                                     source=args.model)
     fp = fp.save(args.out, key=args.key)

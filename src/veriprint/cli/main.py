@@ -75,6 +75,8 @@ def _setting(path: str, key: str, value: object, action: argparse.Action) -> obj
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     items = value if isinstance(value, list) and action.nargs not in (None, "?") else [value]
+    if action.type is None and action.choices is None and any(not isinstance(v, str) for v in items):
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r:.80}")
     if any(isinstance(v, list | dict | bool) for v in items):
         raise ConfigError(f"{where}: expected {'values' if len(items) > 1 else 'a value'} as on the command "
                           f"line, got {value!r:.80}")
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "_settings_parser", None) is not None and args.config:
             args = _apply_settings_file(parser, args, argv)
-        return int(args._module.run(args))
+        code = int(args._module.run(args))
+        sys.stdout.flush()  # a closed reader shows here, not in the interpreter's last flush
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 2

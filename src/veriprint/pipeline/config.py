@@ -160,8 +160,8 @@ class FingerprintConfig:
             ("refine_factor", self.refine_factor >= 1),
             ("safety", self.safety >= 1),
             ("min_floor", self.min_floor > 0),
-            ("tolerance", self.tolerance >= 0),
-            ("prob_tolerance", self.prob_tolerance >= 0),
+            ("tolerance", 0 <= self.tolerance <= 100),  # logits: beyond, every answer would match
+            ("prob_tolerance", 0 <= self.prob_tolerance <= 1),
             ("pool", isinstance(self.pool, int) and self.pool >= 0),
             ("views", self.views in ("auto", "shifts", "shifts+flips", "none")),
             ("floor", self.floor in ("fixed", "measured")),

@@ -43,6 +43,9 @@ _CONTENTS = {  # datatype -> (typed contents field, NumPy dtype)
 
 def parse_grpc_url(url: str) -> tuple[bool, str, str, str | None]:
     """Split ``grpc(s)://HOST:PORT/NAME[/versions/V]`` into ``(tls, address, model, version)``."""
+    if "?" in url or "#" in url:
+        raise ConfigError(f"expected grpc://HOST:PORT/NAME[/versions/V] (or grpcs://) without a query string "
+                          f"(gRPC has none; put credentials in --auth-env), got {redact(url)!r}")
     m = _URL.match(url)
     if not m:
         raise ConfigError(f"expected grpc://HOST:PORT/NAME[/versions/V] (or grpcs://), got {url!r}")
