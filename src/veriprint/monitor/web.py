@@ -204,8 +204,10 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         labels_first = _labels_first(c.spec)
         for s in c.samples:
             exp, obs = s.get("expected") or [], s.get("observed")
-            samples.append({**s, "expected_label": _label(exp, labels_first),
-                            "observed_label": _label(obs, labels_first), "flipped": s.get("match") is False})
+            # a sample never compared is stored with the intact model's scores, whatever the spec
+            first = labels_first and s.get("match") is not None
+            samples.append({**s, "expected_label": _label(exp, first),
+                            "observed_label": _label(obs, first), "flipped": s.get("match") is False})
         return templates.TemplateResponse(request, "check.html", {
             "c": c, "samples": samples, "alerts": alerts, "images": c.fingerprint_sha256 in fingerprints})
 
