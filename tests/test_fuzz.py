@@ -1,4 +1,5 @@
-"""Fuzzing the readers of untrusted bytes: the ``.vpf`` reader and the servers' answers.
+"""Fuzzing the readers of untrusted bytes: the ``.vpf`` reader, the servers' answers and the
+settings files (the monitor's TOML, ``verify`` and ``enroll`` ``--config``).
 
 Each property says the same thing: whatever comes in, the reader either returns something
 that satisfies its contract or raises the project's own error naming what was wrong;
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import socket
 import tempfile
 import threading
@@ -33,6 +36,8 @@ from veriprint.targets.tfserving import TfServingTarget
 from veriprint.targets.torchserve import TorchServeTarget
 
 FAST, SLOW = 150, 1500
+#: Settings files run a whole command each (a fingerprint loaded, a database opened).
+FAST_FILES, SLOW_FILES = 40, 400
 FORMS = ("logits", "probs", "labels", "topk", "top1-prob")
 
 
@@ -257,3 +262,186 @@ def test_http_answers_off_the_wire_parse_or_say_what_came(head: bytes, lines: li
 @_settings(400)
 def test_http_answers_off_the_wire_parse_or_say_what_came_long(head: bytes, lines: list[bytes], body: bytes) -> None:
     _check_wire(head, lines, body)
+
+
+# --- settings files: the monitor's TOML, verify's and enroll's --config ------------------------
+
+SECRET = "s3cr3tT0kenFuzzDoNotPrint"
+#: Values that carry a secret where a credential would sit, and ordinary ones of every TOML kind.
+secret_values = st.sampled_from([
+    f"Bearer {SECRET}", f"Authorization: Bearer {SECRET}", f"X-Api-Key: {SECRET}",
+    f"http://admin:{SECRET}@127.0.0.1:9/v2/models/m", f"http://{SECRET}@127.0.0.1:9/v2/models/m",
+    f"http://127.0.0.1:9/v2/models/m?api_key={SECRET}", f"https://hooks.slack.com/services/T0/B0/{SECRET}",
+    f"postgresql://u:{SECRET}@db/x",
+])
+toml_scalars = (st.integers(-3, 10**6) | st.floats(allow_nan=True, allow_infinity=True) | st.booleans()
+                | st.sampled_from(["", "3s", "1h", "0", "-1", "top1", "logits", "probs:2", "x y", "inf", "FP32",
+                                   "labels", "Authorization", "127.0.0.1:0", "sqlite:///:memory:", "json", "slack",
+                                   "http://127.0.0.1:9/hook", "digits", "refuse", "wrap", "1,0", "fp.vpf"])
+                | st.text(max_size=12) | secret_values)
+toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.sampled_from(["a", "timeout", "name"]), inner, max_size=2),
+                           max_leaves=4)
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML value (inline tables and arrays for dicts and lists)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else "inf" if value == float("inf") else "-inf" if value == -float("inf") \
+            else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{" + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+
+
+def _document(tables: dict[str, Any]) -> str:
+    """A TOML file of ``{"table": {...}}`` (``""``: top level; ``"x[]"``: an array of tables)."""
+    lines = [f"{json.dumps(k)} = {_toml(v)}" for k, v in tables.get("", {}).items()]
+    for name, body in tables.items():
+        if not name:
+            continue
+        lines.append(f"[[{name[:-2]}]]" if name.endswith("[]") else f"[{name}]")
+        lines += [f"{json.dumps(k)} = {_toml(v)}" for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _ends_well(code: int, text: str) -> None:
+    """A command's end: an exit code, no traceback, no Python error leaking out, no secret,
+    and an error (if any) said on one line naming what was expected."""
+    assert code in (0, 1, 2), (code, text)
+    assert "Traceback" not in text, text
+    assert SECRET not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    for line in errors:
+        assert not re.match(r"error: (TypeError|KeyError|AttributeError|ValueError|IndexError|OverflowError|"
+                            r"RecursionError|AssertionError|NameError|UnboundLocalError)\b", line), line
+    assert len(errors) <= 1, text  # one error, said on one line
+    if code == 2 and not text.startswith("verdict"):
+        assert errors, text
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    from veriprint import redact
+    from veriprint.cli.main import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refusing a value a settings file set: not the one path
+        code = 99
+        assert False, f"argparse exited ({e.code}): {capsys.readouterr()}"  # noqa: B011
+    finally:
+        redact.forget_all()
+        monitor_log = logging.getLogger("veriprint.monitor")  # its handler holds this run's stderr
+        for h in list(monitor_log.handlers):
+            monitor_log.removeHandler(h)
+        monitor_log.propagate = True
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture(scope="module")
+def settings_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from veriprint.demo import load_shipped
+
+    d = tmp_path_factory.mktemp("settings")
+    (d / "fp.vpf").write_bytes(Path(load_shipped().fingerprint).read_bytes())
+    return d
+
+
+MONITOR_KEYS = {
+    "monitor": ["database", "database_env", "listen", "concurrency", "public_url", "refresh", "secret", "x"],
+    "defaults": ["interval", "spec", "options", "jitter", "name", "target"],
+    "alerts[]": ["name", "format", "url", "url_env", "auth_env", "timeout", "attempts", "backoff", "y"],
+    "endpoints[]": ["name", "target", "fingerprint", "pubkey", "spec", "interval", "jitter", "check_timeout",
+                    "max_batch", "pairs_per_check", "requests_per_check", "on_pool_exhausted", "queries_per_day",
+                    "false_mismatch_rate", "alpha", "secret", "options", "decoys", "fresh", "z"],
+    "endpoints.options": ["timeout", "retries", "backoff", "auth_env", "auth_header", "verify_tls", "ca_file",
+                          "output", "datatype", "max_batch", "classes", "input_name", "w"],
+}
+
+
+def _monitor_base(d: Path) -> dict[str, dict[str, Any]]:
+    return {"monitor": {"database": f"sqlite:///{d / 'fuzz.db'}", "listen": "127.0.0.1:0"},
+            "alerts[]": {"name": "hook", "url": "http://127.0.0.1:9/hook"},
+            "endpoints[]": {"name": "cnn", "target": "http://127.0.0.1:9/v2/models/m", "fingerprint": "fp.vpf"},
+            "endpoints.options": {"retries": 0}}
+
+
+def _check_monitor_file(settings_dir: Path, capsys: pytest.CaptureFixture[str], data: st.DataObject) -> None:
+    doc = _monitor_base(settings_dir)
+    for _ in range(data.draw(st.integers(1, 3))):
+        table = data.draw(st.sampled_from(sorted(MONITOR_KEYS)))
+        key = data.draw(st.sampled_from(MONITOR_KEYS[table]))
+        doc.setdefault(table, {})[key] = data.draw(toml_values)
+    path = settings_dir / "monitor.toml"
+    path.write_text(_document(doc))
+    code, text = _run_cli(capsys, ["monitor", "--config", str(path), "--check-config"])
+    _ends_well(code, text)
+    assert code in (0, 2) and (code == 0) == (": ok" in text) and (code == 2) == bool(
+        [line for line in text.splitlines() if line.startswith("error:")]), text
+
+
+@given(data=st.data())
+@_settings(FAST_FILES)
+def test_monitor_files_end_in_one_line_or_ok(settings_dir: Path, capsys: pytest.CaptureFixture[str],
+                                            data: st.DataObject) -> None:
+    _check_monitor_file(settings_dir, capsys, data)
+
+
+@pytest.mark.slow
+@given(data=st.data())
+@_settings(SLOW_FILES)
+def test_monitor_files_end_in_one_line_or_ok_long(settings_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                 data: st.DataObject) -> None:
+    _check_monitor_file(settings_dir, capsys, data)
+
+
+COMMAND_KEYS = {
+    "verify": ["spec", "max_batch", "pubkey", "timeout", "retries", "backoff", "retry_timeouts", "verify_tls",
+               "ca_file", "auth_env", "auth_header", "max_response_bytes", "output", "input_name", "output_name",
+               "datatype", "insecure", "decoys", "decoy_seed", "report", "weights", "keep", "fingerprint", "q"],
+    "enroll": ["spec", "max_batch", "pubkey", "timeout", "auth_header", "auth_env", "keep", "rounds", "batch_sizes",
+               "tolerance", "prob_tolerance", "seed", "key", "model", "report", "output", "interval", "pool", "q"],
+}
+
+
+def _check_command_file(settings_dir: Path, capsys: pytest.CaptureFixture[str], command: str,
+                        data: st.DataObject) -> None:
+    keys = COMMAND_KEYS[command]
+    values = {data.draw(st.sampled_from(keys)): data.draw(toml_values) for _ in range(data.draw(st.integers(1, 3)))}
+    path = settings_dir / f"{command}.toml"
+    path.write_text(_document({"": values}))
+    fixed = ["--target", "http://127.0.0.1:9/v2/models/m", "--input-name", "x", "--retries", "0", "--timeout", "1",
+             "--backoff", "0", "--config", str(path)]
+    argv = [command, str(settings_dir / "fp.vpf"), *fixed]
+    if command == "enroll":
+        argv += ["--out", str(settings_dir / "enrolled.vpf"), "--interval", "0", "--rounds", "2"]
+    with contextlib.chdir(settings_dir):  # a report named by the file lands here
+        code, text = _run_cli(capsys, argv)
+    _ends_well(code, text)
+    assert code != 1, text  # nothing answers: never TAMPERED
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_KEYS))
+@given(data=st.data())
+@_settings(FAST_FILES)
+def test_command_settings_files_end_in_one_line_or_a_verdict(settings_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                            command: str, data: st.DataObject) -> None:
+    _check_command_file(settings_dir, capsys, command, data)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(COMMAND_KEYS))
+@given(data=st.data())
+@_settings(SLOW_FILES)
+def test_command_settings_files_end_in_one_line_or_a_verdict_long(settings_dir: Path,
+                                                                 capsys: pytest.CaptureFixture[str], command: str,
+                                                                 data: st.DataObject) -> None:
+    _check_command_file(settings_dir, capsys, command, data)
