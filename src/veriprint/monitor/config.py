@@ -49,7 +49,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from veriprint import errors
-from veriprint.redact import redact_url
+from veriprint.redact import redact, redact_url
 
 __all__ = [
     "AlertSink",
@@ -95,7 +95,8 @@ class ConfigError(errors.ConfigError):
         # "<...>" marks a description of what came rather than the value itself
         shown = got[1:-1] if isinstance(got, str) and got.startswith("<") and got.endswith(">") else repr(got)
         prefix = f"{source}: " if source else ""
-        super().__init__(f"{prefix}{key}: expected {expected}, got {shown}")
+        # every message passes the one redaction rule: a value written in the wrong place may be a secret
+        super().__init__(redact(f"{prefix}{key}: expected {expected}, got {shown}"))
 
 
 def parse_duration(value: Any, key: str) -> float:
