@@ -179,6 +179,15 @@ class EndpointRuntime:
         text = f"fresh/{self.cfg.name}/{f.model}/{f.weights}/{f.data}/{f.split}/{f.kind}/{f.per_check}"
         return hashlib.sha256(text.encode()).hexdigest()
 
+    @property
+    def decoy_block(self) -> int:
+        """The most decoys one check of this endpoint sends (each attempt reserves as many)."""
+        if self.pool is not None:
+            n = self.pool.per_check * max((len(u) for u in self.pool.units), default=1)
+        else:
+            n = int(getattr(getattr(self.source, "cfg", None), "per_check", 16))
+        return self.planned_queries(n, self.cfg.requests_per_check) - n
+
     def planned_queries(self, n: int, requests: int) -> int:
         """Queries a check of ``n`` samples sends as ``requests`` requests, decoys included
         (at most: every request rounds its decoys up)."""
@@ -293,20 +302,25 @@ def _round(v: list[float]) -> list[float]:
     return [float(f"{x:.6g}") if math.isfinite(x) else float("nan") for x in v]
 
 
-def _decoy_pool(rt: EndpointRuntime, store: Store, need: int, warnings: list[str]) -> Any:
-    """The natural inputs this check mixes in: the next ``need`` of a keyed order of the
-    decoy data that no earlier check sent (a :class:`~veriprint.data.Dataset`, or None)."""
+def _decoy_pool(rt: EndpointRuntime, store: Store, need: int, warnings: list[str], attempt: int) -> Any:
+    """The natural inputs this check mixes in (a :class:`~veriprint.data.Dataset`, or None).
+
+    The decoy data is put in a keyed order once, and the endpoint's ``k``-th attempt owns the
+    ``k``-th block of it, as many as its largest check can send: no decoy goes out twice, not
+    even after a check that timed out with its decoys perhaps sent (its block stays used).
+    """
     from veriprint.data import Dataset
 
     d, dc = rt.decoy_data, rt.cfg.decoys
     if d is None or dc is None or need <= 0:
         return None
     m = len(d.x)
+    block = max(rt.decoy_block, need)
     order = keyed_permutation(rt.key, m, "decoy-order", rt.cfg.name)
-    start = store.decoys_sent(rt.cfg.name)
+    start = store.attempt_number(rt.cfg.name, attempt) * block
     if start + need > m and not dc.repeat:
         if start >= m:
-            msg = (f"decoys spent: all {m} natural decoys were sent once; this check sends none "
+            msg = (f"decoys spent: every one of the {m} natural decoys was used once; this check sends none "
                    "(decoys.repeat = true sends them again)")
             log.warning("%s: %s", rt.cfg.name, msg)
             warnings.append(msg)
@@ -380,7 +394,7 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
             rng = keyed_rng(rt.key, "check", cfg.name, slot)
             split = split_requests(rng, plan.units, cfg.requests_per_check)
             decoys = _decoy_pool(rt, store, rt.planned_queries(len(plan.indices), len(split)) - len(plan.indices),
-                                 warnings)
+                                 warnings, attempt)
             timed = TimedTarget(open_target(cfg.target, **cfg.target_options()))
             parts: list[tuple[VerificationReport, list[int]]] = []
             used = 0

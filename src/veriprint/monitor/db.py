@@ -267,11 +267,11 @@ class Store:
             return s.scalars(select(Check.sequential).where(Check.endpoint == endpoint, Check.sequential.is_not(None))
                              .order_by(Check.slot.desc()).limit(1)).first()
 
-    def decoys_sent(self, endpoint: str) -> int:
-        """Decoys the endpoint's stored checks sent (where the next check's decoys start)."""
+    def attempt_number(self, endpoint: str, attempt_id: int) -> int:
+        """How many attempts of the endpoint came before attempt ``attempt_id`` (0 for the first)."""
         with self.read() as s:
-            return int(s.scalar(select(func.coalesce(func.sum(Check.decoys), 0))
-                                .where(Check.endpoint == endpoint)) or 0)
+            return int(s.scalar(select(func.count()).select_from(Attempt)
+                                .where(Attempt.endpoint == endpoint, Attempt.id < attempt_id)) or 0)
 
     def queries_since(self, endpoint: str, since: float) -> int:
         """Queries that attempts started since ``since`` sent or were about to send."""
