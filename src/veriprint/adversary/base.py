@@ -163,7 +163,7 @@ class Provider(Target):
         if output not in ("logits", "probs", "labels"):
             raise ConfigError(f"expected a provider output among logits, probs, labels, got {output!r}")
         self.intact = intact.eval()
-        self.served = (served or intact).eval()
+        self.served = (served if served is not None else intact).eval()
         self.policy = None if policy is None else policy.bind(self.served)
         self.output = output
         self.max_batch = max_batch
