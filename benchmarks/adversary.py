@@ -1,8 +1,8 @@
 """The provider as adversary: every provider policy against every way of checking, per zoo model.
 
     python -m benchmarks.adversary --models fashion-cnn fashion-mlp pretrained-mnist digits-mlp \\
-        --json docs/adversary-runs/ --out docs/adversary-measured.md
-    python -m benchmarks.adversary --render docs/adversary-runs/*.json --out docs/adversary-measured.md
+        --json docs/measurements/adversary-runs/ --out docs/measurements/adversary-measured.md
+    python -m benchmarks.adversary --render docs/measurements/adversary-runs/*.json --out docs/measurements/adversary-measured.md
 
 A provider (:class:`veriprint.adversary.Provider`) serves the intact model for ``--honest``
 checks, then swaps in a tampered copy and keeps answering ``--after`` more checks, with a

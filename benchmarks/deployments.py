@@ -1,7 +1,7 @@
 """False alarms and detection per CPU deployment, for four kinds of fingerprint.
 
-    python -m benchmarks.deployments --out docs/deployments-measured.md --json /tmp/deployments.json \\
-        --plot docs/deployments.png
+    python -m benchmarks.deployments --out docs/measurements/deployments-measured.md --json /tmp/deployments.json \\
+        --plot docs/guide/deployments.png
     python -m benchmarks.deployments --quick --out /tmp/deployments.md      # one small model, a few minutes
     python -m benchmarks.deployments --models fashion-cnn --deployments TorchServe "ATen default" --json cnn.json
 

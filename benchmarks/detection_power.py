@@ -2,7 +2,7 @@
 fingerprint sees, against the queries it spends; the paper's method beside veriprint.
 
     .venv/bin/python -m benchmarks.detection_power --models digits-mlp --json /tmp/p-digits.json
-    .venv/bin/python -m benchmarks.detection_power --render /tmp/p-*.json --out docs/detection-power.md --images docs
+    .venv/bin/python -m benchmarks.detection_power --render /tmp/p-*.json --out docs/measurements/detection-power.md --images docs/measurements
     .venv/bin/python -m benchmarks.detection_power --quick --models digits-mlp --out /tmp/power.md   # a minute
 
 For each model, from the same data, bag size and generation budget:

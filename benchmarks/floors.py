@@ -1,6 +1,6 @@
 """What the measured floor buys on single-parameter edits, against the fixed 1e-4 floor.
 
-    python -m benchmarks.floors --out docs/floors-measured.md --json /tmp/floors.json
+    python -m benchmarks.floors --out docs/measurements/floors-measured.md --json /tmp/floors.json
     python -m benchmarks.floors --quick --out /tmp/floors.md          # digits MLP, seconds
 
 For each model of :func:`benchmarks.deployments.zoo`, two fingerprints are made with the

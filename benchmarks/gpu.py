@@ -1,6 +1,6 @@
 """The GPU benchmark: the whole fingerprint pipeline on one GPU, and the deployment numerics there.
 
-    python -m benchmarks.gpu --out docs/gpu-measured.md --json docs/gpu-measured.json   # on a GPU, ~8 min
+    python -m benchmarks.gpu --out docs/measurements/gpu-measured.md --json docs/measurements/gpu-measured.json   # on a GPU, ~8 min
     python -m benchmarks.gpu --device cpu --quick --out /tmp/gpu.md                    # a dry run, tiny model
 
 One command, four sections, written as one Markdown report and one JSON file:

@@ -2,7 +2,7 @@
 the share of them its queries catch.
 
     .venv/bin/python -m benchmarks.imagenet_coverage --fingerprint lite2.vpf \\
-        --tensors 24 --draws 2 --json docs/imagenet-coverage.json
+        --tensors 24 --draws 2 --json docs/guide/imagenet-coverage.json
 
 ``benchmarks/detection_power.py`` edits 64 entries of every tensor and judges each edit
 against 256 natural test inputs; on EfficientNet-Lite2 (260x260, 6.1M parameters in 194

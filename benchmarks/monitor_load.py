@@ -13,7 +13,7 @@ seconds; then the monitor gets SIGTERM and must exit 0. Measured:
 * that no check was lost: every check the monitor logged as stored is in the database
   once, no slot has two, and no attempt is left without its check after the clean stop.
 
-``--write-docs`` puts the numbers, the command and the machine into docs/monitoring.md
+``--write-docs`` puts the numbers, the command and the machine into docs/guide/monitoring.md
 (between the ``monitor-load`` markers).
 
 Usage: ``python -m benchmarks.monitor_load [--endpoints 100] [--seconds 60] [--write-docs]``
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "monitoring.md"
+DOCS = ROOT / "docs" / "guide" / "monitoring.md"
 BEGIN, END = "<!-- monitor-load:begin -->", "<!-- monitor-load:end -->"
 STORED = re.compile(r"stored check endpoint=(\S+) slot=(\d+) id=(\d+)")
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--no-mlserver", action="store_true", help="fake servers only")
-    p.add_argument("--write-docs", action="store_true", help="write the numbers into docs/monitoring.md")
+    p.add_argument("--write-docs", action="store_true", help="write the numbers into docs/guide/monitoring.md")
     args = p.parse_args(argv)
     r = run(args.endpoints, args.seconds, args.interval, args.concurrency, mlserver=not args.no_mlserver)
     print(json.dumps(r, indent=1))

@@ -1,6 +1,6 @@
 """Run the benchmarks and write one Markdown report (and optionally JSON).
 
-    .venv/bin/python -m benchmarks.run --out docs/benchmarks.md          # full, < 15 min
+    .venv/bin/python -m benchmarks.run --out docs/measurements/benchmarks.md          # full, < 15 min
     .venv/bin/python -m benchmarks.run --quick --out /tmp/bench.md       # CI, < 2 min
     PYTHONPATH=src python3 -m benchmarks.run --device cuda --out bench-gpu.md --json bench-gpu.json
                                                                          # on a CUDA GPU, < 6 min

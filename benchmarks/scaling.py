@@ -1,7 +1,7 @@
 """What a fingerprint costs against the model's size: parameters, input size and classes,
 per stage, and how well the plan stage predicts it.
 
-    .venv/bin/python -m benchmarks.scaling --json docs/scaling.json --out docs/scaling.md --plot docs/scaling.png
+    .venv/bin/python -m benchmarks.scaling --json docs/measurements/scaling.json --out docs/measurements/scaling.md --plot docs/measurements/scaling.png
     .venv/bin/python -m benchmarks.scaling --quick          # a few seconds, for CI
     .venv/bin/python -m benchmarks.scaling --quick --device cuda   # the same on a GPU (benchmarks/gpu.py runs it)
 

@@ -2,11 +2,11 @@
 and twins, next to what each configuration costs.
 
     .venv/bin/python -m benchmarks.stages --models fashion-cnn fashion-mlp pretrained-mnist \\
-        --bag 200 --steps 0 10 50 250 1000 --json docs/stages-small.json
+        --bag 200 --steps 0 10 50 250 1000 --json docs/measurements/stages-small.json
     .venv/bin/python -m benchmarks.stages --models efficientnet-lite2 --bag 32 --steps 0 10 50 \\
-        --tensors 24 --json docs/stages-lite2.json
-    .venv/bin/python -m benchmarks.stages --render docs/stages-small.json docs/stages-lite2.json \\
-        --out docs/stages.md --plot docs/stages.png
+        --tensors 24 --json docs/measurements/stages-lite2.json
+    .venv/bin/python -m benchmarks.stages --render docs/measurements/stages-small.json docs/measurements/stages-lite2.json \\
+        --out docs/measurements/stages.md --plot docs/measurements/stages.png
 
 For each model, every configuration makes a default fingerprint (8 top-1 queries, the time
 budget off so that nothing is trimmed) and reports:

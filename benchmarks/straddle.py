@@ -1,8 +1,8 @@
 """Top-1 detection behind reduced-precision CPU deployments: pairs on the served boundary.
 
     python -m benchmarks.straddle --models fashion-mlp fashion-cnn pretrained-mnist \\
-        --precisions autocast-bf16 bf16 --json docs/straddle-runs/ --out docs/straddle.md
-    python -m benchmarks.straddle --render docs/straddle-runs/*.json --out docs/straddle.md
+        --precisions autocast-bf16 bf16 --json docs/measurements/straddle-runs/ --out docs/measurements/straddle.md
+    python -m benchmarks.straddle --render docs/measurements/straddle-runs/*.json --out docs/measurements/straddle.md
 
 A device profile (``--precision``) makes the fingerprint expect what the deployment
 answers. Its twin pairs are still made on the float32 boundary, a few times the floor
@@ -38,7 +38,7 @@ copies served in float32 on this CPU (what the deployment's detection is measure
 against; the deployments benchmark has the same rows for its own fingerprints).
 
 ``--ceiling-share`` and ``--max-queries`` set the fingerprints' query budget: 0 (the
-rows of ``docs/straddle.md``) keeps 8 queries plus class coverage; ``0.97`` is the
+rows of ``docs/measurements/straddle.md``) keeps 8 queries plus class coverage; ``0.97`` is the
 library's default (pairs by reach until 97% of the bag's ceiling, at most 64 queries).
 """
 

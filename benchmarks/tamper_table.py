@@ -1,9 +1,9 @@
-"""Measure every tampering attack at its defaults on the default model; write docs/tampering.md.
+"""Measure every tampering attack at its defaults on the default model; write docs/measurements/tampering.md.
 
 Usage (from the repository root)::
 
     .venv/bin/python -m benchmarks.tamper_table [--data fashion-mnist] [--train-limit 5000]
-        [--eval-limit 2000] [--threads 1] [--out docs/tampering.md] [--json FILE]
+        [--eval-limit 2000] [--threads 1] [--out docs/measurements/tampering.md] [--json FILE]
 
 The default model is :func:`veriprint.train.reference_model` of the data set (trained once
 and cached). The attacker's data is the first ``--train-limit`` samples of the training
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--attacks", nargs="*", default=None, help="only these attacks (default: all)")
-    p.add_argument("--out", default="docs/tampering.md")
+    p.add_argument("--out", default="docs/measurements/tampering.md")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

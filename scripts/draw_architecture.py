@@ -1,4 +1,4 @@
-"""Draw docs/architecture.png: the pipeline's stages and the verifier's contracts.
+"""Draw docs/design/architecture.png: the pipeline's stages and the verifier's contracts.
 
 Run: .venv/bin/python scripts/draw_architecture.py
 """
@@ -64,7 +64,7 @@ def main() -> None:
     ax.text(6.2, 2.36, ".vpf file (signed)", fontsize=8, style="italic")
     ax.text(0, 0.1, "configs: dataclass defaults -> --config FILE.toml -> flags (configs.py); errors: "
             "errors.VeriprintError -> exit 2; secrets: redact.py; attacks: tamper/ (registry)", fontsize=8)
-    out = Path(__file__).resolve().parents[1] / "docs" / "architecture.png"
+    out = Path(__file__).resolve().parents[1] / "docs" / "design" / "architecture.png"
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"wrote {out}")
 

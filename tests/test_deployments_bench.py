@@ -86,5 +86,5 @@ def test_rows_not_measured_are_written_as_null_and_read_back_as_nan() -> None:
     assert raw["rows"][0]["floor"] is None and raw["rows"][0]["max_dz"] is None
     back = _row_from(raw["rows"][0])
     assert math.isnan(back.floor) and math.isnan(back.max_dz) and back.note == "refused"
-    for path in (ROOT / "docs" / "deployments-runs").glob("*.json"):  # the stored runs are standard JSON too
+    for path in (ROOT / "docs" / "measurements" / "deployments-runs").glob("*.json"):  # the stored runs are standard JSON too
         json.loads(path.read_text(), parse_constant=_refuse)

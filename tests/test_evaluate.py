@@ -222,7 +222,7 @@ def test_false_positive_table_counts() -> None:
 # --- the quick plan, end to end ------------------------------------------------------------------
 
 def _check_quick_rows(plan: Plan, rows: list[dict[str, object]]) -> None:
-    """What the quick plan must show (measured on it: see docs/results.md)."""
+    """What the quick plan must show (measured on it: see docs/measurements/results.md)."""
     agg = T.aggregate(rows, "top1")
     by = {(r["group"], r["method"]): r for r in agg}
     for group in {a.group for a in plan.attacks}:

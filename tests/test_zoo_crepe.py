@@ -5,7 +5,7 @@ and the whole command line.
 No recordings ship with the wheel, so the inputs here are SYNTHETIC: seeded harmonic tones
 (a fundamental from 55 to 1,000 Hz with three overtones of random strength and phase, and
 a little noise), 1,024 samples at 16 kHz on the 16-bit PCM grid (``veriprint.zoo.PCM16``).
-Run this file as a script to print the measured numbers and draw ``docs/zoo-crepe.png``.
+Run this file as a script to print the measured numbers and draw ``docs/guide/zoo-crepe.png``.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def _measure() -> None:  # pragma: no cover - run by hand: python tests/test_zoo
     ax.set_ylabel("argmax bin minus truth (cents)")
     ax.legend()
     fig.tight_layout()
-    out = Path(__file__).resolve().parents[1] / "docs" / "zoo-crepe.png"
+    out = Path(__file__).resolve().parents[1] / "docs" / "guide" / "zoo-crepe.png"
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
 

@@ -5,7 +5,7 @@ command line.
 No text-line photos ship with the wheel, so the inputs here are SYNTHETIC: lines of words
 rendered with Pillow's built-in font (deterministic, seeded), upright (class 0) and turned
 by 180 degrees (class 1). Run this file as a script to print the measured numbers and draw
-``docs/zoo-text-direction.png``.
+``docs/guide/zoo-text-direction.png``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _measure() -> None:  # pragma: no cover - run by hand: python tests/test_zoo
     ax1.set_ylabel("lines")
     ax1.legend()
     fig.tight_layout()
-    out = Path(__file__).resolve().parents[1] / "docs" / "zoo-text-direction.png"
+    out = Path(__file__).resolve().parents[1] / "docs" / "guide" / "zoo-text-direction.png"
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
 

@@ -17,7 +17,7 @@ logits with the CPU's, verifies the CPU-made fingerprint through a
 writes JSON, a Markdown report and a plot::
 
     PYTHONPATH=src python3 -m benchmarks.deployment_noise --bundle .gpu/bundle --device cuda \\
-        --out deployment-noise.json --report docs/deployment-noise.md
+        --out deployment-noise.json --report docs/measurements/deployment-noise.md
 
 A variant that cannot run on the device (TF32 on a CPU) is skipped with a note; one that
 fails is recorded with its error and the run goes on. The run mode needs only torch,

@@ -3,7 +3,7 @@
 A fingerprint stores the outputs the intact model gives and the noise around them. When
 the deployment runs other numerics than the machine that made the fingerprint (a GPU with
 TF32, half-precision weights, bfloat16 autocast), its answers sit systematically away from
-float32 CPU outputs (``docs/deployment-noise.md``: up to 0.07 in logits). A profile makes
+float32 CPU outputs (``docs/measurements/deployment-noise.md``: up to 0.07 in logits). A profile makes
 the fingerprint describe the serving numerics instead: :func:`served` wraps the model so
 that it runs on that device, in that precision, and answers float32 on the CPU; the
 expected outputs and the noise floor are then computed through the wrapper.

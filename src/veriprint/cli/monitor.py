@@ -14,7 +14,7 @@ log = logging.getLogger("veriprint.monitor")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="the monitor's TOML file (see docs/monitoring.md)")
+    p.add_argument("--config", required=True, help="the monitor's TOML file (see docs/guide/monitoring.md)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true",
                       help="check every endpoint whose current slot has no check yet, deliver alerts, and exit "

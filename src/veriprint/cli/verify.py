@@ -15,7 +15,7 @@ HELP = "query a target with a fingerprint; exit 0 INTACT, 1 TAMPERED, 2 INCONCLU
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("fingerprint", help="the .vpf file")
     p.add_argument("--target", required=True,
-                   help="model file or factory, .onnx (onnxruntime), or a server URL (see docs/serving.md)")
+                   help="model file or factory, .onnx (onnxruntime), or a server URL (see docs/guide/serving.md)")
     p.add_argument("--weights", default=None, help="weights for a factory target")
     p.add_argument("--spec", default="top1",
                    help="what the API reveals: top1, topk:K, probs, probs:N, top1-prob:N, logits")

@@ -363,7 +363,7 @@ def quick_plan() -> Plan:
 
 
 def medium_plan() -> Plan:
-    """The plan behind ``docs/results.md``: the full plan's attacks (without BIVBench's
+    """The plan behind ``docs/measurements/results.md``: the full plan's attacks (without BIVBench's
     extras) and methods on a CNN trained on 6,000 images, pools of 500, bags of 250."""
     full = full_plan()
     fashion = ModelSpec("fashion-cnn", "veriprint.zoo:fashion_cnn", "fashion-mnist",

@@ -12,7 +12,7 @@ for cron or a Kubernetes CronJob. The parts:
 * :mod:`~veriprint.monitor.metrics`: Prometheus metrics;
 * :mod:`~veriprint.monitor.alerts`: webhook delivery.
 
-Needs the ``monitor`` extra: ``pip install 'veriprint[monitor]'``. See docs/monitoring.md.
+Needs the ``monitor`` extra: ``pip install 'veriprint[monitor]'``. See docs/guide/monitoring.md.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ first); when the pool runs out, ``"refuse"`` (the default) stops checking (INCON
 until a larger pool is given, and ``"wrap"`` starts a new cycle in an order shuffled by the
 owner's secret (or, without one, the fingerprint's hash) and the cycle number, so repeats
 come in new combinations, with a warning on every check of a repeated pass: a provider
-that remembers its answers replays them from then on (``docs/adversary.md``). Fresh
+that remembers its answers replays them from then on (``docs/design/adversary.md``). Fresh
 checks (``[endpoints.fresh]``) never repeat a query at all. Make a larger pool with ``veriprint fingerprint --select 64`` (32 pairs: 8 checks
 of 4 pairs) or more.
 

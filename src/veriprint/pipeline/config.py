@@ -106,7 +106,7 @@ class FingerprintConfig:
             ``min_floor``; ``"measured"``: the floor follows ``safety`` times the measured
             noise, down to two units of the deployment's resolution
             (:func:`veriprint.noise.resolution_guard`; a few 1e-6 in float32), and
-            ``min_floor`` is not used. ``docs/deployments.md`` has the measurement: on
+            ``min_floor`` is not used. ``docs/guide/deployments.md`` has the measurement: on
             8-bit data it caught more single-parameter edits with no false alarm on any
             float32 CPU deployment, but on a coarse grid (16 levels) it leaves far fewer
             twins, so it is not the default.

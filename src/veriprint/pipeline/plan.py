@@ -6,7 +6,7 @@ gradient to the input) and measures the memory its backward pass keeps per sampl
 :func:`plan` then predicts each stage's seconds from those costs and the passes each
 stage makes per candidate (counted by :class:`~veriprint.pipeline.cost.CostMeter` on real
 runs), and, when the prediction is over the budget, trims the work in the order that
-costs detection least (measured, see ``docs/imagenet.md``: a bag of 50 caught as much as
+costs detection least (measured, see ``docs/guide/imagenet.md``: a bag of 50 caught as much as
 one of 200 on three small models, and on EfficientNet-Lite2 50 ascent steps bought a few
 points of coverage over 0 or 10, where halving the bag cost one):
 

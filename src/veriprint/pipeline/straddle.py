@@ -4,7 +4,7 @@ of the model as that deployment runs it.
 Pairs are made on the float32 boundary, a few times the floor from it. A deployment in
 reduced precision rounds its logits in steps of 0.01-0.06, so it mostly gives both ends
 of such a pair one label, or a tie; :func:`veriprint.refine.straddle` finds two inputs
-nearby that it labels differently (``docs/straddle.md``: top-1 detection behind bfloat16
+nearby that it labels differently (``docs/measurements/straddle.md``: top-1 detection behind bfloat16
 autocast went from 25 to 42 of 69 tampered copies). Both ends are then tightened
 (:func:`veriprint.refine.tighten`): moved a pixel at a time to where a shift of one
 logit as small as the floor allows flips the deployment's label, whichever of the label's

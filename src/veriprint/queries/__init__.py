@@ -14,7 +14,7 @@ so what the owner sends must not be predictable from what the provider has seen:
   themselves, which a router cannot tell from user traffic because they are user traffic;
   under ``probs`` or ``logits`` they catch small weight changes on their own.
 
-``docs/adversary.md`` measures each against the provider policies of :mod:`veriprint.adversary`.
+``docs/design/adversary.md`` measures each against the provider policies of :mod:`veriprint.adversary`.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ Kinds of check (:class:`FreshConfig.kind`):
   ``per_check`` samples, changes of either sign are caught.
 * ``"twins"``: the default fingerprint's twin pairs (both sides of a boundary), for
   providers that do not look at pairs; twins are 1-2 grey levels apart, so a provider that
-  routes near-duplicates can spot them (``docs/adversary.md``).
+  routes near-duplicates can spot them (``docs/design/adversary.md``).
 * ``"natural"``: the natural seeds themselves, unchanged, with the owner's model's outputs:
   under ``probs`` or ``logits`` they catch small weight changes while being user traffic a
   router cannot tell apart; under ``top1`` they catch only changes that flip a natural label.
 
-The cost is one small fingerprint per check (``docs/adversary.md`` measures it per day at
+The cost is one small fingerprint per check (``docs/design/adversary.md`` measures it per day at
 the monitor's default interval).
 """
 

@@ -10,7 +10,7 @@ handler. veriprint sends JSON (``Content-Type: application/json``):
   one label (TorchServe's own server-side batching then groups concurrent requests).
 
 An answer may also be an object holding the rows under ``output_name``. A handler that
-does this takes about ten lines; ``docs/serving.md`` shows one.
+does this takes about ten lines; ``docs/guide/serving.md`` shows one.
 """
 
 from __future__ import annotations
