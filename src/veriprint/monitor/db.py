@@ -426,6 +426,20 @@ class Store:
                 q = q.where(Check.endpoint == endpoint)
             return list(s.scalars(q.order_by(Check.finished_at.desc(), Check.id.desc()).limit(limit)))
 
+    def recent(self, limit: int) -> dict[str, list[Check]]:
+        """The ``limit`` newest checks of every endpoint, newest first, in one query (a window
+        over each endpoint's history), so a page of many endpoints costs one round trip."""
+        with self.read() as s:
+            rank = func.row_number().over(partition_by=Check.endpoint,
+                                          order_by=(Check.finished_at.desc(), Check.id.desc())).label("rank")
+            ranked = select(Check.id, rank).subquery()
+            rows = s.scalars(select(Check).join(ranked, Check.id == ranked.c.id).where(ranked.c.rank <= limit)
+                             .order_by(Check.endpoint, Check.finished_at.desc(), Check.id.desc()))
+            out: dict[str, list[Check]] = {}
+            for c in rows:
+                out.setdefault(c.endpoint, []).append(c)
+            return out
+
     def check(self, check_id: int) -> Check | None:
         with self.read() as s:
             return s.get(Check, check_id)
@@ -440,9 +454,18 @@ class Store:
             return list(s.scalars(q.order_by(Alert.id.desc()).limit(limit)))
 
     def alert_attempts(self, alert_id: int) -> list[AlertAttempt]:
+        return self.attempts_of([alert_id]).get(alert_id, [])
+
+    def attempts_of(self, alert_ids: list[int]) -> dict[int, list[AlertAttempt]]:
+        """Every delivery attempt of these alerts, oldest first, in one query."""
+        out: dict[int, list[AlertAttempt]] = {}
+        if not alert_ids:
+            return out
         with self.read() as s:
-            return list(s.scalars(select(AlertAttempt).where(AlertAttempt.alert_id == alert_id)
-                                  .order_by(AlertAttempt.id)))
+            for a in s.scalars(select(AlertAttempt).where(AlertAttempt.alert_id.in_(alert_ids))
+                               .order_by(AlertAttempt.id)):
+                out.setdefault(a.alert_id, []).append(a)
+        return out
 
 
 def _streak_start(s: Session, endpoint: str, slot: int, back: int) -> int:

@@ -8,6 +8,12 @@ their delivery attempts), ``/alerts``. ``/metrics`` is Prometheus' text format;
 ``/api/checks/ID`` give the same data as JSON. Nothing needs a build step or JavaScript.
 The dashboard has no login: it binds 127.0.0.1 by default and shows no secrets; put it
 behind your proxy's authentication to expose it.
+
+Every handler is a plain function: the database layer (SQLAlchemy) blocks, so Starlette runs
+each request in its thread pool and a slow query never stalls the event loop that serves
+``/healthz`` and ``/metrics``. A page reads a fixed number of queries whatever the number
+of endpoints or alerts (the verdict strips in one windowed query, the alerts' delivery
+attempts in another).
 """
 
 from __future__ import annotations
@@ -157,6 +163,7 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         now = _clock.time()
         latest = store.latest()
         conclusive = store.last_conclusive()
+        recent = store.recent(40)
         rows = []
         for e in config.endpoints:
             c = latest.get(e.name)
@@ -170,9 +177,13 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
                 "evidence": None if c is None or not c.sequential else c.sequential.get("evidence"),
                 "share_lower": None if c is None or not c.sequential else c.sequential.get("share_lower"),
                 "check_id": c.id if c else None,
-                "strip": timeline_svg(store.checks(e.name, limit=40), width=240, height=16),
+                "strip": timeline_svg(recent.get(e.name, []), width=240, height=16),
             })
         return rows
+
+    def with_attempts(alerts: list[Any]) -> list[tuple[Any, list[Any]]]:
+        attempts = store.attempts_of([a.id for a in alerts])
+        return [(a, attempts.get(a.id, [])) for a in alerts]
 
     def _warn_below(e: Any, c: Any) -> int:
         """The pool size below which the page warns: the configured one, else whenever the
@@ -184,10 +195,10 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
             return int(c.pool_checks_left) + 1
         return 0
 
-    async def index(request: Request) -> Response:
+    def index(request: Request) -> Response:
         return templates.TemplateResponse(request, "index.html", {"endpoints": endpoint_rows()})
 
-    async def endpoint(request: Request) -> Response:
+    def endpoint(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in names:
             raise HTTPException(404, f"no endpoint named {name!r}")
@@ -197,9 +208,9 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
             "e": cfg, "checks": checks, "timeline": timeline_svg(checks), "alerts": store.alerts(endpoint=name),
             "row": next(r for r in endpoint_rows() if r["name"] == name)})
 
-    async def check(request: Request) -> Response:
+    def check(request: Request) -> Response:
         c = _check_or_404(store, request.path_params["id"])
-        alerts = [(a, store.alert_attempts(a.id)) for a in store.alerts(check_id=c.id)]
+        alerts = with_attempts(store.alerts(check_id=c.id))
         samples = []
         labels_first = _labels_first(c.spec)
         for s in c.samples:
@@ -211,11 +222,11 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         return templates.TemplateResponse(request, "check.html", {
             "c": c, "samples": samples, "alerts": alerts, "images": c.fingerprint_sha256 in fingerprints})
 
-    async def alerts(request: Request) -> Response:
+    def alerts(request: Request) -> Response:
         return templates.TemplateResponse(request, "alerts.html", {
-            "alerts": [(a, store.alert_attempts(a.id)) for a in store.alerts(limit=200)]})
+            "alerts": with_attempts(store.alerts(limit=200))})
 
-    async def image(request: Request) -> Response:
+    def image(request: Request) -> Response:
         fp = fingerprints.get(request.path_params["sha"])
         which = request.path_params["which"]
         index = int(request.path_params["index"])
@@ -224,26 +235,26 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         return Response(sample_png(fp, index, which), media_type="image/png",
                         headers={"Cache-Control": "max-age=86400"})
 
-    async def metrics(request: Request) -> Response:
+    def metrics(request: Request) -> Response:
         if metrics_registry is None:
             return PlainTextResponse("", status_code=404)
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def healthz(request: Request) -> Response:
+    def healthz(request: Request) -> Response:
         ok = True if health is None else bool(health())
         return JSONResponse({"status": "ok" if ok else "scheduler stalled"}, status_code=200 if ok else 503)
 
-    async def api_endpoints(request: Request) -> Response:
+    def api_endpoints(request: Request) -> Response:
         rows = endpoint_rows()
         for r in rows:
             r.pop("strip")
         return JSONResponse(rows)
 
-    async def api_check(request: Request) -> Response:
+    def api_check(request: Request) -> Response:
         c = _check_or_404(store, request.path_params["id"])
         return JSONResponse({col.name: getattr(c, col.name) for col in Check.__table__.columns})
 
-    async def probe(request: Request) -> Response:
+    def probe(request: Request) -> Response:
         """``/probe?target=NAME`` in the style of Prometheus' blackbox exporter: the endpoint's
         newest stored check as ``probe_success`` and friends. It reads the database only, so a
         scrape never sends a query (the schedule and ``queries_per_day`` stay the monitor's)."""
