@@ -13,22 +13,34 @@ alert twice if the monitor dies between sending and recording, so each carries i
 The JSON body is the alert itself (``kind``, ``endpoint``, ``verdict``, ``reason``,
 ``check_id``, ``dedup_key``, ...); the Slack body is ``{"text": ...}``. Webhook URLs and
 auth header values come from environment variables and are never logged or stored.
+
+Webhooks go through the same HTTP client as every target (:class:`veriprint.targets.http.
+HttpClient`): one timeout for the whole request, answer included, so a receiver that
+trickles bytes cannot hold delivery past the sink's ``timeout``; no redirects, no proxy
+from the environment, a bounded answer. Retries are the outbox's (``attempts``,
+``backoff``), never the client's, so one attempt is one request.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
-
+from veriprint.errors import VeriprintError
 from veriprint.monitor.config import AlertSink, MonitorConfig
 from veriprint.monitor.db import Alert, Store
+from veriprint.redact import MASK, redact
+from veriprint.targets.http import HttpClient
+from veriprint.targets.transport import HttpOptions
 
 __all__ = ["Dispatcher", "format_body"]
+
+#: The most of a webhook's answer that is read (its status is all that counts).
+_MAX_ANSWER = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,15 @@ def format_body(sink: AlertSink, payload: dict[str, Any], public_url: str = "") 
     return {"text": "\n".join(lines)}
 
 
+def _shown_error(message: str, url: str, *, secret_url: bool) -> str:
+    """A delivery error as it is logged and stored: a URL read from the environment may be
+    the secret itself (Slack's path is its token), so only its scheme and host are shown."""
+    if secret_url:
+        parts = urlsplit(url)
+        message = message.replace(url, f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/{MASK}")
+    return redact(message)
+
+
 class Dispatcher:
     """Sends due alerts from the outbox.
 
@@ -67,7 +88,6 @@ class Dispatcher:
         self.config = config
         self.sinks = {s.name: s for s in config.alerts}
         self.on_attempt = on_attempt
-        self._client = httpx.Client(follow_redirects=False, trust_env=False)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,9 +117,7 @@ class Dispatcher:
 
     def _attempt(self, alert: Alert, sink: AlertSink) -> None:
         url = sink.resolve_url()
-        headers = {"User-Agent": "veriprint-monitor", "Content-Type": "application/json"}
-        if sink.auth_env:
-            headers["Authorization"] = os.environ.get(sink.auth_env, "")
+        headers = {"User-Agent": "veriprint-monitor"}
         body = format_body(sink, alert.payload, self.config.public_url)
         t0 = time.perf_counter()
         ok, code, error = False, None, ""
@@ -107,13 +125,17 @@ class Dispatcher:
             error = f"environment variable {sink.url_env} is unset or empty"
         else:
             try:
-                r = self._client.post(url, json=body, headers=headers, timeout=sink.timeout)
-                code = r.status_code
+                client = HttpClient(url, HttpOptions(timeout=sink.timeout, retries=0, auth_env=sink.auth_env,
+                                                     max_response_bytes=_MAX_ANSWER))
+                payload = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+                r = client.request("POST", "" if client.prefix else "/", payload,
+                                   {**headers, "Content-Type": "application/json"})
+                code = r.status
                 ok = 200 <= code < 300
                 if not ok:
                     error = f"HTTP {code}"
-            except httpx.HTTPError as e:
-                error = f"{type(e).__name__}"  # the message could quote the URL, which may hold a token
+            except (VeriprintError, ValueError) as e:
+                error = _shown_error(str(e), url, secret_url=bool(sink.url_env))
         seconds = time.perf_counter() - t0
         status = self.store.record_delivery(alert.id, ok=ok, status_code=code, error=error, seconds=seconds,
                                             max_attempts=sink.attempts, backoff=sink.backoff)
@@ -164,4 +186,3 @@ class Dispatcher:
                 log.warning("alert delivery still waiting on a webhook after %g s; leaving it (the alert "
                             "stays queued for the next start)", wait)
                 return
-        self._client.close()
