@@ -28,6 +28,7 @@ from veriprint.pipeline import (
     make_twins,
     wants_twins,
 )
+from veriprint.select import Selection
 from veriprint.selectors import SelectionContext, get_selector, list_selectors
 
 FAST = GenerationConfig(steps=15)
@@ -140,3 +141,47 @@ def test_subset_keeps_what_it_needs(digits_fingerprint) -> None:  # type: ignore
     for bad in ([], [99]):
         with pytest.raises(ConfigError):
             digits_fingerprint.subset(bad)
+
+
+def test_the_budget_grows_any_selector_that_predicts_coverage_and_no_other(
+        fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset]) -> None:
+    """The query budget reads ``ctx.prediction``, never a selector's name or private state: a
+    selector of another name that predicts coverage is grown to the ceiling share like reach,
+    one that predicts nothing keeps exactly ``select``."""
+    from veriprint.selectors.base import Selector
+    from veriprint.selectors.budget import choose
+    from veriprint.selectors.prediction import CoveragePrediction
+
+    cfg = FingerprintConfig(bag=24, select=2, cover_classes=False, ceiling_share=0.97, max_queries=16,
+                            twins=False, generation=FAST)
+    torch.manual_seed(0)
+    c = build_candidates(fashion_model, fashion_data[1], cfg, domain=fashion_data[1].domain, progress=False)
+    ok = eligible(c, cfg, cfg.select)
+    reach = get_selector("reach")
+
+    class Copycat(Selector):  # reach's picks under another name, not registered
+        name = "copycat"
+        predicts_coverage = True
+
+        def singles(self, ctx: SelectionContext, k: int) -> Selection:
+            return reach.singles(ctx, k)
+
+    class Silent(Copycat):  # the same picks, but it claims no prediction
+        predicts_coverage = False
+
+        def singles(self, ctx: SelectionContext, k: int) -> Selection:
+            sel = reach.singles(ctx, k)
+            ctx.prediction = None
+            return sel
+
+    grown, budget = choose(SelectionContext(fashion_model, c, ok, None, cfg), Copycat(), 2, paired=False)
+    by_reach, budget_reach = choose(SelectionContext(fashion_model, c, ok, None, cfg), reach, 2, paired=False)
+    assert torch.equal(grown.indices, by_reach.indices) and budget == budget_reach
+    assert budget.queries > 2 and budget.predicted is not None and budget.ceiling is not None
+    ctx = SelectionContext(fashion_model, c, ok, None, cfg)
+    exact, budget_silent = choose(ctx, Silent(), 2, paired=False)
+    assert len(exact.indices) == 2
+    assert budget_silent.queries == 2 and budget_silent.stopped == "budget" and budget_silent.predicted is None
+    pred = CoveragePrediction(torch.tensor([3, 5]), torch.zeros(2, 4), torch.ones(4))
+    with pytest.raises(ValueError, match="examined"):
+        pred.trace(torch.tensor([4]))

@@ -23,6 +23,7 @@ from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.twins import Twins
 from veriprint.select import Selection, activations, boundary_events
+from veriprint.selectors.prediction import CoveragePrediction
 
 __all__ = ["SelectionContext", "Selector", "get_selector", "list_selectors", "register"]
 
@@ -39,6 +40,9 @@ class SelectionContext:
         cfg: the fingerprint's config (``neurons``, ``threshold``, ``seed``).
         model_outputs: what the model returns.
         progress: show progress bars.
+        prediction: what the last selector that predicts coverage predicted of the
+            candidates it examined (None until one ran; see
+            :mod:`veriprint.selectors.prediction`).
     """
 
     model: nn.Module
@@ -48,6 +52,7 @@ class SelectionContext:
     cfg: FingerprintConfig
     model_outputs: OutputKind = "logits"
     progress: bool = False
+    prediction: CoveragePrediction | None = None
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -82,10 +87,15 @@ class SelectionContext:
 
 
 class Selector:
-    """A way to choose samples; subclasses implement :meth:`singles` and :meth:`pairs`."""
+    """A way to choose samples; subclasses implement :meth:`singles` and :meth:`pairs`.
+
+    A selector with ``predicts_coverage`` sets ``ctx.prediction`` whenever it picks, so
+    that the query budget can grow its selection to a coverage target.
+    """
 
     name: str = ""
     summary: str = ""
+    predicts_coverage: bool = False
 
     def singles(self, ctx: SelectionContext, k: int) -> Selection:
         """``k`` single samples among ``ctx.eligible``."""

@@ -4,7 +4,7 @@ A selector picks greedily, so the first ``k`` picks of a longer selection are th
 selection of ``k`` (same ties, same order). :func:`choose` uses this twice on top of any
 selector:
 
-- with ``cfg.coverage`` (reach only), it picks up to ``max_queries`` and keeps the
+- with ``cfg.coverage`` (a selector that predicts coverage: reach), it picks up to ``max_queries`` and keeps the
   shortest prefix, ``select`` queries at least, whose predicted share of ``±5%``
   single-parameter changes revealed (first order, mean over tensors, the figure
   ``meta["reach"]`` records) reaches the target; the cap, the end of the eligible bag, or
@@ -12,7 +12,7 @@ selector:
   otherwise;
 - without one, ``cfg.ceiling_share`` (default 0.97) sets the target the same way as that
   fraction of the bag's ceiling: the queries stop where more of them would add little of
-  what the bag can reveal (a selector other than reach keeps exactly ``select``);
+  what the bag can reveal (a selector that predicts no coverage keeps exactly ``select``);
 - with ``cfg.cover_classes`` on a model of at most :data:`MAX_COVERED_CLASSES` classes,
   it then adds candidates (pairs, for twins) that bring new top-1 labels until every class
   labels some query: through a top-1 API a query reveals a decrease of its own label's
@@ -25,7 +25,6 @@ The outcome is a :class:`Budget`, stored as ``meta["budget"]``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -35,15 +34,12 @@ from veriprint.errors import ConfigError
 from veriprint.noise import as_logits
 from veriprint.select import Selection
 from veriprint.selectors.base import SelectionContext, Selector
+from veriprint.selectors.prediction import COVERAGE_DELTA, prefix_coverage
 
 __all__ = ["COVERAGE_DELTA", "MAX_COVERED_CLASSES", "Budget", "choose", "prefix_coverage"]
 
 #: Models with at most this many classes get a query labelled with each class by default.
 MAX_COVERED_CLASSES = 16
-
-#: The relative change of one parameter a ``coverage`` target is about.
-COVERAGE_DELTA = 0.05
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -127,21 +123,6 @@ class Budget:
         return "; ".join(parts)
 
 
-def prefix_coverage(values: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
-                    delta: float = COVERAGE_DELTA) -> torch.Tensor:
-    """Weighted share of columns revealed by a change of ``delta`` after each of ``order``'s
-    picks: ``values`` as in :func:`veriprint.select.reach_cover` (log10 reach per row and
-    directed column), a column counting once some picked row reaches ``log10(1 / delta)``."""
-    if not delta > 0:
-        raise ValueError(f"expected delta > 0, got {delta}")
-    hit = values[order] >= math.log10(1.0 / delta)
-    if order.numel() == 0:
-        return torch.zeros(0, dtype=torch.float64, device=values.device)
-    seen = hit.cummax(0).values.double()
-    w = weights.double()
-    return (seen * w).sum(1) / max(float(w.sum()), 1e-300)
-
-
 def _labels(ctx: SelectionContext, paired: bool) -> list[set[int]]:
     key = ("labels", paired)
     if key not in ctx._cache:
@@ -182,8 +163,8 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
     cap = max(k, min(max(cfg.max_queries, cfg.select) // per, available))
     stopped = "budget"
     target: float | None = None
-    # the ceiling share needs reach's predictions; other selectors keep exactly the budget
-    share = (cfg.ceiling_share if cfg.coverage is None and cfg.ceiling_share > 0 and selector.name == "reach"
+    # the ceiling share needs the selector's predictions; others keep exactly the budget
+    share = (cfg.ceiling_share if cfg.coverage is None and cfg.ceiling_share > 0 and selector.predicts_coverage
              else None)
     grow = cfg.coverage is not None or share is not None
     sel = _pick(ctx, selector, cap if grow else k, paired)
@@ -222,31 +203,14 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
     return sel, budget
 
 
-def _reach(ctx: SelectionContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The reach selector's ``(bag indices, values, weights)``, when it ran."""
-    got = ctx._cache.get("reach")
-    return got if isinstance(got, tuple) else None
-
-
 def _trace(ctx: SelectionContext, indices: torch.Tensor) -> torch.Tensor | None:
-    r = _reach(ctx)
-    if r is None:
-        return None
-    idx, values, weights = r
-    pos = {int(b): i for i, b in enumerate(idx.tolist())}
-    return prefix_coverage(values, weights, torch.tensor([pos[int(i)] for i in indices], dtype=torch.long,
-                                                         device=values.device))
+    return None if ctx.prediction is None else ctx.prediction.trace(indices)
 
 
 def _ceiling(ctx: SelectionContext) -> float:
-    """What every eligible candidate together reveals (computed once per context)."""
-    if "ceiling" not in ctx._cache:
-        r = _reach(ctx)
-        assert r is not None
-        _, values, weights = r
-        ctx._cache["ceiling"] = float(
-            prefix_coverage(values, weights, torch.arange(values.shape[0], device=values.device))[-1])
-    return float(ctx._cache["ceiling"])
+    """What every eligible candidate the selector examined together reveals."""
+    assert ctx.prediction is not None
+    return ctx.prediction.ceiling()
 
 
 def _prefix(sel: Selection, n: int) -> Selection:
@@ -260,7 +224,8 @@ def _cover_classes(ctx: SelectionContext, sel: Selection, cap: int, paired: bool
     picked = sel.indices.tolist()
     pool[sel.indices] = False
     covered = set().union(*(labels[i] for i in picked)) if picked else set()
-    r = _reach(ctx)
+    pred = ctx.prediction
+    r = None if pred is None else (pred.indices, pred.values, pred.weights)
     cur: torch.Tensor | None = None
     pos: dict[int, int] = {}
     if r is not None:

@@ -4,8 +4,8 @@ A candidate reveals a relative change ``delta`` of parameter ``theta_k`` when
 ``|delta theta_k g_k|`` exceeds its margin (:mod:`veriprint.reach`); a pair reveals it when
 either member does. :func:`veriprint.select.reach_cover` picks the set that maximizes the
 share of each tensor revealed, every tensor weighing the same; ties go to the smaller margin.
-The reach matrix stays in the context (``"reach"``: bag indices, values, weights) for
-:mod:`veriprint.selectors.budget`.
+The reach matrix is its coverage prediction (``ctx.prediction``), which
+:mod:`veriprint.selectors.budget` grows the selection by.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from veriprint.reach import parameter_reach
 from veriprint.select import Selection, reach_cover
 from veriprint.selectors.base import SelectionContext, Selector, register
+from veriprint.selectors.prediction import CoveragePrediction
 
 __all__ = ["ReachSelector"]
 
@@ -25,13 +26,15 @@ def _in_bag(sub: Selection, idx: torch.Tensor) -> Selection:
 
 @register("reach", "greedy cover of every parameter tensor by first-order reach (default)")
 class ReachSelector(Selector):
+    predicts_coverage = True
+
     def singles(self, ctx: SelectionContext, k: int) -> Selection:
         c = ctx.candidates
         idx = ctx.eligible.nonzero().flatten()
         r = parameter_reach(ctx.model, c.samples[idx], model_outputs=ctx.model_outputs, seed=ctx.cfg.seed,
                             progress=ctx.progress)
         values = r.directed()
-        ctx._cache["reach"] = (idx, values, r.directed_weights)
+        ctx.prediction = CoveragePrediction(idx, values, r.directed_weights)
         return _in_bag(reach_cover(values, r.directed_weights, k, score=-c.gen.margin[idx]), idx)
 
     def pairs(self, ctx: SelectionContext, k: int) -> Selection:
@@ -42,5 +45,5 @@ class ReachSelector(Selector):
         ra = parameter_reach(ctx.model, c.samples[idx], **opts)  # type: ignore[arg-type]
         rb = parameter_reach(ctx.model, ctx.twins.samples[idx], **opts)  # type: ignore[arg-type]
         both = torch.maximum(ra.directed(), rb.directed())
-        ctx._cache["reach"] = (idx, both, ra.directed_weights)
+        ctx.prediction = CoveragePrediction(idx, both, ra.directed_weights)
         return _in_bag(reach_cover(both, ra.directed_weights, k, score=-c.gen.margin[idx]), idx)
