@@ -1,0 +1,157 @@
+"""A real KServe ModelServer on 127.0.0.1 serving the demo's zoo model and its tampered copies.
+
+The server (``kserve.ModelServer`` with a custom ``kserve.Model`` over onnxruntime) runs
+from .venv-kserve (scripts/setup-kserve.sh); without it these tests skip, except in CI
+(CI=true) where they fail. Every check goes over both of its Open Inference Protocol v2
+endpoints: REST and gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veriprint.fingerprint import Fingerprint
+from veriprint.targets import OnnxTarget, QueryBatch, TargetError, open_target
+from veriprint.targets.oip import OipTarget
+from veriprint.verify import verify
+
+sys.path.insert(0, str(Path(__file__).parent))
+from servers.demo_onnx import NAMES, DemoModels, demo_models
+from servers.digits import digits_fingerprint
+from servers.kserve import KServe, require_kserve
+from servers.mlserver import free_port
+
+pytestmark = pytest.mark.slow  # one server start and seven ONNX exports (~15 s)
+
+PROTOCOLS = ("rest", "grpc")
+TAMPERS = NAMES[1:]
+
+
+@pytest.fixture(scope="module")
+def models() -> DemoModels:
+    require_kserve()
+    return demo_models()
+
+
+@pytest.fixture(scope="module")
+def ks(models: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServe]:
+    server = KServe(tmp_path_factory.mktemp("kserve"), models.onnx)
+    server.start()
+    try:
+        yield server
+    finally:
+        code = server.stop()
+    assert code in (0, -15), f"KServe did not stop cleanly (exit {code}):\n{server.tail()}"
+
+
+def url(ks: KServe, protocol: str, name: str) -> str:
+    return ks.url(name) if protocol == "rest" else ks.grpc_url(name)
+
+
+def queries(n: int = 20) -> QueryBatch:
+    fp = Fingerprint.load(demo_models().fingerprint)
+    x = fp.samples.numpy()
+    return QueryBatch(np.concatenate([x, x[::-1]])[:n])
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_answers_equal_local_onnxruntime(ks: KServe, models: DemoModels, protocol: str) -> None:
+    q = queries(13)
+    t = open_target(url(ks, protocol, "cnn"), classes=10, max_batch=5)
+    local = OnnxTarget(models.onnx["cnn"], threads=1).query(q)
+    np.testing.assert_allclose(t.query(q), local, rtol=0, atol=1e-6)
+    assert (t.requests_sent, t.samples_sent) == (3, 13)  # type: ignore[attr-defined]
+    assert t.input_name == "input"  # type: ignore[attr-defined]  # read from KServe's metadata
+
+
+def test_metadata_lists_the_graph(ks: KServe) -> None:
+    meta = OipTarget(ks.url("cnn")).metadata()
+    assert meta["name"] == "cnn"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("spec", ["top1", "probs"])
+def test_intact_is_intact_and_every_demo_tamper_tampered(ks: KServe, models: DemoModels, protocol: str,
+                                                         spec: str) -> None:
+    r = verify(models.fingerprint, url(ks, protocol, "cnn"), spec=spec)
+    assert r.verdict == "INTACT" and r.exit_code == 0, r.reason
+    assert r.queries == r.compared == 8
+    for name in TAMPERS:
+        r = verify(models.fingerprint, url(ks, protocol, name), spec=spec)
+        assert r.verdict == "TAMPERED" and r.exit_code == 1, (models.labels[name], r.reason)
+        assert r.mismatches >= 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "veriprint.cli.main", "verify", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cli_verdicts_and_report(ks: KServe, models: DemoModels, protocol: str, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    out = _cli(str(models.fingerprint), "--target", url(ks, protocol, "cnn"), "--spec", "probs",
+               "--report", str(report))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "INTACT" in out.stdout
+    assert json.loads(report.read_text())["verdict"] == "INTACT"
+    out = _cli(str(models.fingerprint), "--target", url(ks, protocol, "cnn-last-x105"), "--spec", "top1")
+    assert out.returncode == 1 and "TAMPERED" in out.stdout, out.stdout + out.stderr
+    out = _cli(str(models.fingerprint), "--target", url(ks, protocol, "no-such-model"), "--retries", "0")
+    assert out.returncode == 2 and "INCONCLUSIVE" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+# --- KServe's error answers: a clear reason, never INTACT -------------------------------------
+
+NOT_FOUND = {"rest": r"HTTP 404: Model with name no-such-model does not exist",
+             "grpc": r"NOT_FOUND .*Model with name no-such-model does not exist"}
+BAD_SHAPE = {"rest": r"HTTP 400: expected 'input' of shape \[-1, 1, 28, 28\], got \[8, 1, 8, 8\]",
+             "grpc": r"INVALID_ARGUMENT .*expected 'input' of shape \[-1, 1, 28, 28\], got \[8, 1, 8, 8\]"}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unknown_model_is_inconclusive(ks: KServe, models: DemoModels, protocol: str) -> None:
+    for input_name in (None, "input"):  # with and without the metadata request
+        r = verify(models.fingerprint, url(ks, protocol, "no-such-model"), input_name=input_name, retries=0)
+        assert r.verdict == "INCONCLUSIVE" and r.exit_code == 2, r.reason
+        assert pytest.approx(0) == 0
+        import re
+
+        assert re.search(NOT_FOUND[protocol], r.reason), r.reason
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_wrong_shape_is_inconclusive(ks: KServe, protocol: str) -> None:
+    """A fingerprint of an 8x8 digits model sent to the 28x28 CNN: KServe refuses the shape."""
+    import re
+
+    r = verify(digits_fingerprint(), url(ks, protocol, "cnn"), spec="top1", retries=0)
+    assert r.verdict == "INCONCLUSIVE" and r.exit_code == 2, r.reason
+    assert re.search(BAD_SHAPE[protocol], r.reason), r.reason
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_wrong_input_name_and_datatype_are_target_errors(ks: KServe, protocol: str) -> None:
+    q = queries(4)
+    with pytest.raises(TargetError, match=r"expected inputs \['input'\], got 'pixels'"):
+        open_target(url(ks, protocol, "cnn"), input_name="pixels", retries=0).query(q)
+    grid = QueryBatch(q.x, np.zeros(q.x.shape, np.uint8))
+    with pytest.raises(TargetError, match=r"expected 'input' as FP32, got UINT8"):
+        open_target(url(ks, protocol, "cnn"), datatype="UINT8", retries=0).query(grid)
+
+
+def test_stopped_server_is_inconclusive(models: DemoModels) -> None:
+    port = free_port()  # nothing listens there
+    for target in (f"http://127.0.0.1:{port}/v2/models/cnn", f"grpc://127.0.0.1:{port}/cnn"):
+        r = verify(models.fingerprint, target, input_name="input", retries=1, backoff=0)
+        assert r.verdict == "INCONCLUSIVE" and "after 2 attempts" in r.reason, r.reason
