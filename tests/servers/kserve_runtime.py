@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import numpy as np
-import onnxruntime as ort
+from types import SimpleNamespace
 
 import kserve
+import numpy as np
+import onnxruntime as ort
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
@@ -71,12 +71,12 @@ class OnnxModel(kserve.Model):
                 raise InvalidInput(f"expected {tensor.name!r} as {_DATATYPES.get(spec.type)}, got {tensor.datatype}")
             x = np.ascontiguousarray(tensor.as_numpy())
             want = _dims(spec.shape)
-            if x.ndim != len(want) or any(w not in (-1, d) for w, d in zip(want, x.shape)):
+            if x.ndim != len(want) or any(w not in (-1, d) for w, d in zip(want, x.shape, strict=True)):
                 raise InvalidInput(f"expected {tensor.name!r} of shape {want}, got {list(x.shape)}")
             feeds[tensor.name] = x
         names = [o.name for o in self.session.get_outputs()]
         outputs = []
-        for name, y in zip(names, self.session.run(None, feeds)):
+        for name, y in zip(names, self.session.run(None, feeds), strict=True):
             y = np.asarray(y)
             out = InferOutput(name=name, shape=list(y.shape), datatype=_DATATYPES[f"tensor({_np_name(y)})"])
             out.set_data_from_numpy(y, binary_data=False)
@@ -90,12 +90,11 @@ def _np_name(y: np.ndarray) -> str:
 
 def loopback_only() -> None:
     """Bind KServe's REST and gRPC servers to 127.0.0.1 (KServe 0.21 hard-codes all addresses)."""
-    from grpc import aio
-
     import kserve.model_server as ms
+    from grpc import aio
     from kserve.protocol.grpc import server as grpc_server
 
-    class LoopbackREST(ms.RESTServer):  # type: ignore[misc,name-defined]
+    class LoopbackREST(ms.RESTServer):
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)
             self.config.host = HOST
@@ -109,7 +108,7 @@ def loopback_only() -> None:
         return srv
 
     ms.RESTServer = LoopbackREST
-    grpc_server.aio = type("aio", (), {"server": staticmethod(loopback_server)})
+    grpc_server.aio = SimpleNamespace(server=loopback_server)  # the module's only use of grpc.aio
 
 
 def main(argv: list[str]) -> None:
