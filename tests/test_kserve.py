@@ -185,3 +185,18 @@ def test_stopped_server_is_inconclusive(models: DemoModels) -> None:
     for target in (f"http://127.0.0.1:{port}/v2/models/cnn", f"grpc://127.0.0.1:{port}/cnn"):
         r = verify(models.fingerprint, target, input_name="input", retries=1, backoff=0)
         assert r.verdict == "INCONCLUSIVE" and "after 2 attempts" in r.reason, r.reason
+
+
+# --- the benchmark: no false alarm in 300 checks per protocol, every demo tamper caught ---------
+
+def test_benchmark_300_checks_per_protocol(ks: KServe, models: DemoModels) -> None:
+    """The run of benchmarks/kserve.py (docs/measurements/kserve.md), on this module's server."""
+    from benchmarks.kserve import SPECS, report, run
+
+    results = run(ks, models, checks=300)
+    assert [r.protocol for r in results] == list(PROTOCOLS)
+    for r in results:
+        assert r.checks == 300 and r.false_alarms == [], (r.protocol, r.false_alarms[:3])
+        assert r.tamper_checks == len(TAMPERS) * len(SPECS) and r.misses == [], (r.protocol, r.misses)
+        assert r.max_logit_diff < Fingerprint.load(models.fingerprint).noise.logit_tolerance
+    assert "| rest | 300 | 0 |" in report(results, Fingerprint.load(models.fingerprint))
