@@ -95,11 +95,23 @@ def test_both_endpoints_listen_on_loopback_only(ks: KServe) -> None:
         assert _listening(port) and _listening(port) <= loopback, (port, _listening(port))
 
 
-def test_metadata_lists_the_graph(ks: KServe) -> None:
+def test_metadata_lists_the_graph_over_both_protocols(ks: KServe) -> None:
     meta = OipTarget(ks.url("cnn")).metadata()
     assert meta["name"] == "cnn"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]}]
     assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+    import tritonclient.grpc as grpcclient  # the client the gRPC target uses
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{ks.grpc_port}")
+    try:
+        g = client.get_model_metadata("cnn", as_json=True)
+    finally:
+        client.close()
+    assert g["name"] == "cnn"
+    assert [(i["name"], i["datatype"], [int(d) for d in i["shape"]]) for i in g["inputs"]] == \
+        [("input", "FP32", [-1, 1, 28, 28])]
+    assert [(o["name"], o["datatype"], [int(d) for d in o["shape"]]) for o in g["outputs"]] == \
+        [("output", "FP32", [-1, 10])]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
