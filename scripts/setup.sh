@@ -38,6 +38,7 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_s
     "silero-vad==6.2.3"
 fi
 bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
+bash scripts/setup-kserve.sh   # KServe's ModelServer in .venv-kserve, for its serving tests
 
 # Debian packages, each only when missing: the data set, and for the monitor's tests a
 # PostgreSQL server (started by the tests as a non-root user), Chromium with its driver and

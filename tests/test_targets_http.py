@@ -154,7 +154,7 @@ def test_oip_answers_match_the_model_and_metadata_gives_the_input_name(serve: An
 
 
 def test_oip_uint8_sends_grid_values_and_versions_go_in_the_path(serve: Any) -> None:
-    origin, b = serve(oip_reply())
+    origin, b = serve(oip_reply(lambda a, n: {**a, "model_version": "3"}))
     t = OipTarget(f"{origin}/v2/models/m/versions/3", datatype="UINT8", input_name="x")
     q = batch()
     t.query(q)
@@ -164,6 +164,16 @@ def test_oip_uint8_sends_grid_values_and_versions_go_in_the_path(serve: Any) -> 
     assert sent["data"] == q.grid.reshape(-1).tolist()
     with pytest.raises(TargetError, match=r"UINT8 inputs but .* no 8-bit grid"):
         t.query(QueryBatch(q.x, None))
+
+
+@pytest.mark.parametrize("answered", [None, "", "2", 2])
+def test_oip_answer_of_another_version_is_refused(serve: Any, answered: object) -> None:
+    """A server that ignores the version in the path answers with some other model."""
+    origin, _ = serve(oip_reply(lambda a, n: a if answered is None else {**a, "model_version": answered}))
+    t = OipTarget(f"{origin}/v2/models/m/versions/3", input_name="pixels")
+    with pytest.raises(TargetError, match=rf"expected an answer from version '3' of model 'm', got version {answered!r}"):
+        t.query(batch())
+    assert OipTarget(f"{origin}/v2/models/m", input_name="pixels").query(batch()).shape == (6, CLASSES)
 
 
 def test_max_batch_splits_requests_and_keeps_order(serve: Any) -> None:

@@ -7,7 +7,9 @@ URL: ``http(s)://HOST:PORT/v2/models/NAME[/versions/V]``. One query batch is one
       "datatype": "FP32", "data": [...]}], "outputs": [{"name": "logits"}]}
 
 and every answer is checked: HTTP status, ``model_name`` and ``id`` when the server
-echoes them, the output's presence, ``datatype``, ``shape``, element count and values.
+echoes them, ``model_version`` when the URL names a version (a server that ignores the
+version answers with another model), the output's presence, ``datatype``, ``shape``,
+element count and values.
 The input name, when not given, is read once from the model's metadata
 (``GET /v2/models/NAME``), falling back to ``"input"``. JSON tensors only: Triton's
 binary-tensor extension is not used (MLServer does not implement it).
@@ -119,6 +121,9 @@ class OipTarget(HttpTarget):
         name = answer.get("model_name")
         if name is not None and name != self.model:
             raise TargetError(f"{where}: expected an answer from model {self.model!r}, got {name!r}")
+        if self.version is not None and str(answer.get("model_version")) != self.version:
+            raise TargetError(f"{where}: expected an answer from version {self.version!r} of model "
+                              f"{self.model!r}, got version {answer.get('model_version')!r}")
         rid = answer.get("id")
         if rid not in (None, "", request_id):
             raise TargetError(f"{where}: expected response id {request_id!r}, got {rid!r}")

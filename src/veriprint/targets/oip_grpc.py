@@ -3,7 +3,8 @@
 URL: ``grpc://HOST:PORT/NAME[/versions/V]`` (``grpcs://`` for TLS). Install with
 ``pip install 'veriprint[grpc]'``. Inputs go as raw tensor contents; answers are read
 from ``raw_output_contents`` or from the typed ``contents`` fields (servers differ: Triton
-answers raw, MLServer answers raw to raw requests), then checked like the REST answers.
+answers raw, MLServer answers raw to raw requests), then checked like the REST answers;
+a URL naming a version needs an answer naming that version.
 Retries (with backoff) are made only when the server was unreachable (``UNAVAILABLE``);
 a timeout (``DEADLINE_EXCEEDED``) is not retried unless ``retry_timeouts`` is set.
 """
@@ -176,6 +177,10 @@ class GrpcOipTarget(Target):
         where = self.description
         if resp.model_name and resp.model_name != self.model:
             raise TargetError(f"{where}: expected an answer from model {self.model!r}, got {resp.model_name!r}")
+        if self.version and resp.model_version != self.version:
+            # KServe's gRPC server ignores the version asked for and answers with its one model
+            raise TargetError(f"{where}: expected an answer from version {self.version!r} of model "
+                              f"{self.model!r}, got version {resp.model_version!r}")
         if resp.id and resp.id != rid:
             raise TargetError(f"{where}: expected response id {rid!r}, got {resp.id!r}")
         i = pick_output([o.name for o in resp.outputs], self.output_name, where)
