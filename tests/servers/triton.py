@@ -17,9 +17,11 @@ variants of the intact model (a smaller ``max_batch_size``, a flat input, 8-bit 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +45,18 @@ STAMP = ".veriprint-triton"  # written by scripts/setup-triton.sh once the insta
 TAMPERED_NAMES = ("fashion-cnn-float16", "fashion-cnn-int8", "fashion-cnn-pruned", "fashion-cnn-noise",
                   "fashion-cnn-last-edit", "fashion-cnn-first-edit")
 SMALL_BATCH = 4  # max_batch_size of "fashion-cnn-mb4"; every other model takes 16
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` still runs (zombies excepted)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def triton_venv() -> Path:
@@ -143,11 +157,22 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, grace: float = 30.0) -> int:
-        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code."""
+        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code.
+
+        PyTriton's own exit stops Triton and the model stubs; a member of the group still
+        running ``grace`` seconds after the leader is gone is killed.
+        """
         if self.proc is None:
             return 0
         proc, self.proc = self.proc, None
-        return stop_group(proc, grace)
+        code = stop_group(proc, grace)
+        deadline = time.monotonic() + grace
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if group_alive(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return code
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -175,6 +200,7 @@ class DemoModels:
     fingerprint: Path
     onnx: dict[str, Path]  # served name -> ONNX file
     labels: dict[str, str]  # tampered served name -> the demo table's label
+    tampered: dict[str, nn.Module]  # tampered served name -> the torch model exported
 
     def served(self) -> list[TritonModel]:
         return [TritonModel(n, p, SMALL_BATCH if n.endswith("-mb4") else 16) for n, p in self.onnx.items()]
@@ -207,12 +233,12 @@ def demo_models() -> DemoModels:
     atexit.register(shutil.rmtree, d, True)
     x = torch.zeros(2, 1, 28, 28)
     onnx = {"fashion-cnn": export_onnx(model, x, d / "fashion-cnn.onnx")}
-    labels = {}
+    labels, tampered = {}, {}
     for name, (label, copy) in zip(TAMPERED_NAMES, copies[1:], strict=True):
         onnx[name] = export_onnx(copy, x, d / f"{name}.onnx")
-        labels[name] = label
+        labels[name], tampered[name] = label, copy
     onnx["fashion-cnn-mb4"] = onnx["fashion-cnn"]
     onnx["fashion-cnn-flat"] = export_onnx(_Flat(model), x.reshape(2, -1), d / "fashion-cnn-flat.onnx")
     grid = data.domain.to_grid(data.x[:2]).to(torch.uint8)
     onnx["fashion-cnn-u8"] = export_onnx(FromGrid(model, data.domain), grid, d / "fashion-cnn-u8.onnx")
-    return DemoModels(model, shipped.fingerprint, onnx, labels)
+    return DemoModels(model, shipped.fingerprint, onnx, labels, tampered)

@@ -29,7 +29,7 @@ from veriprint.targets.base import TargetError
 from veriprint.targets.contract import pick_output
 from veriprint.targets.http import HttpTarget, as_array, split_query, with_query
 
-__all__ = ["OipTarget", "parse_oip_url"]
+__all__ = ["OipTarget", "batch_limit_hint", "parse_oip_url"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,26 @@ _URL = re.compile(r"^(https?://[^/]+)/v2/models/([^/]+)(?:/versions/([^/]+))?/?$
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 _ids = itertools.count(1)
+_BATCH_LIMIT = re.compile(r"batch-size must be <= (\d+)")  # Triton's refusal of a request too large
+
+
+def batch_limit_hint(said: str, sent: int) -> str:
+    """What to add to a server's refusal when it names a batch limit (Triton's ``max_batch_size``).
+
+    Args:
+        said: the server's error text.
+        sent: the samples in the refused request.
+
+    Returns:
+        ``"; expected at most N samples per request, sent M: set --max-batch N ..."``, or
+        ``""`` when the text names no limit.
+    """
+    m = _BATCH_LIMIT.search(said)
+    if m is None:
+        return ""
+    limit = int(m.group(1))
+    return (f"; expected at most {limit} samples per request (the model's max_batch_size), sent {sent}: "
+            f"set --max-batch {limit} (max_batch={limit})")
 
 
 def parse_oip_url(url: str) -> tuple[str, str, str | None]:
@@ -109,7 +129,13 @@ class OipTarget(HttpTarget):
         }
         if self.output_name:
             payload["outputs"] = [{"name": self.output_name}]
-        answer = self._post(self.path + "/infer", payload, len(data))
+        try:
+            answer = self._post(self.path + "/infer", payload, len(data))
+        except TargetError as e:
+            hint = batch_limit_hint(str(e), len(data))
+            if hint:
+                raise TargetError(f"{e}{hint}") from e
+            raise
         return self._decode(answer, request_id)
 
     def _decode(self, answer: Any, request_id: str) -> np.ndarray:

@@ -23,7 +23,7 @@ from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
 from veriprint.targets.contract import pick_output
 from veriprint.targets.http import HttpOptions, InputDatatype, check_target_options
-from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
+from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES, batch_limit_hint
 from veriprint.targets.transport import Retryable, transport_options, with_retries
 
 __all__ = ["GrpcOipTarget", "parse_grpc_url"]
@@ -167,6 +167,11 @@ class GrpcOipTarget(Target):
         try:
             result = self._call("infer", self._client.infer, self.model, [inp], model_version=self.version,
                                 outputs=outputs, request_id=rid)
+        except TargetError as e:
+            hint = batch_limit_hint(str(e), len(data))
+            if hint:
+                raise TargetError(f"{e}{hint}") from e
+            raise
         finally:
             sent = self._attempts - before
             self.requests_sent += sent
