@@ -30,8 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+import numpy as np  # noqa: E402
+from torch import nn  # noqa: E402
+
 from servers.triton import TritonServer, demo_models  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
+from veriprint.targets import QueryBatch, Target, TorchTarget  # noqa: E402
+from veriprint.targets.oip import OipTarget  # noqa: E402
+from veriprint.targets.oip_grpc import GrpcOipTarget  # noqa: E402
 from veriprint.verify import verify  # noqa: E402
 
 SPECS = ("top1", "probs", "logits")
@@ -53,19 +59,30 @@ class ProtocolResult:
     caught: int = 0
     missed: list[str] = field(default_factory=list)  # "label / spec: verdict" of tampered copies not caught
     flips: dict[str, int] = field(default_factory=dict)  # "label / spec" -> mismatches
+    max_logit_diff: float | None = None  # served vs local torch, the fingerprint's samples, every batch size
 
 
 def _url(server: TritonServer, protocol: str, name: str) -> str:
     return server.url(name) if protocol == "rest" else server.grpc_url(name)
 
 
+def _target(protocol: str, url: str, max_batch: int | None) -> Target:
+    return OipTarget(url, max_batch=max_batch) if protocol == "rest" else GrpcOipTarget(url, max_batch=max_batch)
+
+
 def measure(server: TritonServer, fingerprint: Fingerprint, labels: dict[str, str], *, checks: int,
-            clients: int = 2) -> list[ProtocolResult]:
-    """Run the checks on a started ``server`` serving ``fashion-cnn`` and the copies in ``labels``."""
+            clients: int = 2, model: nn.Module | None = None) -> list[ProtocolResult]:
+    """Run the checks on a started ``server`` serving ``fashion-cnn`` and the copies in ``labels``;
+    with the intact ``model``, also the largest logit difference between it and the server."""
     results = []
+    q = QueryBatch(fingerprint.samples.numpy())
+    local = None if model is None else TorchTarget(model).query(q)
     for protocol in PROTOCOLS:
         res = ProtocolResult(protocol)
         url = _url(server, protocol, "fashion-cnn")
+        if local is not None:
+            res.max_logit_diff = max(float(np.abs(_target(protocol, url, b).query(q) - local).max())
+                                     for b in BATCHES)
         plan = list(itertools.islice(itertools.cycle(itertools.product(SPECS, BATCHES)), checks))
 
         def one(job: tuple[str, int | None], url: str = url) -> tuple[str, str]:
@@ -98,11 +115,13 @@ def measure(server: TritonServer, fingerprint: Fingerprint, labels: dict[str, st
 def table(results: list[ProtocolResult]) -> str:
     """The results as a Markdown table, one row per protocol."""
     lines = ["| protocol | checks of the intact model | INTACT | false alarms (TAMPERED) | INCONCLUSIVE "
-             "| seconds | tampered checks caught |",
-             "|---|---|---|---|---|---|---|"]
+             "| seconds | tampered checks caught | max \\|logit diff\\| vs torch |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
+        diff = "-" if r.max_logit_diff is None else f"{r.max_logit_diff:.2g}"
         lines.append(f"| {r.protocol} | {r.checks} | {r.verdicts.get('INTACT', 0)} | {r.false_alarms} "
-                     f"| {r.verdicts.get('INCONCLUSIVE', 0)} | {r.seconds:.1f} | {r.caught} / {r.tampered_checks} |")
+                     f"| {r.verdicts.get('INCONCLUSIVE', 0)} | {r.seconds:.1f} | {r.caught} / {r.tampered_checks} "
+                     f"| {diff} |")
     return "\n".join(lines)
 
 
@@ -120,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             print(f"Triton ready in {time.perf_counter() - t0:.1f} s (models exported and loaded)", file=sys.stderr)
-            results = measure(server, fp, models.labels, checks=args.checks, clients=args.clients)
+            results = measure(server, fp, models.labels, checks=args.checks, clients=args.clients,
+                              model=models.model)
         finally:
             server.stop()
     print(table(results))

@@ -220,6 +220,7 @@ def test_no_false_alarm_in_300_checks_per_protocol_and_every_tamper_caught(serve
     from benchmarks.triton import measure
 
     labels = demo_models().labels
-    for res in measure(served.server, served.fingerprint, labels, checks=300, clients=2):
+    for res in measure(served.server, served.fingerprint, labels, checks=300, clients=2, model=demo_models().model):
+        assert res.max_logit_diff is not None and res.max_logit_diff < served.fingerprint.noise.logit_tolerance
         assert res.checks == 300 and res.verdicts == {"INTACT": 300}, (res.protocol, res.verdicts, res.failed)
         assert res.caught == res.tampered_checks == 2 * len(labels), (res.protocol, res.missed)
