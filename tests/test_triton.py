@@ -8,8 +8,6 @@ they fail. One server is started for the module (about 30 s on 2 busy cores).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -37,7 +35,6 @@ from servers.triton import (
 
 pytest.importorskip("tritonclient.grpc", reason="gRPC targets need tritonclient: pip install 'veriprint[grpc]'")
 
-ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("rest", "grpc")
 
 
@@ -66,10 +63,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert not group_alive(pgid), "a process of the Triton server's group outlived its stop"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "veriprint.cli.main", "verify", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``veriprint verify ARGS`` in this process: its exit code and everything it printed."""
+    from veriprint.cli.main import main
+
+    capsys.readouterr()
+    code = main(["verify", *args])
+    out = capsys.readouterr()
+    return code, out.out + out.err
 
 
 # --- without a server --------------------------------------------------------------------------
@@ -168,16 +169,16 @@ def test_a_target_limit_splits_the_fingerprint_into_requests(served: Served, pro
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_cli_max_batch_against_the_limit(served: Served, protocol: str) -> None:
+def test_cli_max_batch_against_the_limit(served: Served, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
     fp = str(demo_models().fingerprint)
     url = served.url(protocol, "fashion-cnn-mb4")
-    out = _cli(fp, "--target", url, "--spec", "top1")
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert out.stdout.startswith("verdict: INCONCLUSIVE") and "set --max-batch 4" in out.stdout
-    out = _cli(fp, "--target", url, "--spec", "top1", "--max-batch", "4")
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.startswith("verdict: INTACT")
-    assert "Traceback" not in out.stdout + out.stderr
+    code, out = _cli(capsys, fp, "--target", url, "--spec", "top1")
+    assert code == 2, out
+    assert out.startswith("verdict: INCONCLUSIVE") and "set --max-batch 4" in out
+    code, out = _cli(capsys, fp, "--target", url, "--spec", "top1", "--max-batch", "4")
+    assert code == 0, out
+    assert out.startswith("verdict: INTACT")
+    assert "Traceback" not in out
 
 
 # --- Triton's error answers ------------------------------------------------------------------------
@@ -205,12 +206,12 @@ def test_server_errors_are_inconclusive_and_name_expected_and_got(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_cli_error_is_one_line_with_exit_2(served: Served, protocol: str) -> None:
-    out = _cli(str(demo_models().fingerprint), "--target", served.url(protocol, "fashion-cnn-flat"))
-    assert out.returncode == 2, out.stdout + out.stderr
-    first = out.stdout.splitlines()[0]
+def test_cli_error_is_one_line_with_exit_2(served: Served, protocol: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _cli(capsys, str(demo_models().fingerprint), "--target", served.url(protocol, "fashion-cnn-flat"))
+    assert code == 2, out
+    first = out.splitlines()[0]
     assert first.startswith("verdict: INCONCLUSIVE") and "Expected [-1,784], got [8,1,28,28]" in first
-    assert "Traceback" not in out.stdout + out.stderr
+    assert "Traceback" not in out
 
 
 # --- the goal: no false alarm in hundreds of checks, every tamper caught ---------------------------

@@ -157,18 +157,25 @@ class TritonServer:
             return "(no log)"
 
     def stop(self, grace: float = 30.0) -> int:
-        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code.
+        """Stop the server; its exit code.
 
-        PyTriton's own exit stops Triton and the model stubs; a member of the group still
-        running ``grace`` seconds after the leader is gone is killed.
+        SIGTERM goes to PyTriton alone first, which unloads the models and stops Triton and
+        the model stubs in order (signalling the whole group at once leaves Triton waiting
+        on stubs that are gone). Whatever of the group still runs ``grace`` seconds later is
+        sent SIGTERM, then SIGKILL.
         """
         if self.proc is None:
             return 0
         proc, self.proc = self.proc, None
-        code = stop_group(proc, grace)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
         deadline = time.monotonic() + grace
         while group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        code = stop_group(proc, grace)
         if group_alive(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -35,7 +35,7 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
 def _infer_fn(session: ort.InferenceSession, input_name: str, output_name: str) -> Any:
     onnx_input = session.get_inputs()[0].name
 
-    @batch  # type: ignore[untyped-decorator]
+    @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         out = session.run(None, {onnx_input: inputs[input_name]})[0]
         return {output_name: np.asarray(out, dtype=np.float32)}
