@@ -19,7 +19,7 @@ import pytest
 
 from veriprint.fingerprint import Fingerprint
 from veriprint.targets import QueryBatch, TorchTarget
-from veriprint.targets.oip import OipTarget, batch_limit_hint
+from veriprint.targets.oip import OipTarget, batch_limit_hint, input_name_hint
 from veriprint.targets.oip_grpc import GrpcOipTarget
 from veriprint.verify import verify
 
@@ -80,6 +80,17 @@ def test_batch_limit_hint_names_the_limit_and_what_was_sent() -> None:
     assert batch_limit_hint(said, 8) == ("; expected at most 4 samples per request (the model's max_batch_size), "
                                          "sent 8: set --max-batch 4 (max_batch=4)")
     assert batch_limit_hint("Request for unknown model: 'm' is not found", 8) == ""
+
+
+def test_input_name_hint_names_the_metadata_inputs() -> None:
+    said = "unexpected inference input 'pixels' for model 'm'"
+    assert input_name_hint(said, "pixels", ["image"]) == (
+        "; expected the input 'image' (the model's metadata), sent 'pixels': set --input-name image or leave it out")
+    assert input_name_hint(said, "pixels", ["a", "b"]) == (
+        "; expected one of the inputs ['a', 'b'] (the model's metadata), sent 'pixels': set --input-name")
+    assert input_name_hint(said, "pixels", []) == ""
+    assert len(input_name_hint(said, "pixels", ["x" * 1000] * 1000)) < 1000  # a hostile server's list is cut
+    assert input_name_hint("Request for unknown model: 'm' is not found", "x", ["image"]) == ""
 
 
 # --- the server's metadata and answers ---------------------------------------------------------
@@ -188,7 +199,8 @@ ERRORS = [  # (model, target options, what the reason must name)
     ("fashion-cnn", {"datatype": "UINT8"}, "data-type is 'UINT8', but model 'fashion-cnn' expects 'FP32'"),
     ("fashion-cnn-u8", {}, "data-type is 'FP32', but model 'fashion-cnn-u8' expects 'UINT8'"),
     ("fashion-cnn-flat", {}, "Expected [-1,784], got [8,1,28,28]"),
-    ("fashion-cnn", {"input_name": "pixels"}, "unexpected inference input 'pixels' for model 'fashion-cnn'"),
+    ("fashion-cnn", {"input_name": "pixels"}, "unexpected inference input 'pixels' for model 'fashion-cnn'; "
+     "expected the input 'image' (the model's metadata), sent 'pixels': set --input-name image or leave it out"),
 ]
 
 
