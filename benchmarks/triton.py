@@ -7,7 +7,7 @@ The demo's shipped CNN and fingerprint, served as ONNX by Triton (``tests/server
 with its tampered copies (the demo table's attacks). For each protocol (REST JSON and
 gRPC), ``--checks`` verifications of the intact model, cycling through the specs ``top1``,
 ``probs`` and ``logits`` and requests of 1, 2, 3, 4, 8 samples or the whole fingerprint,
-sent by ``--clients`` concurrent clients so that Triton's dynamic batcher merges requests
+sent by ``--clients`` concurrent clients so that Triton's dynamic batcher can merge requests
 of different checks into one model call. A check of the intact model that is not INTACT
 is counted (TAMPERED: a false alarm; INCONCLUSIVE: a failed check). Then every tampered
 copy is verified under ``top1`` and ``probs`` through both protocols. Exit status 1 if a
