@@ -63,4 +63,6 @@ if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
               "and the monitor's PostgreSQL and browser tests need the others" >&2
   fi
 fi
-bash scripts/setup-triton.sh  # NVIDIA Triton (PyTriton) in .venv-triton, for the Triton tests
+# NVIDIA Triton (PyTriton) in .venv-triton, for the Triton tests only: the demo does not need it
+bash scripts/setup-triton.sh \
+  || echo "note: could not make .venv-triton; the Triton tests skip without it (and fail under CI=true)" >&2
