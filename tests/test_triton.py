@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from veriprint.fingerprint import Fingerprint
-from veriprint.targets import QueryBatch, TorchTarget
+from veriprint.targets import QueryBatch, TargetError, TorchTarget
 from veriprint.targets.oip import OipTarget, batch_limit_hint, input_name_hint
 from veriprint.targets.oip_grpc import GrpcOipTarget
 from veriprint.verify import verify
@@ -190,6 +190,17 @@ def test_cli_max_batch_against_the_limit(served: Served, protocol: str, capsys: 
     assert code == 0, out
     assert out.startswith("verdict: INTACT")
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_refused_input_name_is_one_query_and_the_hint_is_not_counted(served: Served, protocol: str) -> None:
+    url = served.url(protocol)
+    target = (OipTarget(url, input_name="pixels", retries=0) if protocol == "rest"
+              else GrpcOipTarget(url, input_name="pixels", retries=0))
+    with pytest.raises(TargetError, match=r"expected the input 'image' \(the model's metadata\), sent 'pixels'"):
+        target.query(QueryBatch(served.fingerprint.samples.numpy()))
+    assert (target.requests_sent, target.samples_sent) == (1, 8)
 
 
 # --- Triton's error answers ------------------------------------------------------------------------

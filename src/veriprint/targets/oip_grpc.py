@@ -165,17 +165,18 @@ class GrpcOipTarget(Target):
         rid = f"veriprint-{next(_ids)}"
         before = self._attempts
         try:
-            result = self._call("infer", self._client.infer, self.model, [inp], model_version=self.version,
-                                outputs=outputs, request_id=rid)
-        except TargetError as e:
+            try:
+                result = self._call("infer", self._client.infer, self.model, [inp], model_version=self.version,
+                                    outputs=outputs, request_id=rid)
+            finally:
+                sent = self._attempts - before
+                self.requests_sent += sent
+                self.samples_sent += sent * len(data)
+        except TargetError as e:  # counted above: a metadata request for the hint is not a query
             hint = batch_limit_hint(str(e), len(data)) or self._input_hint(str(e))
             if hint:
                 raise TargetError(f"{e}{hint}") from e
             raise
-        finally:
-            sent = self._attempts - before
-            self.requests_sent += sent
-            self.samples_sent += sent * len(data)
         return self._decode(result.get_response(), rid)
 
     def _input_hint(self, said: str) -> str:
