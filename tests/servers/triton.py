@@ -9,9 +9,10 @@ take free ports picked at start, the metrics endpoint is off. It runs in its own
 group, is stopped with SIGTERM (then SIGKILL after a grace period), and its PyTriton
 workspace sits in the server's folder.
 
-:func:`demo_models` builds what the Triton tests serve: the demo's shipped CNN, its
-tampered copies (the attacks of the tampering registry that the demo table lists) and
-variants of the intact model (a smaller ``max_batch_size``, a flat input, 8-bit inputs).
+:func:`demo_models` gives what the Triton tests serve: the demo's shipped CNN and its
+tampered copies (the attacks of the tampering registry that the demo table lists, exported
+by ``servers.demo_onnx``) and variants of the intact model (a smaller ``max_batch_size``, a
+flat input, 8-bit inputs).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from servers.demo_onnx import NAMES as DEMO_NAMES
 from servers.mlserver import free_port
 from servers.processes import stop_group
 from servers.required import missing
@@ -42,8 +44,7 @@ APP = Path(__file__).with_name("triton_app.py")
 STAMP = ".veriprint-triton"  # written by scripts/setup-triton.sh once the install is complete
 
 # The demo's tampered copies (veriprint.demo.tampered_copies, in its order) as served names.
-TAMPERED_NAMES = ("fashion-cnn-float16", "fashion-cnn-int8", "fashion-cnn-pruned", "fashion-cnn-noise",
-                  "fashion-cnn-last-edit", "fashion-cnn-first-edit")
+TAMPERED_NAMES = tuple(f"fashion-{n}" for n in DEMO_NAMES[1:])
 SMALL_BATCH = 4  # max_batch_size of "fashion-cnn-mb4"; every other model takes 16
 
 
@@ -200,52 +201,39 @@ class _Flat(nn.Module):
 
 
 @dataclass(frozen=True)
-class DemoModels:
-    """The demo's shipped model and fingerprint, and the ONNX files served from them."""
+class TritonModels:
+    """The demo's shipped model and fingerprint, and the ONNX files Triton serves from them."""
 
     model: nn.Module
     fingerprint: Path
     onnx: dict[str, Path]  # served name -> ONNX file
     labels: dict[str, str]  # tampered served name -> the demo table's label
-    tampered: dict[str, nn.Module]  # tampered served name -> the torch model exported
 
     def served(self) -> list[TritonModel]:
         return [TritonModel(n, p, SMALL_BATCH if n.endswith("-mb4") else 16) for n, p in self.onnx.items()]
 
 
 @functools.lru_cache(maxsize=1)
-def demo_models() -> DemoModels:
-    """Export the shipped demo CNN, its tampered copies and the variants to ONNX (once per process).
-
-    The tampered copies are :func:`veriprint.demo.tampered_copies`: float16 weights, 8-bit
-    weights, 2% pruning, Gaussian weight noise and a +5% edit of the largest weight of the
-    first and of the last layer. Their before/after measures use 64 Fashion-MNIST test
-    images (``dataset-fashion-mnist``, installed by ``scripts/setup.sh``).
-    """
+def demo_models() -> TritonModels:
+    """The shipped demo CNN and its tampered copies as ONNX (``servers.demo_onnx``, shared
+    with the other servers' tests), served as ``fashion-`` + their names there, and three
+    variants of the intact model: ``fashion-cnn-mb4`` (Triton's ``max_batch_size`` 4),
+    ``fashion-cnn-flat`` (a flat input of 784 values) and ``fashion-cnn-u8`` (8-bit grid
+    values in, mapped to the model's range in the graph)."""
+    from servers.demo_onnx import demo_models as demo_onnx
     from servers.digits import FromGrid
     from veriprint.data import load_data
-    from veriprint.demo import load_shipped, tampered_copies
-    from veriprint.models import load_model
     from veriprint.onnx_export import export_onnx
 
-    shipped = load_shipped()
-    model = load_model(shipped.factory, weights=shipped.weights)
-    try:
-        data = load_data("fashion-mnist", limit=64)
-    except (OSError, ValueError) as e:
-        missing(f"Fashion-MNIST is not installed ({e}): run scripts/setup.sh (Debian's dataset-fashion-mnist)")
-    copies = tampered_copies(model, data)
-    assert len(copies) == len(TAMPERED_NAMES) + 1, [label for label, _ in copies]
+    demo = demo_onnx()
+    onnx = {f"fashion-{n}": demo.onnx[n] for n in DEMO_NAMES}
+    labels = {f"fashion-{n}": demo.labels[n] for n in DEMO_NAMES[1:]}
     d = Path(tempfile.mkdtemp(prefix="veriprint-triton-"))
     atexit.register(shutil.rmtree, d, True)
     x = torch.zeros(2, 1, 28, 28)
-    onnx = {"fashion-cnn": export_onnx(model, x, d / "fashion-cnn.onnx")}
-    labels, tampered = {}, {}
-    for name, (label, copy) in zip(TAMPERED_NAMES, copies[1:], strict=True):
-        onnx[name] = export_onnx(copy, x, d / f"{name}.onnx")
-        labels[name], tampered[name] = label, copy
     onnx["fashion-cnn-mb4"] = onnx["fashion-cnn"]
-    onnx["fashion-cnn-flat"] = export_onnx(_Flat(model), x.reshape(2, -1), d / "fashion-cnn-flat.onnx")
-    grid = data.domain.to_grid(data.x[:2]).to(torch.uint8)
-    onnx["fashion-cnn-u8"] = export_onnx(FromGrid(model, data.domain), grid, d / "fashion-cnn-u8.onnx")
-    return DemoModels(model, shipped.fingerprint, onnx, labels, tampered)
+    onnx["fashion-cnn-flat"] = export_onnx(_Flat(demo.model), x.reshape(2, -1), d / "fashion-cnn-flat.onnx")
+    domain = load_data("fashion-mnist", split="test", limit=2).domain
+    grid = domain.to_grid(x).to(torch.uint8)
+    onnx["fashion-cnn-u8"] = export_onnx(FromGrid(demo.model, domain), grid, d / "fashion-cnn-u8.onnx")
+    return TritonModels(demo.model, demo.fingerprint, onnx, labels)
