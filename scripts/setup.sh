@@ -49,6 +49,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || want+=(chromium-driver)
 command -v promtool >/dev/null 2>&1 || want+=(prometheus)  # promtool and a server for the alert rules' tests
+# Triton's environment is made with Debian's python3.11 (scripts/setup-triton.sh says why)
+[ -x /usr/bin/python3.11 ] || want+=(python3.11)
+/usr/bin/python3.11 -c "import ensurepip" >/dev/null 2>&1 || want+=(python3.11-venv)
+ldconfig -p 2>/dev/null | grep -q 'libpython3\.11\.so\.1\.0' || want+=(libpython3.11)
 if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
@@ -59,3 +63,6 @@ if [ ${#want[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
               "and the monitor's PostgreSQL and browser tests need the others" >&2
   fi
 fi
+# NVIDIA Triton (PyTriton) in .venv-triton, for the Triton tests only: the demo does not need it
+bash scripts/setup-triton.sh \
+  || echo "note: could not make .venv-triton; the Triton tests skip without it (and fail under CI=true)" >&2

@@ -29,7 +29,7 @@ from veriprint.targets.base import TargetError
 from veriprint.targets.contract import pick_output
 from veriprint.targets.http import HttpTarget, as_array, split_query, with_query
 
-__all__ = ["OipTarget", "parse_oip_url"]
+__all__ = ["OipTarget", "batch_limit_hint", "input_name_hint", "parse_oip_url"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,42 @@ _URL = re.compile(r"^(https?://[^/]+)/v2/models/([^/]+)(?:/versions/([^/]+))?/?$
 FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 _ids = itertools.count(1)
+_BATCH_LIMIT = re.compile(r"batch-size must be <= (\d+)")  # Triton's refusal of a request too large
+
+
+def batch_limit_hint(said: str, sent: int) -> str:
+    """What to add to a server's refusal when it names a batch limit (Triton's ``max_batch_size``).
+
+    Args:
+        said: the server's error text.
+        sent: the samples in the refused request.
+
+    Returns:
+        ``"; expected at most N samples per request, sent M: set --max-batch N ..."``, or
+        ``""`` when the text names no limit.
+    """
+    m = _BATCH_LIMIT.search(said)
+    if m is None:
+        return ""
+    limit = int(m.group(1))
+    return (f"; expected at most {limit} samples per request (the model's max_batch_size), sent {sent}: "
+            f"set --max-batch {limit} (max_batch={limit})")
+
+
+def input_name_hint(said: str, sent: str | None, names: list[str]) -> str:
+    """What to add to a server's refusal of an input name it does not know (Triton's
+    "unexpected inference input"), given the input names of the model's metadata.
+
+    Returns:
+        ``"; expected the input 'image' (the model's metadata), sent 'pixels': ..."``, or
+        ``""`` when the text is another error or the metadata names no input.
+    """
+    if "unexpected inference input" not in said or not names:
+        return ""
+    names = [n[:64] for n in names[:8]]  # what a server names is shown, never more than a line of it
+    want = f"the input {names[0]!r}" if len(names) == 1 else f"one of the inputs {names}"
+    fix = f"set --input-name {names[0]} or leave it out" if len(names) == 1 else "set --input-name"
+    return f"; expected {want} (the model's metadata), sent {sent!r}: {fix}"
 
 
 def parse_oip_url(url: str) -> tuple[str, str, str | None]:
@@ -109,8 +145,24 @@ class OipTarget(HttpTarget):
         }
         if self.output_name:
             payload["outputs"] = [{"name": self.output_name}]
-        answer = self._post(self.path + "/infer", payload, len(data))
+        try:
+            answer = self._post(self.path + "/infer", payload, len(data))
+        except TargetError as e:
+            hint = batch_limit_hint(str(e), len(data)) or self._input_hint(str(e))
+            if hint:
+                raise TargetError(f"{e}{hint}") from e
+            raise
         return self._decode(answer, request_id)
+
+    def _input_hint(self, said: str) -> str:
+        if "unexpected inference input" not in said:
+            return ""
+        try:
+            inputs = self.metadata().get("inputs") or []
+        except TargetError:
+            return ""
+        names = [i["name"] for i in inputs if isinstance(i, dict) and isinstance(i.get("name"), str)]
+        return input_name_hint(said, self.input_name, names)
 
     def _decode(self, answer: Any, request_id: str) -> np.ndarray:
         where = self.description

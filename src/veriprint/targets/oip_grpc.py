@@ -23,7 +23,7 @@ from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
 from veriprint.targets.contract import pick_output
 from veriprint.targets.http import HttpOptions, InputDatatype, check_target_options
-from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES
+from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES, batch_limit_hint, input_name_hint
 from veriprint.targets.transport import Retryable, transport_options, with_retries
 
 __all__ = ["GrpcOipTarget", "parse_grpc_url"]
@@ -165,13 +165,28 @@ class GrpcOipTarget(Target):
         rid = f"veriprint-{next(_ids)}"
         before = self._attempts
         try:
-            result = self._call("infer", self._client.infer, self.model, [inp], model_version=self.version,
-                                outputs=outputs, request_id=rid)
-        finally:
-            sent = self._attempts - before
-            self.requests_sent += sent
-            self.samples_sent += sent * len(data)
+            try:
+                result = self._call("infer", self._client.infer, self.model, [inp], model_version=self.version,
+                                    outputs=outputs, request_id=rid)
+            finally:
+                sent = self._attempts - before
+                self.requests_sent += sent
+                self.samples_sent += sent * len(data)
+        except TargetError as e:  # counted above: a metadata request for the hint is not a query
+            hint = batch_limit_hint(str(e), len(data)) or self._input_hint(str(e))
+            if hint:
+                raise TargetError(f"{e}{hint}") from e
+            raise
         return self._decode(result.get_response(), rid)
+
+    def _input_hint(self, said: str) -> str:
+        if "unexpected inference input" not in said:
+            return ""
+        try:
+            meta = self._call("metadata", self._client.get_model_metadata, self.model, self.version)
+        except TargetError:
+            return ""
+        return input_name_hint(said, self.input_name, [i.name for i in meta.inputs])
 
     def _decode(self, resp: Any, rid: str) -> np.ndarray:
         where = self.description
