@@ -129,3 +129,33 @@ def test_report_serializes(digits_model, digits_fingerprint: Fingerprint) -> Non
     d = json.loads(report.to_json())
     assert d["verdict"] == "INTACT" and len(d["samples"]) == len(digits_fingerprint)
     assert "INTACT" in report.summary()
+
+
+def test_verify_closes_the_targets_it_opens_and_no_other(digits_model, digits_fingerprint: Fingerprint,  # type: ignore[no-untyped-def]
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import veriprint.verify as v
+
+    closed: list[str] = []
+
+    class Recording(TorchTarget):
+        def close(self) -> None:
+            closed.append(self.description)
+
+    def opener(spec, **kw):  # type: ignore[no-untyped-def]  # a URL or path: verify opens the target
+        if isinstance(spec, Recording):
+            return spec
+        return Recording(digits_model)
+
+    monkeypatch.setattr(v, "open_target", opener)
+    assert verify(digits_fingerprint, "http://127.0.0.1:1/v2/models/m", spec="probs").verdict == "INTACT"
+    assert len(closed) == 1
+    mine = Recording(digits_model)
+    assert verify(digits_fingerprint, mine, spec="probs").verdict == "INTACT"
+    assert len(closed) == 1, "a target the caller passed in is the caller's to close"
+
+    class Failing(Recording):
+        def close(self) -> None:
+            raise OSError("channel already gone")
+
+    monkeypatch.setattr(v, "open_target", lambda spec, **kw: Failing(digits_model))
+    assert verify(digits_fingerprint, "http://127.0.0.1:1/v2/models/m", spec="probs").verdict == "INTACT"

@@ -194,63 +194,78 @@ def verify(
         tgt = open_target(target, **target_options)
     except Exception as e:  # whatever a loader raises, the answer is "could not check"
         return report("INCONCLUSIVE", f"could not open the target: {type(e).__name__}: {e}")
-    name = tgt.description
-    if not out_spec.accepts(tgt.output):
-        return report("INCONCLUSIVE", f"spec {out_spec} needs more than this target's {tgt.output!r} answers",
-                      tgt=name)
-    limit = min(b for b in (max_batch, tgt.max_batch, n)
-                if isinstance(b, int) and not isinstance(b, bool) and b >= 1)
-    x = fp.samples.numpy()
-    grid = None if fp.grid is None else fp.grid.numpy()
-    answers: list[np.ndarray] = []
-    sent = 0
-    error: str | None = None
-    for lo in range(0, n, limit):
-        batch = QueryBatch(x[lo: lo + limit], None if grid is None else grid[lo: lo + limit])
-        sent += len(batch)
-        try:
-            raw = tgt.query(batch)
-            answers.append(check_output(raw, form=tgt.output, rows=len(batch), classes=r, where=name,
-                                        keep_precision=True))
-        except TargetError as e:
-            error = f"target answer for samples {lo}..{lo + len(batch) - 1}: {e}"
-            break
-        except Exception as e:  # a target's own bug must not pass as INTACT or crash the check
-            error = f"target failed on samples {lo}..{lo + len(batch) - 1}: {type(e).__name__}: {e}"
-            break
-    decoys = int(getattr(tgt, "decoy_queries", 0))
-    done = sum(len(a) for a in answers)
-    results: list[SampleResult] = []
-    mism = amb = 0
-    if done:
-        try:
-            cmp = out_spec.compare(z[:done], np.concatenate(answers), tgt.output, noise)
-        except TargetError as e:
-            error = error or f"target answer: {e}"
-            cmp = None
-        if cmp is not None:
-            mism, amb = int(cmp.mismatch.sum()), int(cmp.ambiguous.sum())
-            for i in range(done):
-                results.append(SampleResult(i, cmp.expected[i], cmp.observed[i], not bool(cmp.mismatch[i]),
-                                            bool(cmp.ambiguous[i])))
-    compared = len(results)
-    for i in range(compared, n):
-        results.append(SampleResult(i, z[i].tolist(), None, None))
-    if mism:
-        why = f"{mism} of {compared} compared samples differ from the intact model"
-        if error:
-            why += f" (and the target then failed: {error})"
-        return report("TAMPERED", why, compared, mism, amb, results, name, decoys, sent)
-    if error or compared < n:
-        return report("INCONCLUSIVE", error or f"only {compared} of {n} samples were compared",
-                      compared, 0, amb, results, name, decoys, sent)
-    if amb == compared:
-        return report("INCONCLUSIVE", f"every one of the {n} samples sits within the noise floor "
-                      f"({noise.floor:.3g}) of a decision, so any answer matches: this fingerprint "
-                      f"cannot tell under spec {out_spec}", compared, 0, amb, results, name, decoys, sent)
-    within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
-    return report("INTACT", f"all {n} samples match the intact model{within}", compared, 0, amb, results,
-                  name, decoys, sent)
+    owned = tgt is not target  # opened here from a URL or path: closed here too
+    try:
+        name = tgt.description
+        if not out_spec.accepts(tgt.output):
+            return report("INCONCLUSIVE", f"spec {out_spec} needs more than this target's {tgt.output!r} answers",
+                          tgt=name)
+        limit = min(b for b in (max_batch, tgt.max_batch, n)
+                    if isinstance(b, int) and not isinstance(b, bool) and b >= 1)
+        x = fp.samples.numpy()
+        grid = None if fp.grid is None else fp.grid.numpy()
+        answers: list[np.ndarray] = []
+        sent = 0
+        error: str | None = None
+        for lo in range(0, n, limit):
+            batch = QueryBatch(x[lo: lo + limit], None if grid is None else grid[lo: lo + limit])
+            sent += len(batch)
+            try:
+                raw = tgt.query(batch)
+                answers.append(check_output(raw, form=tgt.output, rows=len(batch), classes=r, where=name,
+                                            keep_precision=True))
+            except TargetError as e:
+                error = f"target answer for samples {lo}..{lo + len(batch) - 1}: {e}"
+                break
+            except Exception as e:  # a target's own bug must not pass as INTACT or crash the check
+                error = f"target failed on samples {lo}..{lo + len(batch) - 1}: {type(e).__name__}: {e}"
+                break
+        decoys = int(getattr(tgt, "decoy_queries", 0))
+        done = sum(len(a) for a in answers)
+        results: list[SampleResult] = []
+        mism = amb = 0
+        if done:
+            try:
+                cmp = out_spec.compare(z[:done], np.concatenate(answers), tgt.output, noise)
+            except TargetError as e:
+                error = error or f"target answer: {e}"
+                cmp = None
+            if cmp is not None:
+                mism, amb = int(cmp.mismatch.sum()), int(cmp.ambiguous.sum())
+                for i in range(done):
+                    results.append(SampleResult(i, cmp.expected[i], cmp.observed[i], not bool(cmp.mismatch[i]),
+                                                bool(cmp.ambiguous[i])))
+        compared = len(results)
+        for i in range(compared, n):
+            results.append(SampleResult(i, z[i].tolist(), None, None))
+        if mism:
+            why = f"{mism} of {compared} compared samples differ from the intact model"
+            if error:
+                why += f" (and the target then failed: {error})"
+            return report("TAMPERED", why, compared, mism, amb, results, name, decoys, sent)
+        if error or compared < n:
+            return report("INCONCLUSIVE", error or f"only {compared} of {n} samples were compared",
+                          compared, 0, amb, results, name, decoys, sent)
+        if amb == compared:
+            return report("INCONCLUSIVE", f"every one of the {n} samples sits within the noise floor "
+                          f"({noise.floor:.3g}) of a decision, so any answer matches: this fingerprint "
+                          f"cannot tell under spec {out_spec}", compared, 0, amb, results, name, decoys, sent)
+        within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
+        return report("INTACT", f"all {n} samples match the intact model{within}", compared, 0, amb, results,
+                      name, decoys, sent)
+
+    finally:
+        if owned:
+            _close(tgt)
+
+
+def _close(tgt: Target) -> None:
+    """Release a target ``verify`` opened (a gRPC channel, a session); a failure to close is
+    logged, never turned into a verdict."""
+    try:
+        tgt.close()
+    except Exception as e:
+        log.warning("could not close %s: %s", redact(tgt.description), redact(f"{type(e).__name__}: {e}"))
 
 
 def merge_reports(parts: list[tuple[VerificationReport, list[int]]]) -> VerificationReport:
