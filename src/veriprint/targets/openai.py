@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from veriprint.errors import ConfigError
 from veriprint.redact import remember
 from veriprint.targets.base import TargetError
 from veriprint.targets.http import HttpClient, HttpResponse, _snippet, parse_json
-from veriprint.targets.transport import HttpOptions
+from veriprint.targets.transport import HttpOptions, with_retries
 
 __all__ = ["MAX_LOGPROBS", "Completion", "OpenAIChat", "OpenAICompletions"]
 
@@ -164,6 +165,7 @@ class OpenAICompletions:
         self.extra_body = extra
         self.requests_sent = 0
         self.prompts_sent = 0
+        self._count_lock = threading.Lock()
         self.description = f"{type(self).__name__}({self.client.url(self.path)}, model={model!r})"
 
     # --- requests --------------------------------------------------------------------------
@@ -225,13 +227,19 @@ class OpenAICompletions:
     def _post(self, body: dict[str, Any], prompts: int) -> Any:
         """POST ``body``; the parsed JSON of a 2xx answer (counts every attempt)."""
         data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
-        before = self.client.attempts
+        tries = 0
+
+        def attempt() -> HttpResponse:
+            nonlocal tries
+            tries += 1
+            return self.client._once("POST", self.path, data, self._headers)
+
         try:
-            resp = self.client.request("POST", self.path, data, self._headers)
+            resp = with_retries(attempt, self.client.options)
         finally:
-            sent = self.client.attempts - before
-            self.requests_sent += sent
-            self.prompts_sent += sent * prompts
+            with self._count_lock:  # requests may be in flight in several threads
+                self.requests_sent += tries
+                self.prompts_sent += tries * prompts
         where = f"POST {self.client.url(self.path)}"
         if not 200 <= resp.status < 300:
             raise TargetError(f"{where}: expected HTTP 200, server answered HTTP {resp.status}: "
@@ -286,6 +294,13 @@ class OpenAICompletions:
                     raise TargetError(f"{where}: expected 'logprobs' with tokens and top_logprobs "
                                       f"(logprobs={logprobs} was asked), got {_short(detail)}")
                 tokens = _strings(_field(detail, "tokens", list, f"{where} logprobs"), f"{where} logprobs.tokens")
+                chosen = detail.get("token_logprobs")
+                if chosen is not None:
+                    if not isinstance(chosen, list) or len(chosen) != len(tokens):
+                        raise TargetError(f"{where}: expected one token_logprobs entry per token "
+                                          f"({len(tokens)}), got {_short(chosen) if not isinstance(chosen, list) else len(chosen)}")
+                    for j, v in enumerate(chosen):
+                        _logprob(v, f"{where} logprobs.token_logprobs[{j}]")
                 if logprobs is not None:
                     rows = _field(detail, "top_logprobs", list, f"{where} logprobs")
                     if len(rows) != len(tokens):
