@@ -57,7 +57,7 @@ def assert_matches(got: list[Completion], ref: list[dict[str, Any]]) -> None:
     for i, (g, r) in enumerate(zip(got, ref, strict=True)):
         assert g.text == r["text"], f"prompt {i}"
         stopped = len(r["steps"]) > len(r["tokens"])  # the local run chose end-of-text
-        # a server may list the end-of-text token it stopped on (vLLM's chat endpoint does)
+        # a server may list the end-of-text token it stopped on (vLLM does)
         extra = g.tokens[len(r["tokens"]):]
         assert g.tokens[:len(r["tokens"])] == r["tokens"], f"prompt {i}"
         assert extra == [] or (stopped and extra == ["<|endoftext|>"]), f"prompt {i}: {extra}"

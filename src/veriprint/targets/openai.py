@@ -63,7 +63,7 @@ class Completion:
         tokens: the generated tokens, as the server spells them (empty when the server
             gave no per-token detail: completions without ``logprobs`` give none). A
             server may end them with the end-of-text token it stopped on, which the text
-            leaves out (vLLM's chat endpoint does).
+            leaves out (vLLM does, on both endpoints).
         top_logprobs: per generated token, its K most likely alternatives and their
             natural-log probabilities (``None`` when not asked for).
     """
