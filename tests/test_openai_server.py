@@ -103,7 +103,7 @@ def test_batch_size_and_concurrency_change_no_answer(served: tuple[OpenAIServer,
 
 def test_the_servers_refusals_are_one_clear_line(served: tuple[OpenAIServer, Path]) -> None:
     url = served[0].base_url
-    with pytest.raises(TargetError, match="expected HTTP 200, server answered HTTP 404: .*nope") as e:
+    with pytest.raises(TargetError, match=r"expected HTTP 200, server answered HTTP 404: .*nope") as e:
         OpenAICompletions(url, "nope", options=OPTIONS).complete(["hello"], max_tokens=1)
     assert "\n" not in str(e.value)
     with pytest.raises(TargetError, match="expected HTTP 200, server answered HTTP 400"):
