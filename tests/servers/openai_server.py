@@ -56,9 +56,17 @@ def _env() -> dict[str, str]:
 def make_tiny_lm(folder: Path, *, arch: str = "gpt2", seed: int = 0) -> Path:
     """A tiny random ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` folder with its tokenizer."""
     python = require_vllm()
-    subprocess.run([str(python), str(TINY_LM), "make", str(folder), "--arch", arch, "--seed", str(seed)],
-                   check=True, env=_env(), capture_output=True, timeout=300)
+    _run([str(python), str(TINY_LM), "make", str(folder), "--arch", arch, "--seed", str(seed)])
     return folder
+
+
+def _run(cmd: list[str]) -> bytes:
+    """Run ``cmd`` in the server's environment; its stdout, or an error ending with its stderr."""
+    done = subprocess.run(cmd, env=_env(), capture_output=True, timeout=300, check=False)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.decode(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"{' '.join(cmd[1:3])} failed with exit code {done.returncode}:\n{tail}")
+    return done.stdout
 
 
 def local_greedy(folder: Path, prompts: list[str], max_tokens: int, k: int) -> list[dict[str, Any]]:
@@ -67,11 +75,10 @@ def local_greedy(folder: Path, prompts: list[str], max_tokens: int, k: int) -> l
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(prompts, f)
     try:
-        done = subprocess.run([str(python), str(TINY_LM), "greedy", str(folder), f.name, str(max_tokens),
-                               str(k)], check=True, env=_env(), capture_output=True, timeout=300)
+        stdout = _run([str(python), str(TINY_LM), "greedy", str(folder), f.name, str(max_tokens), str(k)])
     finally:
         os.unlink(f.name)
-    out: list[dict[str, Any]] = json.loads(done.stdout)
+    out: list[dict[str, Any]] = json.loads(stdout)
     return out
 
 
