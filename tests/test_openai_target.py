@@ -9,6 +9,7 @@ in bounded time, with no secret in the message.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -412,6 +413,8 @@ def test_a_refused_connection_is_named() -> None:
     (lambda: OpenAICompletions("http://u:p@127.0.0.1:9", "m"), None, "without credentials"),
     (lambda: OpenAICompletions("http://127.0.0.1:9", "m", max_batch=0), None, "max_batch >= 1"),
     (lambda: OpenAICompletions("http://127.0.0.1:9", "m", workers=0), None, "workers >= 1"),
+    (lambda: OpenAICompletions("http://127.0.0.1:9", "m", extra_body={"seed": math.nan}), None, "finite JSON"),
+    (lambda: OpenAICompletions("http://127.0.0.1:9", "m", extra_body={"f": object()}), None, "finite JSON"),
     (lambda: OpenAICompletions("http://127.0.0.1:9", "m"), dict(prompts="abc", max_tokens=1), "one string"),
     (lambda: OpenAICompletions("http://127.0.0.1:9", "m"), dict(prompts=[b"a"], max_tokens=1), "as strings"),
     (lambda: OpenAICompletions("http://127.0.0.1:9", "m"), dict(prompts=["a"], max_tokens=0), "max_tokens >= 1"),
@@ -425,6 +428,14 @@ def test_bad_arguments_are_refused_before_any_request(make: Any, call: Any, expe
     with pytest.raises(VeriprintError, match=expect):
         target = make()
         target.complete(**call)
+
+
+def test_extra_body_goes_in_every_request_but_replaces_nothing(fake: Any) -> None:
+    f = fake()
+    OpenAICompletions(f.url, "tiny", options=FAST, extra_body={"seed": 0, "temperature": 1.0, "model": "x"}
+                      ).complete(["a"], max_tokens=1)
+    body = f.seen[0][2]
+    assert (body["seed"], body["temperature"], body["model"]) == (0, 0, "tiny")
 
 
 def test_no_prompts_send_no_request(fake: Any) -> None:

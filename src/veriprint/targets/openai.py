@@ -164,6 +164,12 @@ class OpenAICompletions:
         self.max_batch = max_batch
         self.workers = workers
         extra = dict(extra_body or {})
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"expected extra_body to hold finite JSON values, got {_short(extra)} ({e})") from None
+        if any(not isinstance(k, str) for k in extra):
+            raise ConfigError(f"expected extra_body's keys to be strings, got {_short(list(extra))}")
         self.extra_body = extra
         self.requests_sent = 0
         self.prompts_sent = 0
