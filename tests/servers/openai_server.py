@@ -144,7 +144,9 @@ class OpenAIServer:
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.folder),
                "--served-model-name", self.name, "--host", "127.0.0.1", "--port", str(self.port),
                "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--seed", "0",
-               "--disable-log-stats"]
+               "--disable-log-stats",
+               # every prompt computed in full: a cached prefix would hide what batching changes
+               "--no-enable-prefix-caching"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.folder.parent, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
