@@ -39,6 +39,7 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_s
 fi
 bash scripts/setup-serving.sh  # MLServer in .venv-serving, for the serving tests
 bash scripts/setup-kserve.sh   # KServe's ModelServer in .venv-kserve, for its serving tests
+bash scripts/setup-lm-serving.sh  # vLLM (CPU) in .venv-lm-serving, for the OpenAI-compatible target's tests
 
 # Debian packages, each only when missing: the data set, and for the monitor's tests a
 # PostgreSQL server (started by the tests as a non-root user), Chromium with its driver and
