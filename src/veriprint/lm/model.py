@@ -167,7 +167,9 @@ def load_lm(source: str | os.PathLike[str], *, attn_implementation: str = "eager
         _check_manifest(zoo_name, folder)
     offline()
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
                                                      attn_implementation=attn_implementation)
