@@ -16,14 +16,14 @@ import torch
 
 pytest.importorskip("transformers")
 
-from veriprint.errors import ModelError  # noqa: E402
-from veriprint.fileformat import FingerprintFileError  # noqa: E402
-from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint, shipped_seeds  # noqa: E402
-from veriprint.lm.fingerprint import LmFingerprint, is_lm_file  # noqa: E402
-from veriprint.lm.model import ASSETS, is_lm_source, load_lm, next_token_logits, pad_left, tiny_lm  # noqa: E402
-from veriprint.lm.prompts import SearchConfig, _log_s_from, search_prompts, seed_prompts  # noqa: E402
-from veriprint.lm.specs import ExpectedAnswer, parse_lm_spec  # noqa: E402
-from veriprint.lm.tamper import (  # noqa: E402
+from veriprint.errors import ModelError
+from veriprint.fileformat import FingerprintFileError
+from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint, shipped_seeds
+from veriprint.lm.fingerprint import LmFingerprint, is_lm_file
+from veriprint.lm.model import ASSETS, is_lm_source, load_lm, next_token_logits, pad_left, tiny_lm
+from veriprint.lm.prompts import SearchConfig, _log_s_from, search_prompts, seed_prompts
+from veriprint.lm.specs import ExpectedAnswer, parse_lm_spec
+from veriprint.lm.tamper import (
     LmCastConfig,
     LmFineTuneConfig,
     LmLoraConfig,
@@ -33,10 +33,10 @@ from veriprint.lm.tamper import (  # noqa: E402
     lm_attack,
     tamper_lm,
 )
-from veriprint.lm.target import Completion, LocalCompletions, greedy  # noqa: E402
-from veriprint.lm.verify import verify_lm  # noqa: E402
-from veriprint.noise import NoiseFloor  # noqa: E402
-from veriprint.targets.base import TargetError  # noqa: E402
+from veriprint.lm.target import Completion, LocalCompletions, greedy
+from veriprint.lm.verify import verify_lm
+from veriprint.noise import NoiseFloor
+from veriprint.targets.base import TargetError
 
 SMALL = LmFingerprintConfig(prompts=4, steps=1, candidates=8, top_k=4)
 
@@ -84,7 +84,7 @@ def test_is_lm_source_and_bad_folders(tmp_path: Path) -> None:
     assert not is_lm_source("veriprint.zoo:digits_mlp") and not is_lm_source(str(tmp_path))
     with pytest.raises(ModelError, match="expected a language model"):
         load_lm(str(tmp_path / "missing"))
-    with pytest.raises(ModelError, match="config.json"):
+    with pytest.raises(ModelError, match=r"config\.json"):
         load_lm(str(tmp_path))
 
 
@@ -162,6 +162,15 @@ def test_top1_token_exact_mismatch_and_near_tie() -> None:
     assert not parse_lm_spec("top1-token:1").compare(decided, "ae", ["a", "e"], None, NOISE).mismatch
 
 
+def test_tokens_read_off_the_text_when_the_server_gives_none() -> None:
+    spec = parse_lm_spec("top1-token")
+    exp = _answer([1.0, 1.0])
+    assert not spec.compare(exp, "ad", [], None, NOISE).mismatch
+    assert spec.compare(exp, "ade", [], None, NOISE).mismatch  # one more character: the last token differs
+    assert "token 0" in spec.compare(exp, "xd", [], None, NOISE).why
+    assert not parse_lm_spec("top1-token:1").compare(exp, "ax", [], None, NOISE).mismatch
+
+
 def test_logprobs_within_tolerance_and_beyond() -> None:
     spec = parse_lm_spec("logprobs:2")
     exp = _answer([1.0, 1.0])
@@ -183,7 +192,7 @@ def test_text_spec() -> None:
 
 @pytest.mark.parametrize("text", ["top1", "logprobs", "logprobs:0", "logprobs:10", "top1-token:5", "text:2", 3])
 def test_parse_lm_spec_refuses(text: Any) -> None:
-    with pytest.raises(ValueError, match="expected|unknown"):
+    with pytest.raises(ValueError, match=r"expected|unknown"):
         parse_lm_spec(text)
 
 

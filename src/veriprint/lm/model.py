@@ -199,10 +199,11 @@ def tiny_lm(seed: int = 0, *, hidden: int = 32, layers: int = 2, tokenizer: Any 
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=128, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, attn_implementation="eager")
+                         pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    model.set_attn_implementation("eager")
     model.eval()
     return LanguageModel(model, tokenizer, f"tiny-lm(seed={seed})", weights_sha256(model),
                          tokenizer_sha256(tokenizer))

@@ -187,7 +187,8 @@ def _gradient(lm: LanguageModel, ids: list[int], objective: Objective, cfg: Sear
             value = -torch.log(_margin(logits).clamp_min(1e-12)).sum()
         (grad,) = torch.autograd.grad(value, e)
     g = grad[0].double()  # (L, H)
-    return g @ table.double().T - (g * table[x[0]].double()).sum(-1, keepdim=True)
+    gain: torch.Tensor = g @ table.double().T - (g * table[x[0]].double()).sum(-1, keepdim=True)
+    return gain
 
 
 def search_prompts(lm: LanguageModel, seeds: Sequence[Sequence[int]], cfg: SearchConfig = SearchConfig()) -> list[PromptCandidate]:

@@ -96,6 +96,8 @@ class LmSpec:
             if undecided and text.startswith("".join(exp.tokens[: undecided[0]])):
                 return LmComparison(False, True, exp.text, text)
             return LmComparison(True, False, exp.text, text, f"text {text!r} is not {exp.text!r}")
+        if not tokens and text:  # a server that gives no per-token detail: read the tokens off the text
+            tokens = _tokens_from_text(text, exp.tokens[:n], whole=n == len(exp.tokens))
         ambiguous = False
         checked = 0
         for t in range(n):
@@ -125,6 +127,24 @@ class LmSpec:
                                     f"token {t}: {why}")
             ambiguous = ambiguous or amb
         return LmComparison(False, ambiguous, _expected_tops(exp, self.n, checked), top_logprobs[:checked])
+
+
+def _tokens_from_text(text: str, expected: list[str], *, whole: bool) -> list[str]:
+    """The expected tokens that ``text`` starts with, in order, then the rest of the text as one
+    token (``whole``: the text must end with the last expected token)."""
+    out: list[str] = []
+    pos = 0
+    for tok in expected:
+        if not text.startswith(tok, pos):
+            break
+        out.append(tok)
+        pos += len(tok)
+    if pos < len(text) and (len(out) < len(expected) or whole):
+        if len(out) == len(expected):
+            out[-1] = out[-1] + text[pos:]
+        else:
+            out.append(text[pos:])
+    return out
 
 
 def _expected_tops(exp: ExpectedAnswer, k: int, steps: int) -> list[dict[str, float]]:

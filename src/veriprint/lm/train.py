@@ -142,7 +142,7 @@ def train(out: Path, cfg: LmTrainConfig = LmTrainConfig(), corpus: Path = CORPUS
     tokenizer = train_tokenizer(docs, cfg.vocab)
     stream: list[int] = []
     for d in train_docs:
-        stream += tokenizer.encode(d, add_special_tokens=False) + [tokenizer.eos_token_id]
+        stream += [*tokenizer.encode(d, add_special_tokens=False), tokenizer.eos_token_id]
     data = torch.tensor(stream, dtype=torch.long)
     torch.manual_seed(cfg.seed)
     model = _model(cfg, tokenizer)
