@@ -82,10 +82,15 @@ def verify_lm_cli(args: argparse.Namespace) -> int:
     from veriprint.lm.verify import open_lm_target, verify_lm
     from veriprint.redact import redact
 
+    from veriprint.cli.common import target_options
+    from veriprint.targets.transport import TransportOptions
+
     fp = LmFingerprint.load(args.fingerprint, pubkey=args.pubkey)
     api = args.api or fp.meta.get("api", "completions")
+    fields = {k: v for k, v in target_options(args).items() if k in TransportOptions.__dataclass_fields__}
     try:
-        target = open_lm_target(args.target, api=api, served_model=args.served_model)
+        options = TransportOptions(**fields) if fields else None
+        target = open_lm_target(args.target, api=api, served_model=args.served_model, options=options)
     except Exception as e:  # the target could not be opened: nothing was compared
         print(f"verdict: INCONCLUSIVE  (could not open the target: {type(e).__name__}: {redact(str(e))})")
         return 2
