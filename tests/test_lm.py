@@ -371,3 +371,41 @@ def test_cli_fingerprint_of_the_shipped_model(tmp_path: Path, capsys: pytest.Cap
     assert "6 prompts" in capsys.readouterr().out or len(LmFingerprint.load(out)) <= 6
     assert main(["verify", str(out), "--target", "fortunes-lm", "--spec", "logprobs:5"]) == 0
     assert main(["verify", str(out), "--target", "fortunes-lm-sibling", "--spec", "logprobs:5"]) == 1
+
+
+def test_cli_verify_through_an_openai_url(tiny_fp: tuple[LmFingerprint, Path], monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The URL path builds ``veriprint.targets.openai``'s targets with the served model's name and
+    the transport options; a stand-in module of the same shape answers with the tiny model."""
+    import sys
+    import types
+
+    seen: dict[str, Any] = {}
+
+    class Completions:
+        def __init__(self, base_url: str, model: str, *, options: Any = None) -> None:
+            seen.update(url=base_url, model=model, options=options, chat=type(self).__name__ == "Chat")
+            self.inner = LocalCompletions(tiny_lm(0))
+            self.description = f"stand-in({base_url})"
+
+        def complete(self, prompts: Any, *, max_tokens: int, logprobs: int | None = None) -> Any:
+            return self.inner.complete(prompts, max_tokens=max_tokens, logprobs=logprobs)
+
+    class Chat(Completions):
+        pass
+
+    fake = types.ModuleType("veriprint.targets.openai")
+    fake.OpenAICompletions = Completions  # type: ignore[attr-defined]
+    fake.OpenAIChat = Chat  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "veriprint.targets.openai", fake)
+    import veriprint.targets
+
+    monkeypatch.setattr(veriprint.targets, "openai", fake, raising=False)
+    from veriprint.cli.main import main
+
+    assert main(["verify", str(tiny_fp[1]), "--target", "http://127.0.0.1:9/v1", "--served-model", "tiny",
+                 "--spec", "logprobs:5", "--timeout", "5"]) == 0
+    assert "INTACT" in capsys.readouterr().out
+    assert seen["model"] == "tiny" and not seen["chat"] and seen["options"].timeout == 5
+    assert main(["verify", str(tiny_fp[1]), "--target", "http://127.0.0.1:9/v1/tiny", "--api", "chat"]) == 0
+    assert seen["model"] == "tiny" and seen["chat"]
