@@ -409,3 +409,19 @@ def test_cli_verify_through_an_openai_url(tiny_fp: tuple[LmFingerprint, Path], m
     assert seen["model"] == "tiny" and not seen["chat"] and seen["options"].timeout == 5
     assert main(["verify", str(tiny_fp[1]), "--target", "http://127.0.0.1:9/v1/tiny", "--api", "chat"]) == 0
     assert seen["model"] == "tiny" and seen["chat"]
+
+
+def test_benchmark_report_renders_from_its_numbers() -> None:
+    import json
+
+    from benchmarks.lm_tampers import render
+
+    row = {"tamper": "t", "changed": 3, "total": 10, "max_abs_change": 0.1,
+           "top1-token": {"verdict": "TAMPERED", "mismatches": 1, "compared": 2, "border": 1, "sensitive": 0},
+           "logprobs:5": {"verdict": "TAMPERED", "mismatches": 2, "compared": 2, "border": 1, "sensitive": 1}}
+    rep = {"prompts": 2, "border": 1, "sensitive": 1, "max_tokens": 4, "seconds": 1.0, "stages": {"search": 0.5},
+           "peak_rss_mib": 1.0, "peak_python_mib": 0.1, "floor": 1e-4, "machine": "m", "rows": [row],
+           "false_alarm_checks": 3, "false_alarms": {"top1-token": 0, "logprobs:5": 0}}
+    text = render(json.loads(json.dumps(rep)))
+    assert "| t | 3 / 10 | TAMPERED | 1 / 2 (1/0) | TAMPERED | 2 / 2 (1/1) |" in text
+    assert "false alarms over 3 checks" in text
