@@ -425,3 +425,54 @@ def test_benchmark_report_renders_from_its_numbers() -> None:
     text = render(json.loads(json.dumps(rep)))
     assert "| t | 3 / 10 | TAMPERED | 1 / 2 (1/0) | TAMPERED | 2 / 2 (1/1) |" in text
     assert "false alarms over 3 checks" in text
+
+
+def test_an_edited_shipped_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import veriprint.lm.model as model_module
+
+    root = tmp_path / "lm"
+    shutil.copytree(ASSETS, root)
+    weights = root / "fortunes-lm" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(model_module, "ASSETS", root)
+    with pytest.raises(ModelError, match="is not the manifest's"):
+        load_lm("fortunes-lm")
+
+
+def test_noise_floor_of_the_intact_model_is_float_noise(tiny: Any) -> None:
+    from veriprint.lm.noise import LM_VARIANTS, calibrate_lm_noise
+
+    seqs = seed_prompts(tiny, shipped_seeds()[:4])
+    ref = greedy(tiny, seqs, 2)
+    noise = calibrate_lm_noise(tiny, seqs, ref)
+    assert noise.variants == LM_VARIANTS
+    assert noise.logit < 1e-4 and noise.margin < 1e-4 and noise.floor == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="variants"):
+        calibrate_lm_noise(tiny, seqs, ref, variants=("gpu",))
+
+
+def test_chat_fingerprint_answers_as_a_chat_api(tiny: Any, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(SMALL, prompts=2, chat=True)
+    fp = make_lm_fingerprint(tiny, cfg, seeds=shipped_seeds()[:4]).save(tmp_path / "chat.vpf")
+    assert fp.meta["api"] == "chat"
+    assert verify_lm(fp, LocalCompletions(tiny, chat=True), spec="logprobs:5").verdict == "INTACT"
+    assert verify_lm(fp, LocalCompletions(tiny, chat=True, system_prompt="Be brief."),
+                     spec="logprobs:5").verdict == "TAMPERED"
+
+
+def test_builder_config_refuses() -> None:
+    for bad in ({"prompts": 0}, {"max_tokens": 5}, {"border_share": 2.0}, {"border_factor": 20.0}):
+        with pytest.raises(ValueError, match="expected"):
+            LmFingerprintConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_cli_refuses_bad_lm_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from veriprint.cli.main import main
+
+    assert main(["fingerprint", "--model", "fortunes-lm", "--out", str(tmp_path / "x.vpf"), "--max-tokens", "9"]) == 2
+    assert "max_tokens" in capsys.readouterr().err
+    assert not (tmp_path / "x.vpf").exists()

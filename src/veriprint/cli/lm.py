@@ -77,12 +77,10 @@ def fingerprint_lm(args: argparse.Namespace) -> int:
 
 
 def verify_lm_cli(args: argparse.Namespace) -> int:
-    from veriprint.cli.common import write_report
+    from veriprint.cli.common import target_options, write_report
     from veriprint.lm.fingerprint import LmFingerprint
     from veriprint.lm.verify import open_lm_target, verify_lm
     from veriprint.redact import redact
-
-    from veriprint.cli.common import target_options
     from veriprint.targets.transport import TransportOptions
 
     fp = LmFingerprint.load(args.fingerprint, pubkey=args.pubkey)
