@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     PYTHONPATH=src .venv/bin/python -m benchmarks.lm_tampers [--prompts 32] [--max-tokens 4]
-        [--repeats 3] [--json FILE]
+        [--repeats 3] [--json FILE] [--save FP.vpf]
 
 1. Makes the default LM fingerprint of the shipped ``fortunes-lm`` (at most ``--prompts``
    prompts, ``--max-tokens`` generated tokens each), timing it and recording peak memory
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None)
+    p.add_argument("--save", default=None, help="also write the fingerprint here (.vpf)")
     args = p.parse_args(argv)
 
     from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     py_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if args.save:
+        fp = fp.save(args.save)
     roles = fp.meta["roles"]
     specs = ("top1-token", "logprobs:5")
 

@@ -3,7 +3,7 @@
 A :class:`LanguageModel` is a Hugging Face ``transformers`` causal LM with its tokenizer,
 both read from one folder that ``from_pretrained(folder)`` also reads, so a server given
 the same folder serves the same weights. The zoo ships one such folder,
-``fortunes-lm`` (a 4-layer Llama of 0.8M parameters with a 512-token byte-level BPE
+``fortunes-lm`` (a 3-layer Llama of 0.4M parameters with a 512-token byte-level BPE
 tokenizer, trained here on the fortune cookies of Debian's ``fortunes-min``; see
 ``scripts/make-lm-assets.sh``), and its sibling ``fortunes-lm-sibling`` (the same run,
 stopped earlier). Every shipped file's SHA-256 is in ``assets/lm/manifest.json`` and is

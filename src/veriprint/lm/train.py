@@ -45,10 +45,10 @@ class LmTrainConfig:
 
     Args:
         vocab: BPE vocabulary size, special token included (default 512).
-        hidden: width (default 96), with ``heads`` heads (default 4) and an MLP of
-            ``3 * hidden`` (SwiGLU).
+        hidden: width (default 96), with ``heads`` heads (default 3: heads of 32 dimensions,
+            a size vLLM's CPU attention kernels take) and an MLP of ``3 * hidden`` (SwiGLU).
         layers: decoder layers (default 3).
-        context: training window in tokens (default 64; the model takes up to 128).
+        context: training window in tokens (default 64; the model takes up to 256).
         steps: optimiser steps (default 1600), AdamW at ``lr`` (default 3e-3) with a cosine decay.
         batch_size: windows per step (default 16).
         sibling_at: the sibling checkpoint's step (default 1200: 3/4 of the run).
@@ -58,7 +58,7 @@ class LmTrainConfig:
 
     vocab: int = 512
     hidden: int = 96
-    heads: int = 4
+    heads: int = 3
     layers: int = 3
     context: int = 64
     steps: int = 1600
@@ -106,7 +106,7 @@ def train_tokenizer(docs: list[str], vocab: int) -> Any:
             "{% elif m['role'] == 'user' %}{{ m['content'] }}{% else %}{{ m['content'] + eos_token }}"
             "{% endif %}{% endfor %}")
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS,
-                                   chat_template=chat, model_max_length=128)
+                                   chat_template=chat, model_max_length=256)
 
 
 def _model(cfg: LmTrainConfig, tokenizer: Any) -> Any:
@@ -114,7 +114,7 @@ def _model(cfg: LmTrainConfig, tokenizer: Any) -> Any:
 
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=3 * cfg.hidden,
                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-                         max_position_embeddings=128, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                         max_position_embeddings=256, tie_word_embeddings=True, rms_norm_eps=1e-5,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config)
