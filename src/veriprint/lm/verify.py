@@ -211,13 +211,13 @@ def open_lm_target(target: str | os.PathLike[str] | CompletionsTarget, *, api: s
     text = os.fspath(target)
     if text.startswith(("http://", "https://")):
         try:
-            from veriprint.targets import openai as remote  # type: ignore[attr-defined, unused-ignore]
+            from veriprint.targets import openai as remote
         except ImportError as e:
             raise ConfigError("an OpenAI-compatible URL needs veriprint.targets.openai, which this veriprint "
                               "lacks") from e
         model = served_model or text.rstrip("/").rsplit("/", 1)[-1]
         cls = remote.OpenAIChat if api == "chat" else remote.OpenAICompletions
-        return cls(text, model, options=options)  # type: ignore[no-any-return]
+        return cls(text, model, options=options)
     from veriprint.lm.model import load_lm
     from veriprint.lm.target import LocalCompletions
 
