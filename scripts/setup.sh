@@ -46,6 +46,7 @@ bash scripts/setup-lm-serving.sh  # vLLM (CPU) in .venv-lm-serving, for the Open
 # Prometheus (promtool and a server, started by the tests on 127.0.0.1).
 want=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
+[ -f /usr/share/games/fortunes/literature ] || want+=(fortunes-min)  # the LM's corpus (scripts/make-lm-assets.sh)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
 command -v chromium >/dev/null 2>&1 || want+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || want+=(chromium-driver)

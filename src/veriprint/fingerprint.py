@@ -174,6 +174,9 @@ def _checked_contents(path: str, t: dict[str, torch.Tensor],
     def refuse(what: str) -> FingerprintFileError:
         return FingerprintFileError(f"{path}: {what}")
 
+    if isinstance(file_meta, dict) and file_meta.get("kind") == "lm":
+        raise refuse("this is a language-model fingerprint: read it with veriprint.lm.fingerprint.LmFingerprint "
+                     "(the command line does so by itself)")
     missing = {"samples", "expected", "seeds", *_PER_SAMPLE} - set(t)
     if missing:
         raise refuse(f"expected tensors samples, expected, seeds, {', '.join(_PER_SAMPLE)}; "

@@ -15,8 +15,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, required: bool = True) ->
                    help="what the model returns (probs when its last op is a softmax)")
 
 
-def add_data_arguments(p: argparse.ArgumentParser, *, default: str | None = None) -> None:
-    p.add_argument("--data", default=default, required=default is None,
+def add_data_arguments(p: argparse.ArgumentParser, *, default: str | None = None,
+                       required: bool | None = None) -> None:
+    p.add_argument("--data", default=default, required=default is None if required is None else required,
                    help="natural inputs: fashion-mnist, mnist-5k, digits, an .npz file or an image folder")
     p.add_argument("--split", choices=["train", "test"], default="test", help="split of a built-in data set")
     p.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"), default=None,

@@ -19,19 +19,32 @@ HELP = "generate Sensitive-Samples for a model, select a few (MANC) and write a 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    add_data_arguments(p)
+    add_data_arguments(p, required=False)
     p.add_argument("--out", required=True, help="fingerprint file to write (.vpf)")
     add_config_file_argument(p)
     add_fingerprint_arguments(p)
     add_generation_arguments(p)
     p.add_argument("--key", default=None, help="Ed25519 private key to sign the file (from veriprint keygen)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from veriprint.cli.lm import add_lm_fingerprint_arguments
+
+    add_lm_fingerprint_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from veriprint.lm.model import is_lm_source
+
+    if is_lm_source(args.model):
+        from veriprint.cli.lm import fingerprint_lm
+
+        return fingerprint_lm(args)
+    from veriprint.errors import ConfigError
     from veriprint.models import load_model
     from veriprint.pipeline import make_fingerprint
 
+    if args.data is None:
+        raise ConfigError("expected --data (natural inputs: fashion-mnist, mnist-5k, digits, an .npz file or an "
+                          "image folder) for a classifier; only a language model needs none")
     cfg = fingerprint_config(args)  # every setting checked before the model or the data is read
     model = load_model(args.model, weights=args.weights)
     data = load_data_from(args)

@@ -18,7 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from veriprint.fingerprint import Fingerprint
+    from veriprint.lm.fingerprint import is_lm_file
 
+    if is_lm_file(args.fingerprint):
+        from veriprint.cli.lm import inspect_lm
+
+        return inspect_lm(args)
     fp = Fingerprint.load(args.fingerprint, pubkey=args.pubkey)
     m = fp.meta
 

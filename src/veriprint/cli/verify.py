@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True,
                    help="model file or factory, .onnx (onnxruntime), or a server URL (see docs/guide/serving.md)")
     p.add_argument("--weights", default=None, help="weights for a factory target")
-    p.add_argument("--spec", default="top1",
-                   help="what the API reveals: top1, topk:K, probs, probs:N, top1-prob:N, logits")
+    p.add_argument("--spec", default=None,
+                   help="what the API reveals: top1 (default), topk:K, probs, probs:N, top1-prob:N, logits; for a "
+                        "language model top1-token (default), top1-token:N, logprobs:K, text")
     add_target_arguments(p)
     p.add_argument("--decoys", type=int, default=0,
                    help="natural decoy queries to mix among the fingerprint's (needs --decoy-data)")
@@ -29,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeated checks never send the same mix)")
     p.add_argument("--report", default=None, help="write the full JSON report here")
     p.add_argument("--pubkey", default=None, help="Ed25519 public key the fingerprint must be signed with")
+    from veriprint.cli.lm import add_lm_verify_arguments
+
+    add_lm_verify_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
         if os.path.isdir(args.report):
             print(f"error: --report {args.report!r} is a directory; expected a file name", file=sys.stderr)
             return 2
+    from veriprint.lm.fingerprint import is_lm_file
+
+    if is_lm_file(args.fingerprint):
+        from veriprint.cli.lm import verify_lm_cli
+
+        return verify_lm_cli(args)
     options = target_options(args)
     if args.weights:
         options["weights"] = args.weights
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: could not set up decoys: {type(e).__name__}: {redact(str(e))}", file=sys.stderr)
             return 2
         options = {}
-    report = verify(args.fingerprint, target, spec=args.spec, pubkey=args.pubkey,  # type: ignore[arg-type]
+    report = verify(args.fingerprint, target, spec=args.spec or "top1", pubkey=args.pubkey,  # type: ignore[arg-type]
                     max_batch=args.max_batch, **options)
     print(report.summary())
     if args.report:

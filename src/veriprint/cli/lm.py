@@ -1,0 +1,125 @@
+"""The language-model side of ``veriprint fingerprint``, ``verify`` and ``inspect``.
+
+``fingerprint`` takes this path when ``--model`` names a zoo LM (``fortunes-lm``) or a
+model folder with ``config.json``; ``verify`` and ``inspect`` when the file is an LM
+fingerprint. Heavy imports stay inside the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_lm_fingerprint_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("language models (--model a zoo LM such as fortunes-lm, or a model folder)")
+    g.add_argument("--prompts", type=int, default=None, help="most prompts kept (default: 32)")
+    g.add_argument("--max-tokens", type=int, default=None, help="generated tokens per prompt, 1 to 4 (default: 4)")
+    g.add_argument("--border-share", type=float, default=None,
+                   help="share of prompts searched as border prompts, a next-token near-tie (default: 0.5)")
+    g.add_argument("--search-steps", type=int, default=None, help="substitution rounds per prompt (default: 8)")
+    g.add_argument("--api", choices=["completions", "chat"], default=None,
+                   help="the API the answers are for: completions (default) or chat (the tokenizer's chat template)")
+    g.add_argument("--seed-texts", default=None, metavar="FILE",
+                   help="natural seed texts, one per line (default: the shipped held-out fortunes)")
+
+
+def add_lm_verify_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("language models (an LM fingerprint)")
+    g.add_argument("--api", choices=["completions", "chat"], default=None,
+                   help="which API to call: completions (default: the fingerprint's) or chat")
+    g.add_argument("--served-model", default=None,
+                   help="the model name an OpenAI-compatible server serves (default: the URL's last part)")
+
+
+def fingerprint_lm(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from veriprint.errors import ConfigError
+    from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint
+    from veriprint.lm.model import load_lm
+
+    given: dict[str, Any] = {}
+    for flag, field in (("prompts", "prompts"), ("max_tokens", "max_tokens"), ("border_share", "border_share"),
+                        ("search_steps", "steps"), ("seed", "seed"), ("safety", "safety"),
+                        ("min_floor", "min_floor"), ("tolerance", "tolerance")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            given[field] = v
+    if getattr(args, "api", None) == "chat":
+        given["chat"] = True
+    try:
+        cfg = LmFingerprintConfig(**given)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"language-model fingerprint: {e}") from None
+    seeds = None
+    if args.seed_texts:
+        path = Path(args.seed_texts)
+        if not path.is_file():
+            raise ConfigError(f"--seed-texts: expected a text file with one seed per line, got {args.seed_texts!r}")
+        seeds = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lm = load_lm(args.model)
+    try:
+        fp = make_lm_fingerprint(lm, cfg, seeds=seeds, source=args.model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    fp = fp.save(args.out, key=args.key)
+    roles = fp.meta["roles"]
+    margins = fp.tensors["margins"][:, 0]
+    print(f"wrote {args.out}: {len(fp)} prompts ({roles.count('border')} border, {roles.count('sensitive')} "
+          f"sensitive), {fp.max_tokens} tokens each, {fp.meta['api']} API, sha256 {fp.sha256[:16]}..., "
+          f"{'signed' if args.key else 'unsigned'}")
+    print(f"noise floor {fp.noise.floor:.3g} (measured margin noise {fp.noise.margin:.3g}, logprob noise "
+          f"{fp.noise.logit:.3g} over {', '.join(fp.noise.variants)}); first-token margins "
+          f"{float(margins.min()):.3g}..{float(margins.max()):.3g}; took {fp.meta['seconds']} s")
+    return 0
+
+
+def verify_lm_cli(args: argparse.Namespace) -> int:
+    from veriprint.cli.common import target_options, write_report
+    from veriprint.lm.fingerprint import LmFingerprint
+    from veriprint.lm.verify import open_lm_target, verify_lm
+    from veriprint.redact import redact
+    from veriprint.targets.transport import TransportOptions
+
+    fp = LmFingerprint.load(args.fingerprint, pubkey=args.pubkey)
+    api = args.api or fp.meta.get("api", "completions")
+    fields = {k: v for k, v in target_options(args).items() if k in TransportOptions.__dataclass_fields__}
+    try:
+        options = TransportOptions(**fields) if fields else None
+        target = open_lm_target(args.target, api=api, served_model=args.served_model, options=options)
+    except Exception as e:  # the target could not be opened: nothing was compared
+        print(f"verdict: INCONCLUSIVE  (could not open the target: {type(e).__name__}: {redact(str(e))})")
+        return 2
+    report = verify_lm(fp, target, spec=args.spec or "top1-token", max_batch=args.max_batch)
+    print(report.summary())
+    if args.report:
+        try:
+            write_report(args.report, report.to_json())
+        except OSError as e:
+            print(f"error: could not write the report to {args.report!r}: {e.strerror or e}", file=sys.stderr)
+    return report.exit_code
+
+
+def inspect_lm(args: argparse.Namespace) -> int:
+    from veriprint.lm.fingerprint import LmFingerprint
+    from veriprint.lm.verify import describe_prompts
+
+    fp = LmFingerprint.load(args.fingerprint, pubkey=args.pubkey)
+    m = fp.meta
+    nf = fp.noise
+    print(f"file: {args.fingerprint}")
+    print(f"sha256: {fp.sha256}   signature: {fp.signature}")
+    print("kind: language model")
+    print(f"made by veriprint {m.get('tool_version', '?')} on {m.get('created', '?')} in {m.get('seconds', '?')} s")
+    print(f"model: {m.get('model_source', '?')} ({m.get('model_class', '?')}, weights sha256 "
+          f"{str(m.get('model_hash', '?'))[:16]}..., tokenizer sha256 {str(m.get('tokenizer_sha256', '?'))[:16]}..., "
+          f"{m.get('vocab_size', '?')} tokens)")
+    print(f"api: {m.get('api', '?')}, {fp.max_tokens} generated tokens per prompt, top "
+          f"{fp.tensors['top_ids'].shape[2]} logprobs stored per token")
+    print(f"noise: measured logprob {nf.logit:.3g}, margin {nf.margin:.3g} over {', '.join(nf.variants)}; "
+          f"floor {nf.floor:.3g}, logprob tolerance {nf.logit_tolerance:.3g}, declared {nf.declared:g}")
+    print(f"{'#':>3} {'role':<9} {'margin':>9} {'log S':>8}  prompt -> expected")
+    print("\n".join(describe_prompts(fp)))
+    return 0

@@ -1,0 +1,233 @@
+"""Verifying an LM: send the fingerprint's prompts, compare the answers, give a verdict.
+
+The verdict rules are :mod:`veriprint.verify`'s:
+
+* **INTACT**: every prompt was sent, every answer was well formed and is what the intact
+  model gives (within the noise floor), and at least one decided something;
+* **TAMPERED**: at least one well-formed answer cannot come from the intact model;
+* **INCONCLUSIVE**: anything else (the target failed, answered malformed or too few
+  completions before a mismatch was seen, or every prompt sat within noise of a tie).
+
+One path for every target: anything with ``complete(prompts, max_tokens=, logprobs=)``
+(:class:`veriprint.lm.target.LocalCompletions`, or the OpenAI-compatible targets of
+``veriprint.targets.openai``), each prompt sent exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from veriprint.errors import ConfigError
+from veriprint.lm.fingerprint import LmFingerprint
+from veriprint.lm.specs import LmSpec, parse_lm_spec
+from veriprint.lm.target import CompletionsTarget
+from veriprint.redact import redact
+from veriprint.targets.base import TargetError
+from veriprint.verify import EXIT_CODES, Verdict
+
+__all__ = ["LmSampleResult", "LmVerificationReport", "verify_lm"]
+
+
+@dataclass(frozen=True)
+class LmSampleResult:
+    """One prompt's comparison (``match`` is None when it was not compared)."""
+
+    index: int
+    prompt: str
+    expected: Any
+    observed: Any
+    match: bool | None
+    ambiguous: bool = False
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class LmVerificationReport:
+    """The verdict and everything behind it (the fields of :class:`veriprint.verify.VerificationReport`
+    that apply to an LM)."""
+
+    verdict: Verdict
+    reason: str
+    spec: str
+    target: str
+    queries: int
+    compared: int
+    mismatches: int
+    ambiguous: int
+    tolerance: dict[str, float]
+    fingerprint: dict[str, Any]
+    samples: list[LmSampleResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        first = next((s for s in self.samples if s.match is False), None)
+        lines = [
+            f"verdict: {self.verdict}  ({self.reason})",
+            f"target: {self.target}   spec: {self.spec}",
+            f"queries: {self.queries} prompts, compared {self.compared}, mismatches {self.mismatches}, "
+            f"ambiguous {self.ambiguous}",
+            f"tolerance: margin floor {self.tolerance['floor']:.3g}, logprobs {self.tolerance['logprob']:.3g}",
+        ]
+        if first is not None:
+            lines.append(f"first mismatch: prompt {first.index} {first.prompt!r}: {first.why}")
+        return "\n".join(lines)
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _checked_completion(c: Any, i: int, want_logprobs: bool) -> tuple[str, list[str], list[dict[str, float]] | None]:
+    """A completion's parts, or :class:`TargetError` naming what is wrong with it."""
+    text, tokens, tops = _field(c, "text"), _field(c, "tokens"), _field(c, "top_logprobs")
+    if not isinstance(text, str):
+        raise TargetError(f"completion {i}: expected text as a string, got {type(text).__name__}")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise TargetError(f"completion {i}: expected tokens as a list of strings, got {type(tokens).__name__}")
+    if want_logprobs:
+        if not isinstance(tops, list) or not all(isinstance(d, dict) for d in tops):
+            raise TargetError(f"completion {i}: expected top logprobs per token (a list of objects), got "
+                              f"{type(tops).__name__}")
+        for d in tops:
+            for k, v in d.items():
+                if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int | float) \
+                        or not math.isfinite(v):
+                    raise TargetError(f"completion {i}: expected token -> finite logprob, got {k!r}: {v!r}")
+    return text, tokens, tops
+
+
+def verify_lm(fingerprint: LmFingerprint | str | os.PathLike[str], target: CompletionsTarget, *,
+              spec: str | LmSpec = "top1-token", pubkey: str | os.PathLike[str] | None = None,
+              max_batch: int | None = None) -> LmVerificationReport:
+    """Check an LM target against an LM fingerprint.
+
+    Args:
+        fingerprint: an :class:`LmFingerprint` or the path of its ``.vpf`` file.
+        target: anything with ``complete(prompts, max_tokens=, logprobs=)`` and a ``description``.
+        spec: ``top1-token`` (default), ``top1-token:N``, ``logprobs:K`` or ``text``.
+        pubkey: Ed25519 public key the file's signature must verify with.
+        max_batch: most prompts per request (default: all at once).
+
+    Returns:
+        An :class:`LmVerificationReport`; errors of the target become INCONCLUSIVE.
+    """
+    start = time.perf_counter()
+    out_spec = parse_lm_spec(spec)
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ConfigError(f"expected max_batch >= 1 (prompts per request) or None, got {max_batch!r}")
+    fp = fingerprint if isinstance(fingerprint, LmFingerprint) else LmFingerprint.load(fingerprint, pubkey=pubkey)
+    noise = fp.noise
+    tolerance = {"floor": noise.floor, "logprob": noise.logit_tolerance}
+    info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", ""),
+            "tokenizer_sha256": fp.meta.get("tokenizer_sha256", "")}
+    name = str(getattr(target, "description", type(target).__name__))
+    n = len(fp)
+    prompts = fp.prompts
+    steps = out_spec.tokens_compared(fp.max_tokens)
+    limit = max_batch or n
+    results: list[LmSampleResult] = []
+    error: str | None = None
+    sent = mism = amb = 0
+    for lo in range(0, n, limit):
+        part = prompts[lo: lo + limit]
+        sent += len(part)
+        try:
+            answers = list(target.complete(part, max_tokens=steps, logprobs=out_spec.logprobs))
+            if len(answers) != len(part):
+                raise TargetError(f"expected {len(part)} completions, got {len(answers)}")
+            for j, a in enumerate(answers):
+                i = lo + j
+                text, tokens, tops = _checked_completion(a, i, out_spec.logprobs is not None)
+                try:
+                    cmp = out_spec.compare(fp.expected(i), text, tokens, tops, noise)
+                except ValueError as e:
+                    raise TargetError(f"completion {i}: {e}") from None
+                mism += cmp.mismatch
+                amb += cmp.ambiguous
+                results.append(LmSampleResult(i, prompts[i], cmp.expected, cmp.observed, not cmp.mismatch,
+                                              cmp.ambiguous, cmp.why))
+        except TargetError as e:
+            error = f"target answer for prompts {lo}..{lo + len(part) - 1}: {e}"
+            break
+        except Exception as e:  # a target's own bug must not pass as INTACT or crash the check
+            error = f"target failed on prompts {lo}..{lo + len(part) - 1}: {type(e).__name__}: {e}"
+            break
+    compared = len(results)
+    for i in range(compared, n):
+        results.append(LmSampleResult(i, prompts[i], fp.meta["tokens"][i], None, None))
+
+    def report(verdict: Verdict, reason: str) -> LmVerificationReport:
+        return LmVerificationReport(verdict, redact(reason), str(out_spec), redact(name), sent, compared, mism, amb,
+                                    tolerance, info, results, time.perf_counter() - start)
+
+    if mism:
+        why = f"{mism} of {compared} compared prompts differ from the intact model"
+        return report("TAMPERED", why + (f" (and the target then failed: {error})" if error else ""))
+    if error or compared < n:
+        return report("INCONCLUSIVE", error or f"only {compared} of {n} prompts were compared")
+    if amb == compared:
+        return report("INCONCLUSIVE", f"every one of the {n} prompts sits within the noise floor ({noise.floor:.3g}) "
+                      f"of a tie, so any answer matches: this fingerprint cannot tell under spec {out_spec}")
+    within = f"; {amb} within noise of a tie, accepted either way" if amb else ""
+    return report("INTACT", f"all {n} prompts match the intact model{within}")
+
+
+def open_lm_target(target: str | os.PathLike[str] | CompletionsTarget, *, api: str = "completions",
+                   served_model: str | None = None, options: Any = None, system_prompt: str | None = None,
+                   batch_size: int = 8) -> CompletionsTarget:
+    """A completions target from a zoo name, a model folder or an ``http(s)://`` base URL.
+
+    Args:
+        target: the model (local) or the server's base URL (``http://host:port/v1``).
+        api: ``"completions"`` (default) or ``"chat"``.
+        served_model: the ``model`` name the server serves (default: the URL's last path part).
+        options: transport options for a URL (``HttpOptions``).
+        system_prompt: a system message (local chat target only).
+        batch_size: prompts per forward pass of a local model (default 8).
+
+    Raises:
+        ConfigError: an unknown api, or a URL while the OpenAI-compatible targets are not installed.
+    """
+    if api not in ("completions", "chat"):
+        raise ConfigError(f"expected api 'completions' or 'chat', got {api!r}")
+    if not isinstance(target, str | os.PathLike):
+        return target
+    text = os.fspath(target)
+    if text.startswith(("http://", "https://")):
+        try:
+            from veriprint.targets import openai as remote
+        except ImportError as e:
+            raise ConfigError("an OpenAI-compatible URL needs veriprint.targets.openai, which this veriprint "
+                              "lacks") from e
+        model = served_model or text.rstrip("/").rsplit("/", 1)[-1]
+        cls = remote.OpenAIChat if api == "chat" else remote.OpenAICompletions
+        return cls(text, model, options=options)
+    from veriprint.lm.model import load_lm
+    from veriprint.lm.target import LocalCompletions
+
+    return LocalCompletions(load_lm(text), chat=api == "chat", system_prompt=system_prompt, batch_size=batch_size)
+
+
+def describe_prompts(fp: LmFingerprint, indices: Sequence[int] | None = None) -> list[str]:
+    """One line per prompt: its role, margin of the first token, log S and the expected answer."""
+    lines = []
+    for i in range(len(fp)) if indices is None else indices:
+        lines.append(f"{i:>3} {fp.meta['roles'][i]:<9} {float(fp.tensors['margins'][i, 0]):>9.3g} "
+                     f"{float(fp.tensors['log_s'][i]):>8.3f}  {fp.prompts[i]!r} -> {fp.meta['text'][i]!r}")
+    return lines
