@@ -14,7 +14,6 @@ from veriprint.pipeline.plan import (
     BAG_FLOOR,
     BAG_KEEP,
     STEPS_FLOOR,
-    Probe,
     apply_plan,
     parse_bytes,
     parse_duration,
@@ -22,8 +21,10 @@ from veriprint.pipeline.plan import (
     predict,
     resolve,
 )
+from veriprint.pipeline.speed import Speed
 
-PROBE = Probe(batch=8, forward_s=0.01, step_s=0.02, backward_s=0.03, bytes_per_sample=10 * 2**20, device="cpu")
+#: A fake calibration: seconds per sample, no per-batch overhead.
+PROBE = Speed.per_sample(forward_s=0.01, step_s=0.02, backward_s=0.03, bytes_per_sample=10 * 2**20)
 
 
 def _plan(budget: float | None, **kw: object) -> object:
@@ -96,7 +97,8 @@ def test_a_run_that_fits_is_unchanged() -> None:
 
 def test_trim_order_bag_then_steps_then_pool_then_bag() -> None:
     def total(bag: int, steps: int, pool: int = 10_000) -> float:
-        return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, boundary=True, refine=True, twins=True).values())
+        return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, batch=102, boundary=True, refine=True,
+                           twins=True).values())
 
     # A budget that only the bag needs to give way for.
     pl = _plan(budget=(total(500, 1000) + total(BAG_KEEP, 1000)) / 2)
@@ -117,6 +119,13 @@ def test_an_impossible_budget_keeps_the_smallest_plan_and_says_so() -> None:
     pl = _plan(budget=0.001)
     assert pl.over and pl.steps == 0 and pl.bag == max(BAG_FLOOR, 16)  # type: ignore[attr-defined]
     assert "still over" in pl.summary()  # type: ignore[attr-defined]
+    # the ascent cut to nothing is never silent: one note, with the budget the floor needs
+    floor_s = sum(predict(PROBE, bag=16, steps=STEPS_FLOOR, pool=64, batch=102, boundary=True, refine=True,
+                          twins=True).values())
+    (note,) = pl.notes  # type: ignore[attr-defined]
+    assert note.startswith("ascent cut from 1000 to 0 steps") and f"--budget {math.ceil(floor_s)}s" in note
+    assert pl.to_dict()["notes"] == [note] and note in pl.summary()  # type: ignore[attr-defined]
+    assert "notes" not in _plan(budget=1e9).to_dict()  # type: ignore[attr-defined]
 
 
 def test_memory_caps_the_batch() -> None:
@@ -203,38 +212,6 @@ def test_view_names_match_the_views() -> None:
         assert names == view_names(x, kind)
     with pytest.raises(ConfigError, match="expected views in"):
         view_names(x, "rotations")
-
-
-def test_deadlines_share_the_budget_in_proportion_to_the_prediction() -> None:
-    from dataclasses import replace as dc_replace
-
-    from veriprint.pipeline.plan import ORDER, deadlines
-
-    pl = dc_replace(_plan(budget=100.0), probe_s=10.0)  # type: ignore[type-var]
-    due = deadlines(pl, now=1000.0)  # type: ignore[arg-type]
-    assert list(due) == [*ORDER, "straddle"]
-    assert all(a <= b for a, b in zip(list(due.values()), list(due.values())[1:], strict=False))
-    assert due["select"] == pytest.approx(1090.0)  # the budget left after the probe
-    assert due["straddle"] == pytest.approx(1090.0)  # not predicted: the end of the budget
-    assert deadlines(_plan(budget=None), now=0.0) == {}  # type: ignore[arg-type]
-
-
-def test_refinement_and_twins_stop_at_their_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
-    from dataclasses import replace as dc_replace
-
-    from veriprint.pipeline import build_candidates, make_twins, refine
-
-    cfg = FingerprintConfig(bag=40, select=4, refine=False, generation=GenerationConfig(steps=5, eps=2 / 16,
-                                                                                        batch_size=10))
-    c = build_candidates(digits_model, digits_data[1], cfg, domain=digits_data[1].domain, progress=False)
-    on = dc_replace(cfg, refine=True)
-    gen, reached, done = refine(digits_model, c.gen, c.noise, on, deadline=0.0, at_least=15)
-    assert done == 20 and not reached[20:].any() and torch.equal(gen.samples[20:], c.samples[20:])
-    _, reached_all, done_all = refine(digits_model, c.gen, c.noise, on)
-    assert done_all == 40 and torch.equal(reached_all[:20], reached[:20])
-    tw = make_twins(digits_model, c, on, deadline=0.0, at_least=1)
-    assert tw.tried == 10 and not tw.ok[10:].any()
-    assert make_twins(digits_model, c, on).tried == 40
 
 
 def test_generation_stops_at_its_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
