@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 OPS = ("forward", "step", "backward", "served")
 #: Timed runs per batch size (after one warm-up); the fastest counts.
 REPEATS = 5
+#: Short passes are timed again until their timings add up to this many seconds, at
+#: most :data:`MAX_REPEATS` times.
+MIN_TOTAL_S = 1.0
+MAX_REPEATS = 200
 #: Cache format version: a file of another version is measured again.
 CACHE_VERSION = 1
 
@@ -249,20 +253,24 @@ def _fill(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _fastest(run: Callable[[int], None], n: int, dev: torch.device, repeats: int) -> float:
-    """The fastest of ``repeats`` timings of ``run`` on a batch of ``n`` (after a warm-up);
-    on a GPU each timing waits for its kernels."""
+    """The fastest of at least ``repeats`` timings of ``run`` on a batch of ``n`` (after a
+    warm-up), repeated while they add up to less than :data:`MIN_TOTAL_S` (at most
+    :data:`MAX_REPEATS`): on a busy machine a short pass is often held up for a whole
+    time slice, and only some of many tries run undisturbed. On a GPU each timing waits
+    for its kernels."""
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
     run(n)
-    best = math.inf
-    for _ in range(max(1, repeats)):
+    best, spent, tries = math.inf, 0.0, 0
+    while tries < max(1, repeats) or (spent < MIN_TOTAL_S and tries < MAX_REPEATS):
         sync()
         t = time.perf_counter()
         run(n)
         sync()
-        best = min(best, time.perf_counter() - t)
+        took = time.perf_counter() - t
+        best, spent, tries = min(best, took), spent + took, tries + 1
     return best
 
 
