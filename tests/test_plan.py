@@ -103,7 +103,7 @@ def test_a_run_that_fits_is_unchanged() -> None:
 def test_trim_order_bag_then_steps_then_pool_then_bag() -> None:
     def total(bag: int, steps: int, pool: int = 10_000) -> float:
         return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, batch=102, boundary=True, refine=True,
-                           twins=True).values())
+                           twins=True, queries=8).values())
 
     # A budget that only the bag needs to give way for.
     pl = _plan(budget=(total(500, 1000) + total(BAG_KEEP, 1000)) / 2)
@@ -126,7 +126,7 @@ def test_an_impossible_budget_keeps_the_smallest_plan_and_says_so() -> None:
     assert "still over" in pl.summary()  # type: ignore[attr-defined]
     # the ascent cut to nothing is never silent: one note, with the budget the floor needs
     floor_s = sum(predict(PROBE, bag=16, steps=STEPS_FLOOR, pool=64, batch=102, boundary=True, refine=True,
-                          twins=True).values())
+                          twins=True, queries=8).values())
     (note,) = pl.notes  # type: ignore[attr-defined]
     assert note.startswith("ascent cut from 1000 to 0 steps") and f"--budget {math.ceil(floor_s)}s" in note
     assert pl.to_dict()["notes"] == [note] and note in pl.summary()  # type: ignore[attr-defined]
@@ -250,7 +250,7 @@ def test_the_plan_is_a_pure_function_of_the_counted_work_and_the_speed(monkeypat
     monkeypatch.setattr(time, "perf_counter", no_clock)
     monkeypatch.setattr(time, "time", no_clock)
     budget = 0.5 * sum(predict(PROBE, bag=500, steps=1000, pool=10_000, batch=102, boundary=True, refine=True,
-                                twins=True).values())
+                                twins=True, queries=8).values())
     a, b = _plan(budget=budget), _plan(budget=budget)
     assert a == b and a.trimmed  # type: ignore[attr-defined]
     slower = Speed.per_sample(forward_s=0.02, step_s=0.04, backward_s=0.06, bytes_per_sample=10 * 2**20)

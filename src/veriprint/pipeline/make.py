@@ -1,6 +1,7 @@
 """``make_fingerprint``: the owner-side pipeline, stage by stage.
 
-0. plan (:mod:`.plan`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+0. plan (:mod:`.plan`: fit the counted work to the time and memory budgets at the machine's
+calibrated speed, :mod:`.speed`), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
 5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`), then, with a device
 profile, straddle (:mod:`.straddle`); 7. describe

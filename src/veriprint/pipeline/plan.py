@@ -104,6 +104,9 @@ DESCRIBE_FORWARD = 4.0
 #: and bf16, 131 and 133 gradient rows), rounded up; without tightening, the bound of
 #: :func:`veriprint.refine.straddle`'s walks (36 grid steps each way at eps 8/255).
 STRADDLE_PASSES = {"tighten": (7000.0, 15.0), "straddle": (100.0, 40.0)}
+#: Passes per query of the describe stage (forward, forward+backward): the expected
+#: outputs and margins, and the first-order reach (a gradient to the parameters each).
+DESCRIBE_PASSES = (4.0, 2.0)
 #: Moves per end that one tightening round tries (:func:`veriprint.refine.tighten`).
 TIGHTEN_MOVES = 48
 
@@ -224,8 +227,7 @@ def plan_line(d: dict[str, Any], took: float | None = None, stages: dict[str, An
     per = ""
     if stages:
         pred = {**d.get("predicted", {}), **d.get("repriced", {})}
-        rows = [f"{k} {pred[k]:.3g}/{stages[k]['seconds']:.3g}" for k in (*ORDER, "straddle")
-                if k in pred and k in stages]
+        rows = [f"{k} {pred[k]:.3g}/{stages[k]['seconds']:.3g}" for k in ORDER if k in pred and k in stages]
         per = f" (predicted/measured s: {', '.join(rows)})" if rows else ""
     sp = d.get("speed")
     speed = ""
@@ -256,7 +258,7 @@ def served_batch(pairs: int) -> int:
 
 
 def predict(sp: Speed, *, bag: int, steps: int, pool: int, batch: int, boundary: bool, refine: bool, twins: bool,
-            pairs: int = 0, tighten: bool = False) -> dict[str, float]:
+            pairs: int = 0, tighten: bool = False, queries: int = 0) -> dict[str, float]:
     """Predicted seconds per stage of a run of that size: the counted passes of each stage
     (:data:`PASSES`, :data:`STRADDLE_PASSES`), in the batches the stage runs, priced at
     the calibrated speed ``sp``. A pure function of its arguments.
@@ -268,6 +270,8 @@ def predict(sp: Speed, *, bag: int, steps: int, pool: int, batch: int, boundary:
         boundary, refine, twins: whether those stages run.
         pairs: twin pairs the straddle stage moves (0: no straddle stage).
         tighten: whether the straddle stage tightens the pairs (16-bit profiles).
+        queries: the queries the fingerprint keeps, at least (0: the describe stage is not
+            priced); each is described with :data:`DESCRIBE_PASSES`.
     """
     def passes(stage: str) -> float:
         fwd, fb = PASSES[stage]
@@ -287,6 +291,9 @@ def predict(sp: Speed, *, bag: int, steps: int, pool: int, batch: int, boundary:
         rows = served_batch(pairs)
         out["straddle"] = (sp.over("served", rows, rows, pairs * served_rows / rows)
                            + sp.over("backward", 2 * pairs, 2 * pairs, guide_rows / 2))
+    if queries:
+        fwd, fb = DESCRIBE_PASSES
+        out["describe"] = sp.over("forward", queries, queries, fwd) + sp.over("backward", queries, queries, fb)
     return out
 
 
@@ -303,7 +310,7 @@ def plan(sp: Speed, *, bag: int, steps: int, select: int, n_data: int, boundary:
 
     def cost(b: int, s: int, q: int) -> dict[str, float]:
         return predict(sp, bag=b, steps=s, pool=q, batch=batch, boundary=boundary, refine=refine, twins=twins,
-                       pairs=pairs, tighten=tighten)
+                       pairs=pairs, tighten=tighten, queries=select)
 
     cur = {"bag": bag, "steps": steps, "pool": pool0}
     trimmed: list[str] = []
@@ -452,8 +459,9 @@ def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outpu
 
 
 #: The stages in the order they run, as :func:`predict` names them (the straddle stage,
-#: with a device profile, runs after selection).
-ORDER = ("seeds", "generate", "calibrate", "refine", "twins", "select", "straddle")
+#: with a device profile, runs after selection). The plan stage itself is the calibration
+#: (nothing once the speed is cached) and is not predicted.
+ORDER = ("seeds", "generate", "calibrate", "refine", "twins", "select", "straddle", "describe")
 
 #: A run is warned about when it takes more than this many times its time budget.
 OVERRUN = 2.0
