@@ -152,10 +152,15 @@ def test_budget_is_recorded_and_a_fitting_budget_changes_nothing(digits_model, d
     assert "plan" in fp_auto.meta["stages"]
 
 
-def test_a_small_budget_trims_a_real_run(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_budget_trims_a_real_run(digits_model, digits_data, caplog) -> None:  # type: ignore[no-untyped-def]
     cfg = FingerprintConfig(bag=300, select=4, budget="0.05s", generation=GenerationConfig(steps=400, eps=2 / 16))
-    fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
+    with caplog.at_level("WARNING"):
+        fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
     b = fp.meta["plan"]
+    if b["steps"] < STEPS_FLOOR:  # cut below the floor: said once on stderr and stored
+        assert len(b["notes"]) == 1 and caplog.text.count(b["notes"][0]) == 1
+    else:
+        assert "notes" not in b
     assert b["trimmed"] and b["steps"] < 400 and len(gen) == b["bag"] < 300
     assert fp.meta["config"]["bag"] == b["bag"] and fp.meta["config"]["generation"]["steps"] == b["steps"]
 

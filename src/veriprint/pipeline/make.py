@@ -126,10 +126,8 @@ def _make(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig
         with meter.stage("plan"):
             # the pool: the inputs, not views
             pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs, recalibrate=recalibrate)
-        if pl.trimmed or pl.over:
+        if pl.trimmed or pl.over:  # one line, with the notes (an ascent cut below its floor)
             log.warning("%s", pl.summary())
-        for note in pl.notes:
-            log.warning("%s", note)
         cfg = apply_plan(cfg, pl)
         data, views = with_views(data, cfg.bag, cfg.views)  # only the views the planned bag needs
         extra: dict[str, object] = {}

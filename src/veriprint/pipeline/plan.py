@@ -177,8 +177,9 @@ class Plan:
             included when the run has one.
         trimmed: what was trimmed, in order, e.g. ``["steps 1000 -> 10", "bag 500 -> 48"]``.
         over: the plan is still predicted to exceed the budget (it is the smallest allowed).
-        notes: what the user must hear (one line each, also logged as warnings), e.g. that
-            the ascent was cut to no steps at all.
+        notes: what the user must hear, in the plan's line (:meth:`summary`, logged as a
+            warning by :func:`~veriprint.pipeline.make_fingerprint`), e.g. that the ascent was
+            cut to no steps at all.
         pairs: the twin pairs the straddle stage was priced for (0: no straddle stage).
         speed: the calibrated speed the prediction was made with.
     """
