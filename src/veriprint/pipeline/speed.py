@@ -149,7 +149,8 @@ def speed_facts(model: nn.Module, x: torch.Tensor, generation: Any, *, model_out
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "device": str(dev) + (f" {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
+        "device": str(dev) + (f" {torch.cuda.get_device_name(dev)}" if dev.type == "cuda"
+                              and torch.cuda.is_available() else ""),
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "architecture": arch,
         "parameters": sum(p.numel() for p in model.parameters()),
