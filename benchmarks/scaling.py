@@ -101,10 +101,16 @@ def measure(name: str, model: nn.Module, data: Dataset, bag: int, steps: int, de
     row = {"model": name, "parameters": sum(p.numel() for p in model.parameters()),
            "input": list(data.x.shape[1:]), "classes": int(fp.expected.shape[1]), "seconds": seconds,
            "stages": fp.meta["stages"], "predicted": fp.meta["plan"]["predicted"],
-           "probe": fp.meta["plan"]["probe"], "default_plan": default.to_dict()}
+           "probe": {"step_s": _step_s(fp.meta["plan"]["speed"])}, "default_plan": default.to_dict()}
     log(f"{name}: {seconds:.1f} s (predicted {sum(row['predicted'].values()):.1f} s); default plan: "
         f"{default.summary()}")
     return row
+
+
+def _step_s(speed: dict[str, Any]) -> float:
+    """Seconds of one ascent step per sample, at the largest batch the calibration timed."""
+    b, s = max(((int(k), v) for k, v in speed["points"].get("step", {"1": 0.0}).items()), key=lambda kv: kv[0])
+    return float(s) / b
 
 
 def render(rows: list[dict[str, Any]], command: str, bag: int, steps: int, device: str = "cpu") -> str:

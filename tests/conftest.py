@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,6 +20,18 @@ def _seed_everything() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _speed_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The plan's calibrated speeds go to a cache of the test session's own (subprocesses too)."""
+    before = os.environ.get("VERIPRINT_SPEED_CACHE")
+    os.environ["VERIPRINT_SPEED_CACHE"] = str(tmp_path_factory.mktemp("speed-cache"))
+    yield
+    if before is None:
+        os.environ.pop("VERIPRINT_SPEED_CACHE", None)
+    else:
+        os.environ["VERIPRINT_SPEED_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

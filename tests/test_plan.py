@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +19,6 @@ from veriprint.pipeline.plan import (
     BAG_FLOOR,
     BAG_KEEP,
     STEPS_FLOOR,
-    Probe,
     apply_plan,
     parse_bytes,
     parse_duration,
@@ -22,8 +26,10 @@ from veriprint.pipeline.plan import (
     predict,
     resolve,
 )
+from veriprint.pipeline.speed import Speed
 
-PROBE = Probe(batch=8, forward_s=0.01, step_s=0.02, backward_s=0.03, bytes_per_sample=10 * 2**20, device="cpu")
+#: A fake calibration: seconds per sample, no per-batch overhead.
+PROBE = Speed.per_sample(forward_s=0.01, step_s=0.02, backward_s=0.03, bytes_per_sample=10 * 2**20)
 
 
 def _plan(budget: float | None, **kw: object) -> object:
@@ -96,7 +102,8 @@ def test_a_run_that_fits_is_unchanged() -> None:
 
 def test_trim_order_bag_then_steps_then_pool_then_bag() -> None:
     def total(bag: int, steps: int, pool: int = 10_000) -> float:
-        return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, boundary=True, refine=True, twins=True).values())
+        return sum(predict(PROBE, bag=bag, steps=steps, pool=pool, batch=102, boundary=True, refine=True,
+                           twins=True, queries=8).values())
 
     # A budget that only the bag needs to give way for.
     pl = _plan(budget=(total(500, 1000) + total(BAG_KEEP, 1000)) / 2)
@@ -117,6 +124,13 @@ def test_an_impossible_budget_keeps_the_smallest_plan_and_says_so() -> None:
     pl = _plan(budget=0.001)
     assert pl.over and pl.steps == 0 and pl.bag == max(BAG_FLOOR, 16)  # type: ignore[attr-defined]
     assert "still over" in pl.summary()  # type: ignore[attr-defined]
+    # the ascent cut to nothing is never silent: one note, with the budget the floor needs
+    floor_s = sum(predict(PROBE, bag=16, steps=STEPS_FLOOR, pool=64, batch=102, boundary=True, refine=True,
+                          twins=True, queries=8).values())
+    (note,) = pl.notes  # type: ignore[attr-defined]
+    assert note.startswith("ascent cut from 1000 to 0 steps") and f"--budget {math.ceil(floor_s)}s" in note
+    assert pl.to_dict()["notes"] == [note] and note in pl.summary()  # type: ignore[attr-defined]
+    assert "notes" not in _plan(budget=1e9).to_dict()  # type: ignore[attr-defined]
 
 
 def test_memory_caps_the_batch() -> None:
@@ -138,10 +152,15 @@ def test_budget_is_recorded_and_a_fitting_budget_changes_nothing(digits_model, d
     assert "plan" in fp_auto.meta["stages"]
 
 
-def test_a_small_budget_trims_a_real_run(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
+def test_a_small_budget_trims_a_real_run(digits_model, digits_data, caplog) -> None:  # type: ignore[no-untyped-def]
     cfg = FingerprintConfig(bag=300, select=4, budget="0.05s", generation=GenerationConfig(steps=400, eps=2 / 16))
-    fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
+    with caplog.at_level("WARNING"):
+        fp, gen, _ = make_fingerprint(digits_model, digits_data[1], cfg, progress=False)
     b = fp.meta["plan"]
+    if b["steps"] < STEPS_FLOOR:  # cut below the floor: said once on stderr and stored
+        assert len(b["notes"]) == 1 and caplog.text.count(b["notes"][0]) == 1
+    else:
+        assert "notes" not in b
     assert b["trimmed"] and b["steps"] < 400 and len(gen) == b["bag"] < 300
     assert fp.meta["config"]["bag"] == b["bag"] and fp.meta["config"]["generation"]["steps"] == b["steps"]
 
@@ -205,38 +224,6 @@ def test_view_names_match_the_views() -> None:
         view_names(x, "rotations")
 
 
-def test_deadlines_share_the_budget_in_proportion_to_the_prediction() -> None:
-    from dataclasses import replace as dc_replace
-
-    from veriprint.pipeline.plan import ORDER, deadlines
-
-    pl = dc_replace(_plan(budget=100.0), probe_s=10.0)  # type: ignore[type-var]
-    due = deadlines(pl, now=1000.0)  # type: ignore[arg-type]
-    assert list(due) == [*ORDER, "straddle"]
-    assert all(a <= b for a, b in zip(list(due.values()), list(due.values())[1:], strict=False))
-    assert due["select"] == pytest.approx(1090.0)  # the budget left after the probe
-    assert due["straddle"] == pytest.approx(1090.0)  # not predicted: the end of the budget
-    assert deadlines(_plan(budget=None), now=0.0) == {}  # type: ignore[arg-type]
-
-
-def test_refinement_and_twins_stop_at_their_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
-    from dataclasses import replace as dc_replace
-
-    from veriprint.pipeline import build_candidates, make_twins, refine
-
-    cfg = FingerprintConfig(bag=40, select=4, refine=False, generation=GenerationConfig(steps=5, eps=2 / 16,
-                                                                                        batch_size=10))
-    c = build_candidates(digits_model, digits_data[1], cfg, domain=digits_data[1].domain, progress=False)
-    on = dc_replace(cfg, refine=True)
-    gen, reached, done = refine(digits_model, c.gen, c.noise, on, deadline=0.0, at_least=15)
-    assert done == 20 and not reached[20:].any() and torch.equal(gen.samples[20:], c.samples[20:])
-    _, reached_all, done_all = refine(digits_model, c.gen, c.noise, on)
-    assert done_all == 40 and torch.equal(reached_all[:20], reached[:20])
-    tw = make_twins(digits_model, c, on, deadline=0.0, at_least=1)
-    assert tw.tried == 10 and not tw.ok[10:].any()
-    assert make_twins(digits_model, c, on).tried == 40
-
-
 def test_generation_stops_at_its_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
     from veriprint.generate import generate
 
@@ -245,3 +232,165 @@ def test_generation_stops_at_its_deadline(digits_model, digits_data) -> None:  #
     res = generate(digits_model, x, cfg, domain=digits_data[1].domain, progress=False, deadline=0.0)
     assert res.steps_run == 1 and len(res) == 12
     assert generate(digits_model, x, cfg, domain=digits_data[1].domain, progress=False).steps_run == 50
+
+
+def test_a_speed_prices_batches_by_its_points() -> None:
+    sp = Speed({"forward": {4: 0.5, 100: 2.5}, "step": {10: 1.0}}, bytes_per_sample=1)
+    assert sp.batch_s("forward", 4) == 0.5 and sp.batch_s("forward", 100) == 2.5
+    assert sp.batch_s("forward", 52) == pytest.approx(1.5)  # between the points: the straight line
+    assert sp.batch_s("forward", 200) == pytest.approx(4.583333, rel=1e-5)  # beyond: the last segment's slope
+    assert sp.batch_s("forward", 0) == 0.0 and sp.batch_s("step", 5) == pytest.approx(0.5)  # one point: pro rata
+    # 250 items in batches of 100: two full batches and one of 50, twice
+    assert sp.over("forward", 250, 100, passes=2.0) == pytest.approx(2 * (2 * 2.5 + sp.batch_s("forward", 50)))
+    with pytest.raises(KeyError, match="'served'"):
+        sp.batch_s("served", 3)
+
+
+def test_the_plan_is_a_pure_function_of_the_counted_work_and_the_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    def no_clock() -> float:
+        raise AssertionError("the plan read the clock")
+
+    monkeypatch.setattr(time, "perf_counter", no_clock)
+    monkeypatch.setattr(time, "time", no_clock)
+    budget = 0.5 * sum(predict(PROBE, bag=500, steps=1000, pool=10_000, batch=102, boundary=True, refine=True,
+                                twins=True, queries=8).values())
+    a, b = _plan(budget=budget), _plan(budget=budget)
+    assert a == b and a.trimmed  # type: ignore[attr-defined]
+    slower = Speed.per_sample(forward_s=0.02, step_s=0.04, backward_s=0.06, bytes_per_sample=10 * 2**20)
+    c = plan(slower, bag=500, steps=1000, select=8, n_data=10_000, boundary=True, refine=True, twins=True,
+             budget_s=budget, memory_bytes=2**30, batch=500)
+    assert (c.bag, c.steps) < (a.bag, a.steps)  # type: ignore[attr-defined]
+
+
+def test_the_straddle_stage_is_predicted() -> None:
+    kw: dict[str, object] = dict(bag=100, steps=10, pool=1000, batch=100, boundary=True, refine=True, twins=True)
+    none = predict(PROBE, **kw)  # type: ignore[arg-type]
+    plain = predict(PROBE, **kw, pairs=4)  # type: ignore[arg-type]
+    tight = predict(PROBE, **kw, pairs=4, tighten=True)  # type: ignore[arg-type]
+    assert "straddle" not in none and 0 < plain["straddle"] < tight["straddle"]
+    assert tight["straddle"] == pytest.approx(4 * (7000 * 0.01 + 15 * 0.03))  # served rows, guide gradients
+    # it counts against the budget like any stage: a budget that fits without it trims with it
+    budget = sum(none.values()) * 1.01
+    assert not plan(PROBE, select=8, n_data=1000, budget_s=budget, memory_bytes=2**30, bag=100, steps=10,
+                    boundary=True, refine=True, twins=True, batch=100).trimmed
+    assert plan(PROBE, select=8, n_data=1000, budget_s=budget, memory_bytes=2**30, bag=100, steps=10,
+                boundary=True, refine=True, twins=True, batch=100, pairs=4, tighten=True).trimmed
+
+
+def test_plan_line_shows_each_stage_predicted_against_measured() -> None:
+    from veriprint.pipeline.plan import plan_line
+
+    d = _plan(budget=None).to_dict()  # type: ignore[attr-defined]
+    d["repriced"] = {"straddle": 9.0, "pairs": 5}
+    stages = {"plan": {"seconds": 1.0}, "seeds": {"seconds": 0.5}, "generate": {"seconds": 30.0},
+              "straddle": {"seconds": 8.0}}
+    line = plan_line(d, took=40.0, stages=stages)
+    assert f"seeds {d['predicted']['seeds']:.3g}/0.5" in line and "straddle 9/8" in line
+    assert "generate" in line and "plan " not in line.split("(predicted/measured")[1]
+    assert "speed calibrated in" in plan_line(d) or "speed from the cache" in plan_line(d)
+
+
+def test_an_overrun_is_warned_about_never_cut() -> None:
+    from veriprint.pipeline.plan import OVERRUN, overrun
+
+    pl = _plan(budget=100.0)
+    assert overrun(pl, OVERRUN * 100.0) is None and overrun(_plan(budget=None), 1e9) is None  # type: ignore[arg-type]
+    text = overrun(pl, OVERRUN * 100.0 + 1)  # type: ignore[arg-type]
+    assert text is not None and "nothing was cut" in text and "--recalibrate" in text
+
+
+def _tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 10)).eval()
+
+
+def test_the_speed_is_calibrated_once_and_cached(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.pipeline.speed import calibrate_speed
+
+    model, x, gen = _tiny_model(), torch.rand(8, 1, 8, 8), GenerationConfig(steps=5)
+    fresh = calibrate_speed(model, x, gen, batches={"forward": [4, 32], "step": [32]}, directory=tmp_path)
+    assert not fresh.cached and fresh.seconds > 0 and sorted(fresh.points["forward"]) == [4, 32]
+    (path,) = tmp_path.glob("*.json")
+    assert path.stem == fresh.key and fresh.bytes_per_sample > 0
+    warm = calibrate_speed(model, x, gen, batches={"forward": [4, 32], "step": [32]}, directory=tmp_path)
+    assert warm.cached and warm.seconds == 0 and warm.points == fresh.points
+    # a batch size not stored yet is measured and added; the stored ones are kept as they were
+    more = calibrate_speed(model, x, gen, batches={"forward": [4, 64]}, directory=tmp_path)
+    assert not more.cached and more.points["forward"][4] == fresh.points["forward"][4] and 64 in more.points["forward"]
+    again = calibrate_speed(model, x, gen, batches={"forward": [4]}, directory=tmp_path, recalibrate=True)
+    assert not again.cached and sorted(again.points) == ["forward"] and sorted(again.points["forward"]) == [4]
+    # another model shape, input shape or profile has its own entry
+    wide = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    other = [calibrate_speed(wide.eval(), x, gen, batches={"forward": [4]}, directory=tmp_path).key,
+             calibrate_speed(model, x, gen, batches={"forward": [4]}, directory=tmp_path, profile="cpu/bf16").key]
+    assert len({fresh.key, *other}) == 3 and len(list(tmp_path.glob("*.json"))) == 3
+    # an unreadable entry is measured again; a cache that cannot be written is warned about, not fatal
+    path.write_text("{not json")
+    assert not calibrate_speed(model, x, gen, batches={"forward": [4]}, directory=tmp_path).cached
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with caplog.at_level("WARNING"):
+        sp = calibrate_speed(model, x, gen, batches={"forward": [4]}, directory=blocked / "sub")
+    assert sp.points["forward"][4] > 0 and "could not store the calibrated speed" in caplog.text
+
+
+def test_the_cache_directory_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.pipeline.speed import cache_dir
+
+    monkeypatch.delenv("VERIPRINT_SPEED_CACHE", raising=False)
+    monkeypatch.delenv("VERIPRINT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "veriprint" / "speed"
+    monkeypatch.setenv("VERIPRINT_CACHE", str(tmp_path / "vp"))
+    assert cache_dir() == tmp_path / "vp" / "speed"
+    monkeypatch.setenv("VERIPRINT_SPEED_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+
+def test_a_profiled_plan_prices_its_straddle_stage(fashion_model, fashion_data) -> None:  # type: ignore[no-untyped-def]
+    from veriprint.pipeline.plan import plan_fingerprint
+
+    cfg = FingerprintConfig(bag=40, select=8, precision="bf16", generation=GenerationConfig(steps=20))
+    pl = plan_fingerprint(fashion_model, fashion_data[1].x, cfg)
+    assert pl.pairs == 4 and pl.predicted["straddle"] > 0 and "served" in pl.speed.points  # type: ignore[union-attr]
+    assert plan_fingerprint(fashion_model, fashion_data[1].x, replace(cfg, precision="fp32")).pairs == 0
+
+
+@contextmanager
+def _busy(workers: int = 2) -> Iterator[None]:
+    """Other processes spinning on the CPU for the duration."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(workers)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.slow
+def test_the_same_command_and_seed_give_the_same_fingerprint_whatever_the_load(  # type: ignore[no-untyped-def]
+        digits_model, digits_data, tmp_path, monkeypatch) -> None:
+    from veriprint.pipeline.plan import plan_fingerprint
+
+    data = digits_data[1]
+    monkeypatch.setenv("VERIPRINT_SPEED_CACHE", str(tmp_path / "a"))
+    cfg = FingerprintConfig(bag=40, select=4, ceiling_share=0.0, cover_classes=False,
+                            generation=GenerationConfig(steps=20, eps=2 / 16, lr=1e-2))
+    fresh, _, _ = make_fingerprint(digits_model, data, cfg, progress=False)  # an empty cache: calibrated now
+    assert fresh.meta["plan"]["speed"]["cached"] is False and fresh.meta["plan"]["trimmed"] == []
+    warm = plan_fingerprint(digits_model, data.x, cfg)
+    assert warm.speed is not None and warm.speed.cached
+    tight = replace(cfg, budget=f"{0.5 * warm.total_s:.6f}s")  # a budget the plan must trim to
+    quiet, _, _ = make_fingerprint(digits_model, data, tight, progress=False)
+    with _busy():
+        loaded, _, _ = make_fingerprint(digits_model, data, cfg, progress=False)
+        loaded_tight, _, _ = make_fingerprint(digits_model, data, tight, progress=False)
+    assert loaded.meta["plan"]["speed"]["cached"]
+    assert torch.equal(fresh.samples, loaded.samples)
+    assert torch.equal(fresh.expected, loaded.expected)
+    assert quiet.meta["plan"]["trimmed"] and quiet.meta["plan"]["trimmed"] == loaded_tight.meta["plan"]["trimmed"]
+    assert torch.equal(quiet.samples, loaded_tight.samples)

@@ -348,15 +348,29 @@ def test_cli_prints_the_straddle_of_a_profiled_fingerprint(tmp_path: Path, fashi
     assert f"straddle: {st['straddling']} of {st['pairs']} pairs" in capsys.readouterr().out
 
 
-def test_the_time_budget_stops_tightening_and_the_summary_says_so(
+def test_the_straddle_stage_is_planned_and_never_stopped_by_the_clock(
         fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
-    import veriprint.pipeline.make as make
+    import veriprint.pipeline.straddle as straddle
+    from veriprint.pipeline.plan import plan_line
     from veriprint.pipeline.straddle import straddle_summary
 
-    # every other stage unbounded, and the budget's end long past when the straddle stage runs
-    monkeypatch.setattr(make, "deadlines", lambda pl, now: {"straddle": 0.0})
-    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed", precision="bf16"),
-                                progress=False)
-    st = fp.meta["straddle"]
-    assert st["straddling"] > 0 and st["tighten_rounds"] == 0 and st["tightened"] == 0
-    assert "the time budget stopped tightening after 0 rounds" in straddle_summary(st)
+    calls: list[dict[str, object]] = []
+    real = straddle.tighten
+
+    def spy(*a: object, **k: object) -> object:
+        calls.append(k)
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(straddle, "tighten", spy)
+    # a budget that ends long before the straddle stage would (the old deadline stopped tightening there)
+    fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed", precision="bf16",
+                                                                     budget="1s"), progress=False)
+    st, pl = fp.meta["straddle"], fp.meta["plan"]
+    assert calls and all(k.get("deadline") is None for k in calls)
+    assert "tighten_rounds" not in st and "tightened" in st
+    assert pl["pairs"] == 4 and pl["predicted"]["straddle"] > 0
+    if st["pairs"] != 4:  # selection chose more pairs than the plan priced: priced again with them
+        assert pl["repriced"]["pairs"] == st["pairs"] and pl["repriced"]["straddle"] > pl["predicted"]["straddle"]
+    assert "straddle " in plan_line(pl, stages=fp.meta["stages"])
+    # files made when the budget's end stopped tightening still say so
+    assert "the time budget stopped tightening after 0 rounds" in straddle_summary({**st, "tighten_rounds": 0})

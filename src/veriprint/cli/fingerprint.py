@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_generation_arguments(p)
     p.add_argument("--key", default=None, help="Ed25519 private key to sign the file (from veriprint keygen)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="measure this machine's speed on the model again for the time budget's plan, instead of "
+                        "using the one calibrated and cached by an earlier run (run it on an idle machine)")
     from veriprint.cli.lm import add_lm_fingerprint_arguments
 
     add_lm_fingerprint_arguments(p)
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, weights=args.weights)
     data = load_data_from(args)
     fp, gen, sel = make_fingerprint(model, data, cfg, model_outputs=args.model_outputs, progress=not args.quiet,
-                                    source=args.model)
+                                    source=args.model, recalibrate=args.recalibrate)
     fp = fp.save(args.out, key=args.key)
     pairs = fp.meta["selection"].get("pairs", 0)
     shape = f"{pairs} pairs across the boundary" if pairs else f"{len(fp)} samples"
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     plan = fp.meta.get("plan")
     if plan:
-        print(plan_line(plan, took=sum(v["seconds"] for v in fp.meta.get("stages", {}).values())))
+        stages = fp.meta.get("stages", {})
+        print(plan_line(plan, took=sum(v["seconds"] for v in stages.values()), stages=stages))
 
     costs = format_costs(fp.meta.get("stages", {}))
     if costs:

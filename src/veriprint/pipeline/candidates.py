@@ -42,8 +42,7 @@ class Candidates:
         reached: which samples refinement brought to its target margin (all False
             without refinement).
         boundary: whether the seeds were drawn near decision boundaries.
-        refined: how many (the first ones) refinement ran on before its deadline (all
-            without one; 0 without refinement).
+        refined: how many refinement ran on (all of them; 0 without refinement).
     """
 
     gen: GenerationResult
@@ -67,13 +66,12 @@ class Candidates:
 
 def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, *,
                      domain: InputDomain, model_outputs: OutputKind = "logits",
-                     progress: bool = True, meter: CostMeter | None = None,
-                     deadlines: dict[str, float] | None = None) -> Candidates:
+                     progress: bool = True, meter: CostMeter | None = None) -> Candidates:
     """Stages 1-4: seeds, generation, calibration and (when ``cfg.refine``) refinement.
 
-    ``meter`` (optional) records each stage's seconds and model passes; ``deadlines``
-    (optional, from :func:`veriprint.pipeline.plan.deadlines`) stops the ascent at its
-    deadline, and refinement at its own once twice ``cfg.select`` samples are refined.
+    ``meter`` (optional) records each stage's seconds and model passes. Each stage runs
+    its configured work to the end (the ascent its steps, unless its own patience stops
+    it; refinement every sample): nothing here reads the clock to decide what to do.
     """
     stage = meter.stage if meter is not None else _no_meter
     boundary = cfg.seeds == "boundary" and cfg.refine
@@ -83,22 +81,24 @@ def build_candidates(model: nn.Module, data: Dataset | torch.Tensor, cfg: Finger
         seeds = seeds.to(model_device(model))  # the bag goes where the model is; the data stays put
     with stage("generate"):
         gen = generate(model, seeds, cfg.generation, domain=domain, model_outputs=model_outputs,
-                       progress=progress, deadline=(deadlines or {}).get("generate"))
+                       progress=progress)
     with stage("calibrate"):
         noise = calibrate(model, gen.samples, cfg, model_outputs=model_outputs)
     reached = torch.zeros(len(gen), dtype=torch.bool, device="cpu")  # masks over the bag stay on the CPU
     refined = 0
     if cfg.refine and cfg.generation.eps > 0:
         with stage("refine"):
-            gen, reached, refined = refine(model, gen, noise, cfg, model_outputs=model_outputs,
-                                  deadline=(deadlines or {}).get("refine"), at_least=2 * cfg.select)
+            gen, reached, refined = refine(model, gen, noise, cfg, model_outputs=model_outputs)
     return Candidates(gen, seed_idx, noise, reached, boundary, refined)
 
 
 def seed_batch(cfg: FingerprintConfig) -> int:
     """Batch for the seed pool's margins: the gradient batch (an inference batch four times
-    as large took 3.5 GB on EfficientNet-Lite2 at 260x260), and 500 at most."""
-    return min(500, cfg.generation.batch_size)
+    as large took 3.5 GB on EfficientNet-Lite2 at 260x260), and 500 at most (the plan
+    prices the stage in these batches, :func:`veriprint.pipeline.plan.seed_batch`)."""
+    from veriprint.pipeline.plan import seed_batch as planned
+
+    return planned(cfg.generation.batch_size)
 
 
 @contextmanager

@@ -86,8 +86,9 @@ class FingerprintConfig:
         budget: time budget for the whole run: ``"auto"`` (default: 10 minutes on a CPU,
             60 s on an accelerator), a duration (``"90s"``, ``"10m"``, ``"1.5h"``), or
             ``"none"``. ``bag``, ``pool`` and ``generation.steps`` are ceilings that the
-            plan trims to fit (:mod:`veriprint.pipeline.plan`); a run that fits is
-            unchanged.
+            plan trims to fit (:mod:`veriprint.pipeline.plan`: the counted work at the
+            machine's calibrated speed); a run that fits is unchanged, and no stage is
+            stopped by the clock.
         max_memory: memory budget for the tensors one backward pass keeps, which caps the
             batch size: ``"auto"`` (default: 1 GiB, at most 40% of the machine's memory;
             on a CUDA device, 40% of the GPU's memory) or a size (``"512M"``, ``"2G"``).

@@ -1,6 +1,7 @@
 """``make_fingerprint``: the owner-side pipeline, stage by stage.
 
-0. plan (:mod:`.plan`: fit the work to the time and memory budgets), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+0. plan (:mod:`.plan`: fit the counted work to the time and memory budgets at the machine's
+calibrated speed, :mod:`.speed`), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
 5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`), then, with a device
 profile, straddle (:mod:`.straddle`); 7. describe
@@ -28,7 +29,7 @@ from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
-from veriprint.pipeline.plan import apply_plan, deadlines, plan_fingerprint
+from veriprint.pipeline.plan import Plan, apply_plan, overrun, plan_fingerprint, predict
 from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.straddle import straddle_pairs
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
@@ -53,6 +54,7 @@ def make_fingerprint(
     model_outputs: OutputKind = "logits",
     progress: bool = True,
     source: str | None = None,
+    recalibrate: bool = False,
 ) -> tuple[Fingerprint, GenerationResult, Selection]:
     """Fingerprint a model.
 
@@ -65,6 +67,8 @@ def make_fingerprint(
         model_outputs: ``"logits"`` (default) or ``"probs"``.
         progress: show progress bars.
         source: a description of the model stored in the metadata.
+        recalibrate: measure the machine's speed on the model again for the plan, instead
+            of the calibration cache's (:mod:`veriprint.pipeline.speed`).
 
     Where it runs: every stage runs on the device of the model's parameters. With
     ``config.device`` a CUDA device, the model is copied there first (the caller's model
@@ -86,7 +90,7 @@ def make_fingerprint(
     if dev.type != "cpu" and model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
     with tf32(model_device(model), cfg.precision == "tf32"):
-        fp, gen, sel = _make(model, data, cfg, domain, model_outputs, progress, source)
+        fp, gen, sel = _make(model, data, cfg, domain, model_outputs, progress, source, recalibrate)
     return fp, _on_cpu(gen), sel
 
 
@@ -100,8 +104,8 @@ def _on_cpu(gen: GenerationResult) -> GenerationResult:
 
 
 def _make(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, domain: InputDomain | None,
-          model_outputs: OutputKind, progress: bool,
-          source: str | None) -> tuple[Fingerprint, GenerationResult, Selection]:
+          model_outputs: OutputKind, progress: bool, source: str | None,
+          recalibrate: bool = False) -> tuple[Fingerprint, GenerationResult, Selection]:
     domain = domain or (data.domain if isinstance(data, Dataset) else InputDomain())
     start = time.perf_counter()
     x0 = data.x if isinstance(data, Dataset) else data
@@ -120,18 +124,23 @@ def _make(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig
     meter = CostMeter(model)
     try:
         with meter.stage("plan"):
-            pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs)  # the pool: the inputs, not views
-        if pl.trimmed or pl.over:
+            # the pool: the inputs, not views
+            pl = plan_fingerprint(model, x0, cfg, model_outputs=model_outputs, recalibrate=recalibrate)
+        if pl.trimmed or pl.over:  # one line, with the notes (an ascent cut below its floor)
             log.warning("%s", pl.summary())
         cfg = apply_plan(cfg, pl)
         data, views = with_views(data, cfg.bag, cfg.views)  # only the views the planned bag needs
-        stops: dict[str, int] = {}
-        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter,
-                            deadlines(pl, time.perf_counter()), stops)
+        extra: dict[str, object] = {}
+        fp, gen, sel = _run(model, data, cfg, domain, model_outputs, progress, source, start, meter, pl, extra)
     finally:
         meter.close()
     fp.meta["stages"] = meter.report()
-    fp.meta["plan"] = {**pl.to_dict(), **stops}
+    fp.meta["plan"] = {**pl.to_dict(), **extra}
+    took = sum(float(v["seconds"]) for v in fp.meta["stages"].values())
+    late = overrun(pl, took)
+    if late:  # the safety net: loud, never a cut (the samples are what the plan said)
+        log.warning("%s", late)
+        fp.meta["plan"]["overrun"] = late
     if isinstance(data, Dataset):  # where the seeds came from (e.g. imagenet-samples:260: crops and flips)
         fp.meta["data"] = {"name": data.name, "size": n_inputs}
     if len(views) > 1:  # natural views added to a small data set (pipeline.seeds.natural_views)
@@ -141,25 +150,16 @@ def _make(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig
 
 def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig, domain: InputDomain,
          model_outputs: OutputKind, progress: bool, source: str | None, start: float,
-         meter: CostMeter, due: dict[str, float],
-         stops: dict[str, int]) -> tuple[Fingerprint, GenerationResult, Selection]:
+         meter: CostMeter, pl: Plan,
+         extra: dict[str, object]) -> tuple[Fingerprint, GenerationResult, Selection]:
     cands = build_candidates(model, data, cfg, domain=domain, model_outputs=model_outputs, progress=progress,
-                             meter=meter, deadlines=due)
-    if due and cands.gen.steps_run < cfg.generation.steps:  # early stopping or the deadline
-        stops["steps_run"] = cands.gen.steps_run
-    if cfg.refine and cands.refined < len(cands):  # a deadline stopped refinement (meta["plan"])
-        stops["refined"] = cands.refined
-        log.warning("the time budget stopped refinement after %d of %d candidates", cands.refined, len(cands))
+                             meter=meter)
     ok = eligible(cands, cfg, cfg.select)
     twins: Twins | None = None
     pairs = 0
     if wants_twins(cfg):
         with meter.stage("twins"):
-            twins = make_twins(model, cands, cfg, model_outputs=model_outputs, deadline=due.get("twins"),
-                               at_least=2 * cfg.select)
-        if twins.tried is not None and twins.tried < len(cands):
-            stops["twinned"] = twins.tried
-            log.warning("the time budget stopped twins after %d of %d candidates", twins.tried, len(cands))
+            twins = make_twins(model, cands, cfg, model_outputs=model_outputs)
         if int((ok & twins.ok).sum()) >= cfg.select // 2:
             pairs = cfg.select // 2
         else:
@@ -181,9 +181,12 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
         pairs = len(sel.indices)
     straddled: dict[str, int | float | None] | None = None
     if pairs and not cfg.profile.is_default:
+        if pl.speed is not None and pairs != pl.pairs:  # selection chose more pairs than the plan priced
+            extra["repriced"] = {"straddle": round(predict(
+                pl.speed, bag=0, steps=0, pool=0, batch=1, boundary=False, refine=False, twins=False, pairs=pairs,
+                tighten=cfg.profile.half)["straddle"], 3), "pairs": pairs}
         with meter.stage("straddle"):
-            chosen, straddled = straddle_pairs(model, cands, cfg, idx, chosen, pairs, model_outputs,
-                                               deadline=due.get("straddle"))
+            chosen, straddled = straddle_pairs(model, cands, cfg, idx, chosen, pairs, model_outputs)
     with meter.stage("describe"):
         fp = describe(model, cands, cfg, idx=idx, chosen=chosen, selection=sel, eligible=int(ok.sum()),
                       pairs=pairs, model_outputs=model_outputs, source=source, started=start,

@@ -1,11 +1,14 @@
 """Stage 0, plan: fit a fingerprint's work to a time budget and its batches to a memory budget.
 
-The configured ``bag`` and ``generation.steps`` are ceilings. Before any work,
-:func:`probe` times one batch of the model (inference, and one ascent step with its
-gradient to the input) and measures the memory its backward pass keeps per sample;
-:func:`plan` then predicts each stage's seconds from those costs and the passes each
-stage makes per candidate (counted by :class:`~veriprint.pipeline.cost.CostMeter` on real
-runs), and, when the prediction is over the budget, trims the work in the order that
+The configured ``bag`` and ``generation.steps`` are ceilings. Before any work, the plan
+counts the work each stage will do (passes through the model per candidate, rows, the
+batches they run in; :data:`PASSES`, :data:`STRADDLE_PASSES`, counted by
+:class:`~veriprint.pipeline.cost.CostMeter` on real runs) and converts it to seconds
+with the machine's speed on the model (:mod:`.speed`: calibrated once per machine and
+model shape, at the run's batch sizes, the fastest of repeated timings, kept in a
+per-user cache). :func:`predict` and :func:`plan` are pure functions of that work and
+that speed, so a run with a stored speed gets the same plan however busy the machine
+is. When the prediction is over the budget, the plan trims the work in the order that
 costs detection least (measured, see ``docs/guide/imagenet.md``: a bag of 50 caught as much as
 one of 200 on three small models, and on EfficientNet-Lite2 50 ascent steps bought a few
 points of coverage over 0 or 10, where halving the bag cost one):
@@ -14,14 +17,17 @@ points of coverage over 0 or 10, where halving the bag cost one):
 2. ascent steps, down to :data:`STEPS_FLOOR`;
 3. the seed pool examined for boundary seeds, down to :data:`POOL_PER_SEED` per seed;
 4. the bag, down to :data:`BAG_FLOOR` (or twice the samples kept, whichever is larger);
-5. ascent steps, down to 0.
+5. ascent steps, below :data:`STEPS_FLOOR` and down to 0, said in a warning and in
+   ``meta["plan"]["notes"]`` with the budget the floor needs.
 
 A configuration that fits is left exactly as it was. Batches are capped so that the
 tensors kept for one backward pass stay within the memory budget; on a small model the
-cap is above every configured batch and changes nothing.
+cap is above every configured batch and changes nothing. The stages then run the
+planned work to the end: none stops on the clock. A run that takes more than
+:data:`OVERRUN` times its budget is warned about (:func:`overrun`), never cut.
 
-The plan, the prediction and what was trimmed are stored in ``meta["plan"]``, next to
-the measured ``meta["stages"]``.
+The plan, the prediction per stage and what was trimmed are stored in ``meta["plan"]``,
+next to the measured ``meta["stages"]``; ``docs/design/planner.md`` has the details.
 """
 
 from __future__ import annotations
@@ -29,8 +35,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -39,22 +43,24 @@ from torch import nn
 
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
+from veriprint.pipeline.speed import Speed, calibrate_speed
 
 __all__ = [
     "BAG_FLOOR",
     "BAG_KEEP",
+    "ORDER",
+    "OVERRUN",
     "POOL_PER_SEED",
     "STEPS_FLOOR",
     "Plan",
-    "Probe",
     "apply_plan",
-    "batches_until",
-    "deadlines",
+    "overrun",
     "parse_bytes",
     "parse_duration",
     "plan",
+    "plan_fingerprint",
     "plan_line",
-    "probe",
+    "predict",
 ]
 
 #: Seeds kept before ascent steps are trimmed.
@@ -79,18 +85,30 @@ AUTO_MEMORY_SHARE = 0.4
 #: line search of the prefix, 29.2 and 10.6 with bisection alone, twins 10 and 8; the
 #: Fashion-MNIST CNN: refine 17.3 and 14.6, 23.1 and 14.6 with bisection, twins 14 and 13;
 #: ``benchmarks/prefix_search.py``), rounded up; calibration counts its float64 pass as
-#: three. The prediction's unit costs are the probe's.
+#: three. Each is priced at the calibrated speed of its kind of pass and batch.
 PASSES = {
     "calibrate": (6.0, 0.0),
     "refine": (20.0, 15.0),
     "twins": (12.0, 14.0),
     "select": (0.0, 2.0),
 }
-#: An ascent step costs this much more than the probe's objective and gradient (Adam, the
+#: An ascent step costs this much more than the calibrated objective and gradient (Adam, the
 #: projection, the history), and each sample is described with about this many forward
 #: passes before and after (measured on the scaling benchmark's models).
 STEP_OVERHEAD = 1.3
 DESCRIBE_FORWARD = 4.0
+#: The straddle stage's passes per twin pair: rows through the served model (the device
+#: profile's copy) and margin gradients of the float32 model, with the tightening of
+#: 16-bit profiles (``"tighten"``) and without (``"straddle"``). Counted on the
+#: Fashion-MNIST CNN (bag 40, 9 pairs: 55,160 and 61,820 served rows under autocast-bf16
+#: and bf16, 131 and 133 gradient rows), rounded up; without tightening, the bound of
+#: :func:`veriprint.refine.straddle`'s walks (36 grid steps each way at eps 8/255).
+STRADDLE_PASSES = {"tighten": (7000.0, 15.0), "straddle": (100.0, 40.0)}
+#: Passes per query of the describe stage (forward, forward+backward): the expected
+#: outputs and margins, and the first-order reach (a gradient to the parameters each).
+DESCRIBE_PASSES = (4.0, 2.0)
+#: Moves per end that one tightening round tries (:func:`veriprint.refine.tighten`).
+TIGHTEN_MOVES = 48
 
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _BYTES = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -146,95 +164,6 @@ def _machine_memory(device: str = "cpu") -> int | None:
 
 
 @dataclass(frozen=True)
-class Probe:
-    """Measured unit costs of a model, per sample.
-
-    Attributes:
-        batch: the batch the costs were measured at.
-        forward_s: seconds of one inference pass.
-        step_s: seconds of one ascent step (objective and its gradient to the input).
-        backward_s: seconds of one margin gradient to the input (refinement, twins).
-        bytes_per_sample: bytes of the tensors autograd keeps for one backward pass.
-        device: where the model runs.
-    """
-
-    batch: int
-    forward_s: float
-    step_s: float
-    backward_s: float
-    bytes_per_sample: int
-    device: str
-
-
-def probe(model: nn.Module, example: torch.Tensor, generation: Any, *, model_outputs: OutputKind = "logits",
-          repeats: int = 2) -> Probe:
-    """Time ``model`` on ``example`` (a few inputs) and measure its backward memory per sample.
-
-    Each cost is the fastest of ``repeats`` timed runs after one warm-up run; on a GPU each
-    run is timed to the end of its kernels (``torch.cuda.synchronize``), not to their launch.
-    """
-    from veriprint.generate import _closed_form_layer, _objective
-    from veriprint.models import model_device
-    from veriprint.refine import label_margin
-
-    dev = model_device(model)
-    x = example.detach().float().to(dev)
-    n = len(x)
-    device = dev.type
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def timed(fn: Any) -> float:
-        fn()
-        best = math.inf
-        for _ in range(repeats):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            best = min(best, time.perf_counter() - t)
-        return best / n
-
-    def forward() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    last = _closed_form_layer(model, x, generation, model_outputs) if generation.steps else None
-
-    def step() -> None:
-        xr = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            v = _objective(model, xr, generation, model_outputs, last)
-            torch.autograd.grad(v.sum(), xr)
-
-    with torch.no_grad():
-        labels = model(x).argmax(dim=1)
-    saved = [0]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved[0] += t.numel() * t.element_size()
-        return t
-
-    def backward() -> None:
-        xr = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            m = label_margin(model, xr, labels, model_outputs)
-            torch.autograd.grad(m.sum(), xr)
-
-    f = timed(forward)
-    s = timed(step) if generation.steps else 0.0
-    b = timed(backward)
-    xr = x.clone().requires_grad_(True)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m = label_margin(model, xr, labels, model_outputs)
-    del m
-    return Probe(batch=n, forward_s=f, step_s=s, backward_s=b, bytes_per_sample=max(1, saved[0] // n),
-                 device=device)
-
-
-@dataclass(frozen=True)
 class Plan:
     """What a fingerprint run will do, and what it was predicted to cost.
 
@@ -244,10 +173,15 @@ class Plan:
         requested: the configured ``bag``, ``steps`` and ``pool``.
         budget_s: the time budget in seconds (``None``: none).
         memory_bytes: the memory budget for one backward pass's tensors.
-        predicted: predicted seconds per stage.
+        predicted: predicted seconds per stage (:data:`ORDER`), the straddle stage
+            included when the run has one.
         trimmed: what was trimmed, in order, e.g. ``["steps 1000 -> 10", "bag 500 -> 48"]``.
         over: the plan is still predicted to exceed the budget (it is the smallest allowed).
-        probe: the measured unit costs.
+        notes: what the user must hear, in the plan's line (:meth:`summary`, logged as a
+            warning by :func:`~veriprint.pipeline.make_fingerprint`), e.g. that the ascent was
+            cut to no steps at all.
+        pairs: the twin pairs the straddle stage was priced for (0: no straddle stage).
+        speed: the calibrated speed the prediction was made with.
     """
 
     bag: int
@@ -260,17 +194,21 @@ class Plan:
     predicted: dict[str, float]
     trimmed: list[str] = field(default_factory=list)
     over: bool = False
-    probe: Probe | None = None
-    probe_s: float | None = None
+    notes: list[str] = field(default_factory=list)
+    pairs: int = 0
+    speed: Speed | None = None
 
     @property
     def total_s(self) -> float:
         return float(sum(self.predicted.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, speed=None))
         d["predicted"] = {k: round(v, 3) for k, v in self.predicted.items()}
         d["total_s"] = round(self.total_s, 3)
+        d["speed"] = None if self.speed is None else self.speed.to_dict()
+        if not self.notes:
+            del d["notes"]
         return d
 
     def summary(self) -> str:
@@ -278,16 +216,30 @@ class Plan:
         return plan_line(self.to_dict())
 
 
-def plan_line(d: dict[str, Any], took: float | None = None) -> str:
+def plan_line(d: dict[str, Any], took: float | None = None, stages: dict[str, Any] | None = None) -> str:
     """One line of a stored plan (``meta["plan"]``): the budget, the prediction, the seconds
-    ``took`` when given, what was trimmed, what deadlines stopped, the batch."""
+    ``took`` when given, what was trimmed, the loud notes, the batch, and with ``stages``
+    (``meta["stages"]``) each predicted stage's prediction against its measured seconds.
+    Files made when stages stopped on deadlines also say what the deadlines stopped."""
     limit = "no time budget" if d.get("budget_s") is None else f"time budget {d['budget_s']:.0f} s"
     spent = "" if took is None else f", took {took:.0f} s"
     trimmed = ("trimmed " + ", ".join(d["trimmed"])) if d.get("trimmed") else "nothing trimmed"
     stopped = ", ".join(f"{k} {d[k]}" for k in ("steps_run", "refined", "twinned") if k in d)
-    return (f"{limit}: predicted {d.get('total_s', 0):.0f} s{spent}; {trimmed}"
-            + (f"; stopped by deadlines: {stopped}" if stopped else "") + f"; batch {d.get('batch')}"
-            + (" (still over budget: the smallest plan allowed)" if d.get("over") else ""))
+    per = ""
+    if stages:
+        pred = {**d.get("predicted", {}), **d.get("repriced", {})}
+        rows = [f"{k} {pred[k]:.3g}/{stages[k]['seconds']:.3g}" for k in ORDER if k in pred and k in stages]
+        per = f" (predicted/measured s: {', '.join(rows)})" if rows else ""
+    sp = d.get("speed")
+    speed = ""
+    if isinstance(sp, dict):
+        speed = "; speed from the cache" if sp.get("cached") else f"; speed calibrated in {sp.get('seconds', 0):.1f} s"
+    notes = "".join(f"; {n}" for n in d.get("notes", []))
+    over = d.get("overrun")
+    return (f"{limit}: predicted {d.get('total_s', 0):.0f} s{spent}{per}; {trimmed}"
+            + (f"; stopped by deadlines: {stopped}" if stopped else "") + notes + f"; batch {d.get('batch')}"
+            + speed + (" (still over budget: the smallest plan allowed)" if d.get("over") else "")
+            + (f"; {over}" if over else ""))
 
 
 def default_pool(bag: int, n_data: int) -> int:
@@ -295,38 +247,75 @@ def default_pool(bag: int, n_data: int) -> int:
     return min(n_data, max(20 * bag, min(n_data, 20000)))
 
 
-def predict(p: Probe, *, bag: int, steps: int, pool: int, boundary: bool, refine: bool, twins: bool,
-            ) -> dict[str, float]:
-    """Predicted seconds per stage for a run of that size."""
+def seed_batch(batch: int) -> int:
+    """Batch of the seed pool's margins (:func:`veriprint.pipeline.candidates.seed_batch`)."""
+    return min(500, batch)
+
+
+def served_batch(pairs: int) -> int:
+    """Rows the straddle stage's tightening sends the served model at once: each of the
+    ``2 pairs`` ends with its :data:`TIGHTEN_MOVES` moves."""
+    return max(1, 2 * pairs * TIGHTEN_MOVES)
+
+
+def predict(sp: Speed, *, bag: int, steps: int, pool: int, batch: int, boundary: bool, refine: bool, twins: bool,
+            pairs: int = 0, tighten: bool = False, queries: int = 0) -> dict[str, float]:
+    """Predicted seconds per stage of a run of that size: the counted passes of each stage
+    (:data:`PASSES`, :data:`STRADDLE_PASSES`), in the batches the stage runs, priced at
+    the calibrated speed ``sp``. A pure function of its arguments.
+
+    Args:
+        sp: the calibrated :class:`~veriprint.pipeline.speed.Speed`.
+        bag, steps, pool: the run's seeds, ascent steps and seed pool.
+        batch: the gradient batch (generation, calibration, refinement, twins, selection).
+        boundary, refine, twins: whether those stages run.
+        pairs: twin pairs the straddle stage moves (0: no straddle stage).
+        tighten: whether the straddle stage tightens the pairs (16-bit profiles).
+        queries: the queries the fingerprint keeps, at least (0: the describe stage is not
+            priced); each is described with :data:`DESCRIBE_PASSES`.
+    """
     def passes(stage: str) -> float:
         fwd, fb = PASSES[stage]
-        return bag * (fwd * p.forward_s + fb * p.backward_s)
+        return sp.over("forward", bag, batch, fwd) + sp.over("backward", bag, batch, fb)
 
-    out = {"seeds": pool * p.forward_s if boundary else 0.0,
-           "generate": bag * (steps * STEP_OVERHEAD * p.step_s + DESCRIBE_FORWARD * p.forward_s),
+    out = {"seeds": sp.over("forward", pool, seed_batch(batch)) if boundary else 0.0,
+           "generate": (sp.over("step", bag, batch, steps * STEP_OVERHEAD)
+                        + sp.over("forward", bag, batch, DESCRIBE_FORWARD)),
            "calibrate": passes("calibrate")}
     if refine:
         out["refine"] = passes("refine")
         if twins:
             out["twins"] = passes("twins")
     out["select"] = passes("select")
+    if pairs:
+        served_rows, guide_rows = STRADDLE_PASSES["tighten" if tighten else "straddle"]
+        rows = served_batch(pairs)
+        out["straddle"] = (sp.over("served", rows, rows, pairs * served_rows / rows)
+                           + sp.over("backward", 2 * pairs, 2 * pairs, guide_rows / 2))
+    if queries:
+        fwd, fb = DESCRIBE_PASSES
+        out["describe"] = sp.over("forward", queries, queries, fwd) + sp.over("backward", queries, queries, fb)
     return out
 
 
-def plan(p: Probe, *, bag: int, steps: int, select: int, n_data: int, boundary: bool, refine: bool,
+def plan(sp: Speed, *, bag: int, steps: int, select: int, n_data: int, boundary: bool, refine: bool,
          twins: bool, budget_s: float | None, memory_bytes: int, batch: int,
-         pool: int | None = None) -> Plan:
-    """Trim ``bag``, ``steps`` and the seed pool to fit ``budget_s`` (see the module's docs)."""
+         pool: int | None = None, pairs: int = 0, tighten: bool = False) -> Plan:
+    """Trim ``bag``, ``steps`` and the seed pool to fit ``budget_s`` (see the module's docs),
+    with the costs of :func:`predict` at the calibrated speed ``sp``: a pure function of
+    the counted work and the speed, so a stored speed gives the same plan every time."""
     pool0 = pool if pool else default_pool(bag, n_data)
     requested = {"bag": bag, "steps": steps, "pool": pool0}
-    cap = max(1, memory_bytes // max(1, p.bytes_per_sample))
+    cap = max(1, memory_bytes // max(1, sp.bytes_per_sample))
     batch = min(batch, cap)
 
     def cost(b: int, s: int, q: int) -> dict[str, float]:
-        return predict(p, bag=b, steps=s, pool=q, boundary=boundary, refine=refine, twins=twins)
+        return predict(sp, bag=b, steps=s, pool=q, batch=batch, boundary=boundary, refine=refine, twins=twins,
+                       pairs=pairs, tighten=tighten, queries=select)
 
     cur = {"bag": bag, "steps": steps, "pool": pool0}
     trimmed: list[str] = []
+    notes: list[str] = []
 
     def total() -> float:
         return sum(cost(cur["bag"], cur["steps"], cur["pool"]).values())
@@ -352,9 +341,14 @@ def plan(p: Probe, *, bag: int, steps: int, select: int, n_data: int, boundary: 
                     cur["pool"] = min(pool_cap, max(b, POOL_PER_SEED * b))
             cur["bag"] = _fit(cur["bag"], bag_floor, set_bag, total, budget_s)
             set_bag(cur["bag"])
-        # 5. steps, to zero.
+        # 5. steps, to zero, said out loud with the budget that would have kept the floor.
         if total() > budget_s:
+            floor_s = total()
             cur["steps"] = _fit(cur["steps"], 0, lambda s: _with(cur, "steps", s), total, budget_s)
+            if cur["steps"] < min(steps, STEPS_FLOOR):
+                notes.append(f"ascent cut from {steps} to {cur['steps']} steps: the time budget "
+                             f"{budget_s:.0f} s is below the {math.ceil(floor_s)} s the smallest plan with "
+                             f"{min(steps, STEPS_FLOOR)} steps needs (give --budget {math.ceil(floor_s)}s or more)")
         for k in ("bag", "steps", "pool"):
             if cur[k] != requested[k]:
                 trimmed.append(f"{k} {requested[k]} -> {cur[k]}")
@@ -362,7 +356,7 @@ def plan(p: Probe, *, bag: int, steps: int, select: int, n_data: int, boundary: 
     over = budget_s is not None and sum(pred.values()) > budget_s
     return Plan(bag=cur["bag"], steps=cur["steps"], pool=cur["pool"], batch=batch, requested=requested,
                 budget_s=budget_s, memory_bytes=memory_bytes, predicted=pred, trimmed=trimmed, over=over,
-                probe=p)
+                notes=notes, pairs=pairs, speed=sp)
 
 
 def _with(cur: dict[str, int], key: str, value: int) -> None:
@@ -411,56 +405,79 @@ def resolve(budget: str, max_memory: str, device: str) -> tuple[float | None, in
     return b, mem
 
 
+def planned_pairs(cfg: Any) -> int:
+    """Twin pairs the straddle stage will move, at least: ``select // 2`` when the config
+    stores pairs under a device profile other than the default, else 0 (selection may
+    add pairs; the run prices the stage again with the pairs it chose, ``meta["plan"]["repriced"]``)."""
+    from veriprint.pipeline.twins import wants_twins
+
+    return cfg.select // 2 if wants_twins(cfg) and not cfg.profile.is_default else 0
+
+
 def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outputs: OutputKind = "logits",
-                     example: int = 4, n_data: int | None = None) -> Plan:
+                     example: int = 4, n_data: int | None = None, recalibrate: bool = False) -> Plan:
     """The :class:`Plan` of a :class:`~veriprint.pipeline.config.FingerprintConfig` on data
-    ``x`` (``n_data`` inputs to draw from, default ``len(x)``; more with natural views):
-    probe the model on ``example`` inputs, then trim to the config's budgets."""
+    ``x`` (``n_data`` inputs to draw from, default ``len(x)``; more with natural views).
+
+    The machine's speed on the model comes from the calibration cache, measured there
+    once (:func:`~veriprint.pipeline.speed.calibrate_speed`) at the batch sizes this run
+    uses, on the first inputs of ``x``; ``recalibrate`` measures it again. ``example`` is
+    the smallest batch timed, which with the run's own batch gives each kind of pass a
+    per-batch overhead and a cost per sample."""
     from veriprint.models import model_device
+    from veriprint.profiles import served
 
     dev = model_device(model)
     budget_s, memory = resolve(cfg.budget, cfg.max_memory, "cpu" if dev.type == "cpu" else str(dev))
-    t0 = time.perf_counter()
-    pr = probe(model, x[: max(1, min(example, len(x)))].float(), cfg.generation, model_outputs=model_outputs)
-    probe_s = time.perf_counter() - t0
+    gen = cfg.generation
+    sample = x[: max(1, min(max(example, 16), len(x)))].float()
+    profile = f"{cfg.profile.device}/{cfg.profile.precision}"
+    base = calibrate_speed(model, sample, gen, batches={}, model_outputs=model_outputs, profile=profile,
+                           recalibrate=recalibrate)  # the memory per sample first: it caps the batch
+    batch = max(1, min(gen.batch_size, memory // max(1, base.bytes_per_sample), cfg.bag))
+    small = max(1, min(example, batch))
+    pairs = planned_pairs(cfg)
+    sizes: dict[str, list[int]] = {"forward": [small, batch], "backward": [small, batch]}
+    if cfg.seeds == "boundary" and cfg.refine:
+        sizes["forward"].append(min(seed_batch(batch), n_data or len(x)))
+    if gen.steps and gen.eps > 0:
+        sizes["step"] = [small, batch]
+    deployment = None
+    if pairs:
+        sizes["served"] = [small, served_batch(pairs)]
+        sizes["backward"].append(2 * pairs)
+        deployment = served(model, cfg.profile)
+    sp = calibrate_speed(model, sample, gen, batches=sizes, model_outputs=model_outputs, served=deployment,
+                         profile=profile, recalibrate=False)
+    sp = replace(sp, seconds=sp.seconds + base.seconds, cached=sp.cached and base.cached)
     boundary = cfg.seeds == "boundary" and cfg.refine
-    refine = cfg.refine and cfg.generation.eps > 0
+    refine = cfg.refine and gen.eps > 0
     twins = refine and cfg.twins and cfg.select >= 2
-    pl = plan(pr, bag=cfg.bag, steps=cfg.generation.steps if cfg.generation.eps > 0 else 0, select=cfg.select,
-              n_data=len(x) if n_data is None else n_data, boundary=boundary, refine=refine, twins=twins,
-              budget_s=budget_s, memory_bytes=memory, batch=cfg.generation.batch_size, pool=cfg.pool or None)
-    return replace(pl, probe_s=probe_s)
+    return plan(sp, bag=cfg.bag, steps=gen.steps if gen.eps > 0 else 0, select=cfg.select,
+                n_data=len(x) if n_data is None else n_data, boundary=boundary, refine=refine, twins=twins,
+                budget_s=budget_s, memory_bytes=memory, batch=gen.batch_size, pool=cfg.pool or None, pairs=pairs,
+                tighten=cfg.profile.half)
 
 
-#: The stages in the order they run, as :func:`predict` names them.
-ORDER = ("seeds", "generate", "calibrate", "refine", "twins", "select")
+#: The stages in the order they run, as :func:`predict` names them (the straddle stage,
+#: with a device profile, runs after selection). The plan stage itself is the calibration
+#: (nothing once the speed is cached) and is not predicted.
+ORDER = ("seeds", "generate", "calibrate", "refine", "twins", "select", "straddle", "describe")
+
+#: A run is warned about when it takes more than this many times its time budget.
+OVERRUN = 2.0
 
 
-def deadlines(pl: Plan, now: float) -> dict[str, float]:
-    """When each stage should be done (``time.perf_counter()`` values), starting ``now``:
-    the budget left after the probe, shared out in proportion to the prediction. Refinement
-    and twins stop at theirs (after a minimum of samples), so a prediction that was too low
-    costs candidates, not the budget. The straddle stage, which runs only with a device
-    profile and is not predicted, has the end of the budget: its tightening starts no round
-    after it. Empty without a time budget."""
-    if pl.budget_s is None or pl.total_s <= 0:
-        return {}
-    left = max(0.0, pl.budget_s - (pl.probe_s or 0.0))
-    out, done = {}, 0.0
-    for stage in ORDER:
-        done += pl.predicted.get(stage, 0.0)
-        out[stage] = now + left * done / pl.total_s
-    out["straddle"] = now + left
-    return out
-
-
-def batches_until(n: int, size: int, deadline: float | None = None, at_least: int = 0) -> Iterator[slice]:
-    """Batches of ``size`` over ``range(n)``, in order, ending early once
-    ``time.perf_counter()`` has passed ``deadline`` and ``at_least`` items are done."""
-    for lo in range(0, n, size):
-        if deadline is not None and lo >= at_least and time.perf_counter() > deadline:
-            return
-        yield slice(lo, min(lo + size, n))
+def overrun(pl: Plan, took: float) -> str | None:
+    """The warning for a run that took ``took`` seconds, when that is more than
+    :data:`OVERRUN` times its time budget (None otherwise). Nothing is cut: the stages
+    run the planned work whatever the clock says, so the output does not depend on the
+    machine's load; the warning says the prediction was wrong."""
+    if pl.budget_s is None or took <= OVERRUN * pl.budget_s:
+        return None
+    return (f"the run took {took:.0f} s, more than {OVERRUN:g} times its time budget of {pl.budget_s:.0f} s "
+            f"(predicted {pl.total_s:.0f} s); nothing was cut: the machine was busier than when its speed was "
+            "calibrated, or the calibration is stale (veriprint fingerprint --recalibrate)")
 
 
 def apply_plan(cfg: Any, pl: Plan) -> Any:

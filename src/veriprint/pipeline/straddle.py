@@ -31,15 +31,16 @@ log = logging.getLogger(__name__)
 
 
 def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, idx: torch.Tensor,
-                   chosen: torch.Tensor, pairs: int, model_outputs: OutputKind,
-                   deadline: float | None = None) -> tuple[torch.Tensor, dict[str, int | float | None]]:
+                   chosen: torch.Tensor, pairs: int,
+                   model_outputs: OutputKind) -> tuple[torch.Tensor, dict[str, int | float | None]]:
     """The chosen twin pairs (profiles other than float32 on the CPU), made on the float32
     boundary, moved onto the boundary of the model as the profile runs it
     (:func:`veriprint.refine.straddle`), so that each pair gets two labels from the
     deployment, each end at a margin of at least the floor (decided, as a twin must be).
     ``chosen`` starts with ``pairs`` pairs (sample, twin); the counts are
-    stored as ``meta["straddle"]``. Tightening starts no round after ``deadline`` (the end
-    of the fingerprint's time budget)."""
+    stored as ``meta["straddle"]``. Tightening runs all its rounds (or stops at the first
+    that improves nothing): the plan prices the stage (:data:`veriprint.pipeline.plan.STRADDLE_PASSES`),
+    the clock does not cut it."""
     first, second = chosen[0: 2 * pairs: 2], chosen[1: 2 * pairs: 2]
     deployment = served(model, cfg.profile)  # one copy in the profile's numerics for both steps
     res = straddle(deployment, model, first, second, cands.seeds[idx[0: 2 * pairs: 2]],
@@ -60,14 +61,11 @@ def straddle_pairs(model: nn.Module, cands: Candidates, cfg: FingerprintConfig, 
         seeds = cands.seeds[idx[ends].to(cands.seeds.device)]
         t = tighten(deployment, model, out[ends.to(out.device)], seeds, low=cfg.refine_factor * cands.noise.floor,
                     eps=cfg.generation.eps, norm=cfg.generation.norm, domain=cands.gen.domain,
-                    model_outputs=model_outputs, seed=cfg.seed, deadline=deadline)
+                    model_outputs=model_outputs, seed=cfg.seed)
         if t is not None:
             out[ends.to(out.device)] = t.samples
             counts.update(tightened=int((t.after < t.before).sum()), shift_before=_median(t.before),
                           shift_after=_median(t.after))
-            if t.stopped:
-                counts["tighten_rounds"] = t.rounds
-                log.warning("the time budget stopped tightening after %d rounds", t.rounds)
     return out, counts
 
 

@@ -14,7 +14,6 @@ from torch import nn
 from veriprint.models import OutputKind
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
-from veriprint.pipeline.plan import batches_until
 from veriprint.refine import boundary_twins
 
 __all__ = ["Twins", "make_twins", "wants_twins"]
@@ -23,7 +22,7 @@ __all__ = ["Twins", "make_twins", "wants_twins"]
 @dataclass(frozen=True)
 class Twins:
     """``samples[i]`` is candidate ``i``'s twin when ``ok[i]`` (else a placeholder);
-    ``tried`` candidates were tried before a deadline stopped it (all, without one)."""
+    ``tried`` candidates were tried (all of them)."""
 
     samples: torch.Tensor
     ok: torch.Tensor
@@ -36,18 +35,17 @@ def wants_twins(cfg: FingerprintConfig) -> bool:
 
 
 def make_twins(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *,
-               model_outputs: OutputKind = "logits", keep: torch.Tensor | None = None,
-               deadline: float | None = None, at_least: int = 0) -> Twins:
+               model_outputs: OutputKind = "logits", keep: torch.Tensor | None = None) -> Twins:
     """Twins of every candidate (or of candidates ``keep``, in that order), at
     ``refine_factor x floor`` on the other side.
 
-    Made in batches of ``cfg.generation.batch_size``; once ``time.perf_counter()`` passes
-    ``deadline`` and at least ``at_least`` candidates were tried, the rest get none
-    (``ok`` False)."""
+    Made in batches of ``cfg.generation.batch_size``, for every candidate: the work is
+    counted, never cut by the clock."""
     x, seeds = (c.samples, c.seeds) if keep is None else (c.samples[keep], c.seeds[keep])
     samples, ok = x.clone(), torch.zeros(len(x), dtype=torch.bool, device="cpu")
     tried = 0
-    for part in batches_until(len(x), cfg.generation.batch_size, deadline, at_least):
+    for lo in range(0, len(x), cfg.generation.batch_size):
+        part = slice(lo, min(lo + cfg.generation.batch_size, len(x)))
         samples[part], ok[part] = boundary_twins(
             model, x[part], seeds[part], target=cfg.refine_factor * c.noise.floor, eps=cfg.generation.eps,
             norm=cfg.generation.norm, domain=c.gen.domain, model_outputs=model_outputs)
