@@ -391,8 +391,13 @@ def test_cli_verify_through_an_openai_url(tiny_fp: tuple[LmFingerprint, Path], m
         def complete(self, prompts: Any, *, max_tokens: int, logprobs: int | None = None) -> Any:
             return self.inner.complete(prompts, max_tokens=max_tokens, logprobs=logprobs)
 
+        def models(self) -> list[str]:
+            return list(listed)
+
     class Chat(Completions):
         pass
+
+    listed = ["tiny"]
 
     fake = types.ModuleType("veriprint.targets.openai")
     fake.OpenAICompletions = Completions  # type: ignore[attr-defined]
@@ -407,8 +412,14 @@ def test_cli_verify_through_an_openai_url(tiny_fp: tuple[LmFingerprint, Path], m
                  "--spec", "logprobs:5", "--timeout", "5"]) == 0
     assert "INTACT" in capsys.readouterr().out
     assert seen["model"] == "tiny" and not seen["chat"] and seen["options"].timeout == 5
-    assert main(["verify", str(tiny_fp[1]), "--target", "http://127.0.0.1:9/v1/tiny", "--api", "chat"]) == 0
+    # without --served-model, the one model the server lists (not the URL's last part, "v1")
+    assert main(["verify", str(tiny_fp[1]), "--target", "http://127.0.0.1:9/v1", "--api", "chat"]) == 0
     assert seen["model"] == "tiny" and seen["chat"]
+    listed[:] = ["tiny", "other"]
+    capsys.readouterr()
+    assert main(["verify", str(tiny_fp[1]), "--target", "http://127.0.0.1:9/v1"]) == 2
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE" in out and "expected --served-model" in out and "'other'" in out
 
 
 def test_benchmark_report_renders_from_its_numbers() -> None:

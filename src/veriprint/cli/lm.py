@@ -30,7 +30,7 @@ def add_lm_verify_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api", choices=["completions", "chat"], default=None,
                    help="which API to call: completions (default: the fingerprint's) or chat")
     g.add_argument("--served-model", default=None,
-                   help="the model name an OpenAI-compatible server serves (default: the URL's last part)")
+                   help="the model name an OpenAI-compatible server serves (default: the one it lists at /v1/models)")
 
 
 def fingerprint_lm(args: argparse.Namespace) -> int:

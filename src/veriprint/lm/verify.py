@@ -196,7 +196,8 @@ def open_lm_target(target: str | os.PathLike[str] | CompletionsTarget, *, api: s
     Args:
         target: the model (local) or the server's base URL (``http://host:port/v1``).
         api: ``"completions"`` (default) or ``"chat"``.
-        served_model: the ``model`` name the server serves (default: the URL's last path part).
+        served_model: the ``model`` name the server serves (default: the one model the server
+            lists at ``GET /v1/models``; a server listing none or several needs it named).
         options: transport options for a URL (``HttpOptions``).
         system_prompt: a system message (local chat target only).
         batch_size: prompts per forward pass of a local model (default 8).
@@ -215,9 +216,14 @@ def open_lm_target(target: str | os.PathLike[str] | CompletionsTarget, *, api: s
         except ImportError as e:
             raise ConfigError("an OpenAI-compatible URL needs veriprint.targets.openai, which this veriprint "
                               "lacks") from e
-        model = served_model or text.rstrip("/").rsplit("/", 1)[-1]
         cls = remote.OpenAIChat if api == "chat" else remote.OpenAICompletions
-        return cls(text, model, options=options)
+        if served_model:
+            return cls(text, served_model, options=options)
+        listed = cls(text, "?", options=options).models()  # GET /v1/models: the name the server uses
+        if len(listed) != 1:
+            raise ConfigError(f"expected --served-model: the server at {text} lists "
+                              f"{len(listed)} models {listed[:8]}, so which one to check is not clear")
+        return cls(text, listed[0], options=options)
     from veriprint.lm.model import load_lm
     from veriprint.lm.target import LocalCompletions
 
