@@ -487,3 +487,15 @@ def test_cli_refuses_bad_lm_settings(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["fingerprint", "--model", "fortunes-lm", "--out", str(tmp_path / "x.vpf"), "--max-tokens", "9"]) == 2
     assert "max_tokens" in capsys.readouterr().err
     assert not (tmp_path / "x.vpf").exists()
+
+
+def test_tamper_list_names_the_language_model_attacks_too() -> None:
+    from veriprint.cli.tamper import render_list
+    from veriprint.lm.tamper import list_lm_attacks
+
+    text = render_list()
+    assert "Language-model attacks" in text
+    for name, _, settings in list_lm_attacks():
+        assert f"  {name} " in text
+        for key in settings:
+            assert f"{key}=" in text

@@ -69,6 +69,14 @@ def render_list() -> str:
         config = info.config_type()
         params = " ".join(f"{f.name}={_fmt(getattr(config, f.name))}" for f in dataclasses.fields(config))
         lines += textwrap.wrap(params, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    from veriprint.lm.tamper import list_lm_attacks
+
+    lines += ["", "Language-model attacks (in the library: veriprint.lm.tamper.tamper_lm; measured by "
+                  "benchmarks.lm_tampers):"]
+    for name, summary, settings in list_lm_attacks():
+        lines.append(f"  {name:<22} {summary}")
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in settings.items())
+        lines += textwrap.wrap(params, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 
