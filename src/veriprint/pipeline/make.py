@@ -181,7 +181,7 @@ def _run(model: nn.Module, data: Dataset | torch.Tensor, cfg: FingerprintConfig,
         pairs = len(sel.indices)
     straddled: dict[str, int | float | None] | None = None
     if pairs and not cfg.profile.is_default:
-        if pl.speed is not None and pairs != pl.pairs:  # selection chose more pairs than the plan priced
+        if pl.speed is not None and pl.predicted and pairs != pl.pairs:  # selection chose more pairs than the plan priced
             extra["repriced"] = {"straddle": round(predict(
                 pl.speed, bag=0, steps=0, pool=0, batch=1, boundary=False, refine=False, twins=False, pairs=pairs,
                 tighten=cfg.profile.half)["straddle"], 3), "pairs": pairs}

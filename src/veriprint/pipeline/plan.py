@@ -23,7 +23,8 @@ points of coverage over 0 or 10, where halving the bag cost one):
 A configuration that fits is left exactly as it was. Batches are capped so that the
 tensors kept for one backward pass stay within the memory budget; on a small model the
 cap is above every configured batch and changes nothing. The stages then run the
-planned work to the end: none stops on the clock. A run that takes more than
+planned work to the end: none stops on the clock (with ``budget="none"`` no pass is timed
+and nothing is predicted: there is nothing to fit). A run that takes more than
 :data:`OVERRUN` times its budget is warned about (:func:`overrun`), never cut.
 
 The plan, the prediction per stage and what was trimmed are stored in ``meta["plan"]``,
@@ -232,11 +233,12 @@ def plan_line(d: dict[str, Any], took: float | None = None, stages: dict[str, An
         per = f" (predicted/measured s: {', '.join(rows)})" if rows else ""
     sp = d.get("speed")
     speed = ""
-    if isinstance(sp, dict):
+    if isinstance(sp, dict) and d.get("predicted"):
         speed = "; speed from the cache" if sp.get("cached") else f"; speed calibrated in {sp.get('seconds', 0):.1f} s"
     notes = "".join(f"; {n}" for n in d.get("notes", []))
     over = d.get("overrun")
-    return (f"{limit}: predicted {d.get('total_s', 0):.0f} s{spent}{per}; {trimmed}"
+    said = f"predicted {d.get('total_s', 0):.0f} s" if d.get("predicted") else "nothing timed or predicted"
+    return (f"{limit}: {said}{spent}{per}; {trimmed}"
             + (f"; stopped by deadlines: {stopped}" if stopped else "") + notes + f"; batch {d.get('batch')}"
             + speed + (" (still over budget: the smallest plan allowed)" if d.get("over") else "")
             + (f"; {over}" if over else ""))
@@ -352,7 +354,8 @@ def plan(sp: Speed, *, bag: int, steps: int, select: int, n_data: int, boundary:
         for k in ("bag", "steps", "pool"):
             if cur[k] != requested[k]:
                 trimmed.append(f"{k} {requested[k]} -> {cur[k]}")
-    pred = cost(cur["bag"], cur["steps"], cur["pool"])
+    # without a budget and without timings (``budget="none"`` times nothing) nothing is predicted
+    pred = cost(cur["bag"], cur["steps"], cur["pool"]) if budget_s is not None or sp.points else {}
     over = budget_s is not None and sum(pred.values()) > budget_s
     return Plan(bag=cur["bag"], steps=cur["steps"], pool=cur["pool"], batch=batch, requested=requested,
                 budget_s=budget_s, memory_bytes=memory_bytes, predicted=pred, trimmed=trimmed, over=over,
@@ -447,9 +450,12 @@ def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outpu
         sizes["served"] = [small, served_batch(pairs)]
         sizes["backward"].append(2 * pairs)
         deployment = served(model, cfg.profile)
-    sp = calibrate_speed(model, sample, gen, batches=sizes, model_outputs=model_outputs, served=deployment,
-                         profile=profile, recalibrate=False)
-    sp = replace(sp, seconds=sp.seconds + base.seconds, cached=sp.cached and base.cached)
+    if budget_s is None:  # nothing to fit: no pass is timed, the plan predicts nothing
+        sp = base
+    else:
+        sp = calibrate_speed(model, sample, gen, batches=sizes, model_outputs=model_outputs, served=deployment,
+                             profile=profile, recalibrate=False)
+        sp = replace(sp, seconds=sp.seconds + base.seconds, cached=sp.cached and base.cached)
     boundary = cfg.seeds == "boundary" and cfg.refine
     refine = cfg.refine and gen.eps > 0
     twins = refine and cfg.twins and cfg.select >= 2
