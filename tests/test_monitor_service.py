@@ -54,7 +54,9 @@ def test_service_checks_alerts_and_serves_metrics(tmp_path: Path) -> None:
     ordered = sorted(good, key=lambda c: c.slot)
     for a, b in itertools.pairwise(ordered):
         assert not set(a.sample_indices) & set(b.sample_indices), "consecutive checks repeated a query"
-        assert b.slot - a.slot == 1000
+        # slots are whole intervals apart; on a loaded machine a slot that could not start in time is skipped,
+        # never run twice or late into the next one
+        assert b.slot > a.slot and (b.slot - a.slot) % 1000 == 0
     assert any(c.warnings for c in good)  # the 12-pair pool runs low and wraps within these checks
     assert {c.verdict for c in store.checks("bad")} == {"TAMPERED"}
     assert {c.verdict for c in store.checks("down")} == {"INCONCLUSIVE"}

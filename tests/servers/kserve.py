@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from servers.mlserver import free_port
-from servers.processes import stop_group
+from servers.processes import ServerProcess
 from servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +38,7 @@ def require_kserve() -> Path:
     return exe
 
 
-class KServe:
+class KServe(ServerProcess):
     """A running KServe ModelServer; use as a context manager or call :meth:`start` / :meth:`stop`.
 
     Args:
@@ -47,6 +46,8 @@ class KServe:
         models: served name -> ONNX file.
         threads: onnxruntime's intra-op threads per model.
     """
+
+    label = "KServe"
 
     def __init__(self, root: Path, models: dict[str, Path], threads: int = 1) -> None:
         self.python = require_kserve()
@@ -84,38 +85,6 @@ class KServe:
         cmd = [str(self.python), "-P", str(RUNTIME), "--http-port", str(self.http_port), "--grpc-port",
                str(self.grpc_port), "--threads", str(self.threads),
                *(f"{name}={path}" for name, path in self.models.items())]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        pending = [f"/v2/models/{name}/ready" for name in self.models]
-        while pending:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"KServe exited with {self.proc.returncode} while starting:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"KServe not ready after {timeout:g} s:\n{self.tail()}")
-            if self._ready(pending[0]):
-                pending.pop(0)
-            else:
-                time.sleep(0.2)
+        self.spawn(cmd, cwd=self.root, env=env)
+        self.wait_ready([f"/v2/models/{name}/ready" for name in self.models], self._ready, timeout)
         return self
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, grace: float = 20.0) -> int:
-        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code."""
-        if self.proc is None:
-            return 0
-        proc, self.proc = self.proc, None
-        return stop_group(proc, grace)
-
-    def __enter__(self) -> KServe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -16,13 +16,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers.processes import stop_group
+from servers.processes import ServerProcess
 from servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +60,10 @@ class ServedModel:
     parameters: dict[str, object] | None = None
 
 
-class MLServer:
+class MLServer(ServerProcess):
     """A running MLServer; use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    label = "MLServer"
 
     def __init__(self, root: Path, models: list[ServedModel]) -> None:
         self.exe = require_mlserver()
@@ -116,39 +117,6 @@ class MLServer:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
         env.update(MLSERVER_HTTP_PORT=str(self.http_port), MLSERVER_GRPC_PORT=str(self.grpc_port),
                    PATH=f"{self.exe.parent}{os.pathsep}{env.get('PATH', '')}")
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen([str(self.exe), "start", str(self.root)], cwd=self.root, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        pending = [f"/v2/models/{m.name}/ready" for m in self.models]
-        while pending:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"MLServer exited with {self.proc.returncode} while starting:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"MLServer not ready after {timeout:g} s:\n{self.tail()}")
-            if self._ready(pending[0]):
-                pending.pop(0)
-            else:
-                time.sleep(0.2)
+        self.spawn([str(self.exe), "start", str(self.root)], cwd=self.root, env=env)
+        self.wait_ready([f"/v2/models/{m.name}/ready" for m in self.models], self._ready, timeout)
         return self
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, grace: float = 20.0) -> int:
-        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code."""
-        if self.proc is None:
-            return 0
-        proc, self.proc = self.proc, None
-        return stop_group(proc, grace)
-
-    def __enter__(self) -> MLServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

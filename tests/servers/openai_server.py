@@ -19,14 +19,13 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from servers.mlserver import free_port
-from servers.processes import stop_group
+from servers.processes import ServerProcess
 from servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +101,7 @@ def head_size_problem(folder: Path) -> str:
     return ""
 
 
-class OpenAIServer:
+class OpenAIServer(ServerProcess):
     """A running vLLM server; use as a context manager or call :meth:`start` / :meth:`stop`.
 
     Args:
@@ -111,6 +110,8 @@ class OpenAIServer:
         log: where the server's output goes (default: ``server.log`` beside the folder).
         max_model_len: context length (default 256, enough for the tests' prompts).
     """
+
+    label = "vLLM"
 
     def __init__(self, folder: Path, name: str = "tiny", *, log: Path | None = None,
                  max_model_len: int = 256) -> None:
@@ -147,38 +148,9 @@ class OpenAIServer:
                "--disable-log-stats",
                # every prompt computed in full: a cached prefix would hide what batching changes
                "--no-enable-prefix-caching"]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.folder.parent, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.proc.returncode} while starting:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"vLLM not ready after {timeout:g} s:\n{self.tail()}")
-            time.sleep(0.5)
+        self.spawn(cmd, cwd=self.folder.parent, env=env)
+        self.wait_ready(["/models"], lambda _: self._ready(), timeout, poll=0.5)
         return self
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, grace: float = 20.0) -> int:
-        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code."""
-        if self.proc is None:
-            return 0
-        proc, self.proc = self.proc, None
-        return stop_group(proc, grace)
-
-    def __enter__(self) -> OpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def prompts(n: int, seed: int = 0) -> list[str]:

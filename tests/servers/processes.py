@@ -1,4 +1,4 @@
-"""Stopping a server started in its own process group, for every test server here."""
+"""Starting, waiting for and stopping a server in its own process group, for every test server here."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Self
 
 
 def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 20.0) -> int:
@@ -20,3 +24,60 @@ def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: flo
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
     return int(proc.returncode)
+
+
+class ServerProcess:
+    """What every test server here shares: one child in its own process group, its output in
+    ``log``, waited for until ready, stopped with :func:`stop_group`. A subclass sets ``label``,
+    ``log`` and ``proc`` (``None`` until started) and implements ``start``."""
+
+    label = "server"
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, cmd: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+        """Start ``cmd`` in a new session (its own process group), output to ``log``."""
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_ready(self, pending: list[str], ready: Callable[[str], bool], timeout: float,
+                   poll: float = 0.2) -> None:
+        """Wait until ``ready(p)`` holds for each of ``pending`` in turn; a server that exits or
+        takes longer than ``timeout`` seconds raises with the end of its log (and is stopped)."""
+        deadline = time.monotonic() + timeout
+        pending = list(pending)
+        while pending:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                code, self.proc = self.proc.returncode, None
+                raise RuntimeError(f"{self.label} exited with {code} while starting:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.label} not ready after {timeout:g} s:\n{self.tail()}")
+            if ready(pending[0]):
+                pending.pop(0)
+            else:
+                time.sleep(poll)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, grace: float = 20.0) -> int:
+        """SIGTERM the server's process group, SIGKILL after ``grace`` s; its exit code."""
+        if self.proc is None:
+            return 0
+        proc, self.proc = self.proc, None
+        return stop_group(proc, grace)
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -36,7 +36,7 @@ from torch import nn
 
 from servers.demo_onnx import NAMES as DEMO_NAMES
 from servers.mlserver import free_port
-from servers.processes import stop_group
+from servers.processes import ServerProcess, stop_group
 from servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +83,10 @@ class TritonModel:
     max_batch_size: int = 16
 
 
-class TritonServer:
+class TritonServer(ServerProcess):
     """A running Triton; use as a context manager or call :meth:`start` / :meth:`stop`."""
+
+    label = "Triton"
 
     def __init__(self, root: Path, models: list[TritonModel], *, input_name: str = "image",
                  output_name: str = "logits") -> None:
@@ -131,31 +133,9 @@ class TritonServer:
         shutil.rmtree(self.root / "workspace", ignore_errors=True)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
         env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.root, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        pending = [f"/v2/models/{m.name}/ready" for m in self.models]
-        while pending:
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.proc = None
-                raise RuntimeError(f"Triton exited with {code} while starting:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Triton not ready after {timeout:g} s:\n{self.tail()}")
-            if self._ready(pending[0]):
-                pending.pop(0)
-            else:
-                time.sleep(0.2)
+        self.spawn(self.command(), cwd=self.root, env=env)
+        self.wait_ready([f"/v2/models/{m.name}/ready" for m in self.models], self._ready, timeout)
         return self
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
     def stop(self, grace: float = 30.0) -> int:
         """Stop the server; its exit code.
@@ -181,12 +161,6 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
         return code
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class _Flat(nn.Module):
