@@ -28,7 +28,7 @@ import numpy as np
 
 from veriprint.targets.base import OutputForm, TargetError
 
-__all__ = ["PROB_SUM_TOLERANCE", "check_output", "pick_output", "to_array"]
+__all__ = ["PROB_SUM_TOLERANCE", "check_identity", "check_output", "pick_output", "to_array"]
 
 #: How far a row of probabilities may sum from 1 (float32 softmax rounding is ~1e-7).
 PROB_SUM_TOLERANCE = 1e-3
@@ -86,6 +86,23 @@ def _odd_element(values: list[Any] | tuple[Any, ...], depth: int = 0) -> tuple[s
         elif isinstance(v, np.ndarray) and v.dtype.kind in "bc":
             return v.dtype.kind, v.flat[0] if v.size else v
     return None
+
+
+def check_identity(where: str, *, model: str, version: str | None, request_id: str, name: str | None,
+                   got_version: Any, got_id: Any) -> None:
+    """An Open Inference Protocol answer is from the model, version and request asked for.
+
+    ``name`` is the model the answer names (``None``: not said); a URL that names a version
+    needs the answer to name that version (KServe's gRPC server ignores the version asked for
+    and answers with its one model); a response id, when echoed, must be the request's.
+    """
+    if name is not None and name != model:
+        raise TargetError(f"{where}: expected an answer from model {model!r}, got {name!r}")
+    if version and str(got_version) != version:
+        raise TargetError(f"{where}: expected an answer from version {version!r} of model "
+                          f"{model!r}, got version {got_version!r}")
+    if got_id not in (None, "", request_id):
+        raise TargetError(f"{where}: expected response id {request_id!r}, got {got_id!r}")
 
 
 def pick_output(names: list[Any], wanted: str | None, where: str) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 from veriprint.errors import ConfigError
 from veriprint.targets.base import TargetError
-from veriprint.targets.contract import pick_output
+from veriprint.targets.contract import check_identity, pick_output
 from veriprint.targets.http import HttpTarget, as_array, split_query, with_query
 
 __all__ = ["OipTarget", "batch_limit_hint", "input_name_hint", "parse_oip_url"]
@@ -170,15 +170,8 @@ class OipTarget(HttpTarget):
             raise TargetError(f"{where}: expected an inference response object, got {type(answer).__name__}")
         if "error" in answer:
             raise TargetError(f"{where}: server said: {answer['error']}")
-        name = answer.get("model_name")
-        if name is not None and name != self.model:
-            raise TargetError(f"{where}: expected an answer from model {self.model!r}, got {name!r}")
-        if self.version is not None and str(answer.get("model_version")) != self.version:
-            raise TargetError(f"{where}: expected an answer from version {self.version!r} of model "
-                              f"{self.model!r}, got version {answer.get('model_version')!r}")
-        rid = answer.get("id")
-        if rid not in (None, "", request_id):
-            raise TargetError(f"{where}: expected response id {request_id!r}, got {rid!r}")
+        check_identity(where, model=self.model, version=self.version, request_id=request_id,
+                       name=answer.get("model_name"), got_version=answer.get("model_version"), got_id=answer.get("id"))
         outputs = answer.get("outputs")
         if not isinstance(outputs, list) or not outputs:
             raise TargetError(f"{where}: expected a non-empty 'outputs' list, got {outputs!r:.200}")

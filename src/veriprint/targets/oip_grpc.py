@@ -21,7 +21,7 @@ import numpy as np
 from veriprint.errors import ConfigError
 from veriprint.redact import redact, refuse_url_credentials
 from veriprint.targets.base import OutputForm, QueryBatch, Target, TargetError
-from veriprint.targets.contract import pick_output
+from veriprint.targets.contract import check_identity, pick_output
 from veriprint.targets.http import HttpOptions, InputDatatype, check_target_options
 from veriprint.targets.oip import FLOAT_TYPES, INT_TYPES, batch_limit_hint, input_name_hint
 from veriprint.targets.transport import Retryable, transport_options, with_retries
@@ -190,14 +190,8 @@ class GrpcOipTarget(Target):
 
     def _decode(self, resp: Any, rid: str) -> np.ndarray:
         where = self.description
-        if resp.model_name and resp.model_name != self.model:
-            raise TargetError(f"{where}: expected an answer from model {self.model!r}, got {resp.model_name!r}")
-        if self.version and resp.model_version != self.version:
-            # KServe's gRPC server ignores the version asked for and answers with its one model
-            raise TargetError(f"{where}: expected an answer from version {self.version!r} of model "
-                              f"{self.model!r}, got version {resp.model_version!r}")
-        if resp.id and resp.id != rid:
-            raise TargetError(f"{where}: expected response id {rid!r}, got {resp.id!r}")
+        check_identity(where, model=self.model, version=self.version, request_id=rid,
+                       name=resp.model_name or None, got_version=resp.model_version, got_id=resp.id)
         i = pick_output([o.name for o in resp.outputs], self.output_name, where)
         out = resp.outputs[i]
         where = f"{where} output {out.name!r}"
