@@ -18,7 +18,7 @@ Ways of checking (the owner's side):
 - ``default+decoys``: the same mixed with as many natural decoys (``DecoyTarget``, seed 0);
 - ``monitor pool``: a 32-pair pool, 4 pairs a check, wrapping after 8 checks;
 - ``fresh twins`` / ``fresh boundary``: a new check of 16 queries made for every check from
-  natural seeds no earlier check used (:class:`veriprint.queries.fresh.FreshQueries`),
+  natural seeds no earlier check used (:class:`veriprint.verification.queries.fresh.FreshQueries`),
   twin pairs or single boundary samples, sent as 4 requests in a keyed order;
 - ``default (probs)`` and ``fresh natural (probs)``: under a probability API, the default
   fingerprint and fresh checks made of 16 natural inputs themselves.
@@ -66,11 +66,11 @@ from veriprint.adversary import (
 from veriprint.adversary.roc import roc, tpr_at
 from veriprint.data import Dataset
 from veriprint.fingerprint import Fingerprint
-from veriprint.queries.fresh import FreshConfig, FreshQueries
-from veriprint.queries.keyed import keyed_permutation
 from veriprint.targets import QueryBatch
 from veriprint.targets.decoys import DecoyTarget
-from veriprint.verify import verify
+from veriprint.verification.queries.fresh import FreshConfig, FreshQueries
+from veriprint.verification.queries.keyed import keyed_permutation
+from veriprint.verification.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAMES = ("fashion-cnn", "fashion-mlp", "pretrained-mnist", "digits-mlp")
@@ -134,9 +134,9 @@ def shuffled(fp: Fingerprint, position: int) -> Fingerprint:
 
 def build_ways(model: nn.Module, owner: Dataset, checks: int, quick: bool, horizon: int,
                eps: float | None) -> tuple[list[Way], dict[str, Any]]:
-    from veriprint.generate import GenerationConfig
     from veriprint.monitor.pool import Pool
     from veriprint.pipeline import FingerprintConfig, make_fingerprint
+    from veriprint.pipeline.generate import GenerationConfig
 
     info: dict[str, Any] = {}
     bag = 60 if quick else 200
@@ -312,8 +312,8 @@ def lite2_cost(per_check: int, steps: int) -> dict[str, Any]:
 
 def attacker_detector(model: nn.Module, attacker: Dataset, natural: np.ndarray, quick: bool) -> LearnedDetector:
     """The provider's own detector: veriprint samples it made from its own inputs, against natural ones."""
-    from veriprint.generate import GenerationConfig
     from veriprint.pipeline import FingerprintConfig, make_fingerprint
+    from veriprint.pipeline.generate import GenerationConfig
 
     steps = 50 if quick else 200
     own = []

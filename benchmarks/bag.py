@@ -59,8 +59,8 @@ def _peak_mib() -> float:
 
 def worker(n: int, steps: int, threads: int, seed: int, train: bool, device: str = "cpu") -> dict[str, Any]:
     torch.set_num_threads(threads)
-    from veriprint.generate import GenerationConfig, generate
     from veriprint.numerics import freeze
+    from veriprint.pipeline.generate import GenerationConfig, generate
     from veriprint.zoo import fashion_cnn
 
     torch.manual_seed(seed)
@@ -72,7 +72,7 @@ def worker(n: int, steps: int, threads: int, seed: int, train: bool, device: str
         if not train:
             raise RuntimeError("no training in quick mode")
         from veriprint.data import load_data
-        from veriprint.train import TrainConfig, train_
+        from veriprint.models.train import TrainConfig, train_
 
         train_set = load_data("fashion-mnist", split="train", limit=6400)
         test = load_data("fashion-mnist", split="test", limit=n)

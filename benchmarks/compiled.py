@@ -15,7 +15,7 @@ import torch
 
 from benchmarks.common import Context, Goal, Section, cnn, fmt_s, fmt_x, inputs, paired, sync
 from veriprint.models import split_last_layer
-from veriprint.objective import _log_closed_form
+from veriprint.pipeline.objective import _log_closed_form
 
 
 def run(ctx: Context) -> Section:

@@ -17,7 +17,7 @@ as these kinds:
   (:func:`veriprint.pipeline.enroll.enroll`, top1, 6 rounds, declared tolerance 0.1);
 - **enrolled, profiled pool** (deployments with a precision only): the same, from a pool
   made with the deployment's ``--precision`` (its pairs straddle that deployment's
-  boundary, :func:`veriprint.refine.straddle`);
+  boundary, :func:`veriprint.pipeline.straddle.straddle`);
 - **declared**: the default with a declared tolerance (``--tolerance``, 0.05 logits), made
   from a bag four times larger (the raised floor leaves fewer samples above it).
 
@@ -25,10 +25,10 @@ Each deployment serves the intact model. For each one, ``--checks`` verification
 every kind's samples at once, shuffled among ``0..63`` natural test inputs at random
 positions and cut into requests of random sizes (1 to 64), and compare each kind's
 answers under ``top1`` and ``logits`` with the library's comparison
-(:meth:`veriprint.specs.OutputSpec.compare`) and verdict rule: any mismatch is a false
+(:meth:`veriprint.verification.specs.OutputSpec.compare`) and verdict rule: any mismatch is a false
 alarm; all samples within the floor is INCONCLUSIVE. Then every tampered copy of the
 suite (:mod:`veriprint.tamper`) is served the same way and verified once per kind
-(:func:`veriprint.verify.verify`); the exact-CPU line (float32, one thread, the
+(:func:`veriprint.verification.verify.verify`); the exact-CPU line (float32, one thread, the
 fingerprinting numerics) is the reference.
 
 The deployments served from elsewhere than this process:
@@ -77,15 +77,15 @@ from torch import nn  # noqa: E402
 
 from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
+from veriprint.deployments.profiles import DeviceProfile, served  # noqa: E402
 from veriprint.errors import ConfigError  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.pipeline.enroll import EnrollmentError, enroll  # noqa: E402
-from veriprint.profiles import DeviceProfile, served  # noqa: E402
-from veriprint.specs import parse_spec  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.targets import CallableTarget, QueryBatch, Target, TorchTarget, open_target  # noqa: E402
-from veriprint.verify import verify  # noqa: E402
+from veriprint.verification.specs import parse_spec  # noqa: E402
+from veriprint.verification.verify import verify  # noqa: E402
 
 SPECS = ("top1", "logits")
 KINDS = ("fixed floor", "measured floor", "profile", "enrolled", "enrolled, profiled pool", "declared")
@@ -125,7 +125,7 @@ def _onnx_target(model: nn.Module, example: torch.Tensor, optimize: bool, thread
                  denormal_zero: bool = False) -> Target:
     import onnxruntime as ort
 
-    from veriprint.onnx_export import export_onnx
+    from veriprint.models.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory() as d:
         path = export_onnx(model, example, Path(d) / "m.onnx")
@@ -262,7 +262,7 @@ def open_fleet(d: Deployment, models: list[nn.Module], example: torch.Tensor, na
 
 
 def _export_all(models: list[nn.Module], example: torch.Tensor, names: list[str], d: Path) -> list[Path]:
-    from veriprint.onnx_export import export_onnx
+    from veriprint.models.onnx_export import export_onnx
 
     d.mkdir(parents=True, exist_ok=True)
     return [export_onnx(copy.deepcopy(m), example, d / f"{n}.onnx") for m, n in zip(models, names, strict=True)]
@@ -283,7 +283,7 @@ class Zoo:
 def zoo(quick: bool, only: list[str] | None) -> list[Zoo]:
     from veriprint.demo import load_shipped
     from veriprint.models import load_model
-    from veriprint.train import TrainConfig, train_
+    from veriprint.models.train import TrainConfig, train_
     from veriprint.zoo import digits_mlp, fashion_mlp, pretrained_mnist
 
     names = ["digits-mlp"] if quick else ["digits-mlp", "fashion-mlp", "fashion-cnn", "pretrained-mnist"]

@@ -39,10 +39,10 @@ from torch import nn  # noqa: E402
 from benchmarks.common import write_report  # noqa: E402
 from benchmarks.deployments import tamper_suite, zoo  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
-from veriprint.specs import parse_spec  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.tamper import WeightEditConfig, tamper  # noqa: E402
+from veriprint.verification.specs import parse_spec  # noqa: E402
 
 MODES = ("fixed", "measured")
 

@@ -3,7 +3,7 @@
 ``params="all"``: no closed form. The exact value takes one vector-Jacobian product per
 output, vectorized over outputs and samples (``method="jacobian"``: ``torch.func.vmap``
 over ``jacrev``); the reference is the per-output autograd loop
-(:func:`veriprint.objective.sensitivity_loop`, the paper's Algorithm 1 for ``S``). The
+(:func:`veriprint.pipeline.objective.sensitivity_loop`, the paper's Algorithm 1 for ``S``). The
 Hutchinson estimator (``method="probe"``) costs one vector-Jacobian product per probe;
 its relative error is measured against the exact value.
 
@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from benchmarks.common import Check, Context, Section, cnn, fmt_s, fmt_x, inputs, paired
-from veriprint.baselines import literal_value_and_grad
+from veriprint.evaluate.baselines import literal_value_and_grad
 from veriprint.numerics import freeze
-from veriprint.objective import log_sensitivity, resolve_params, sensitivity_loop
+from veriprint.pipeline.objective import log_sensitivity, resolve_params, sensitivity_loop
 from veriprint.zoo import digits_mlp
 
 

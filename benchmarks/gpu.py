@@ -57,15 +57,15 @@ from torch import nn  # noqa: E402
 from benchmarks.common import write_report  # noqa: E402
 from benchmarks.deployment_noise.variants import VARIANTS, Variant, make_forward  # noqa: E402
 from veriprint.data import Dataset  # noqa: E402
+from veriprint.deployments.profiles import check_device  # noqa: E402
 from veriprint.errors import ConfigError  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.models import split_last_layer  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.pipeline.cost import format_costs  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline.plan import plan_line  # noqa: E402
 from veriprint.pipeline.seeds import natural_views  # noqa: E402
-from veriprint.profiles import check_device  # noqa: E402
 
 SECTIONS = ("default", "compiled", "scaling", "numerics")
 #: The numeric variants of section d (names of :data:`benchmarks.deployment_noise.variants.VARIANTS`).
@@ -154,7 +154,7 @@ def compiled_section(model: nn.Module, data: Dataset, device: str, quick: bool, 
     """The generation stage of section a's plan (its bag, its steps, no early stop), eager,
     then compiled twice: the first compiled run pays the compilation, the second is the
     steady state. Samples of the compiled run are compared with the eager ones."""
-    from veriprint.generate import generate
+    from veriprint.pipeline.generate import generate
     from veriprint.pipeline.seeds import draw_seeds
 
     plan = base["plan"]
@@ -218,7 +218,7 @@ class Embedded:
 def numerics_section(model: nn.Module, data: Dataset, device: str, quick: bool, fps: dict[str, Fingerprint],
                      repeats: int) -> dict[str, Any]:
     from veriprint.targets import CallableTarget
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     batches = QUICK_BATCHES if quick else BATCHES
     n = max(batches)

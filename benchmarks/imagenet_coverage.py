@@ -9,7 +9,7 @@ against 256 natural test inputs; on EfficientNet-Lite2 (260x260, 6.1M parameters
 tensors, one forward pass of the whole model per edit: it is no chain of layers) that
 would take days on a CPU. This measures the same things on a seeded draw of ``--tensors``
 tensors (every tensor weighing the same, as there), ``--draws`` entries of each, each
-edited by ``1 - delta`` and ``1 + delta`` (:func:`veriprint.coverage.edit_sweep`, whose
+edited by ``1 - delta`` and ``1 + delta`` (:func:`veriprint.coverage.edits.edit_sweep`, whose
 entries are those a full sweep would edit):
 
 - **visible**: the edit moves some natural input's top-2 margin or some logit by more
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import write_report  # noqa: E402
 from benchmarks.stages import MODELS, last_weight, load_model  # noqa: E402
-from veriprint.coverage import edit_sweep  # noqa: E402
+from veriprint.coverage.edits import edit_sweep  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
 
 BUDGETS = (8, 16, 32)

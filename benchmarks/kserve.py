@@ -39,7 +39,7 @@ from servers.kserve import KServe  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
 from veriprint.numerics import softmax_np  # noqa: E402
 from veriprint.targets import QueryBatch, open_target  # noqa: E402
-from veriprint.verify import verify  # noqa: E402
+from veriprint.verification.verify import verify  # noqa: E402
 
 PROTOCOLS = ("rest", "grpc")
 SPECS = ("top1", "probs", "logits")

@@ -3,10 +3,10 @@
     .venv/bin/python -m benchmarks.prefix_search --model fashion-cnn --bag 200 --steps 50
     .venv/bin/python -m benchmarks.prefix_search --model efficientnet-lite2 --bag 16 --steps 10
 
-The same fingerprint (no time budget) is made twice, with ``veriprint.refine.PREFIX_SEARCH``
+The same fingerprint (no time budget) is made twice, with ``veriprint.pipeline.refinement.PREFIX_SEARCH``
 set to ``"bisect"`` and to ``"line"``. Reported per method: forward passes per searched
 candidate inside the prefix search (counted by the cost meter around
-``veriprint.refine._prefix_search``), the refinement stage's passes per candidate, and the
+``veriprint.pipeline.refinement._prefix_search``), the refinement stage's passes per candidate, and the
 result: the share of candidates that reached the refinement target, their median margin
 over the target, the predicted coverage of ±5% / ±1% single-parameter changes
 (``meta["reach"]``) and the pairs kept. Seconds are printed too, for orientation only.
@@ -28,19 +28,19 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import veriprint.refine as refine  # noqa: E402
+import veriprint.pipeline.refinement as refine  # noqa: E402
 from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
 from veriprint.pipeline.cost import CostMeter  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 
 MODELS = ("fashion-cnn", "efficientnet-lite2", "tiny")
 
 
 def subject(name: str) -> tuple[nn.Module, Dataset]:
     if name == "fashion-cnn":  # one epoch on 6,000 training images, as the tests train it
-        from veriprint.train import TrainConfig, train_
+        from veriprint.models.train import TrainConfig, train_
         from veriprint.zoo import fashion_cnn
 
         torch.manual_seed(0)

@@ -37,11 +37,11 @@ from torch import nn  # noqa: E402
 
 from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset  # noqa: E402
+from veriprint.deployments.profiles import check_device  # noqa: E402
 from veriprint.errors import ConfigError  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline.plan import plan_fingerprint  # noqa: E402
-from veriprint.profiles import check_device  # noqa: E402
 
 STAGES = ("plan", "seeds", "generate", "calibrate", "refine", "twins", "select", "describe")
 

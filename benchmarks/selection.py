@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import Check, Context, Goal, Section, fmt_s, fmt_x, paired
-from veriprint.select import manc
+from veriprint.selectors.algorithms import manc
 
 
 def activation_matrix(n: int, m: int, seed: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def run(ctx: Context) -> Section:
         key="selection",
         title=f"MANC selection: {k} of {n:,} samples, {m:,} neurons",
         text=("On the CPU (NumPy) whatever `--device` says. "
-              "`veriprint.select.manc(active, 8)` on a random bool activation matrix "
+              "`veriprint.selectors.algorithms.manc(active, 8)` on a random bool activation matrix "
               "(per-neuron rates from U(0.02, 0.5)). *pass* = one `np.packbits` of the same matrix, "
               "timed alternately, as a reference for the machine's speed at the time."),
         headers=["matrix", "manc", "one pass (packbits)", "manc / pass", "gains of the picks"],

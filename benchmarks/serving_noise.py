@@ -31,14 +31,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers.mlserver import MLServer, ServedModel  # noqa: E402
 from veriprint.data import load_data  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
+from veriprint.models.onnx_import import export_onnx  # noqa: E402
+from veriprint.models.train import reference_model  # noqa: E402
 from veriprint.numerics import softmax_np  # noqa: E402
-from veriprint.onnx_import import export_onnx  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.targets import QueryBatch  # noqa: E402
 from veriprint.targets.oip import OipTarget  # noqa: E402
-from veriprint.train import reference_model  # noqa: E402
-from veriprint.verify import verify  # noqa: E402
+from veriprint.verification.verify import verify  # noqa: E402
 
 SPECS = ("top1", "probs", "logits")
 

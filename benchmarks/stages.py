@@ -18,7 +18,7 @@ budget off so that nothing is trimmed) and reports:
   tensor each edited up and down (over ``--tensors`` tensors drawn at random when given),
   caught when some query's top-1 label changes: the mean over tensors of the share caught;
 - the structural cases (casts, 8-bit quantization, pruning, relative weight noise, the
-  largest weight of the last layer x1.05), through :func:`veriprint.verify.verify`.
+  largest weight of the last layer x1.05), through :func:`veriprint.verification.verify.verify`.
 
 The configurations: ascent steps ``--steps`` with refinement and twins; at the middle
 number of steps, the bag halved and quartered; and refinement or twins switched off. With
@@ -47,10 +47,10 @@ from torch import nn  # noqa: E402
 
 from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
-from veriprint.generate import GenerationConfig  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
+from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.targets import TorchTarget  # noqa: E402
-from veriprint.verify import verify  # noqa: E402
+from veriprint.verification.verify import verify  # noqa: E402
 
 MODELS = ("fashion-cnn", "fashion-mlp", "pretrained-mnist", "efficientnet-lite2", "tiny-imagenet")
 
@@ -62,13 +62,13 @@ def log(msg: str) -> None:
 def load_model(name: str) -> tuple[nn.Module, Dataset, Dataset]:
     """The model, its training data (for tampering) and the data seeds are drawn from."""
     if name == "fashion-cnn":
-        from veriprint.train import reference_model
+        from veriprint.models.train import reference_model
 
         model, _, _ = reference_model("fashion-mnist", progress=False)
         return model.eval(), load_data("fashion-mnist", split="train", limit=12000), load_data(
             "fashion-mnist", split="test", limit=2000)
     if name == "fashion-mlp":
-        from veriprint.train import TrainConfig, train_
+        from veriprint.models.train import TrainConfig, train_
         from veriprint.zoo import fashion_mlp
 
         train = load_data("fashion-mnist", split="train", limit=12000)

@@ -6,11 +6,11 @@ layer. Per sample and step we time:
 * ``unit``: one plain forward and backward pass to the input at batch ``B``;
 * ``closed``: ``log S`` by the closed form (``params="last"``) and its input gradient, batch ``B``;
 * ``step``: a whole generation step (objective, gradient, Adam, projection, bookkeeping),
-  through the loop :func:`veriprint.generate.generate` runs, batch ``B``;
+  through the loop :func:`veriprint.pipeline.generate.generate` runs, batch ``B``;
 * ``literal``: Eq. 6 and its gradient by the paper's Algorithm 1, batch 1
-  (:func:`veriprint.baselines.literal_value_and_grad`);
+  (:func:`veriprint.evaluate.baselines.literal_value_and_grad`);
 * ``authors``: the authors' public surrogate, batch 1
-  (:func:`veriprint.baselines.surrogate_value_and_grad`).
+  (:func:`veriprint.evaluate.baselines.surrogate_value_and_grad`).
 
 Before timing, the closed form and the literal reference are compared on the same
 inputs (float64 and float32, an ordinary and a confident model): values of ``log S`` and
@@ -41,10 +41,10 @@ from benchmarks.common import (
     paired,
     unit_step,
 )
-from veriprint.baselines import literal_value_and_grad, surrogate_value_and_grad
 from veriprint.data import InputDomain
-from veriprint.generate import GenerationConfig, _ascend
-from veriprint.objective import log_sensitivity
+from veriprint.evaluate.baselines import literal_value_and_grad, surrogate_value_and_grad
+from veriprint.pipeline.generate import GenerationConfig, _ascend
+from veriprint.pipeline.objective import log_sensitivity
 
 
 class _NoBar:
@@ -118,8 +118,8 @@ def run(ctx: Context) -> Section:
             "(closed form, `params=\"last\"`) plus its input gradient. *step* = a whole step of "
             "`generate`'s loop (objective, gradient, Adam, projection, bookkeeping). *literal* = "
             "the paper's Algorithm 1 (one autograd pass per output, then one backward to the input; "
-            "`veriprint.baselines.literal_value_and_grad`). *authors* = the authors' surrogate "
-            "(`veriprint.baselines.surrogate_value_and_grad`). Every ratio is per sample, from "
+            "`veriprint.evaluate.baselines.literal_value_and_grad`). *authors* = the authors' surrogate "
+            "(`veriprint.evaluate.baselines.surrogate_value_and_grad`). Every ratio is per sample, from "
             "interleaved timings in this run."
         ),
         headers=["r", "unit / sample", "closed / unit", "step / unit", "literal / sample",

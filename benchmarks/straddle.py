@@ -8,9 +8,9 @@ A device profile (``--precision``) makes the fingerprint expect what the deploym
 answers. Its twin pairs are still made on the float32 boundary, a few times the floor
 from it, while a bfloat16 deployment rounds its logits in steps of 0.01-0.06: both ends of
 a pair then mostly get one label from it, or a tie. Straddling
-(:func:`veriprint.refine.straddle`, the pipeline's default with a profile) moves each
+(:func:`veriprint.pipeline.straddle.straddle`, the pipeline's default with a profile) moves each
 chosen pair onto the deployment's own boundary, and tightening
-(:func:`veriprint.refine.tighten`) then moves each end to where a shift of one logit as
+(:func:`veriprint.pipeline.straddle.tighten`) then moves each end to where a shift of one logit as
 small as the floor allows flips the deployment's label, whichever of the label's and the
 runner-up's logits moves. Per model and
 precision, three fingerprints of the same config (the deployments benchmark's: bag 120,
@@ -57,12 +57,12 @@ import torch
 
 from benchmarks.common import write_report
 from benchmarks.deployments import SPECS, false_alarms, machine, tamper_suite, zoo
+from veriprint.deployments.profiles import DeviceProfile, served
 from veriprint.fingerprint import Fingerprint
-from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
-from veriprint.profiles import DeviceProfile, served
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.targets import TorchTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 KINDS = ("profile, float32 pairs", "straddled", "straddled, tightened")
 EXACT = "exact CPU"  # the same config without a profile, against the tampered copies in float32

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python -m benchmarks.tamper_table [--data fashion-mnist] [--train-limit 5000]
         [--eval-limit 2000] [--threads 1] [--out docs/measurements/tampering.md] [--json FILE]
 
-The default model is :func:`veriprint.train.reference_model` of the data set (trained once
+The default model is :func:`veriprint.models.train.reference_model` of the data set (trained once
 and cached). The attacker's data is the first ``--train-limit`` samples of the training
 split; every figure is measured on the first ``--eval-limit`` samples of the test split.
 """
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from veriprint.data import load_data
+    from veriprint.models.train import reference_model
     from veriprint.tamper import list_attacks, tamper
-    from veriprint.train import reference_model
 
     model, factory, _ = reference_model(args.data, progress=False)
     data = load_data(args.data, split="train", limit=args.train_limit)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         "# Tampering attacks: measured figures on the default model",
         "",
-        f"Model: `{factory}` trained by `veriprint.train.reference_model({args.data!r})`. Attacker's data: the "
+        f"Model: `{factory}` trained by `veriprint.models.train.reference_model({args.data!r})`. Attacker's data: the "
         f"first {len(data)} samples of the {args.data} training split; every figure is measured on the first "
         f"{len(eval_data)} samples of its test split. Each attack runs at its default parameters "
         "(`veriprint tamper --list`), seed 0.",

@@ -38,7 +38,7 @@ from veriprint.fingerprint import Fingerprint  # noqa: E402
 from veriprint.targets import QueryBatch, Target, TorchTarget  # noqa: E402
 from veriprint.targets.oip import OipTarget  # noqa: E402
 from veriprint.targets.oip_grpc import GrpcOipTarget  # noqa: E402
-from veriprint.verify import verify  # noqa: E402
+from veriprint.verification.verify import verify  # noqa: E402
 
 SPECS = ("top1", "probs", "logits")
 BATCHES: tuple[int | None, ...] = (None, 1, 2, 3, 4, 8)

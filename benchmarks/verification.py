@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fingerprint(model: torch.nn.Module, ctx: Context) -> Any:
-    from veriprint.generate import GenerationConfig
     from veriprint.pipeline import FingerprintConfig, make_fingerprint
+    from veriprint.pipeline.generate import GenerationConfig
 
     seeds = inputs(16, ctx.seed)
     fp, _, _ = make_fingerprint(model, seeds, FingerprintConfig(
@@ -41,7 +41,7 @@ def _fingerprint(model: torch.nn.Module, ctx: Context) -> Any:
 
 
 def run(ctx: Context) -> Section:
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     model = cnn(10, ctx.seed)  # on the CPU: the fingerprint's expected outputs come from here
     fp = _fingerprint(model, ctx)
@@ -51,7 +51,7 @@ def run(ctx: Context) -> Section:
         key="verification",
         title="Verification overhead per query (8 samples, one batch)",
         text=(f"Device of the local torch model: {ctx.device}. "
-              "`veriprint.verify.verify(fp, target, spec)` vs the bare model call inside it, timed "
+              "`veriprint.verification.verify.verify(fp, target, spec)` vs the bare model call inside it, timed "
               "alternately. Overhead = median bare call x (median per-pair ratio - 1)."),
         headers=["target", "spec", "verify", "bare call", "overhead", "verify / bare", "verdict"],
     )
@@ -91,7 +91,7 @@ def run(ctx: Context) -> Section:
                                  "device": ctx.device}
 
     with tempfile.TemporaryDirectory() as d:
-        from veriprint.onnx_import import export_onnx
+        from veriprint.models.onnx_import import export_onnx
         from veriprint.targets import OnnxTarget
 
         try:
@@ -124,7 +124,7 @@ def run(ctx: Context) -> Section:
 
 def _mlserver(sec: Section, data: dict[str, Any], fp: Any, x: torch.Tensor, onnx: Path, d: Path, ctx: Context,
               reps: int) -> None:
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     sys.path.insert(0, str(ROOT / "tests"))
     from servers.mlserver import MLServer, ServedModel

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the sy
 
 from benchmarks.common import write_report
 from veriprint.data import Dataset, InputDomain
-from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.targets import TorchTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 EDITS = 20
 

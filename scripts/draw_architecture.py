@@ -16,16 +16,16 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 OWNER = [
     ("0 plan", "pipeline/plan.py\n(time, memory)"),
     ("1 seeds", "pipeline/seeds.py"),
-    ("2 generate", "generate.py\n(objective.py)"),
+    ("2 generate", "pipeline/generate.py\n(objective.py)"),
     ("3 calibrate", "pipeline/calibrate.py\n(noise.py)"),
-    ("4 refine", "pipeline/refinement.py\n(refine.py)"),
+    ("4 refine", "pipeline/refinement.py"),
     ("5 twins", "pipeline/twins.py"),
     ("6 select", "selectors/\nreach manc random\ntamper_aware"),
-    ("7 describe", "pipeline/describe.py\n(reach.py)"),
+    ("7 describe", "pipeline/describe.py\n(coverage/reach.py)"),
 ]
 VERIFY = [
-    ("Fingerprint", "fingerprint.py\nfileformat.py"),
-    ("verify", "verify.py\nspecs.py"),
+    ("Fingerprint", "fingerprint/contents.py\nfileformat.py, meta.py"),
+    ("verify", "verification/verify.py\nspecs.py"),
     ("Target.query", "targets/base.py\ncontract.py"),
     ("_answer", "local.py  oip.py\noip_grpc.py  torchserve.py\ntfserving.py  decoys.py"),
     ("transport", "targets/transport.py\nhttp.py (watchdog)"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from veriprint.data import Dataset, load_data
-from veriprint.train import TrainConfig, train_
+from veriprint.models.train import TrainConfig, train_
 from veriprint.zoo import digits_mlp, fashion_cnn
 
 
@@ -64,7 +64,7 @@ def fashion_model(fashion_data: tuple[Dataset, Dataset]) -> torch.nn.Module:
 def digits_fingerprint(digits_model: torch.nn.Module, digits_data: tuple[Dataset, Dataset]):  # type: ignore[no-untyped-def]
     """A small fingerprint of the digits MLP (bag 60, 40 steps, exactly 8 samples, refinement on)."""
     from veriprint.fingerprint import FingerprintConfig, make_fingerprint
-    from veriprint.generate import GenerationConfig
+    from veriprint.pipeline.generate import GenerationConfig
 
     cfg = FingerprintConfig(bag=60, select=8, cover_classes=False, ceiling_share=0.0, budget="none",
                             generation=GenerationConfig(steps=40, eps=2 / 16, lr=1e-2))

@@ -53,7 +53,7 @@ class DeviceAudit(TorchFunctionMode):
     """Records :class:`Finding` s while active (see the module's docs).
 
     Args:
-        hot: module paths relative to ``src/veriprint`` (``"refine.py"``) where a host
+        hot: module paths relative to ``src/veriprint`` (``"pipeline/refinement.py"``) where a host
             transfer counts as a finding.
     """
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from veriprint.queries.fresh import FreshConfig, FreshQueries
 from veriprint.targets.oip import OipTarget
-from veriprint.verify import verify
+from veriprint.verification.queries.fresh import FreshConfig, FreshQueries
+from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.digits import digits_fingerprint, digits_models, tampered_copy

@@ -15,7 +15,7 @@ def test_every_export_resolves() -> None:
 
 def test_names_shared_with_modules_behave_the_same_in_any_import_order() -> None:
     code = (
-        "import veriprint.pipeline, veriprint.verify, veriprint.tamper\n"
+        "import veriprint.pipeline, veriprint.verification.verify, veriprint.tamper\n"
         "from veriprint import generate, verify, tamper, GenerationConfig\n"
         "import torch\n"
         "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
@@ -28,6 +28,6 @@ def test_names_shared_with_modules_behave_the_same_in_any_import_order() -> None
 
 
 def test_no_import_cycle_between_models_and_onnx() -> None:
-    code = "import veriprint.onnx_import, veriprint.models; print(veriprint.models.ModelError.__module__)"
+    code = "import veriprint.models.onnx_import, veriprint.models; print(veriprint.models.ModelError.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "veriprint.errors", out.stderr

@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from veriprint.baselines import authors_config, literal_value_and_grad, surrogate_value_and_grad
-from veriprint.objective import log_sensitivity, resolve_params, sensitivity_loop
+from veriprint.evaluate.baselines import (
+    authors_config,
+    literal_value_and_grad,
+    surrogate_value_and_grad,
+)
+from veriprint.pipeline.objective import log_sensitivity, resolve_params, sensitivity_loop
 from veriprint.zoo import digits_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +94,8 @@ def test_quick_benchmarks_run_and_agree(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("log_space", [True, False])
 def test_generate_baseline_follows_the_batched_generator(log_space: bool) -> None:
-    from veriprint.baselines import generate_baseline
-    from veriprint.generate import GenerationConfig, generate
+    from veriprint.evaluate.baselines import generate_baseline
+    from veriprint.pipeline.generate import GenerationConfig, generate
 
     model = _model()
     seeds = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(4))
@@ -106,7 +110,7 @@ def test_generate_baseline_follows_the_batched_generator(log_space: bool) -> Non
 
 
 def test_generate_baseline_authors_stays_in_its_ball() -> None:
-    from veriprint.baselines import generate_baseline
+    from veriprint.evaluate.baselines import generate_baseline
 
     model = _model()
     seeds = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(5))

@@ -10,8 +10,8 @@ import pytest
 from veriprint.cli.common import fingerprint_config, generation_config
 from veriprint.cli.main import build_parser, main
 from veriprint.errors import ConfigError
-from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig
+from veriprint.pipeline.generate import GenerationConfig
 
 
 def _args(*argv: str):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Coverage measured by real edits (veriprint.coverage) and the query budget of a
+"""Coverage measured by real edits (veriprint.coverage.edits) and the query budget of a
 fingerprint (veriprint.selectors.budget, --queries, --coverage, class coverage)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from veriprint.coverage import _leaf_chain, edit_sweep
+from veriprint.coverage.edits import _leaf_chain, edit_sweep
+from veriprint.coverage.reach import parameter_reach, reach_coverage
 from veriprint.data import Dataset
 from veriprint.errors import ConfigError
-from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
-from veriprint.reach import parameter_reach, reach_coverage
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.selectors.budget import Budget, prefix_coverage
 
 

@@ -16,14 +16,14 @@ import torch
 
 from device_audit import ON_DEVICE, SOURCE, DeviceAudit, DeviceSimulation
 from veriprint.data import Dataset
-from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
 from veriprint.pipeline.cost import format_costs
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.pipeline.plan import resolve
 
 #: The modules whose loops run once per step or per batch: a host transfer there is a finding.
-HOT = ("generate.py", "refine.py", "objective.py", "reach.py", "noise.py", "pipeline/refinement.py",
-       "pipeline/twins.py", "pipeline/calibrate.py")
+HOT = ("pipeline/generate.py", "pipeline/objective.py", "coverage/reach.py", "noise.py",
+       "pipeline/refinement.py", "pipeline/twins.py", "pipeline/calibrate.py", "pipeline/straddle.py")
 FAST = GenerationConfig(steps=15)
 
 
@@ -69,8 +69,8 @@ def test_singles_views_and_a_flat_model_too(digits_model: torch.nn.Module,
 def test_the_audit_finds_a_cpu_tensor_in_a_hot_loop(fashion_model: torch.nn.Module,
                                                     fashion_data: tuple[Dataset, Dataset],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """A margin function that builds a CPU-only mask, compiled as if it were in refine.py."""
-    import veriprint.refine as refine
+    """A margin function that builds a CPU-only mask, compiled as if it were in pipeline/refinement.py."""
+    import veriprint.pipeline.refinement as refine
 
     code = ("def label_margin(model, x, labels, model_outputs='logits'):\n"
             "    z = as_logits(model(x), model_outputs)\n"
@@ -78,11 +78,11 @@ def test_the_audit_finds_a_cpu_tensor_in_a_hot_loop(fashion_model: torch.nn.Modu
             "    mask.scatter_(1, labels.view(-1, 1), True)\n"
             "    return z[mask] - z.masked_fill(mask, float('-inf')).amax(dim=1)\n")
     space = dict(vars(refine))
-    exec(compile(code, str(SOURCE / "refine.py"), "exec"), space)
+    exec(compile(code, str(SOURCE / "pipeline" / "refinement.py"), "exec"), space)
     monkeypatch.setattr(refine, "label_margin", space["label_margin"])
     cfg = FingerprintConfig(bag=12, select=2, generation=FAST)
     audit = audited(fashion_model, fashion_data[1], cfg)
-    assert {(f.kind, f.func, f.where.split(":")[0]) for f in audit.findings} == {("factory", "zeros", "refine.py")}
+    assert {(f.kind, f.func, f.where.split(":")[0]) for f in audit.findings} == {("factory", "zeros", "pipeline/refinement.py")}
 
 
 def test_cpu_fingerprints_do_not_change(fashion_model: torch.nn.Module,
@@ -108,7 +108,7 @@ def test_auto_memory_fills_a_gpu_and_stays_small_on_a_cpu(monkeypatch: pytest.Mo
 
 def test_the_objectives_outside_the_pipeline_defaults(digits_model: torch.nn.Module,
                                                       digits_data: tuple[Dataset, Dataset]) -> None:
-    from veriprint.objective import log_sensitivity
+    from veriprint.pipeline.objective import log_sensitivity
 
     x = digits_data[1].x[:4].clone().requires_grad_(True)
     with DeviceAudit(HOT) as audit:

@@ -23,7 +23,7 @@ from veriprint.fingerprint import Fingerprint
 from veriprint.models import load_model
 from veriprint.pipeline.enroll import EnrollmentError, enroll
 from veriprint.targets import CallableTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 
 class Bf16(nn.Module):

@@ -17,9 +17,9 @@ from veriprint.cli.main import main
 from veriprint.demo import load_shipped
 from veriprint.fingerprint import Fingerprint
 from veriprint.models import load_model
-from veriprint.onnx_export import export_onnx
+from veriprint.models.onnx_export import export_onnx
 from veriprint.pipeline.enroll import EnrollmentError, enroll
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.mlserver import MLServer, ServedModel, require_mlserver

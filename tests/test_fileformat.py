@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from veriprint.fileformat import FingerprintFileError, generate_keypair, read_file, write_file
 from veriprint.fingerprint import Fingerprint
+from veriprint.fingerprint.fileformat import (
+    FingerprintFileError,
+    generate_keypair,
+    read_file,
+    write_file,
+)
 
 GOLDEN_SHA256 = "31b052fc889e0b2f206b1bbd37a4c709dc5900c7e21cd24954c68c3716678388"
 

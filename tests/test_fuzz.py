@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servers.raw_http import read_request
-from veriprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.fingerprint import Fingerprint
+from veriprint.fingerprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.targets import QueryBatch, TargetError
 from veriprint.targets.contract import check_output
 from veriprint.targets.http import HttpClient, HttpOptions, parse_json

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from veriprint.data import InputDomain
-from veriprint.generate import GenerationConfig, generate, project, snap_to_ball
+from veriprint.pipeline.generate import GenerationConfig, generate, project, snap_to_ball
 
 DOM = InputDomain(0.0, 1.0, 255)
 

@@ -29,11 +29,11 @@ from servers.raw_http import read_request
 from veriprint import redact
 from veriprint.cli.main import main
 from veriprint.errors import ConfigError, VeriprintError
-from veriprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.fingerprint import Fingerprint
+from veriprint.fingerprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.models import save_weights
 from veriprint.targets import CallableTarget, open_target
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 SECRET = "s3cr3t-Token-do-not-print"
 

@@ -17,8 +17,8 @@ from torch import nn
 
 from veriprint.data import Dataset
 from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
-from veriprint.generate import GenerationConfig
-from veriprint.verify import verify
+from veriprint.pipeline.generate import GenerationConfig
+from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.digits import tampered_copy

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from veriprint.fingerprint import Fingerprint
-from veriprint.onnx_export import export_onnx
+from veriprint.models.onnx_export import export_onnx
 from veriprint.targets import OnnxTarget, QueryBatch, TargetError, open_target
 from veriprint.targets.oip import OipTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 from veriprint.zoo import digits_mlp
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("transformers")
 
 from veriprint.errors import ModelError
-from veriprint.fileformat import FingerprintFileError
+from veriprint.fingerprint.fileformat import FingerprintFileError
 from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint, shipped_seeds
 from veriprint.lm.fingerprint import LmFingerprint, is_lm_file
 from veriprint.lm.model import ASSETS, is_lm_source, load_lm, next_token_logits, pad_left, tiny_lm

@@ -26,7 +26,7 @@ from veriprint.fingerprint import Fingerprint
 from veriprint.targets import OnnxTarget, QueryBatch, TargetError, TorchTarget, open_target
 from veriprint.targets.decoys import DecoyTarget
 from veriprint.targets.oip import OipTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.digits import digits_fingerprint, digits_models

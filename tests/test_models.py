@@ -14,7 +14,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from veriprint import zoo
 from veriprint.models import ModelError, load_model, model_hash, save_weights, split_last_layer
-from veriprint.onnx_import import SUPPORTED_OPS, OnnxImportError, export_onnx, import_onnx
+from veriprint.models.onnx_import import SUPPORTED_OPS, OnnxImportError, export_onnx, import_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

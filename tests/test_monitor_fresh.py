@@ -21,8 +21,8 @@ from veriprint.monitor.sequential import (
     clopper_pearson_lower,
     update,
 )
-from veriprint.queries.split import split_requests
-from veriprint.verify import SampleResult, VerificationReport, merge_reports
+from veriprint.verification.queries.split import split_requests
+from veriprint.verification.verify import SampleResult, VerificationReport, merge_reports
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.digits import digits_models, tampered_copy

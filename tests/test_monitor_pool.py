@@ -12,10 +12,10 @@ import itertools
 
 from servers.digits import digits_models, tampered_copy
 from servers.monitor_kit import pool_files
-from veriprint.fileformat import FingerprintFileError
 from veriprint.fingerprint import Fingerprint
+from veriprint.fingerprint.fileformat import FingerprintFileError
 from veriprint.monitor.pool import Pool
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 
 def test_units_are_the_stored_twin_pairs() -> None:

@@ -15,7 +15,7 @@ from torch.func import functional_call, jacrev
 
 from veriprint import zoo
 from veriprint.models import load_model, split_last_layer
-from veriprint.objective import (
+from veriprint.pipeline.objective import (
     entropy_topk,
     log_sensitivity,
     resolve_params,
@@ -75,7 +75,7 @@ def _exported(tmp_path: Path) -> nn.Module:
 
 def _onnx(tmp_path: Path) -> nn.Module:
     pytest.importorskip("onnx")
-    from veriprint.onnx_import import export_onnx
+    from veriprint.models.onnx_import import export_onnx
 
     torch.manual_seed(4)
     model = zoo.digits_mlp().eval()

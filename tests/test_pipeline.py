@@ -17,7 +17,6 @@ from veriprint.configs import (
 )
 from veriprint.data import Dataset
 from veriprint.errors import ConfigError
-from veriprint.generate import GenerationConfig
 from veriprint.noise import calibrate_noise
 from veriprint.pipeline import (
     SELECTOR_NAMES,
@@ -28,8 +27,9 @@ from veriprint.pipeline import (
     make_twins,
     wants_twins,
 )
-from veriprint.select import Selection
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.selectors import SelectionContext, get_selector, list_selectors
+from veriprint.selectors.algorithms import Selection
 
 FAST = GenerationConfig(steps=15)
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from veriprint.errors import ConfigError
-from veriprint.generate import GenerationConfig
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.pipeline.plan import (
     BAG_FLOOR,
     BAG_KEEP,
@@ -225,7 +225,7 @@ def test_view_names_match_the_views() -> None:
 
 
 def test_generation_stops_at_its_deadline(digits_model, digits_data) -> None:  # type: ignore[no-untyped-def]
-    from veriprint.generate import generate
+    from veriprint.pipeline.generate import generate
 
     x = digits_data[1].x[:12]
     cfg = GenerationConfig(steps=50, eps=2 / 16, patience=0, batch_size=4)

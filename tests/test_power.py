@@ -10,12 +10,13 @@ import torch
 
 from veriprint.data import Dataset
 from veriprint.fingerprint import FingerprintConfig, make_fingerprint
-from veriprint.generate import GenerationConfig
 from veriprint.noise import as_logits
-from veriprint.refine import boundary_twins, label_margin, refine_to_boundary
-from veriprint.select import boundary_events, event_cover
+from veriprint.pipeline.generate import GenerationConfig
+from veriprint.pipeline.refinement import label_margin, refine_to_boundary
+from veriprint.pipeline.twins import boundary_twins
+from veriprint.selectors.algorithms import boundary_events, event_cover
 from veriprint.targets import TorchTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 EPS = 8 / 255
 
@@ -63,7 +64,7 @@ def test_line_search_finds_the_bisections_prefix_in_fewer_passes(fashion_model: 
     margin at or above the target and find the same prefix; the line search, from the
     first-order prediction, in fewer forward passes."""
     from veriprint.pipeline.cost import CostMeter
-    from veriprint.refine import _prefix_search
+    from veriprint.pipeline.refinement import _prefix_search
 
     test = fashion_data[1]
     with torch.inference_mode():
@@ -144,7 +145,7 @@ def default_fp(fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Data
 
 def _variants(model: torch.nn.Module) -> dict[str, object]:
     """Functionally identical deployments: batch sizes, one thread, float64, onnxruntime."""
-    from veriprint.onnx_import import export_onnx
+    from veriprint.models.onnx_import import export_onnx
     from veriprint.targets import OnnxTarget
 
     m64 = copy.deepcopy(model).double()

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from veriprint.data import Dataset
+from veriprint.deployments.profiles import DEFAULT_PROFILE, DeviceProfile, served
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
-from veriprint.generate import GenerationConfig
 from veriprint.models import save_weights
 from veriprint.noise import calibrate_noise
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
-from veriprint.profiles import DEFAULT_PROFILE, DeviceProfile, served
-from veriprint.verify import verify
+from veriprint.pipeline.generate import GenerationConfig
+from veriprint.verification.verify import verify
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -199,7 +199,7 @@ class _Rounded(torch.nn.Module):
 def test_straddle_moves_float32_pairs_onto_the_rounded_boundary(fashion_model: torch.nn.Module,
                                                                fashion_data: tuple[Dataset, Dataset]) -> None:
     from veriprint.numerics import top2_margin
-    from veriprint.refine import straddle
+    from veriprint.pipeline.straddle import straddle
 
     fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
     a, b, seeds = fp.samples[0::2], fp.samples[1::2], fp.seeds[0::2]
@@ -223,7 +223,7 @@ def test_straddle_moves_float32_pairs_onto_the_rounded_boundary(fashion_model: t
 
 def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None:
     from veriprint.numerics import top2_margin
-    from veriprint.refine import flip_shift, flip_shifts, output_bias
+    from veriprint.pipeline.straddle import flip_shift, flip_shifts, output_bias
 
     torch.manual_seed(5)
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
@@ -273,7 +273,7 @@ def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None
 def test_tighten_brings_the_flipping_shift_down_behind_rounded_logits(
         fashion_model: torch.nn.Module, fashion_data: tuple[Dataset, Dataset]) -> None:
     from veriprint.numerics import top2_margin
-    from veriprint.refine import flip_shifts, output_bias, straddle, tighten
+    from veriprint.pipeline.straddle import flip_shifts, output_bias, straddle, tighten
 
     fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], _cfg(select=8, floor="fixed"), progress=False)
     a, b, seeds = fp.samples[0::2], fp.samples[1::2], fp.seeds[0::2]

@@ -10,11 +10,11 @@ import torch
 
 from veriprint.data import Dataset
 from veriprint.errors import ConfigError
-from veriprint.fileformat import generate_keypair
-from veriprint.queries import keyed_int, keyed_permutation, keyed_rng, load_secret
-from veriprint.queries.fresh import FreshConfig, FreshQueries
-from veriprint.queries.source import CheckSource, SourceExhausted
-from veriprint.verify import verify
+from veriprint.fingerprint.fileformat import generate_keypair
+from veriprint.verification.queries import keyed_int, keyed_permutation, keyed_rng, load_secret
+from veriprint.verification.queries.fresh import FreshConfig, FreshQueries
+from veriprint.verification.queries.source import CheckSource, SourceExhausted
+from veriprint.verification.verify import verify
 
 SECRET = b"0123456789abcdef-test-secret"
 

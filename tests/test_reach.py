@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from veriprint.coverage.reach import ParameterReach, parameter_reach, reach_coverage
 from veriprint.data import Dataset
-from veriprint.reach import ParameterReach, parameter_reach, reach_coverage
-from veriprint.select import reach_cover
+from veriprint.selectors.algorithms import reach_cover
 
 
 def _linear() -> nn.Linear:
@@ -157,7 +157,7 @@ def test_a_model_without_parameters_falls_back_to_boundary_events(
     digits_model: nn.Module, digits_data: tuple[Dataset, Dataset],
 ) -> None:
     from veriprint.fingerprint import FingerprintConfig, make_fingerprint
-    from veriprint.generate import GenerationConfig
+    from veriprint.pipeline.generate import GenerationConfig
 
     model = _weights_as_buffers(digits_model).eval()
     assert not list(model.parameters())

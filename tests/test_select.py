@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from veriprint.select import activations, manc, random_selection
+from veriprint.selectors.algorithms import activations, manc, random_selection
 
 # Four samples, five neurons.
 A = torch.tensor(
@@ -85,7 +85,7 @@ def test_activations_of_penultimate_and_all_layers(digits_model: torch.nn.Module
 def test_simulate_flips_is_seeded_and_leaves_the_model_alone(digits_model: torch.nn.Module, digits_data) -> None:  # type: ignore[no-untyped-def]
     import copy
 
-    from veriprint.select import simulate_flips
+    from veriprint.selectors.algorithms import simulate_flips
 
     x = digits_data[1].x[:50]
     before = copy.deepcopy(digits_model.state_dict())

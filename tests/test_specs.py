@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from veriprint.noise import NoiseFloor
-from veriprint.specs import OutputSpec, parse_spec
+from veriprint.verification.specs import OutputSpec, parse_spec
 
 NOISE = NoiseFloor(logit=1e-6, prob=1e-7, margin=1e-6, variants=("test",))  # floor 1e-4, prob tol 1e-6
 Z = np.array([[2.0, 1.0, 0.0], [0.0, 0.5, 0.50005]])  # sample 1: top-2 nearly tied (gap 5e-5 < floor)

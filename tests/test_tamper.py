@@ -15,6 +15,7 @@ from torch import nn
 import veriprint.tamper as vt
 from veriprint.data import Dataset, load_data
 from veriprint.models import load_model, model_hash, save_weights
+from veriprint.models.train import TrainConfig, train_
 from veriprint.tamper import (
     AdversarialFineTuneConfig,
     BadNetsConfig,
@@ -40,7 +41,6 @@ from veriprint.tamper import (
 from veriprint.tamper.precision import quantize_tensor
 from veriprint.tamper.pruning import magnitude_masks
 from veriprint.tamper.trojan import select_neurons
-from veriprint.train import TrainConfig, train_
 from veriprint.zoo import digits_mlp
 
 FACTORY = "veriprint.zoo:digits_mlp"

@@ -17,6 +17,7 @@ from torch import nn
 
 from servers.required import missing
 from veriprint.data import Dataset, load_data
+from veriprint.models.train import TrainConfig, train_
 from veriprint.tamper import (
     AdversarialFineTuneConfig,
     PoisonConfig,
@@ -27,7 +28,6 @@ from veriprint.tamper import (
     WeightEditConfig,
     tamper,
 )
-from veriprint.train import TrainConfig, train_
 from veriprint.zoo import fashion_cnn
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def _run(model: nn.Module, config: object, fashion: tuple[Dataset, Dataset, Data
 
 
 def test_reference_model_is_trained(cnn: nn.Module, fashion: tuple[Dataset, Dataset, Dataset]) -> None:
-    from veriprint.train import accuracy
+    from veriprint.models.train import accuracy
 
     assert accuracy(cnn, fashion[2]) > 0.8
 

@@ -15,7 +15,7 @@ import pytest
 
 from veriprint.targets import OnnxTarget, QueryBatch, TargetError, open_target
 from veriprint.targets.torchserve import TorchServeTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.digits import digits_fingerprint, digits_models

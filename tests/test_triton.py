@@ -21,7 +21,7 @@ from veriprint.fingerprint import Fingerprint
 from veriprint.targets import OnnxTarget, QueryBatch, TargetError, TorchTarget
 from veriprint.targets.oip import OipTarget, batch_limit_hint, input_name_hint
 from veriprint.targets.oip_grpc import GrpcOipTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers.triton import (

@@ -11,7 +11,7 @@ import torch
 
 from veriprint.fingerprint import Fingerprint
 from veriprint.targets import CallableTarget, OnnxTarget, TorchTarget
-from veriprint.verify import verify
+from veriprint.verification.verify import verify
 
 SPECS = ["top1", "topk:3", "probs", "probs:2", "top1-prob:2", "logits"]
 
@@ -34,7 +34,7 @@ def test_intact_model_is_intact_under_every_spec(digits_model, digits_fingerprin
 
 def test_intact_after_save_load_and_through_onnxruntime(tmp_path: Path, digits_model,  # type: ignore[no-untyped-def]
                                                          digits_fingerprint: Fingerprint) -> None:
-    from veriprint.onnx_import import export_onnx
+    from veriprint.models.onnx_import import export_onnx
 
     path = tmp_path / "fp.vpf"
     digits_fingerprint.save(path)
@@ -66,7 +66,7 @@ def test_one_last_layer_weight_changed_by_1e3_is_tampered_under_probs(digits_mod
 @pytest.mark.slow
 def test_8bit_weights_are_tampered_under_top1_on_fashion_mnist(fashion_model, fashion_data) -> None:  # type: ignore[no-untyped-def]
     from veriprint.fingerprint import FingerprintConfig, make_fingerprint
-    from veriprint.generate import GenerationConfig
+    from veriprint.pipeline.generate import GenerationConfig
 
     cfg = FingerprintConfig(bag=100, generation=GenerationConfig(steps=100))
     fp, _, _ = make_fingerprint(fashion_model, fashion_data[1], cfg, progress=False)
@@ -133,7 +133,7 @@ def test_report_serializes(digits_model, digits_fingerprint: Fingerprint) -> Non
 
 def test_verify_closes_the_targets_it_opens_and_no_other(digits_model, digits_fingerprint: Fingerprint,  # type: ignore[no-untyped-def]
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import veriprint.verify as v
+    import veriprint.verification.verify as v
 
     closed: list[str] = []
 

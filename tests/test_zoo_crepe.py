@@ -125,7 +125,7 @@ def test_crepe_capacity_and_weights_are_checked() -> None:
 
 def test_samples_of_16_bit_audio_keep_their_grid_values() -> None:
     """Grid indices of PCM16 run to 65,535: they are stored as int32 (int16 would wrap)."""
-    from veriprint.generate import GenerationConfig, generate
+    from veriprint.pipeline.generate import GenerationConfig, generate
     from veriprint.zoo import PCM16
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from veriprint.onnx_import import (
+from veriprint.models.onnx_import import (
     SUPPORTED_OPS,
     OnnxImportError,
     constants_as_initializers,

@@ -95,7 +95,7 @@ def test_the_wheels_sequence_model_runs_through_the_onnx_importer() -> None:
     data = _require()
     import onnxruntime as ort
 
-    from veriprint.onnx_import import import_onnx
+    from veriprint.models.onnx_import import import_onnx
     from veriprint.zoo import silero_vad
 
     path = data / "silero_vad_16k_sequence.onnx"

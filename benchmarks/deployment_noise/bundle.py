@@ -35,7 +35,7 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "fashion-cnn": Recipe("fashion-cnn", "veriprint.zoo:fashion_cnn", {}, "fashion-mnist",
-                          "the demo's reference BatchNorm CNN (veriprint.train.reference_model)"),
+                          "the demo's reference BatchNorm CNN (veriprint.models.train.reference_model)"),
     "digits-mlp": Recipe("digits-mlp", "veriprint.zoo:digits_mlp", {}, "digits",
                          "LayerNorm/GELU MLP 64-64-32-10 trained on 8x8 digits",
                          epochs=20, eps=2 / 16, lr=1e-2),
@@ -59,7 +59,7 @@ def _build(factory: str, kwargs: dict[str, Any]) -> nn.Module:
 def _trained(recipe: Recipe, epochs: int | None = None) -> nn.Module:
     """The recipe's model, trained (seeded; one thread, faster for these sizes on a busy CPU)."""
     from veriprint.data import load_data
-    from veriprint.train import TrainConfig, reference_model, train_
+    from veriprint.models.train import TrainConfig, reference_model, train_
 
     if recipe.name == "fashion-cnn":
         model, _, _ = reference_model("fashion-mnist", progress=False)
@@ -90,10 +90,10 @@ def prepare(out: Path, models: list[str], *, bag: int, steps: int, natural: int,
             epochs: int | None = None) -> dict[str, Any]:
     """Write the bundle to ``out`` and return its manifest."""
     from veriprint.data import load_data
-    from veriprint.generate import GenerationConfig
     from veriprint.models import save_weights
+    from veriprint.models.train import accuracy
     from veriprint.pipeline import FingerprintConfig, make_fingerprint
-    from veriprint.train import accuracy
+    from veriprint.pipeline.generate import GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

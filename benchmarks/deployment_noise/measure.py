@@ -67,7 +67,7 @@ def needed_tolerances(got: np.ndarray, expected: np.ndarray) -> dict[str, float]
 
 def _verify_all(fp: Any, fwd: Callable[[np.ndarray], np.ndarray], batch: int | None) -> dict[str, Any]:
     from veriprint.targets import CallableTarget
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     out = {}
     for spec in SPECS:

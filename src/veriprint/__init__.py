@@ -1,7 +1,7 @@
 """veriprint: Sensitive-Sample fingerprints for black-box integrity checks of neural networks.
 
 The pipeline (He, Zhang, Lee, CVPR 2019): :func:`generate` Sensitive-Samples from natural
-seeds (the objective lives in :mod:`veriprint.objective`), pick a few (:mod:`veriprint.selectors`;
+seeds (the objective lives in :mod:`veriprint.pipeline.objective`), pick a few (:mod:`veriprint.selectors`;
 the paper's :func:`manc`), freeze them with their expected outputs in a :class:`Fingerprint`
 file (:func:`make_fingerprint`, stage by stage in :mod:`veriprint.pipeline`), and later
 :func:`verify` a deployed model through any :class:`Target` (or first :func:`enroll` a fresh
@@ -23,21 +23,21 @@ _EXPORTS = {
     "Dataset": "veriprint.data",
     "load_data": "veriprint.data",
     "load_model": "veriprint.models",
-    "sensitivity": "veriprint.objective",
-    "log_sensitivity": "veriprint.objective",
-    "entropy_topk": "veriprint.objective",
-    "GenerationConfig": "veriprint.generate",
-    "GenerationResult": "veriprint.generate",
-    "generate": "veriprint.generate",
+    "sensitivity": "veriprint.pipeline.objective",
+    "log_sensitivity": "veriprint.pipeline.objective",
+    "entropy_topk": "veriprint.pipeline.objective",
+    "GenerationConfig": "veriprint.pipeline.generate",
+    "GenerationResult": "veriprint.pipeline.generate",
+    "generate": "veriprint.pipeline.generate",
     "open_target": "veriprint.targets",
     "tamper": "veriprint.tamper",
-    "manc": "veriprint.select",
+    "manc": "veriprint.selectors.algorithms",
     "Fingerprint": "veriprint.fingerprint",
     "FingerprintConfig": "veriprint.pipeline",
     "make_fingerprint": "veriprint.pipeline",
     "build_candidates": "veriprint.pipeline",
-    "verify": "veriprint.verify",
-    "VerificationReport": "veriprint.verify",
+    "verify": "veriprint.verification.verify",
+    "VerificationReport": "veriprint.verification.verify",
     "enroll": "veriprint.pipeline.enroll",
     "EnrollmentReport": "veriprint.pipeline.enroll",
     "EnrollmentError": "veriprint.pipeline.enroll",

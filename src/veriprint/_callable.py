@@ -1,6 +1,6 @@
 """Modules that share their name with their main function can be called like it.
 
-``veriprint.generate``, ``veriprint.verify`` and ``veriprint.tamper`` are both a module and
+``veriprint.pipeline.generate``, ``veriprint.verification.verify`` and ``veriprint.tamper`` are both a module and
 the function that module is about. ``from veriprint import generate`` gives the function
 in a fresh process, but once anything has imported the module (``import
 veriprint.pipeline`` does), Python's import system binds the name to the module. Making

@@ -1,7 +1,7 @@
 """One way for configuration to flow: dataclass defaults, set keys, a version check.
 
 Every config of the library (:class:`~veriprint.pipeline.config.FingerprintConfig`,
-:class:`~veriprint.generate.GenerationConfig`, ...) is a frozen dataclass whose field
+:class:`~veriprint.pipeline.generate.GenerationConfig`, ...) is a frozen dataclass whose field
 defaults are the only defaults. Whatever sets options (a command's flags, a
 ``--config FILE.toml``, a fingerprint's stored metadata, a Python caller) hands
 :func:`from_mapping` only the keys it was given; everything else keeps the dataclass's

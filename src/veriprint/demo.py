@@ -211,7 +211,7 @@ class Row:
 
 def verify_rows(fingerprint: str | os.PathLike[str], model: nn.Module, data: Dataset) -> list[Row]:
     """Verify the intact model and every tampered copy through a top-1 and a probability API."""
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     rows = []
     for i, (label, candidate) in enumerate(tampered_copies(model, data)):

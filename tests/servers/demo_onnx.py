@@ -18,7 +18,7 @@ from servers.required import missing
 from veriprint.data import load_data
 from veriprint.demo import load_shipped, tampered_copies
 from veriprint.models import load_model
-from veriprint.onnx_export import export_onnx
+from veriprint.models.onnx_export import export_onnx
 
 # served names of demo.tampered_copies, in its order (the intact copy first)
 NAMES = ("cnn", "cnn-float16", "cnn-int8", "cnn-prune2", "cnn-noise", "cnn-last-x105", "cnn-first-x105")

@@ -17,8 +17,8 @@ from torch import nn
 
 from veriprint.data import Dataset, InputDomain, load_data
 from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
-from veriprint.onnx_import import export_onnx
-from veriprint.train import TrainConfig, train_
+from veriprint.models.onnx_import import export_onnx
+from veriprint.models.train import TrainConfig, train_
 from veriprint.zoo import digits_mlp
 
 

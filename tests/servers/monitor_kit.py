@@ -19,9 +19,9 @@ from typing import Any
 
 from servers.digits import digits_models
 from servers.processes import stop_group
-from veriprint.fileformat import generate_keypair
 from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
-from veriprint.generate import GenerationConfig
+from veriprint.fingerprint.fileformat import generate_keypair
+from veriprint.pipeline.generate import GenerationConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

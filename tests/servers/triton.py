@@ -197,7 +197,7 @@ def demo_models() -> TritonModels:
     from servers.demo_onnx import demo_models as demo_onnx
     from servers.digits import FromGrid
     from veriprint.data import load_data
-    from veriprint.onnx_export import export_onnx
+    from veriprint.models.onnx_export import export_onnx
 
     demo = demo_onnx()
     onnx = {f"fashion-{n}": demo.onnx[n] for n in DEMO_NAMES}

@@ -87,9 +87,9 @@ def add_config_file_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> list[str]:
-    """Flags for every :class:`~veriprint.generate.GenerationConfig` field; returns their names."""
+    """Flags for every :class:`~veriprint.pipeline.generate.GenerationConfig` field; returns their names."""
     from veriprint.configs import add_dataclass_arguments
-    from veriprint.generate import GenerationConfig
+    from veriprint.pipeline.generate import GenerationConfig
 
     group = p.add_argument_group("generation (Algorithm 1)")
     return add_dataclass_arguments(group, GenerationConfig, help=GENERATION_HELP)
@@ -113,7 +113,7 @@ def _file_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _generation_from(settings: dict[str, Any], args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from veriprint.configs import from_mapping, set_values
-    from veriprint.generate import GenerationConfig
+    from veriprint.pipeline.generate import GenerationConfig
 
     values = {**settings, **set_values(args, list(GENERATION_HELP))}
     text = values.get("params")

@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from veriprint import demo
     from veriprint.data import default_dataset_name, load_data
     from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
-    from veriprint.generate import GenerationConfig
     from veriprint.models import load_model, model_hash
-    from veriprint.train import REFERENCE_MODELS, accuracy, reference_model
+    from veriprint.models.train import REFERENCE_MODELS, accuracy, reference_model
+    from veriprint.pipeline.generate import GenerationConfig
 
     start = time.perf_counter()
     name = args.data or default_dataset_name()

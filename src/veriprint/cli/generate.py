@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from veriprint.generate import generate
     from veriprint.models import load_model
+    from veriprint.pipeline.generate import generate
 
     model = load_model(args.model, weights=args.weights)
     data = load_data_from(args).sample(args.bag, seed=args.seed)

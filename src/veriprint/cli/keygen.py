@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from veriprint.fileformat import generate_keypair
+    from veriprint.fingerprint.fileformat import generate_keypair
 
     priv, pub = generate_keypair(args.out, force=args.force)
     print(f"private key: {priv} (keep it secret)\npublic key:  {pub}")

@@ -97,7 +97,7 @@ def _check_config(config, url: str) -> int:  # type: ignore[no-untyped-def]
 
 
 def _once(monitor) -> int:  # type: ignore[no-untyped-def]
-    from veriprint.verify import EXIT_CODES
+    from veriprint.verification.verify import EXIT_CODES
 
     outcomes = monitor.run_once()
     latest = monitor.store.latest()

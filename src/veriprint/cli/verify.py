@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from veriprint.redact import redact
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     if args.report:
         for other, what in ((args.fingerprint, "the fingerprint"), (args.pubkey, "the public key")):

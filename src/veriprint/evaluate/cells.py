@@ -10,7 +10,7 @@ Four stages form a small task graph (the runner puts them on Dask):
 3. :func:`run_attack` (one per attack instance): :func:`veriprint.tamper.tamper`.
 4. Cells, the leaves: :func:`detection_cell` (model x attack instance x method x spec)
    verifies the tampered model against every pool sample with
-   :func:`veriprint.verify.verify` and turns the per-sample detections into exact missing
+   :func:`veriprint.verification.verify.verify` and turns the per-sample detections into exact missing
    rates; :func:`false_positive_cell` (model x method x intact variant) verifies
    functionally identical deployments against every pool sample under every spec.
 
@@ -178,7 +178,7 @@ def attack_key(model_spec: ModelSpec, attack: AttackSpec) -> str:
 
 def train_model(spec: ModelSpec, *, threads: int = 1, out: str | None = None) -> ModelArtifact:
     """Train ``spec`` on its training split (seeded) and measure its test accuracy."""
-    from veriprint.train import TrainConfig, accuracy, train_
+    from veriprint.models.train import TrainConfig, accuracy, train_
 
     key = model_key(spec)
     path = _artifact(out, key)
@@ -239,7 +239,6 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
                out: str | None = None) -> Pool:
     """Generate the candidate pool of ``method`` on the intact model."""
     from veriprint.fingerprint import Fingerprint
-    from veriprint.generate import GenerationConfig, margins, psnr
     from veriprint.pipeline import (
         FingerprintConfig,
         base_meta,
@@ -247,7 +246,8 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
         eligible,
         make_twins,
     )
-    from veriprint.select import activations
+    from veriprint.pipeline.generate import GenerationConfig, margins, psnr
+    from veriprint.selectors.algorithms import activations
 
     key = pool_key(plan, model_spec, method)
     path = _artifact(out, key)
@@ -328,7 +328,7 @@ def build_pool(plan: Plan, model_spec: ModelSpec, method: MethodSpec, model: Mod
 
 def _pair_reach(net: nn.Module, samples: torch.Tensor, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Directed reach of each pair (rows ``2i``, ``2i + 1`` of ``samples``) and its column weights."""
-    from veriprint.reach import parameter_reach
+    from veriprint.coverage.reach import parameter_reach
 
     if not len(samples):
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0)
@@ -394,7 +394,7 @@ def detection_cell(plan: Plan, model_spec: ModelSpec, attack: AttackSpec, method
     averaged over ``plan.bags`` bags of ``plan.bag`` drawn from the pool.
     """
     from veriprint.targets import TorchTarget
-    from veriprint.verify import verify
+    from veriprint.verification.verify import verify
 
     start = time.perf_counter()
     with _threads(plan.threads):
@@ -454,7 +454,7 @@ def _variant_target(variant: str, net: nn.Module, example: torch.Tensor, tmp: Pa
     if variant.startswith("torch-threads"):
         return TorchTarget(net, threads=int(variant.removeprefix("torch-threads")))
     if variant.startswith("onnx"):
-        from veriprint.onnx_export import export_onnx
+        from veriprint.models.onnx_export import export_onnx
 
         path = export_onnx(net, example, tmp / "model.onnx")
         return OnnxTarget(path, max_batch=1 if variant == "onnx-batch1" else None, threads=1)
@@ -470,8 +470,8 @@ def false_positive_cell(plan: Plan, model_spec: ModelSpec, method: MethodSpec, v
     verdicts.
     """
     from veriprint.fingerprint import Fingerprint
-    from veriprint.select import manc
-    from veriprint.verify import verify
+    from veriprint.selectors.algorithms import manc
+    from veriprint.verification.verify import verify
 
     start = time.perf_counter()
     per_spec: dict[str, int] = {}

@@ -1,7 +1,7 @@
 """The plan's coverage cell: the share of visible single-parameter edits a fingerprint sees.
 
 For each model the plan names in ``coverage_models``, one sweep of real edits
-(:func:`veriprint.coverage.edit_sweep`: ``coverage_draws`` entries of every tensor, ±5%
+(:func:`veriprint.coverage.edits.edit_sweep`: ``coverage_draws`` entries of every tensor, ±5%
 and ±1%, up and down) is run over every candidate of every method's pool, with natural
 test inputs deciding which edits are *visible* (some margin or logit moves by more than
 twice the pool's noise floor). For every method with picks (MANC, or reach for pairs) and
@@ -49,7 +49,7 @@ def _queries(plan: Plan, pairs: bool) -> list[int]:
 
 def coverage_cell(plan: Plan, model_spec: ModelSpec, model: ModelArtifact, *pools: Pool) -> dict[str, Any]:
     """Coverage of every method's fingerprints on ``model_spec`` (``pools`` in plan order)."""
-    from veriprint.coverage import edit_sweep
+    from veriprint.coverage.edits import edit_sweep
 
     start = time.perf_counter()
     with _threads(plan.threads):

@@ -135,7 +135,7 @@ def manc_picks(
         score: MANC's tie-break per sample (higher first), e.g. the sensitivity.
         multi_cover: MANC's multi-cover once coverage is full (False: the paper's).
     """
-    from veriprint.select import manc
+    from veriprint.selectors.algorithms import manc
 
     return _picks_in_bags(active.shape[0], bag=bag, bags=bags, n_max=n_max, seed=seed, score=score,
                           pick=lambda idx, k, tie: manc(active[idx], k, score=tie, multi_cover=multi_cover).indices)
@@ -180,12 +180,12 @@ def reach_picks(
     seed: int = 0,
     score: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Selection by reach (:func:`veriprint.select.reach_cover`) in each of ``bags`` seeded
+    """Selection by reach (:func:`veriprint.selectors.algorithms.reach_cover`) in each of ``bags`` seeded
     bags: pool indices in pick order, ``(bags, n_max)``; the counterpart of
     :func:`manc_picks` for candidates described by their reach ``values`` ``(P, Q)``."""
     import torch
 
-    from veriprint.select import reach_cover
+    from veriprint.selectors.algorithms import reach_cover
 
     v, w = torch.from_numpy(values), torch.from_numpy(weights)
     return _picks_in_bags(values.shape[0], bag=bag, bags=bags, n_max=n_max, seed=seed, score=score,

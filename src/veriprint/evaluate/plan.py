@@ -156,8 +156,8 @@ class MethodSpec:
         lr: Adam learning rate of generation, in input units.
         eps: L-inf radius of generation in input units (default None: the model's).
         pairs: candidates are twin pairs across the decision boundary (a refined sample
-            and its twin, :func:`veriprint.refine.boundary_twins`), chosen by first-order
-            reach (:func:`veriprint.select.reach_cover`): veriprint's default fingerprint.
+            and its twin, :func:`veriprint.pipeline.twins.boundary_twins`), chosen by first-order
+            reach (:func:`veriprint.selectors.algorithms.reach_cover`): veriprint's default fingerprint.
             ``N_S`` still counts queries; an odd ``N_S`` is scored as the pairs below it.
     """
 
@@ -236,7 +236,7 @@ class Plan:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        from veriprint.specs import parse_spec
+        from veriprint.verification.specs import parse_spec
 
         for s in self.specs:
             parse_spec(s)

@@ -48,14 +48,14 @@ def render_report(plan: Plan, rows: Sequence[dict[str, Any]], *, command: str, s
         "samples and the seeds of generation. For each method a pool of candidates is made with "
         "the pipeline's stages 1-4 (`veriprint.pipeline.build_candidates`: seeds, generation, calibration, refinement) and only candidates whose top-1 margin clears the calibrated "
         "noise floor are kept (a fingerprint could use no others). Each pool sample is verified against each "
-        "tampered model with `veriprint.verify.verify` under each output spec; the mismatching ones detect. "
+        "tampered model with `veriprint.verification.verify.verify` under each output spec; the mismatching ones detect. "
         "With `d` of `n` pool samples detecting, random selection (and natural samples) misses with the exact "
         "hypergeometric probability C(n-d, N_S)/C(n, N_S) (no sampling). MANC is deterministic given its bag, so "
         f"its rate is averaged over {plan.bags} bags of {plan.bag} drawn from the pool of {plan.pool} (the paper: "
         "one bag of 500, 10,000 repetitions). Rates of an attack are the mean over its instances. The "
         "`veriprint` method is the default fingerprint: its candidates are twin pairs across the decision "
         "boundary (a pair detects when either sample does; `n`, `d` and the detection rates count pairs), "
-        "chosen by first-order reach (`veriprint.select.reach_cover`) in place of MANC; N_S still counts "
+        "chosen by first-order reach (`veriprint.selectors.algorithms.reach_cover`) in place of MANC; N_S still counts "
         "queries, an odd N_S scored as the pairs below it (N_S = 1: no pair, a miss).\n",
     ]
     if failures:

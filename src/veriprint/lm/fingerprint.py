@@ -1,6 +1,6 @@
 """An LM fingerprint: prompts, the intact model's greedy answers, and the file that holds them.
 
-The file is a ``.vpf`` of the project's format (:mod:`veriprint.fileformat`: safetensors,
+The file is a ``.vpf`` of the project's format (:mod:`veriprint.fingerprint.fileformat`: safetensors,
 canonical JSON metadata, SHA-256 content hash, optional Ed25519 signature) whose metadata
 says ``"kind": "lm"``. Its tensors:
 
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from veriprint.errors import ConfigError
-from veriprint.fileformat import FingerprintFileError, read_file, write_file
+from veriprint.fingerprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.lm.specs import ExpectedAnswer
 from veriprint.noise import NoiseFloor
 

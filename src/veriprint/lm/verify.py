@@ -1,6 +1,6 @@
 """Verifying an LM: send the fingerprint's prompts, compare the answers, give a verdict.
 
-The verdict rules are :mod:`veriprint.verify`'s:
+The verdict rules are :mod:`veriprint.verification.verify`'s:
 
 * **INTACT**: every prompt was sent, every answer was well formed and is what the intact
   model gives (within the noise floor), and at least one decided something;
@@ -29,7 +29,7 @@ from veriprint.lm.specs import LmSpec, parse_lm_spec
 from veriprint.lm.target import CompletionsTarget
 from veriprint.redact import redact
 from veriprint.targets.base import TargetError
-from veriprint.verify import EXIT_CODES, Verdict
+from veriprint.verification.verify import EXIT_CODES, Verdict
 
 __all__ = ["LmSampleResult", "LmVerificationReport", "verify_lm"]
 
@@ -49,7 +49,7 @@ class LmSampleResult:
 
 @dataclass(frozen=True)
 class LmVerificationReport:
-    """The verdict and everything behind it (the fields of :class:`veriprint.verify.VerificationReport`
+    """The verdict and everything behind it (the fields of :class:`veriprint.verification.verify.VerificationReport`
     that apply to an LM)."""
 
     verdict: Verdict

@@ -7,9 +7,9 @@ owner's secret). :func:`run_check` does one check in a given slot:
 1. it takes the check's queries: the next units of the pool, or a check made anew by the
    fresh source (its position stored with the attempt, so no position is used twice);
 2. it records the attempt, then splits the queries into ``requests_per_check`` requests of
-   keyed sizes, twin halves in different requests (:func:`veriprint.queries.split.split_requests`),
+   keyed sizes, twin halves in different requests (:func:`veriprint.verification.queries.split.split_requests`),
    and mixes each request with natural decoys never sent before (unless ``repeat``);
-3. it verifies each request (:func:`veriprint.verify.verify`), merges the verdicts, and
+3. it verifies each request (:func:`veriprint.verification.verify.verify`), merges the verdicts, and
    feeds each request's outcome to the endpoint's sequential test
    (:mod:`veriprint.monitor.sequential`);
 4. it writes the check row with its alerts.
@@ -38,12 +38,12 @@ from veriprint.monitor.config import EndpointConfig, MonitorConfig
 from veriprint.monitor.db import Store, StoredCheck
 from veriprint.monitor.pool import LARGER_POOL_HINT, Draw, Pool
 from veriprint.monitor.sequential import SequentialParams, SequentialState, update
-from veriprint.queries.keyed import keyed_permutation, keyed_rng
-from veriprint.queries.source import CheckSource
-from veriprint.queries.split import split_requests
 from veriprint.redact import redact
 from veriprint.targets import QueryBatch, Target, open_target
-from veriprint.verify import VerificationReport, merge_reports, verify
+from veriprint.verification.queries.keyed import keyed_permutation, keyed_rng
+from veriprint.verification.queries.source import CheckSource
+from veriprint.verification.queries.split import split_requests
+from veriprint.verification.verify import VerificationReport, merge_reports, verify
 
 __all__ = ["CheckOutcome", "EndpointRuntime", "TimedTarget", "jitter_offset", "run_check", "slot_of"]
 
@@ -62,7 +62,7 @@ def jitter_offset(endpoint: str, slot: int, jitter: float, secret: bytes | None 
     if jitter <= 0:
         return 0.0
     if secret is not None:
-        from veriprint.queries.keyed import keyed_int
+        from veriprint.verification.queries.keyed import keyed_int
 
         h = keyed_int(secret, "jitter", endpoint, slot)
     else:
@@ -122,7 +122,7 @@ class EndpointRuntime:
         """
         secret = None
         if cfg.secret is not None:
-            from veriprint.queries.keyed import load_secret
+            from veriprint.verification.queries.keyed import load_secret
 
             try:
                 secret = load_secret(cfg.secret)
@@ -198,7 +198,7 @@ class EndpointRuntime:
 def _fresh_source(cfg: EndpointConfig, key: str, secret: bytes | None) -> CheckSource:
     from veriprint.data import load_data
     from veriprint.models import load_model
-    from veriprint.queries.fresh import FreshConfig, FreshQueries
+    from veriprint.verification.queries.fresh import FreshConfig, FreshQueries
 
     f = cfg.fresh
     assert f is not None

@@ -141,7 +141,7 @@ class FreshSourceConfig:
         weights: its weights file, if the source is a factory (default none).
         data: the natural seeds, a data set :func:`veriprint.data.load_data` takes.
         split: its split (default ``"test"``).
-        kind: ``"boundary"`` (default), ``"twins"`` or ``"natural"`` (see :mod:`veriprint.queries.fresh`).
+        kind: ``"boundary"`` (default), ``"twins"`` or ``"natural"`` (see :mod:`veriprint.verification.queries.fresh`).
         per_check: queries per check (default 16).
         horizon: seconds the seed supply must last at the endpoint's interval (default 30 days).
         horizon_checks: ``horizon`` in checks (at least 1).
@@ -478,7 +478,7 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
             raise t.error("pubkey", "an existing public key file (from `veriprint keygen`)", pub_path)
     spec = t.string("spec", "top1")
     try:
-        from veriprint.specs import parse_spec
+        from veriprint.verification.specs import parse_spec
 
         parse_spec(spec)
     except ValueError:

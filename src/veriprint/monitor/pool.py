@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veriprint.fingerprint import Fingerprint
-from veriprint.queries.keyed import keyed_permutation
+from veriprint.verification.queries.keyed import keyed_permutation
 
 __all__ = ["Draw", "Pool"]
 

@@ -112,7 +112,7 @@ def _check_or_404(store: Store, raw: object) -> Check:
 def _labels_first(spec: str) -> bool:
     """Whether a stored answer under ``spec`` starts with the label (top1, topk, top1-prob)
     rather than being a vector of scores (probs, logits)."""
-    from veriprint.specs import parse_spec
+    from veriprint.verification.specs import parse_spec
 
     try:
         return parse_spec(spec).kind in ("top1", "topk", "top1-prob")

@@ -5,7 +5,7 @@ stage          module                                what it does
 =============  ====================================  ======================================
 0 plan         :mod:`veriprint.pipeline.plan`        fit the counted work to the budgets
 1 seeds        :mod:`veriprint.pipeline.seeds`       draw the bag of natural inputs
-2 generate     :mod:`veriprint.generate`             Sensitive-Sample ascent (Algorithm 1)
+2 generate     :mod:`veriprint.pipeline.generate`             Sensitive-Sample ascent (Algorithm 1)
 3 calibrate    :mod:`veriprint.pipeline.calibrate`   measure the noise floor
 4 refine       :mod:`veriprint.pipeline.refinement`  move samples to just above the floor
 5 twins        :mod:`veriprint.pipeline.twins`       a twin across each boundary

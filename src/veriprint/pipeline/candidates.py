@@ -1,7 +1,7 @@
 """The candidates a fingerprint is chosen from, and the stages that make them.
 
 :func:`build_candidates` runs stages 1 to 4 on a bag: draw seeds (:mod:`.seeds`),
-generate Sensitive-Samples (:func:`veriprint.generate.generate`, Algorithm 1), calibrate
+generate Sensitive-Samples (:func:`veriprint.pipeline.generate.generate`, Algorithm 1), calibrate
 the noise floor (:mod:`.calibrate`) and refine towards the decision boundary
 (:mod:`.refinement`). Its result, :class:`Candidates`, is what selection, the evaluation
 harness and enrollment start from.
@@ -18,12 +18,12 @@ from torch import nn
 
 from veriprint.data import Dataset, InputDomain
 from veriprint.errors import ConfigError
-from veriprint.generate import GenerationResult, generate
 from veriprint.models import OutputKind, model_device
 from veriprint.noise import NoiseFloor
 from veriprint.pipeline.calibrate import calibrate
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
+from veriprint.pipeline.generate import GenerationResult, generate
 from veriprint.pipeline.refinement import refine
 from veriprint.pipeline.seeds import draw_seeds
 

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from veriprint.configs import check_version, from_mapping
+from veriprint.deployments.profiles import DeviceProfile, Precision
 from veriprint.errors import ConfigError
-from veriprint.generate import GenerationConfig
+from veriprint.pipeline.generate import GenerationConfig
 from veriprint.pipeline.plan import parse_bytes, parse_duration
-from veriprint.profiles import DeviceProfile, Precision
 
 __all__ = ["SELECTOR_NAMES", "FingerprintConfig"]
 
@@ -37,15 +37,15 @@ class FingerprintConfig:
             two (default 8; ``queries`` on the command line and in config files, where
             ``select`` stays accepted).
         selector: ``"reach"`` (default): greedy cover of every parameter tensor by the
-            first-order reach of the candidates (:func:`veriprint.select.reach_cover`: the
+            first-order reach of the candidates (:func:`veriprint.selectors.algorithms.reach_cover`: the
             smaller the change of a parameter that flips a chosen sample, the better);
             ``"manc"``: the paper's active-neuron cover (with refinement, single-logit
-            boundary events first, :func:`veriprint.select.event_cover`); ``"random"``;
+            boundary events first, :func:`veriprint.selectors.algorithms.event_cover`); ``"random"``;
             or ``"tamper-aware"``: greedy cover of the label flips caused by simulated
-            small weight changes (:func:`veriprint.select.simulate_flips`).
+            small weight changes (:func:`veriprint.selectors.algorithms.simulate_flips`).
         coverage: a target for the predicted share of ``±5%`` single-parameter changes
             the queries reveal (first-order reach, mean over tensors,
-            :func:`veriprint.reach.reach_coverage`): queries are added greedily by reach,
+            :func:`veriprint.coverage.reach.reach_coverage`): queries are added greedily by reach,
             ``select`` at least, until the target, ``max_queries`` or the bag's own
             ceiling stops them (default None; needs ``selector="reach"``).
         ceiling_share: without a ``coverage`` target, add queries the same way until their
@@ -67,7 +67,7 @@ class FingerprintConfig:
         refine: move samples to just above the noise floor for label APIs (default True).
         refine_factor: refinement target as a multiple of the floor (default 2).
         twins: with refinement, store samples in pairs across the decision boundary
-            (:func:`veriprint.refine.boundary_twins`): a change of the margin in either
+            (:func:`veriprint.pipeline.twins.boundary_twins`): a change of the margin in either
             direction flips one of the pair (default True; ``select`` pairs' worth).
         safety: factor on the measured noise (default 10).
         min_floor: smallest margin floor in logits with ``floor="fixed"`` (default 1e-4).
@@ -95,7 +95,7 @@ class FingerprintConfig:
         device: where the deployment runs the model, ``"cpu"`` (default), ``"cuda"`` or
             ``"cuda:N"``: the whole pipeline runs there (:func:`make_fingerprint` copies
             the model to the device), and the expected outputs and the noise floor are
-            computed there (:mod:`veriprint.profiles`); a CUDA device is refused where
+            computed there (:mod:`veriprint.deployments.profiles`); a CUDA device is refused where
             none is present.
         precision: the deployment's numerics, ``"fp32"`` (default), ``"tf32"`` (CUDA),
             ``"fp16"`` / ``"bf16"`` (weights and inputs cast), ``"autocast-fp16"`` /
@@ -185,7 +185,7 @@ class FingerprintConfig:
 
     @property
     def profile(self) -> DeviceProfile:
-        """The deployment's device and precision (:class:`~veriprint.profiles.DeviceProfile`)."""
+        """The deployment's device and precision (:class:`~veriprint.deployments.profiles.DeviceProfile`)."""
         return DeviceProfile(self.device, self.precision)
 
     def to_dict(self) -> dict[str, Any]:

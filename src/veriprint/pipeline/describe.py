@@ -10,19 +10,19 @@ import torch
 from torch import nn
 
 from veriprint import __version__
+from veriprint.coverage.reach import ParameterReach, parameter_reach, reach_coverage
+from veriprint.deployments.profiles import served
 from veriprint.fingerprint import Fingerprint
-from veriprint.generate import result_for
 from veriprint.models import OutputKind, model_hash
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
-from veriprint.profiles import served
-from veriprint.reach import ParameterReach, parameter_reach, reach_coverage
-from veriprint.select import Selection
+from veriprint.pipeline.generate import result_for
+from veriprint.selectors.algorithms import Selection
 
 __all__ = ["REACH_DELTAS", "base_meta", "describe", "reach_meta"]
 
 #: Relative changes of one parameter for which a fingerprint records its first-order
-#: coverage (``meta["reach"]``, see :func:`veriprint.reach.reach_coverage`).
+#: coverage (``meta["reach"]``, see :func:`veriprint.coverage.reach.reach_coverage`).
 REACH_DELTAS = (0.05, 0.01)
 
 

@@ -45,9 +45,9 @@ from veriprint.fingerprint import Fingerprint
 from veriprint.noise import MAX_LOGIT_NOISE, as_logits
 from veriprint.numerics import softmax_np, top2_margin_np
 from veriprint.redact import redact
-from veriprint.specs import OutputSpec, parse_spec
 from veriprint.targets import QueryBatch, Target, TargetError, open_target
 from veriprint.targets.contract import check_output
+from veriprint.verification.specs import OutputSpec, parse_spec
 
 __all__ = ["CandidateStats", "EnrollmentError", "EnrollmentReport", "enroll"]
 
@@ -497,7 +497,7 @@ def enroll(
         queries=sent, seconds=time.perf_counter() - start)
 
 
-#: The tolerances each kind of spec compares with (see :meth:`veriprint.specs.OutputSpec.compare`).
+#: The tolerances each kind of spec compares with (see :meth:`veriprint.verification.specs.OutputSpec.compare`).
 _TOLERANCES_USED: dict[str, set[str]] = {"top1": {"floor"}, "topk": {"floor"}, "top1-prob": {"floor", "prob"},
                                          "probs": {"prob"}, "logits": {"logit"}}
 
@@ -521,8 +521,8 @@ def _pick(model: nn.Module | None, pool: Fingerprint, units: Sequence[tuple[int,
         return []
     if model is None or k >= len(units) or not any(p.numel() for p in model.parameters()):
         return list(units[:k])
-    from veriprint.reach import parameter_reach
-    from veriprint.select import reach_cover
+    from veriprint.coverage.reach import parameter_reach
+    from veriprint.selectors.algorithms import reach_cover
 
     members = sorted({i for u in units for i in u})
     pos = {i: j for j, i in enumerate(members)}
@@ -538,7 +538,7 @@ def _reach(model: nn.Module | None, samples: torch.Tensor, model_outputs: Any, s
     """The enrolled samples' first-order coverage (empty without a local model)."""
     if model is None or not any(p.numel() for p in model.parameters()):
         return {}
+    from veriprint.coverage.reach import parameter_reach
     from veriprint.pipeline.describe import reach_meta
-    from veriprint.reach import parameter_reach
 
     return reach_meta(parameter_reach(model, samples, model_outputs=model_outputs, seed=seed))

@@ -1,7 +1,7 @@
 """``make_fingerprint``: the owner-side pipeline, stage by stage.
 
 0. plan (:mod:`.plan`: fit the counted work to the time and memory budgets at the machine's
-calibrated speed, :mod:`.speed`), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.generate.generate`),
+calibrated speed, :mod:`.speed`), 1. seeds (:mod:`.seeds`), 2. generate (:func:`veriprint.pipeline.generate.generate`),
 3. calibrate (:mod:`.calibrate`), 4. refine (:mod:`.refinement`): :func:`.build_candidates`;
 5. twins (:mod:`.twins`); 6. select (:mod:`veriprint.selectors`), then, with a device
 profile, straddle (:mod:`.straddle`); 7. describe
@@ -21,20 +21,20 @@ import torch
 from torch import nn
 
 from veriprint.data import Dataset, InputDomain
+from veriprint.deployments.profiles import check_device, tf32
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
-from veriprint.generate import GenerationResult
 from veriprint.models import OutputKind, model_device
 from veriprint.pipeline.candidates import Candidates, build_candidates, eligible
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.cost import CostMeter
 from veriprint.pipeline.describe import describe
+from veriprint.pipeline.generate import GenerationResult
 from veriprint.pipeline.plan import Plan, apply_plan, overrun, plan_fingerprint, predict
 from veriprint.pipeline.seeds import view_names, with_views
 from veriprint.pipeline.straddle import straddle_pairs
 from veriprint.pipeline.twins import Twins, make_twins, wants_twins
-from veriprint.profiles import check_device, tf32
-from veriprint.select import Selection, event_cover
+from veriprint.selectors.algorithms import Selection, event_cover
 
 __all__ = ["make_fingerprint"]
 

@@ -103,12 +103,12 @@ DESCRIBE_FORWARD = 4.0
 #: 16-bit profiles (``"tighten"``) and without (``"straddle"``). Counted on the
 #: Fashion-MNIST CNN (bag 40, 9 pairs: 55,160 and 61,820 served rows under autocast-bf16
 #: and bf16, 131 and 133 gradient rows), rounded up; without tightening, the bound of
-#: :func:`veriprint.refine.straddle`'s walks (36 grid steps each way at eps 8/255).
+#: :func:`veriprint.pipeline.straddle.straddle`'s walks (36 grid steps each way at eps 8/255).
 STRADDLE_PASSES = {"tighten": (7000.0, 15.0), "straddle": (100.0, 40.0)}
 #: Passes per query of the describe stage (forward, forward+backward): the expected
 #: outputs and margins, and the first-order reach (a gradient to the parameters each).
 DESCRIBE_PASSES = (4.0, 2.0)
-#: Moves per end that one tightening round tries (:func:`veriprint.refine.tighten`).
+#: Moves per end that one tightening round tries (:func:`veriprint.pipeline.straddle.tighten`).
 TIGHTEN_MOVES = 48
 
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -427,8 +427,8 @@ def plan_fingerprint(model: nn.Module, x: torch.Tensor, cfg: Any, *, model_outpu
     uses, on the first inputs of ``x``; ``recalibrate`` measures it again. ``example`` is
     the smallest batch timed, which with the run's own batch gives each kind of pass a
     per-batch overhead and a cost per sample."""
+    from veriprint.deployments.profiles import served
     from veriprint.models import model_device
-    from veriprint.profiles import served
 
     dev = model_device(model)
     budget_s, memory = resolve(cfg.budget, cfg.max_memory, "cpu" if dev.type == "cpu" else str(dev))

@@ -209,11 +209,11 @@ def calibrate_speed(model: nn.Module, x: torch.Tensor, generation: Any, *, batch
     Args:
         model: the model, on the device it runs on.
         x: a few real inputs (repeated to fill a batch larger than them).
-        generation: the :class:`~veriprint.generate.GenerationConfig` (its objective).
+        generation: the :class:`~veriprint.pipeline.generate.GenerationConfig` (its objective).
         batches: the batch sizes to know, per kind of pass (:data:`OPS`); ``served``
             needs ``served``.
         model_outputs: ``"logits"`` or ``"probs"``.
-        served: the model as the device profile runs it (:func:`veriprint.profiles.served`).
+        served: the model as the device profile runs it (:func:`veriprint.deployments.profiles.served`).
         profile: the profile's name, part of the cache key.
         recalibrate: measure every point again and replace the stored ones.
         directory: the cache (default :func:`cache_dir`).
@@ -278,8 +278,8 @@ def _fastest(run: Callable[[int], None], n: int, dev: torch.device, repeats: int
 def _runners(model: nn.Module, x: torch.Tensor, generation: Any, model_outputs: OutputKind,
              served: nn.Module | None) -> dict[str, Callable[[int], None]]:
     """One pass of each kind over a batch of ``n`` rows of ``x``."""
-    from veriprint.generate import _closed_form_layer, _objective
-    from veriprint.refine import label_margin
+    from veriprint.pipeline.generate import _closed_form_layer, _objective
+    from veriprint.pipeline.refinement import label_margin
 
     with torch.no_grad():
         labels = model(x).argmax(dim=1)
@@ -312,7 +312,7 @@ def _runners(model: nn.Module, x: torch.Tensor, generation: Any, model_outputs: 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) -> int:
     """Bytes of the tensors autograd keeps for one margin's backward pass, per sample."""
-    from veriprint.refine import label_margin
+    from veriprint.pipeline.refinement import label_margin
 
     with torch.no_grad():
         labels = model(x).argmax(dim=1)

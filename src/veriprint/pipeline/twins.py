@@ -1,7 +1,7 @@
 """Stage 5, twins: for each refined sample, a twin a pixel or two away across the boundary.
 
 A change of the weights that moves the top-1 vs top-2 margin either way flips one of the
-pair (see :func:`veriprint.refine.boundary_twins`).
+pair (see :func:`veriprint.pipeline.twins.boundary_twins`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from veriprint.data import InputDomain
 from veriprint.models import OutputKind
+from veriprint.noise import as_logits
+from veriprint.numerics import top2_margin
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
-from veriprint.refine import boundary_twins
+from veriprint.pipeline.generate import Norm
+from veriprint.pipeline.refinement import settle_margin
 
-__all__ = ["Twins", "make_twins", "wants_twins"]
+__all__ = ["Twins", "boundary_twins", "make_twins", "wants_twins"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,37 @@ def make_twins(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *,
             norm=cfg.generation.norm, domain=c.gen.domain, model_outputs=model_outputs)
         tried = part.stop
     return Twins(samples, ok, tried)
+
+
+def boundary_twins(
+    model: nn.Module,
+    x: torch.Tensor,
+    seeds: torch.Tensor,
+    *,
+    target: float | torch.Tensor,
+    eps: float,
+    norm: Norm = "linf",
+    domain: InputDomain | None = None,
+    model_outputs: OutputKind = "logits",
+    steps: int = 24,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For samples at margin about ``target`` (label ``c``, runner-up ``r``), find twins a
+    few pixels away on the other side of the boundary, label ``r`` at margin about
+    ``target``.
+
+    Returns:
+        ``(twins, ok)``: the twins, and whether each crossed to a new label with a margin of
+        at least ``target / 2`` over every other class (those that did not are unusable).
+    """
+    domain = domain or InputDomain()
+    n = x.shape[0]
+    tau = torch.as_tensor(target, dtype=torch.float64, device=x.device).expand(n).clone()
+    with torch.no_grad():
+        labels = as_logits(model(x), model_outputs).argmax(dim=1)
+    twins = settle_margin(model, x, seeds, labels, -tau, eps=eps, norm=norm, domain=domain,
+                          model_outputs=model_outputs, steps=steps)
+    with torch.no_grad():
+        z = as_logits(model(twins), model_outputs)
+    new = z.argmax(dim=1)
+    ok = (new != labels) & (top2_margin(z) >= tau / 2)
+    return twins, ok

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,11 +19,13 @@ from torch import nn
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
-from veriprint.pipeline.candidates import Candidates
-from veriprint.pipeline.config import FingerprintConfig
-from veriprint.pipeline.twins import Twins
-from veriprint.select import Selection, activations, boundary_events
+from veriprint.selectors.algorithms import Selection, activations, boundary_events
 from veriprint.selectors.prediction import CoveragePrediction
+
+if TYPE_CHECKING:  # the pipeline's types; the pipeline imports the selectors where it calls them
+    from veriprint.pipeline.candidates import Candidates
+    from veriprint.pipeline.config import FingerprintConfig
+    from veriprint.pipeline.twins import Twins
 
 __all__ = ["SelectionContext", "Selector", "get_selector", "list_selectors", "register"]
 
@@ -78,7 +80,7 @@ class SelectionContext:
         return units
 
     def events(self, both_sides: bool) -> torch.Tensor:
-        """Boundary events per candidate (see :func:`veriprint.select.boundary_events`), computed once."""
+        """Boundary events per candidate (see :func:`veriprint.selectors.algorithms.boundary_events`), computed once."""
         key = ("events", both_sides)
         if key not in self._cache:
             self._cache[key] = boundary_events(self.logits(self.candidates.samples), both_sides=both_sides)

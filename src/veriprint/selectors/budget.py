@@ -32,7 +32,7 @@ import torch
 
 from veriprint.errors import ConfigError
 from veriprint.noise import as_logits
-from veriprint.select import Selection
+from veriprint.selectors.algorithms import Selection
 from veriprint.selectors.base import SelectionContext, Selector
 from veriprint.selectors.prediction import COVERAGE_DELTA, prefix_coverage
 
@@ -154,7 +154,7 @@ def choose(ctx: SelectionContext, selector: Selector, k: int, *, paired: bool) -
         paired: pick pairs (a twin each) rather than single samples.
 
     Returns:
-        The :class:`~veriprint.select.Selection` (anchors, in pick order) and its :class:`Budget`.
+        The :class:`~veriprint.selectors.algorithms.Selection` (anchors, in pick order) and its :class:`Budget`.
     """
     cfg = ctx.cfg
     per = 2 if paired else 1

@@ -2,14 +2,14 @@
 
 Without refinement it is the paper's rule, ties broken by ``log S``. With refinement, a
 candidate's boundary events (which classes its top-1 vs top-2 boundary involves) come
-before neurons (:func:`veriprint.select.event_cover`); for pairs, the events are
+before neurons (:func:`veriprint.selectors.algorithms.event_cover`); for pairs, the events are
 (class, penultimate unit) pairs: a last-layer weight ``w[k, j]`` shows only in a pair whose
 boundary involves class ``k`` while unit ``j`` is active.
 """
 
 from __future__ import annotations
 
-from veriprint.select import Selection, event_cover, manc
+from veriprint.selectors.algorithms import Selection, event_cover, manc
 from veriprint.selectors.base import SelectionContext, Selector, register
 
 __all__ = ["MancSelector"]

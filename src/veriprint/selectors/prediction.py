@@ -24,7 +24,7 @@ COVERAGE_DELTA = 0.05
 def prefix_coverage(values: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
                     delta: float = COVERAGE_DELTA) -> torch.Tensor:
     """Weighted share of columns revealed by a change of ``delta`` after each of ``order``'s
-    picks: ``values`` as in :func:`veriprint.select.reach_cover` (log10 reach per row and
+    picks: ``values`` as in :func:`veriprint.selectors.algorithms.reach_cover` (log10 reach per row and
     directed column), a column counting once some picked row reaches ``log10(1 / delta)``."""
     if not delta > 0:
         raise ValueError(f"expected delta > 0, got {delta}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from veriprint.select import Selection, random_selection
+from veriprint.selectors.algorithms import Selection, random_selection
 from veriprint.selectors.base import SelectionContext, Selector, register
 
 __all__ = ["RandomSelector"]

@@ -1,8 +1,8 @@
 """``reach`` (the default): greedy cover of every parameter tensor by first-order reach.
 
 A candidate reveals a relative change ``delta`` of parameter ``theta_k`` when
-``|delta theta_k g_k|`` exceeds its margin (:mod:`veriprint.reach`); a pair reveals it when
-either member does. :func:`veriprint.select.reach_cover` picks the set that maximizes the
+``|delta theta_k g_k|`` exceeds its margin (:mod:`veriprint.coverage.reach`); a pair reveals it when
+either member does. :func:`veriprint.selectors.algorithms.reach_cover` picks the set that maximizes the
 share of each tensor revealed, every tensor weighing the same; ties go to the smaller margin.
 The reach matrix is its coverage prediction (``ctx.prediction``), which
 :mod:`veriprint.selectors.budget` grows the selection by.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from veriprint.reach import parameter_reach
-from veriprint.select import Selection, reach_cover
+from veriprint.coverage.reach import parameter_reach
+from veriprint.selectors.algorithms import Selection, reach_cover
 from veriprint.selectors.base import SelectionContext, Selector, register
 from veriprint.selectors.prediction import CoveragePrediction
 

@@ -1,6 +1,6 @@
 """``tamper-aware``: cover the label flips of simulated small weight changes.
 
-:func:`veriprint.select.simulate_flips` applies 64 seeded random changes (0.5% of one
+:func:`veriprint.selectors.algorithms.simulate_flips` applies 64 seeded random changes (0.5% of one
 tensor's entries scaled by 1 +- 2%) and records which candidates change label; MANC then
 covers those flips, ties broken by ``log S``. A pair flips when either member does (the
 same simulated changes are applied to both).
@@ -8,7 +8,7 @@ same simulated changes are applied to both).
 
 from __future__ import annotations
 
-from veriprint.select import Selection, manc, simulate_flips
+from veriprint.selectors.algorithms import Selection, manc, simulate_flips
 from veriprint.selectors.base import SelectionContext, Selector, register
 
 __all__ = ["TamperAwareSelector"]

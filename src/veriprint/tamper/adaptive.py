@@ -1,7 +1,7 @@
 """Adversarial fine-tuning, the adaptive attacker of the paper's Section 5.4 (Table 6).
 
 The attacker knows the method. It runs an attack, generates its own Sensitive-Samples
-from the intact model with :func:`veriprint.generate.generate` (seeds drawn from its data
+from the intact model with :func:`veriprint.pipeline.generate.generate` (seeds drawn from its data
 with a seed different from the owner's), and fine-tunes the tampered model to keep those
 samples' intact outputs (KL divergence of the probabilities, or MSE of the logits) while
 still training on the attack's own objective. The paper found this makes tampering easier
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from veriprint.models.train import predict
 from veriprint.tamper.base import AttackContext, AttackOutcome, attack_info, register, require
 from veriprint.tamper.poisoning import PoisonConfig
 from veriprint.tamper.training import fit_
-from veriprint.train import predict
 
 __all__ = ["AdversarialFineTuneConfig", "divergence"]
 
@@ -84,7 +84,7 @@ def divergence(kind: str, reference: torch.Tensor, out: torch.Tensor) -> torch.T
 @register(AdversarialFineTuneConfig, "adversarial-finetune",
           "adaptive attacker: hide an attack by fine-tuning on its own Sensitive-Samples", family="paper")
 def _adversarial_finetune(model: nn.Module, cfg: AdversarialFineTuneConfig, ctx: AttackContext) -> AttackOutcome:
-    from veriprint.generate import GenerationConfig, generate
+    from veriprint.pipeline.generate import GenerationConfig, generate
 
     intact = copy.deepcopy(model).eval()
     info = attack_info(cfg.attack)

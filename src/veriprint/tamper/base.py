@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from veriprint.data import Dataset
+from veriprint.models.train import accuracy, predict
 from veriprint.numerics import freeze as _freeze
-from veriprint.train import accuracy, predict
 
 __all__ = [
     "AttackContext",

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from veriprint.data import Dataset
+from veriprint.models.train import accuracy
 from veriprint.tamper.base import AttackContext, AttackOutcome, Objective, register, require
 from veriprint.tamper.layers import last_layer, param_groups, reinit_
 from veriprint.tamper.training import fit_
-from veriprint.train import accuracy
 
 __all__ = ["DistillConfig", "FineTuneConfig", "FreezeTuneConfig", "RetrainLastConfig", "TransferConfig"]
 

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from veriprint.data import Dataset
+from veriprint.models.train import predict
 from veriprint.tamper.base import AttackContext, AttackOutcome, Objective, register, require
 from veriprint.tamper.training import fit_
-from veriprint.train import predict
 
 __all__ = ["ClassDegradeConfig", "PoisonConfig", "class_rates"]
 

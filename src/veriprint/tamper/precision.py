@@ -16,10 +16,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from veriprint.models.train import accuracy
 from veriprint.tamper.base import AttackContext, AttackOutcome, Objective, register, require
 from veriprint.tamper.layers import weight_names
 from veriprint.tamper.training import fit_
-from veriprint.train import accuracy
 
 __all__ = ["CastConfig", "QuantizeConfig", "quantize_tensor"]
 

@@ -15,10 +15,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from veriprint.models.train import accuracy
 from veriprint.tamper.base import AttackContext, AttackOutcome, Objective, register, require
 from veriprint.tamper.layers import hidden_units, last_layer, weight_names
 from veriprint.tamper.training import Projection, fit_
-from veriprint.train import accuracy
 
 __all__ = ["FinePruneConfig", "PruneConfig", "magnitude_masks"]
 

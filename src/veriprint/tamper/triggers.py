@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from veriprint.data import Dataset
-from veriprint.train import predict
+from veriprint.models.train import predict
 
 __all__ = ["Trigger", "attack_success_rate", "concat", "corner_trigger", "triggered_copies"]
 

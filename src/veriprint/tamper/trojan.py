@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from veriprint.data import Dataset
+from veriprint.models.train import predict
 from veriprint.tamper.base import AttackContext, AttackOutcome, Objective, register, require
 from veriprint.tamper.layers import last_layer
 from veriprint.tamper.training import fit_
@@ -39,7 +40,6 @@ from veriprint.tamper.triggers import (
     corner_trigger,
     triggered_copies,
 )
-from veriprint.train import predict
 
 __all__ = ["TrojanConfig", "select_neurons", "trojan_trigger"]
 

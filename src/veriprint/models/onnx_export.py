@@ -2,7 +2,7 @@
 
 The legacy TorchScript-based exporter (``dynamo=False``, which needs only the ``onnx``
 package), opset 17, input ``"input"`` and output ``"output"`` with a dynamic batch axis,
-weights embedded in the file. :mod:`veriprint.onnx_import` reads such files back.
+weights embedded in the file. :mod:`veriprint.models.onnx_import` reads such files back.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ from veriprint._callable import callable_module
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.redact import redact
-from veriprint.specs import OutputSpec, parse_spec
 from veriprint.targets import QueryBatch, Target, TargetError, open_target
 from veriprint.targets.contract import check_output
+from veriprint.verification.specs import OutputSpec, parse_spec
 
 __all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "merge_reports", "verify"]
 
@@ -152,7 +152,7 @@ def verify(
         fingerprint: a :class:`Fingerprint` or the path of a ``.vpf`` file.
         target: anything :func:`veriprint.targets.open_target` accepts (a Target, a
             module, a callable, a model file or factory, a server URL).
-        spec: what the API reveals (default ``"top1"``); see :mod:`veriprint.specs`.
+        spec: what the API reveals (default ``"top1"``); see :mod:`veriprint.verification.specs`.
         pubkey: Ed25519 public key the file's signature must verify with.
         max_batch: most samples per query batch (default: the target's own limit).
         **target_options: passed to :func:`open_target` (``output=``, ``weights=``, ...).
@@ -320,4 +320,4 @@ def merge_reports(parts: list[tuple[VerificationReport, list[int]]]) -> Verifica
                               [s for s in samples if s is not None], sum(r.seconds for r in reps))
 
 
-callable_module(__name__, "verify")  # ``veriprint.verify`` is this module and this function alike
+callable_module(__name__, "verify")  # ``veriprint.verification.verify`` is this module and this function alike

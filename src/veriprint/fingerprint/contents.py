@@ -3,7 +3,7 @@
 :class:`Fingerprint` is the type: its samples, expected outputs and noise floor, read
 (:meth:`Fingerprint.load`, which refuses any file whose contents no veriprint could have
 written), written (:meth:`Fingerprint.save`) and cut down (:meth:`Fingerprint.subset`).
-The file format is in :mod:`veriprint.fileformat`; the pipeline that makes a fingerprint
+The file format is in :mod:`veriprint.fingerprint.fileformat`; the pipeline that makes a fingerprint
 is in :mod:`veriprint.pipeline` (``make_fingerprint`` and ``FingerprintConfig`` are also
 importable from here).
 """
@@ -20,7 +20,7 @@ import torch
 
 from veriprint.data import InputDomain
 from veriprint.errors import ConfigError
-from veriprint.fileformat import FingerprintFileError, LoadedFile, read_file, write_file
+from veriprint.fingerprint.fileformat import FingerprintFileError, LoadedFile, read_file, write_file
 from veriprint.models import OutputKind
 from veriprint.noise import NoiseFloor, as_logits
 
@@ -144,7 +144,7 @@ class Fingerprint:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, pubkey: str | os.PathLike[str] | None = None) -> Fingerprint:
-        """Read and check a ``.vpf`` file (see :func:`veriprint.fileformat.read_file`)."""
+        """Read and check a ``.vpf`` file (see :func:`veriprint.fingerprint.fileformat.read_file`)."""
         f: LoadedFile = read_file(path, pubkey)
         t = f.tensors
         noise, meta = _checked_contents(os.fspath(path), t, f.meta)

@@ -16,7 +16,7 @@ a pair reveals both directions of a change.
 This module gives the reach matrix of a set of samples (one backward pass each),
 :func:`reach_coverage`, the share of each parameter tensor whose ``±delta`` change the
 set reveals (the figure a fingerprint reports about itself), and the selection by reach
-lives in :func:`veriprint.select.reach_cover`. First order is checked against real edits:
+lives in :func:`veriprint.selectors.algorithms.reach_cover`. First order is checked against real edits:
 the tests compare each tensor's predicted share with real ±5% edits (digits MLP: within
 about one point on average over tensors), and ``benchmarks/detection_power.py`` does the
 same on three larger models (a per-tensor gap of 1-3 points on average).

@@ -15,8 +15,8 @@ Two baselines, both one sample at a time (batch 1), as their authors ran them:
 
 :func:`literal_value_and_grad` and :func:`surrogate_value_and_grad` give one objective
 value and its input gradient per sample; :func:`generate_baseline` runs a whole projected
-ascent with either of them and returns the same :class:`~veriprint.generate.GenerationResult`
-as :func:`veriprint.generate.generate`, so an evaluation can swap generators.
+ascent with either of them and returns the same :class:`~veriprint.pipeline.generate.GenerationResult`
+as :func:`veriprint.pipeline.generate.generate`, so an evaluation can swap generators.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from veriprint.data import InputDomain
-from veriprint.generate import (
+from veriprint.models import OutputKind
+from veriprint.pipeline.generate import (
     GenerationConfig,
     GenerationResult,
     project,
     result_for,
     snap_to_ball,
 )
-from veriprint.models import OutputKind
-from veriprint.objective import ParamSpec, resolve_params
+from veriprint.pipeline.objective import ParamSpec, resolve_params
 
 __all__ = [
     "AUTHORS_CLASSES",
@@ -252,7 +252,7 @@ def generate_baseline(
     """Projected Adam ascent one seed at a time with a baseline objective.
 
     The same projection, early stop, grid snapping and reported figures as
-    :func:`veriprint.generate.generate`; only the objective's evaluation (and batch 1)
+    :func:`veriprint.pipeline.generate.generate`; only the objective's evaluation (and batch 1)
     differ. ``method="algorithm1"`` ascends Eq. 6 (``log S`` when ``config.log_space``)
     through :func:`literal_value_and_grad`; ``method="authors"`` ascends the surrogate of
     :func:`surrogate_value_and_grad` (use :func:`authors_config` for their settings). The
@@ -269,7 +269,7 @@ def generate_baseline(
         progress: show a progress bar.
 
     Returns:
-        A :class:`~veriprint.generate.GenerationResult` (``history`` is empty: per-sample
+        A :class:`~veriprint.pipeline.generate.GenerationResult` (``history`` is empty: per-sample
         runs have no common step count).
     """
     cfg = config or GenerationConfig()

@@ -23,7 +23,7 @@ def split_requests(rng: np.random.Generator, units: list[tuple[int, ...]], k: in
     """Sample indices of each of ``min(k, samples)`` requests.
 
     Args:
-        rng: the keyed generator of this check (:func:`veriprint.queries.keyed.keyed_rng`).
+        rng: the keyed generator of this check (:func:`veriprint.verification.queries.keyed.keyed_rng`).
         units: the check's units, each a twin pair ``(a, b)`` or a single ``(a,)``.
         k: requests wanted (at least 1).
 

@@ -274,11 +274,11 @@ def reach_cover(
     """Greedy cover of parameter changes by reach: pick ``k`` candidates maximizing
     ``sum_q weights[q] * clip(max_{i in S} values[i, q], 0, cap)``.
 
-    ``values`` is usually :meth:`veriprint.reach.ParameterReach.directed` (both directions
+    ``values`` is usually :meth:`veriprint.coverage.reach.ParameterReach.directed` (both directions
     of a change of each parameter), per sample or, for a sample and its twin, the
     maximum of the two rows. A column earns one unit per decade by which the set's best
     candidate beats a 100% change (1 at 10%, 2 at 1%, up to ``cap``); with
-    :attr:`~veriprint.reach.ParameterReach.directed_weights` every parameter tensor weighs
+    :attr:`~veriprint.coverage.reach.ParameterReach.directed_weights` every parameter tensor weighs
     the same. The objective is a facility-location function (monotone, submodular), so
     greedy picks are within ``1 - 1/e`` of the best set. Ties go to the higher ``score``,
     then the lower index.

@@ -2,7 +2,7 @@
 
 :data:`SUPPORTED_OPS` lists them. Each implementation takes the module being evaluated,
 the node (its attributes already parsed) and the values of its inputs, and returns its
-outputs; :class:`veriprint.onnx_import.OnnxModule` runs them node by node.
+outputs; :class:`veriprint.models.onnx_import.OnnxModule` runs them node by node.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from veriprint.errors import ModelError
 
 if TYPE_CHECKING:
-    from veriprint.onnx_import import OnnxModule
+    from veriprint.models.onnx_import import OnnxModule
 
 __all__ = ["OPS", "SUPPORTED_OPS", "Node", "OnnxImportError", "Value", "linear", "lookup", "sanitize"]
 

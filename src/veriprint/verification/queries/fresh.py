@@ -40,8 +40,8 @@ from veriprint.data import Dataset
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.models import OutputKind
-from veriprint.queries.keyed import keyed_permutation
-from veriprint.queries.source import SourceExhausted
+from veriprint.verification.queries.keyed import keyed_permutation
+from veriprint.verification.queries.source import SourceExhausted
 
 __all__ = ["FreshConfig", "FreshQueries"]
 
@@ -88,12 +88,12 @@ class FreshConfig:
 
 
 class FreshQueries:
-    """A :class:`~veriprint.queries.source.CheckSource` making each check anew.
+    """A :class:`~veriprint.verification.queries.source.CheckSource` making each check anew.
 
     Args:
         model: the owner's intact model (eval mode).
         data: the owner's natural inputs (a data set, an image folder, recent traffic).
-        secret: the owner's secret (:func:`veriprint.queries.keyed.load_secret`).
+        secret: the owner's secret (:func:`veriprint.verification.queries.keyed.load_secret`).
         config: :class:`FreshConfig`.
         model_outputs: ``"logits"`` (default) or ``"probs"``.
         name: the endpoint's name: two endpoints with one secret get different slices.
@@ -135,8 +135,8 @@ class FreshQueries:
     def make(self, position: int) -> Fingerprint:
         """The fingerprint of check ``position``: queries from its slice only, expected outputs
         from the owner's model."""
-        from veriprint.generate import GenerationConfig
         from veriprint.pipeline import FingerprintConfig, make_fingerprint
+        from veriprint.pipeline.generate import GenerationConfig
 
         idx = self.seeds_of(position)
         d = self.data

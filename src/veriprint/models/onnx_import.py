@@ -1,4 +1,4 @@
-"""ONNX graphs as differentiable PyTorch modules (the export is in :mod:`veriprint.onnx_export`).
+"""ONNX graphs as differentiable PyTorch modules (the export is in :mod:`veriprint.models.onnx_export`).
 
 :func:`import_onnx` turns an ONNX classifier into an ``nn.Module`` that evaluates the
 graph node by node with torch ops, so that the objective (``torch.func`` transforms,
@@ -21,7 +21,7 @@ The graph is evaluated in inference mode (``BatchNormalization`` uses its runnin
 statistics, ``Dropout`` is the identity). Floating-point ``Cast`` nodes keep the working
 precision of the input, so a module converted with ``.double()`` computes in float64.
 
-:func:`veriprint.onnx_export.export_onnx` (re-exported here) writes the self-contained file
+:func:`veriprint.models.onnx_export.export_onnx` (re-exported here) writes the self-contained file
 this project reads and serves.
 """
 
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from veriprint.onnx_export import OPSET, export_onnx
-from veriprint.onnx_ops import (
+from veriprint.models.onnx_export import OPSET, export_onnx
+from veriprint.models.onnx_ops import (
     OPS,
     SUPPORTED_OPS,
     Node,

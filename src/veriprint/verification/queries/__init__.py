@@ -19,6 +19,11 @@ so what the owner sends must not be predictable from what the provider has seen:
 
 from __future__ import annotations
 
-from veriprint.queries.keyed import keyed_int, keyed_permutation, keyed_rng, load_secret
+from veriprint.verification.queries.keyed import (
+    keyed_int,
+    keyed_permutation,
+    keyed_rng,
+    load_secret,
+)
 
 __all__ = ["keyed_int", "keyed_permutation", "keyed_rng", "load_secret"]

@@ -20,7 +20,7 @@ from veriprint._callable import callable_module
 from veriprint.data import InputDomain
 from veriprint.models import LastLayer, OutputKind, split_last_layer
 from veriprint.numerics import top2_margin
-from veriprint.objective import entropy_topk, log_sensitivity
+from veriprint.pipeline.objective import entropy_topk, log_sensitivity
 
 __all__ = [
     "GenerationConfig",
@@ -383,4 +383,4 @@ def _describe(
     return torch.cat(values), torch.cat(outs)
 
 
-callable_module(__name__, "generate")  # ``veriprint.generate`` is this module and this function alike
+callable_module(__name__, "generate")  # ``veriprint.pipeline.generate`` is this module and this function alike

@@ -5,7 +5,7 @@ A model is any PyTorch classifier mapping a batch of inputs to a batch of ``r`` 
 an ``nn.Module``, a factory ``package.module:callable`` or ``path/to/file.py:callable``
 with optional weights (``.safetensors`` or a state-dict ``.pt``), a ``torch.export``
 archive (``.pt2``), a TorchScript file, or an ONNX file (imported as a differentiable
-module by :mod:`veriprint.onnx_import`).
+module by :mod:`veriprint.models.onnx_import`).
 
 The closed-form objective needs the penultimate features ``h`` and the logits ``z`` of
 the final linear layer ``z = W h + b``. :func:`split_last_layer` finds them without
@@ -138,7 +138,7 @@ def load_model(
             for attr in ("train", "eval"):
                 model.__dict__.pop(attr, None)
         elif path.suffix == ".onnx":
-            from veriprint.onnx_import import import_onnx
+            from veriprint.models.onnx_import import import_onnx
 
             model = import_onnx(path)
         elif _is_torchscript(path):

@@ -12,7 +12,7 @@ random entries (seeded; all of a smaller tensor), each scaled by ``1 - delta`` a
   them change top-1 label.
 
 Coverage is then ``caught / visible``, per tensor or over all tensors, for any prefix of
-a set of queries (:meth:`EditSweep.caught`). First-order reach (:mod:`veriprint.reach`)
+a set of queries (:meth:`EditSweep.caught`). First-order reach (:mod:`veriprint.coverage.reach`)
 predicts the share caught; this is the measurement it is checked against.
 
 Edits of a tensor deep in a chain of modules reuse the input the chain feeds that module
