@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from veriprint.data import Dataset
+from veriprint.fingerprint.meta import FingerprintMeta
 
 __all__ = [
     "ASSETS",
@@ -229,17 +230,16 @@ def _verdict(v: str, tampered: bool) -> str:
     return v
 
 
-def readme_block(rows: list[Row], *, accuracy: float, meta: dict[str, Any], shipped: bool = True) -> str:
+def readme_block(rows: list[Row], *, accuracy: float, meta: FingerprintMeta, shipped: bool = True) -> str:
     """The demo's summary sentence and verdict table in Markdown, between the README's markers
     (``shipped``: the sentence names the shipped model and fingerprint, else this machine's)."""
-    cfg = meta["config"]
-    labels = meta["labels"]
+    labels = meta.labels or ()
     what = ("the shipped model and its shipped fingerprint" if shipped
             else "a model and a fingerprint made on this machine")
     head = (f"`veriprint demo` on {what} ({accuracy:.1%} test accuracy): {len(labels)} queries "
-            f"({meta['selection']['pairs']} pairs across decision boundaries, covering "
-            f"{len(set(labels))} classes), made from a bag of {cfg['bag']} seeds with "
-            f"{cfg['generation']['steps']} steps.")
+            f"({meta.pairs} pairs across decision boundaries, covering "
+            f"{len(set(labels))} classes), made from a bag of {meta.setting('bag')} seeds with "
+            f"{meta.setting('generation', 'steps')} steps.")
     header = ("model served", "top-1 API", "labels flipped", "probabilities API", "outputs changed", "queries")
     body = [(r.label, _verdict(r.top1, r.tampered), f"{r.flips} / {r.queries}", _verdict(r.probs, r.tampered),
              f"{r.diffs} / {r.queries}", str(r.queries)) for r in rows]

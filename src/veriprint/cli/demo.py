@@ -98,22 +98,23 @@ def run(args: argparse.Namespace) -> int:
         assert shipped is not None
         shutil.copyfile(shipped.fingerprint, args.out)
         fp = Fingerprint.load(args.out)
-        if fp.meta.get("model_hash") != model_hash(model):
+        if fp.info.model_hash != model_hash(model):
             return _fail(f"the shipped fingerprint {shipped.fingerprint} is not of the shipped model {weights}")
         print(f"[2/4] fingerprint: the shipped one (SHA-256 checked), made with `{shipped.manifest['command']}`; "
               "`--regenerate` makes a new one on this machine")
         log_s = f"log S of the samples {fp.log_s.min().item():.2f}..{fp.log_s.max().item():.2f}"
-    print(f"      {fp.meta['selection']['pairs']} pairs, classes {sorted(set(fp.meta['labels']))}")
+    info = fp.info
+    print(f"      {info.pairs} pairs, classes {sorted(set(info.labels or ()))}")
     print(f"      wrote {args.out}: {log_s}, PSNR {fp.psnr.mean().item():.1f} dB, noise floor "
           f"{fp.noise.floor:.2g}, margins {fp.margin.min().item():.2g}..{fp.margin.max().item():.2g}")
-    reach = fp.meta.get("reach")
-    if reach:
-        print(f"      reach: a 5% change of one parameter flips a query for {reach['all'][0]:.0%} of parameters "
-              f"(mean over {len(reach['tensors'])} tensors, first order; `veriprint inspect` lists them)")
+    reach = info.reach
+    if reach is not None and reach.overall:
+        print(f"      reach: a 5% change of one parameter flips a query for {reach.overall[0]:.0%} of parameters "
+              f"(mean over {len(reach.tensors)} tensors, first order; `veriprint inspect` lists them)")
     print("[3/4] verify the intact model and tampered copies (top-1 label API and full probabilities)")
     rows = demo.verify_rows(args.out, model, test.subset(slice(0, 500)))
     print("[4/4] verdicts")
-    block = demo.readme_block(rows, accuracy=acc, meta=fp.meta, shipped=not regenerate)
+    block = demo.readme_block(rows, accuracy=acc, meta=info, shipped=not regenerate)
     print("\n".join(block.splitlines()[1:-1]))
     if args.write_readme:
         path = Path(args.write_readme)

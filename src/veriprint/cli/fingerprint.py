@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     fp, gen, sel = make_fingerprint(model, data, cfg, model_outputs=args.model_outputs, progress=not args.quiet,
                                     source=args.model, recalibrate=args.recalibrate)
     fp = fp.save(args.out, key=args.key)
-    pairs = fp.meta["selection"].get("pairs", 0)
+    info = fp.info
+    pairs = info.pairs
     shape = f"{pairs} pairs across the boundary" if pairs else f"{len(fp)} samples"
     print(f"wrote {args.out}: {shape} from a bag of {len(gen)} ({sel.method}), "
           f"sha256 {fp.sha256[:16]}..., {'signed' if args.key else 'unsigned'}")
@@ -65,30 +66,27 @@ def run(args: argparse.Namespace) -> int:
     from veriprint.pipeline.cost import format_costs
     from veriprint.pipeline.plan import plan_line
 
-    plan = fp.meta.get("plan")
-    if plan:
-        stages = fp.meta.get("stages", {})
-        print(plan_line(plan, took=sum(v["seconds"] for v in stages.values()), stages=stages))
+    stages = dict(info.stages or {})
+    if info.plan:
+        print(plan_line(dict(info.plan), took=sum(v["seconds"] for v in stages.values()), stages=stages))
 
-    costs = format_costs(fp.meta.get("stages", {}))
+    costs = format_costs(stages)
     if costs:
         print("cost per stage (samples through the model; fwd+bwd: run with gradients):")
         print("\n".join("  " + line for line in costs.splitlines()))
-    reach = fp.meta.get("reach")
-    if reach:
-        share = reach["share"][0]
+    reach = info.reach
+    if reach is not None and reach.tensors:
+        share = reach.share[0]
         low = min(range(len(share)), key=share.__getitem__)
-        print(f"reach (first order): a {reach['deltas'][0]:.0%} change of one parameter flips a query for "
-              f"{reach['all'][0]:.0%} of parameters (mean over {len(share)} tensors; least: "
-              f"{reach['tensors'][low]} {share[low]:.0%}); veriprint inspect lists every tensor")
-    budget = fp.meta.get("budget")
-    if isinstance(budget, dict):
+        print(f"reach (first order): a {reach.deltas[0]:.0%} change of one parameter flips a query for "
+              f"{reach.overall[0]:.0%} of parameters (mean over {len(share)} tensors; least: "
+              f"{reach.tensors[low]} {share[low]:.0%}); veriprint inspect lists every tensor")
+    if info.budget is not None:
         from veriprint.selectors.budget import Budget
 
-        print(f"query budget: {Budget.from_dict(budget).summary()}")
-    st = fp.meta.get("straddle")
-    if isinstance(st, dict):
+        print(f"query budget: {Budget.from_dict(dict(info.budget)).summary()}")
+    if info.straddle is not None:
         from veriprint.pipeline.straddle import straddle_summary
 
-        print(straddle_summary(st))
+        print(straddle_summary(dict(info.straddle)))
     return 0

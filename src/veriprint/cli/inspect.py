@@ -25,52 +25,50 @@ def run(args: argparse.Namespace) -> int:
 
         return inspect_lm(args)
     fp = Fingerprint.load(args.fingerprint, pubkey=args.pubkey)
-    m = fp.meta
+    m = fp.info
 
-    def g(*keys: str, default: Any = "?") -> Any:
-        """A metadata entry, ``default`` when the file (written by another version, or edited and
-        re-hashed) lacks it: only noise, domain and model outputs are required of a file."""
-        v: Any = m
-        for k in keys:
-            if not isinstance(v, dict) or k not in v:
-                return default
-            v = v[k]
-        return v
+    def g(v: Any) -> Any:
+        """An entry, ``?`` when the file (written by another version, or edited and re-hashed)
+        lacks it: only noise, domain and model outputs are required of a file."""
+        return "?" if v is None else v
 
     def num(v: Any, fmt: str) -> str:
-        return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+        return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else str(g(v))
 
+    gen = m.generation or {}
     print(f"file: {args.fingerprint}")
     print(f"sha256: {fp.sha256}   signature: {fp.signature}")
-    print(f"made by veriprint {g('tool_version')} on {g('created')} in {g('seconds')} s")
-    print(f"model: {g('model_source')} (weights sha256 {str(g('model_hash'))[:16]}..., outputs {m['model_outputs']}, "
-          f"{g('num_classes', default=fp.expected.shape[1])} classes, input {g('input_shape')})")
-    print(f"domain: {m['domain']}")
-    print(f"generation: objective {g('config', 'generation', 'objective')}, params {g('config', 'generation', 'params')}, "
-          f"eps {num(g('config', 'generation', 'eps'), '.4g')} ({g('config', 'generation', 'norm')}), "
-          f"steps {g('generation', 'steps_run')}/{g('config', 'generation', 'steps')}, "
-          f"lr {g('config', 'generation', 'lr')}")
-    refine = g("config", "refine", default=None)
-    print(f"selection: {g('selection', 'method')} {len(fp)} of {g('config', 'bag')} "
-          f"({g('selection', 'eligible')} eligible), refinement "
+    print(f"made by veriprint {g(m.tool_version)} on {g(m.created)} in {g(m.seconds)} s "
+          f"(metadata version {m.version})")
+    print(f"model: {g(m.model_source)} (weights sha256 {str(g(m.model_hash))[:16]}..., outputs {m.model_outputs}, "
+          f"{m.num_classes or fp.expected.shape[1]} classes, input {g(None if m.input_shape is None else list(m.input_shape))})")
+    print(f"domain: {m.domain.to_dict()}")
+    print(f"generation: objective {g(m.setting('generation', 'objective'))}, "
+          f"params {g(m.setting('generation', 'params'))}, "
+          f"eps {num(m.setting('generation', 'eps'), '.4g')} ({g(m.setting('generation', 'norm'))}), "
+          f"steps {g(gen.get('steps_run'))}/{g(m.setting('generation', 'steps'))}, "
+          f"lr {g(m.setting('generation', 'lr'))}")
+    refine = m.setting("refine")
+    sel = m.selection
+    print(f"selection: {g(None if sel is None else sel.method)} {len(fp)} of {g(m.setting('bag'))} "
+          f"({g(None if sel is None else sel.eligible)} eligible), refinement "
           f"{'?' if refine is None else 'on' if refine else 'off'}")
-    prof = m.get("profile")
-    if isinstance(prof, dict):
+    prof = m.profile
+    if prof is not None:
         where = ", ".join(f"{k} {prof[k]}" for k in ("device_name", "cuda", "cudnn") if prof.get(k))
         print(f"profile: expected outputs and floor computed on {prof.get('device')} in {prof.get('precision')} "
               f"(torch {prof.get('torch')}{', ' + where if where else ''})")
     else:
         print("profile: cpu/fp32 (recorded before profiles existed)")
-    st = m.get("straddle")
-    if isinstance(st, dict):
+    if m.straddle is not None:
         from veriprint.pipeline.straddle import straddle_summary
 
-        print(straddle_summary(st))
+        print(straddle_summary(dict(m.straddle)))
     nf = fp.noise
     print(f"noise: measured logit {nf.logit:.3g}, margin {nf.margin:.3g}, prob {nf.prob:.3g} over "
           f"{', '.join(nf.variants)}; floor {nf.floor:.3g}, declared {nf.declared:g}")
-    enr = m.get("enrollment")
-    if isinstance(enr, dict):
+    enr = m.enrollment
+    if enr is not None:
         spread = enr.get("measured_spread", {})
         print(f"enrolled: {enr.get('time')} against {enr.get('target')} (spec {enr.get('spec')}, "
               f"{enr.get('form')} answers), {enr.get('rounds')} rounds; kept {enr.get('kept')} of a pool of "
@@ -82,18 +80,17 @@ def run(args: argparse.Namespace) -> int:
     for i in range(len(fp)):
         print(f"{i:>3} {int(labels[i]):>5} {fp.margin[i].item():>10.3g} {fp.log_s[i].item():>9.3f} "
               f"{fp.psnr[i].item():>8.2f} {linf[i].item():>7.4f}")
-    budget = m.get("budget")
-    if isinstance(budget, dict):
+    if m.budget is not None:
         from veriprint.selectors.budget import Budget
 
-        print(f"query budget: {Budget.from_dict(budget).summary()}")
-    plan = m.get("plan")
-    if isinstance(plan, dict) and isinstance(plan.get("requested"), dict):
+        print(f"query budget: {Budget.from_dict(dict(m.budget)).summary()}")
+    plan = m.plan
+    if plan is not None and isinstance(plan.get("requested"), dict):
         from veriprint.pipeline.plan import plan_line
 
-        print(f"plan: {plan_line(plan)}")
-    data = m.get("data")
-    if isinstance(data, dict) and data.get("views"):
+        print(f"plan: {plan_line(dict(plan))}")
+    data = m.data
+    if data is not None and data.get("views"):
         print(f"seeds: {data.get('size')} inputs with natural views ({', '.join(data['views'])})")
     labels_seen = sorted(set(labels.tolist()))
     classes = int(fp.expected.shape[1])
@@ -101,18 +98,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"classes: {len(labels_seen)} of {classes} label a query; "
           + (f"blind to a decrease of their logit (no query labelled): {_ranges(blind)}" if blind
              else "every class shows a decrease of its logit"))
-    reach = m.get("reach")
-    if isinstance(reach, dict) and {"tensors", "sizes", "share", "deltas", "all"} <= set(reach):
+    reach = m.reach
+    if reach is not None and reach.tensors and reach.deltas:
         print("reach (first order): predicted coverage, the share of each tensor's parameters whose change by "
               "+-delta (random sign) flips at least one query")
-        width = max(len(n) for n in reach["tensors"])
-        print(f"{'tensor':<{width}} {'entries':>9} " + " ".join(f"{'+-' + format(d, '.0%'):>7}" for d in reach["deltas"]))
-        for i, (n, size) in enumerate(zip(reach["tensors"], reach["sizes"], strict=True)):
-            print(f"{n:<{width}} {size:>9} " + " ".join(f"{sh[i]:>7.1%}" for sh in reach["share"]))
-        print(f"{'mean':<{width}} {'':>9} " + " ".join(f"{a:>7.1%}" for a in reach["all"]))
-        unseen = [n for i, n in enumerate(reach["tensors"]) if reach["share"][0][i] == 0]
+        width = max(len(n) for n in reach.tensors)
+        print(f"{'tensor':<{width}} {'entries':>9} " + " ".join(f"{'+-' + format(d, '.0%'):>7}" for d in reach.deltas))
+        for i, (n, size) in enumerate(zip(reach.tensors, reach.sizes, strict=True)):
+            print(f"{n:<{width}} {size:>9} " + " ".join(f"{sh[i]:>7.1%}" for sh in reach.share))
+        print(f"{'mean':<{width}} {'':>9} " + " ".join(f"{a:>7.1%}" for a in reach.overall))
+        unseen = [n for i, n in enumerate(reach.tensors) if reach.share[0][i] == 0]
         if unseen:
-            print(f"tensors no +-{reach['deltas'][0]:.0%} change of one entry shows in: {', '.join(unseen)}")
+            print(f"tensors no +-{reach.deltas[0]:.0%} change of one entry shows in: {', '.join(unseen)}")
     if args.png:
         out = write_pngs(fp, Path(args.png))
         print(f"images: {out}")

@@ -21,6 +21,7 @@ import torch
 from veriprint.data import InputDomain
 from veriprint.errors import ConfigError
 from veriprint.fingerprint.fileformat import FingerprintFileError, LoadedFile, read_file, write_file
+from veriprint.fingerprint.meta import FingerprintMeta, MetaError
 from veriprint.models import OutputKind
 from veriprint.noise import NoiseFloor, as_logits
 
@@ -52,7 +53,8 @@ class Fingerprint:
         margin: top-1 vs top-2 logit margin of each sample.
         psnr: PSNR of each sample against its seed (dB).
         noise: the calibrated noise floor.
-        meta: everything else (model hash, domain, configs, coverage, times, version).
+        meta: everything else (model hash, domain, configs, coverage, times, version) as
+            stored; read it typed through :attr:`info`.
         sha256: content hash of the file it was read from or written to ("" before).
         signature: ``"unsigned"``, ``"valid"`` or ``"not checked"``.
     """
@@ -71,6 +73,12 @@ class Fingerprint:
 
     def __len__(self) -> int:
         return int(self.samples.shape[0])
+
+    @property
+    def info(self) -> FingerprintMeta:
+        """The metadata, typed (:class:`~veriprint.fingerprint.meta.FingerprintMeta`), read
+        afresh from :attr:`meta` (which the pipeline's stages still write as a dict)."""
+        return FingerprintMeta.from_dict(self.meta)
 
     @property
     def domain(self) -> InputDomain:
@@ -231,40 +239,12 @@ def _checked_contents(path: str, t: dict[str, torch.Tensor],
         if (on_grid - samples.double()).abs().max() > max(domain.step, 1.0) * 1e-4:
             raise refuse("expected the grid values to be the samples' own (lo + grid * step), "
                          "they differ")
-    bad = _known_meta_error(meta, classes=int(expected.shape[1]), shape=list(samples.shape[1:]))
-    if bad:
-        raise refuse(bad)
+    try:
+        FingerprintMeta.from_dict(meta, classes=int(expected.shape[1]), shape=list(samples.shape[1:]))
+    except MetaError as e:
+        raise refuse(str(e)) from e
     try:
         noise = NoiseFloor.from_dict(meta.pop("noise"))
     except ConfigError as e:
         raise refuse(str(e)) from e
     return noise, meta
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-#: The optional metadata entries a reader relies on: each, when present, must be what the
-#: writer puts there (a file is refused on load, not when ``inspect`` or a selector reads it).
-_META_TYPES: dict[str, tuple[type, ...]] = {
-    "tool": (str,), "tool_version": (str,), "created": (str,), "model_hash": (str,), "model_source": (str,),
-    "config": (dict,), "profile": (dict,), "selection": (dict,), "reach": (dict,), "generation": (dict,),
-    "fresh": (dict,),
-}
-
-
-def _known_meta_error(meta: dict[str, Any], *, classes: int, shape: list[int]) -> str:
-    """What is wrong with a known metadata entry ("" when nothing is)."""
-    if "num_classes" in meta and (not _is_int(meta["num_classes"]) or meta["num_classes"] != classes):
-        return (f"expected num_classes to be the expected outputs' {classes} classes (an integer), "
-                f"got {meta['num_classes']!r:.60}")
-    if "input_shape" in meta:
-        v = meta["input_shape"]
-        if not isinstance(v, list) or not all(_is_int(d) for d in v) or v != shape:
-            return f"expected input_shape to be the samples' shape {shape}, got {v!r:.60}"
-    for key, types in _META_TYPES.items():
-        if key in meta and not isinstance(meta[key], types):
-            return (f"expected {key} to be {' or '.join('an object' if t is dict else 'a string' for t in types)}, "
-                    f"got {type(meta[key]).__name__}")
-    return ""

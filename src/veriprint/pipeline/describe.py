@@ -13,6 +13,7 @@ from veriprint import __version__
 from veriprint.coverage.reach import ParameterReach, parameter_reach, reach_coverage
 from veriprint.deployments.profiles import served
 from veriprint.fingerprint import Fingerprint
+from veriprint.fingerprint.meta import META_VERSION
 from veriprint.models import OutputKind, model_hash
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
@@ -43,6 +44,7 @@ def base_meta(model: nn.Module, c: Candidates, cfg: FingerprintConfig, *, model_
               source: str | None, input_shape: list[int], num_classes: int) -> dict[str, Any]:
     """What every fingerprint records about its making (before selection's own entries)."""
     return {
+        "meta_version": META_VERSION,
         "tool": "veriprint",
         "tool_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

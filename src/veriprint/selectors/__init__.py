@@ -8,7 +8,13 @@ what coverage a selection predicts in :mod:`.prediction`.
 from __future__ import annotations
 
 from veriprint.selectors import manc, random, reach, tamper_aware
-from veriprint.selectors.base import SelectionContext, Selector, get_selector, list_selectors, register
+from veriprint.selectors.base import (
+           SelectionContext,
+           Selector,
+           get_selector,
+           list_selectors,
+           register,
+)
 
 __all__ = ["SelectionContext", "Selector", "get_selector", "list_selectors", "manc", "random", "reach",
            "register", "tamper_aware"]

@@ -119,11 +119,11 @@ def _check_enrolled_spec(fp: Fingerprint, spec: OutputSpec) -> None:
     the file then serves only the spec it was enrolled for (``meta["enrollment"]["serves"]``),
     since under another spec it would check less than the pool it came from.
     """
-    info = fp.meta.get("enrollment")
-    serves = info.get("serves") if isinstance(info, dict) else None
+    info = fp.info.enrollment
+    serves = None if info is None else info.get("serves")
     if not isinstance(serves, list) or spec.kind in serves:
         return
-    assert isinstance(info, dict)
+    assert info is not None
     grown = info.get("grown")
     names = {"floor": "margin floor", "logit": "logit tolerance", "prob": "probability tolerance"}
     what = "its tolerances"
@@ -175,7 +175,7 @@ def verify(
     _check_enrolled_spec(fp, out_spec)
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
-    info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", "")}
+    info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.info.model_hash or ""}
     z = fp.expected_logits.numpy()
     n, r = z.shape
     if out_spec.kind == "topk" and out_spec.k > r:
