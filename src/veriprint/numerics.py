@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["freeze", "softmax_np", "top2_margin", "top2_margin_np"]
+__all__ = ["freeze", "label_and_runner_up", "softmax_np", "top2_margin", "top2_margin_np"]
 
 
 def softmax_np(z: np.ndarray) -> np.ndarray:
@@ -25,6 +25,18 @@ def top2_margin(z: torch.Tensor) -> torch.Tensor:
     """Top-1 minus top-2 value of each row of ``z`` (``(N, r)``, ``r >= 2``)."""
     top2 = z.topk(2, dim=-1).values
     return top2[..., 0] - top2[..., 1]
+
+
+def label_and_runner_up(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's label (largest value of the last axis) and runner-up (the largest of the
+    others), as indices: the one definition every stage uses.
+
+    Ties go to the lower index, for the label and then for the runner-up (``argmax``'s rule),
+    so a 16-bit deployment's tied logits give the same pair on every call.
+    """
+    label = z.argmax(dim=-1)
+    runner = z.scatter(-1, label.unsqueeze(-1), float("-inf")).argmax(dim=-1)
+    return label, runner
 
 
 def top2_margin_np(z: np.ndarray) -> np.ndarray:

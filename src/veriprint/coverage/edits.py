@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
+from veriprint.numerics import label_and_runner_up
 
 __all__ = ["EditSweep", "edit_sweep"]
 
@@ -240,9 +241,9 @@ def edit_sweep(
     runner = _Runner(work, rows, model_outputs, batch_size)
     base = runner.logits()
     m = natural.shape[0]
-    top2 = base[:m].topk(2, dim=1).indices
+    top, second = label_and_runner_up(base[:m])
     ar = torch.arange(m)
-    base_margin = base[ar, top2[:, 0]] - base[ar, top2[:, 1]]
+    base_margin = base[ar, top] - base[ar, second]
     base_label = base[m:].argmax(1)
     owner = {id(p): mod for mod in work.modules() for p in mod.parameters(recurse=False)}
     g = torch.Generator().manual_seed(seed)
@@ -263,7 +264,7 @@ def edit_sweep(
                     z = runner.logits()
                     flat[j] = orig
                     dz = (z[:m] - base[:m]).abs().amax(1)
-                    dm = ((z[ar, top2[:, 0]] - z[ar, top2[:, 1]]) - base_margin).abs()
+                    dm = ((z[ar, top] - z[ar, second]) - base_margin).abs()
                     visible.append(bool((torch.maximum(dz, dm) > visible_at).any()))
                     flips.append(z[m:].argmax(1) != base_label)
                     tensor_of.append(t)

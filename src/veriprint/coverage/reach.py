@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
+from veriprint.numerics import label_and_runner_up
 
 __all__ = ["ParameterReach", "parameter_reach", "reach_coverage"]
 
@@ -128,8 +129,8 @@ def parameter_reach(
         with torch.enable_grad():
             for i in tqdm(range(x.shape[0]), desc="reach", unit="sample", disable=not progress, leave=False):
                 z = as_logits(model(x[i:i + 1]), model_outputs)[0]
-                top = z.detach().topk(2).indices
-                diff = z[top[0]] - z[top[1]]
+                label, runner = label_and_runner_up(z.detach())
+                diff = z[label] - z[runner]
                 grads = torch.autograd.grad(diff, params, allow_unused=True)
                 gk = torch.cat([torch.zeros(c.numel(), dtype=torch.float64, device=dev) if gr is None
                                 else gr.detach().reshape(-1)[c].double() for gr, c in zip(grads, cols, strict=True)])

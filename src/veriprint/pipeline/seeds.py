@@ -11,6 +11,7 @@ from veriprint.data import Dataset
 from veriprint.errors import ConfigError
 from veriprint.models import OutputKind, model_device
 from veriprint.noise import as_logits
+from veriprint.numerics import label_and_runner_up
 
 __all__ = ["VIEW_KINDS", "draw_seeds", "natural_views", "view_names", "with_views"]
 
@@ -109,9 +110,10 @@ def draw_seeds(
     dev = model_device(model)
     with torch.inference_mode():  # the pool goes through the model batch by batch, where the model is
         z = torch.cat([as_logits(model(c.float().to(dev)), model_outputs) for c in torch.split(x[cand], batch_size)])
-    top2 = z.topk(2, dim=1)
-    margin = (top2.values[:, 0] - top2.values[:, 1]).cpu()  # the pool's margins and labels, brought over once
-    label = top2.indices[:, 0].cpu()
+    top, runner = label_and_runner_up(z)
+    rows = torch.arange(len(z), device=z.device)
+    margin = (z[rows, top] - z[rows, runner]).cpu()  # the pool's margins and labels, brought over once
+    label = top.cpu()
     # Round-robin over predicted classes, smallest margin first within each class.
     queues = [cand_i[margin[cand_i].argsort()] for c in label.unique()
               for cand_i in [(label == c).nonzero().flatten()]]

@@ -27,7 +27,7 @@ from veriprint.data import InputDomain
 from veriprint.deployments.profiles import served
 from veriprint.models import OutputKind
 from veriprint.noise import as_logits
-from veriprint.numerics import top2_margin
+from veriprint.numerics import label_and_runner_up, top2_margin
 from veriprint.pipeline.candidates import Candidates
 from veriprint.pipeline.config import FingerprintConfig
 from veriprint.pipeline.generate import Norm, snap_to_ball
@@ -272,16 +272,10 @@ def output_bias(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind = "
     return None
 
 
-def _top2(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's label and runner-up in logits ``z``."""
-    lab = z.argmax(dim=1)
-    return lab, z.scatter(1, lab.view(-1, 1), float("-inf")).argmax(dim=1)
-
-
 def _label_runner(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's label and runner-up under ``model``, on the CPU."""
     with torch.no_grad():
-        return _top2(as_logits(model(x), model_outputs).cpu())
+        return label_and_runner_up(as_logits(model(x), model_outputs).cpu())
 
 
 def flip_shifts(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: float, *, levels: int = 14,
@@ -441,7 +435,7 @@ def tighten(
         cap = best.repeat_interleave(k)
         screen = rows[torch.isfinite(cap[rows])]
         if len(screen):  # a move can only be kept if both ways flip at the end's current shift: one pass each
-            lab_s, run_s = _top2(zc[screen])
+            lab_s, run_s = label_and_runner_up(zc[screen])
             xs = flat_c[screen.to(flat_c.device)]
             both = (_flips_at(served, bias, xs, lab_s, run_s, cap[screen], 1.0, model_outputs)
                     & _flips_at(served, bias, xs, lab_s, lab_s, cap[screen], -1.0, model_outputs))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from veriprint.models import OutputKind, split_last_layer
+from veriprint.numerics import label_and_runner_up
 
 __all__ = [
     "ACTIVATIONS",
@@ -226,7 +227,7 @@ def boundary_events(logits: torch.Tensor, *, both_sides: bool) -> torch.Tensor:
     """
     z = logits.detach().double()
     n, r = z.shape
-    top2 = z.topk(2, dim=1).indices
+    top2 = torch.stack(label_and_runner_up(z), dim=1)
     rows = torch.arange(n, device=z.device)
     if both_sides:
         ev = torch.zeros(n, r, dtype=torch.bool, device=z.device)
