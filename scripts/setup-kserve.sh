@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent: a separate virtual environment, .venv-kserve, holding KServe's Python model
 # server (kserve.ModelServer) and onnxruntime, which the tests and benchmarks verify ONNX
-# exports behind (tests/servers/kserve.py). KServe's pins (fastapi, pydantic, grpcio,
+# exports behind (testkit/servers/kserve.py). KServe's pins (fastapi, pydantic, grpcio,
 # protobuf, ...) stay out of the main .venv and out of .venv-serving.
 # Override the location with VERIPRINT_KSERVE_VENV.
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent: a separate virtual environment, .venv-triton, holding NVIDIA Triton through
 # PyTriton (nvidia-pytriton bundles the server) and onnxruntime, for the Triton tests and
-# benchmark (tests/servers/triton.py serves ONNX files with tests/servers/triton_app.py).
+# benchmark (testkit/servers/triton.py serves ONNX files with testkit/servers/triton_app.py).
 # Override the location with VERIPRINT_TRITON_VENV.
 #
 # It is made with Debian's /usr/bin/python3.11, whatever python3.11 is first on PATH:

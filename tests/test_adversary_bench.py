@@ -10,7 +10,7 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_adversary_benchmark(tmp_path: Path) -> None:
-    from benchmarks import adversary
+    from benchmarks.studies import adversary
 
     out = tmp_path / "adversary.md"
     assert adversary.main(["--models", "digits-mlp", "--quick", "--honest", "3", "--after", "4",

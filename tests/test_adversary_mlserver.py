@@ -22,8 +22,8 @@ from veriprint.verification.queries.fresh import FreshConfig, FreshQueries
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.digits import digits_fingerprint, digits_models, tampered_copy
-from servers.mlserver import MLServer, ServedModel, require_mlserver
+from testkit.servers.digits import digits_fingerprint, digits_models, tampered_copy
+from testkit.servers.mlserver import MLServer, ServedModel, require_mlserver
 
 pytestmark = pytest.mark.slow  # one server start (~15 s) and a short training run
 

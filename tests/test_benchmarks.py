@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.lib import ROOT
 from veriprint.evaluate.baselines import (
     authors_config,
     literal_value_and_grad,
@@ -23,8 +24,6 @@ from veriprint.evaluate.baselines import (
 )
 from veriprint.pipeline.objective import log_sensitivity, resolve_params, sensitivity_loop
 from veriprint.zoo import digits_mlp
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _model() -> torch.nn.Module:
@@ -73,7 +72,7 @@ def test_authors_config_is_their_l2_ball() -> None:
 @pytest.mark.slow
 def test_quick_benchmarks_run_and_agree(tmp_path: Path) -> None:
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out), "--json", str(raw)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed.run", "--quick", "--out", str(out), "--json", str(raw)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -123,10 +122,10 @@ def test_generate_baseline_authors_stays_in_its_ball() -> None:
 
 
 def test_report_is_written_when_a_family_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import benchmarks.compiled
-    import benchmarks.selection
-    from benchmarks import run as bench
-    from benchmarks.common import Check, Context, Section
+    import benchmarks.speed.compiled
+    import benchmarks.speed.selection
+    from benchmarks.lib.timing import Check, Context, Section
+    from benchmarks.speed import run as bench
 
     def broken(ctx: Context) -> Section:
         raise RuntimeError("CUDA out of memory | simulated")
@@ -135,8 +134,8 @@ def test_report_is_written_when_a_family_raises(tmp_path: Path, monkeypatch: pyt
         return Section("selection", "Stand-in family", "ran", checks=[Check("stand-in check", True, "ok")],
                        data={"device": ctx.device})
 
-    monkeypatch.setattr(benchmarks.compiled, "run", broken)
-    monkeypatch.setattr(benchmarks.selection, "run", fine)
+    monkeypatch.setattr(benchmarks.speed.compiled, "run", broken)
+    monkeypatch.setattr(benchmarks.speed.selection, "run", fine)
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     status = bench.main(["--quick", "--only", "compiled", "selection", "--out", str(out), "--json", str(raw)])
     assert status == 1  # a failed family fails the run, but only after the others ran
@@ -153,8 +152,8 @@ def test_report_is_written_when_a_family_raises(tmp_path: Path, monkeypatch: pyt
 
 
 def test_device_cuda_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from benchmarks import run as bench
-    from benchmarks.common import Context
+    from benchmarks.lib.timing import Context
+    from benchmarks.speed import run as bench
 
     with pytest.raises(ValueError, match="expected device"):
         Context(device="tpu")
@@ -166,8 +165,8 @@ def test_device_cuda_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bag_section_from_a_gpu_worker_without_the_data_set(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess as sp
 
-    import benchmarks.bag as bag
-    from benchmarks.common import Context
+    import benchmarks.speed.bag as bag
+    from benchmarks.lib.timing import Context
 
     answer = {"n": 500, "steps": 1000, "steps_run": 400, "seconds": 2.0, "unit": 0.004, "peak_reset": True,
               "device": "cuda", "memory": "cuda allocated", "rss_before_mib": 10.0, "peak_rss_mib": 250.0,
@@ -199,7 +198,7 @@ def test_bag_section_from_a_gpu_worker_without_the_data_set(monkeypatch: pytest.
 @pytest.mark.slow
 def test_scaling_and_stage_benchmarks_run(tmp_path: Path) -> None:
     """The scaling benchmark's quick mode and a tiny stage ablation run and report every row."""
-    from benchmarks import scaling, stages
+    from benchmarks.speed import scaling, stages
 
     out, raw, png = tmp_path / "scaling.md", tmp_path / "scaling.json", tmp_path / "scaling.png"
     assert scaling.main(["--quick", "--out", str(out), "--json", str(raw), "--plot", str(png)]) == 0
@@ -221,7 +220,7 @@ def test_scaling_and_stage_benchmarks_run(tmp_path: Path) -> None:
 
 
 def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path) -> None:
-    from benchmarks import detection_power
+    from benchmarks.studies import detection_power
 
     run = tmp_path / "digits.json"
     small = ["--quick", "--models", "digits-mlp", "--bag", "70", "--steps", "20", "--draws", "2", "--natural", "64"]
@@ -252,9 +251,9 @@ def test_detection_power_runs_and_renders_with_other_runs_beside(tmp_path: Path)
 
 def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """benchmarks/gpu.py end to end on the CPU with a tiny model (every section), and its
+    """benchmarks/speed/gpu.py end to end on the CPU with a tiny model (every section), and its
     refusal of --device cuda where there is no GPU."""
-    from benchmarks import gpu
+    from benchmarks.speed import gpu
 
     out, raw = tmp_path / "gpu.md", tmp_path / "gpu.json"
     assert gpu.main(["--device", "cpu", "--quick", "--out", str(out), "--json", str(raw)]) == 0
@@ -282,8 +281,8 @@ def test_gpu_benchmark_dry_run_and_refusal(tmp_path: Path, monkeypatch: pytest.M
 
 @pytest.mark.slow
 def test_prefix_search_benchmark_runs(tmp_path: Path) -> None:
-    """benchmarks/prefix_search.py makes the same fingerprint with both searches and reports both."""
-    from benchmarks import prefix_search
+    """benchmarks/speed/prefix_search.py makes the same fingerprint with both searches and reports both."""
+    from benchmarks.speed import prefix_search
 
     raw = tmp_path / "p.json"
     assert prefix_search.main(["--model", "tiny", "--bag", "8", "--steps", "1", "--json", str(raw),
@@ -296,7 +295,7 @@ def test_prefix_search_benchmark_runs(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_straddle_benchmark_runs_and_straddled_pairs_catch_more_behind_autocast(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.straddle", "--models", "fashion-mlp", "--precisions",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.straddle", "--models", "fashion-mlp", "--precisions",
                            "autocast-bf16", "--checks", "20", "--json", str(runs), "--out", str(tmp_path / "s.md")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -312,7 +311,7 @@ def test_straddle_benchmark_runs_and_straddled_pairs_catch_more_behind_autocast(
     assert gross and all(c["exact CPU"]["top1"] == "TAMPERED" for c in gross)
     assert r["budget"]["ceiling_share"] == 0.0 and r["exact"]["queries"] >= 8
     again = tmp_path / "again.md"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.straddle", "--render", str(runs / "fashion-mlp-autocast-bf16.json"),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.straddle", "--render", str(runs / "fashion-mlp-autocast-bf16.json"),
                            "--out", str(again)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [ln for ln in (tmp_path / "s.md").read_text().splitlines() if ln.startswith("| ")]

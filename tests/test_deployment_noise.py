@@ -14,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import benchmarks.deployment_noise as dn
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+import benchmarks.studies.deployment_noise as dn
+from benchmarks.lib import ROOT
 
 
 def test_deviation_counts_changed_labels_and_decided_ones() -> None:
@@ -98,7 +98,7 @@ def test_bundle_is_self_contained(bundle: Path) -> None:
 @pytest.mark.slow
 def test_run_on_cpu_without_optional_modules(bundle: Path, tmp_path: Path) -> None:
     code = ("import sys; sys.modules.update(dict.fromkeys(('cryptography', 'dask', 'tqdm'))); "
-            "from benchmarks.deployment_noise import main; sys.exit(main(sys.argv[1:]))")
+            "from benchmarks.studies.deployment_noise import main; sys.exit(main(sys.argv[1:]))")
     out, report = tmp_path / "noise.json", tmp_path / "noise.md"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-c", code, "--bundle", str(bundle), "--device", "cpu",

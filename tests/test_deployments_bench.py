@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.lib import ROOT
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -19,7 +20,7 @@ def test_quick_deployments_benchmark_counts_false_alarms_and_detection(tmp_path:
     out, raw, png = tmp_path / "d.md", tmp_path / "d.json", tmp_path / "d.png"
     old = ["exact CPU", "2 threads", "onnxruntime, optimized", "onnxruntime, plain", "autocast-bf16", "bf16 weights",
            "float64"]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--quick", "--checks", "30",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.deployments", "--quick", "--checks", "30",
                            "--deployments", *old, "--out", str(out), "--json", str(raw), "--plot", str(png)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,7 +39,7 @@ def test_quick_deployments_benchmark_counts_false_alarms_and_detection(tmp_path:
     exact = rows[("exact CPU", "fixed floor")]
     assert exact["cases"] >= 6 and exact["caught"]["logits"] == exact["cases"]  # the quick suite: casts, 8-bit, pruning, noise, edits
     again = tmp_path / "again.md"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--render", str(raw), "--out", str(again)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.deployments", "--render", str(raw), "--out", str(again)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = [line for line in out.read_text().splitlines() if line.startswith("| ")]
@@ -48,14 +49,14 @@ def test_quick_deployments_benchmark_counts_false_alarms_and_detection(tmp_path:
 def test_tampered_copies_behind_real_servers_are_caught_as_in_process(tmp_path: Path) -> None:
     """The quick mode through a real MLServer and TorchServe (every tampered copy of the quick
     suite served by the server) and a child process with ATen's default kernels."""
-    from servers.mlserver import require_mlserver
-    from servers.torchserve import require_torchserve
+    from testkit.servers.mlserver import require_mlserver
+    from testkit.servers.torchserve import require_torchserve
 
     require_mlserver()
     require_torchserve()
     out, raw = tmp_path / "d.md", tmp_path / "d.json"
     deps = ["exact CPU", "onnxruntime, optimized", "MLServer", "TorchServe", "ATen default"]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--quick", "--checks", "5",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.deployments", "--quick", "--checks", "5",
                            "--deployments", *deps, "--out", str(out), "--json", str(raw)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,7 +78,7 @@ def _refuse(constant: str) -> None:
 
 
 def test_rows_not_measured_are_written_as_null_and_read_back_as_nan() -> None:
-    from benchmarks.deployments import Row, Tally, _row_dict, _row_from, _strict
+    from benchmarks.lib.deployments import Row, Tally, _row_dict, _row_from, _strict
 
     row = Row(model="m", deployment="bf16 weights", kind="enrolled", samples=0, floor=math.nan,
               ambiguous={}, tally={"top1": Tally()}, note="refused")

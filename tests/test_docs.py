@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.lib import ROOT
+
 DOCS = ROOT / "docs"
 LINK = re.compile(r"(?:\]\(|src=\"|href=\")([^)\"\s]+)")
 PARTS = ("guide", "design", "measurements")

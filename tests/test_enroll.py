@@ -158,7 +158,7 @@ def test_noisy_http_deployment_and_a_failing_one(demo: tuple[nn.Module, Fingerpr
     """The same through an in-process OIP server on 127.0.0.1: only stable pairs kept, no false
     alarm; a server that starts failing refuses the enrollment."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from servers.fake_oip import FakeOip
+    from testkit.servers.fake_oip import FakeOip
 
     model, pool, _ = demo
     with FakeOip({"cnn": FlakyOnSome(model, pool, flaky=[0], sigma=1e-3, seed=3)}, (1, 28, 28)) as fake:

@@ -22,8 +22,8 @@ from veriprint.pipeline.enroll import EnrollmentError, enroll
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.mlserver import MLServer, ServedModel, require_mlserver
 from test_enroll import noised
+from testkit.servers.mlserver import MLServer, ServedModel, require_mlserver
 
 pytestmark = pytest.mark.slow  # one server start (~10 s)
 

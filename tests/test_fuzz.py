@@ -25,7 +25,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servers.raw_http import read_request
+from testkit.servers.raw_http import read_request
 from veriprint.fingerprint import Fingerprint
 from veriprint.fingerprint.fileformat import FingerprintFileError, read_file, write_file
 from veriprint.targets import QueryBatch, TargetError

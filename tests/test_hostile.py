@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from servers.raw_http import read_request
+from testkit.servers.raw_http import read_request
 from veriprint import redact
 from veriprint.cli.main import main
 from veriprint.errors import ConfigError, VeriprintError

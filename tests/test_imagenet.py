@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from servers.required import missing
+from testkit.servers.required import missing
 from veriprint.cli.main import main
 from veriprint.data import load_data
 from veriprint.fingerprint import Fingerprint

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.lib import ROOT
 from veriprint import demo
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # a wheel build, a venv and the demo: ~40 s
 
 
@@ -65,7 +65,7 @@ def test_the_installed_demo_prints_the_readme_table(installed: Path, tmp_path: P
 
 def test_an_installed_monitor_round_migrates_its_database_and_checks(installed: Path, tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
-    from servers.fake_oip import FakeOip, torch_model
+    from testkit.servers.fake_oip import FakeOip, torch_model
     from veriprint.models import load_model
 
     shipped = demo.load_shipped()

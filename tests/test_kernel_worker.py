@@ -1,5 +1,5 @@
 """A deployment with other CPU kernels: the model served by a child process started with
-ATEN_CPU_CAPABILITY=default (benchmarks/kernel_worker.py), checked as the deployments
+ATEN_CPU_CAPABILITY=default (benchmarks/lib/kernel_worker.py), checked as the deployments
 benchmark checks it."""
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from benchmarks.deployments import KERNELS, Deployment, Fleet, false_alarms, open_fleet
-from benchmarks.kernel_worker import KernelWorker
 from torch import nn
 
+from benchmarks.lib.deployments import KERNELS, Deployment, Fleet, false_alarms, open_fleet
+from benchmarks.lib.kernel_worker import KernelWorker
 from veriprint.data import Dataset
 from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
 from veriprint.pipeline.generate import GenerationConfig
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.digits import tampered_copy
-from servers.required import missing
+from testkit.servers.digits import tampered_copy
+from testkit.servers.required import missing
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_shift_mode_compares_the_same_batches_here_and_there(tmp_path: Path) -> 
     control = {"AVX512": "ATen AVX-512", "AVX2": "ATen AVX2", "DEFAULT": "ATen default"}[here]
     raw = tmp_path / "s.json"
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.deployments", "--shift", "--quick", "--deployments",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.deployments", "--shift", "--quick", "--deployments",
                            "ATen default", control, "--out", str(tmp_path / "s.md"), "--json", str(raw)],
                           cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -27,9 +27,9 @@ from veriprint.verification.verify import verify
 from veriprint.zoo import digits_mlp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.demo_onnx import NAMES, DemoModels, demo_models
-from servers.kserve import KServe, require_kserve
-from servers.mlserver import free_port
+from testkit.servers.demo_onnx import NAMES, DemoModels, demo_models
+from testkit.servers.kserve import KServe, require_kserve
+from testkit.servers.mlserver import free_port
 
 pytestmark = pytest.mark.slow  # seven ONNX exports, one server start, 600 checks (~45 s on 2 shared cores)
 
@@ -202,8 +202,8 @@ def test_stopped_server_is_inconclusive(models: DemoModels) -> None:
 # --- the benchmark: no false alarm in 300 checks per protocol, every demo tamper caught ---------
 
 def test_benchmark_300_checks_per_protocol(ks: KServe, models: DemoModels) -> None:
-    """The run of benchmarks/kserve.py (docs/measurements/kserve.md), on this module's server."""
-    from benchmarks.kserve import SPECS, report, run
+    """The run of benchmarks/studies/kserve.py (docs/measurements/kserve.md), on this module's server."""
+    from benchmarks.studies.kserve import SPECS, report, run
 
     results = run(ks, models, checks=300)
     assert [r.protocol for r in results] == list(PROTOCOLS)

@@ -425,7 +425,7 @@ def test_cli_verify_through_an_openai_url(tiny_fp: tuple[LmFingerprint, Path], m
 def test_benchmark_report_renders_from_its_numbers() -> None:
     import json
 
-    from benchmarks.lm_tampers import render
+    from benchmarks.studies.lm_tampers import render
 
     row = {"tamper": "t", "changed": 3, "total": 10, "max_abs_change": 0.1,
            "top1-token": {"verdict": "TAMPERED", "mismatches": 1, "compared": 2, "border": 1, "sensitive": 0},

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from servers.openai_server import OpenAIServer, require_vllm
+from testkit.servers.openai_server import OpenAIServer, require_vllm
 from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint
 from veriprint.lm.fingerprint import LmFingerprint
 from veriprint.lm.model import ASSETS, load_lm

@@ -29,8 +29,8 @@ from veriprint.targets.oip import OipTarget
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.digits import digits_fingerprint, digits_models
-from servers.mlserver import MLServer, ServedModel, free_port, require_mlserver
+from testkit.servers.digits import digits_fingerprint, digits_models
+from testkit.servers.mlserver import MLServer, ServedModel, free_port, require_mlserver
 
 pytestmark = pytest.mark.slow  # one server start and a short training run (~20 s)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from servers.raw_http import read_request
 from test_monitor_store import row
+from testkit.servers.raw_http import read_request
 from veriprint.monitor.alerts import Dispatcher
 from veriprint.monitor.config import parse_config
 from veriprint.monitor.db import Store

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.monitor_kit import monitor_cmd
+from testkit.servers.monitor_kit import monitor_cmd
 from veriprint.monitor.config import ConfigError, parse_config, parse_duration, redact_url
 
 

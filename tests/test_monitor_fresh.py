@@ -25,8 +25,8 @@ from veriprint.verification.queries.split import split_requests
 from veriprint.verification.verify import SampleResult, VerificationReport, merge_reports
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.digits import digits_models, tampered_copy
-from servers.fake_oip import FakeOip, torch_model
+from testkit.servers.digits import digits_models, tampered_copy
+from testkit.servers.fake_oip import FakeOip, torch_model
 
 HOUR_MS = 3_600_000
 
@@ -217,7 +217,7 @@ def test_the_check_page_shows_the_labels_a_top1_check_compared(tmp_path: Path, s
 def test_check_config_creates_nothing_and_once_reports_its_own_timed_out_check(tmp_path: Path) -> None:
     import subprocess
 
-    from servers.monitor_kit import monitor_cmd, pool_files, write_config
+    from testkit.servers.monitor_kit import monitor_cmd, pool_files, write_config
 
     path, pub, _ = pool_files()
     m = digits_models()
@@ -278,8 +278,8 @@ def test_sigterm_stops_the_service_promptly_while_a_webhook_never_answers(tmp_pa
     import socket
     import time
 
-    from servers.mlserver import free_port
-    from servers.monitor_kit import MonitorProcess, pool_files, write_config
+    from testkit.servers.mlserver import free_port
+    from testkit.servers.monitor_kit import MonitorProcess, pool_files, write_config
 
     path, pub, _ = pool_files()
     m = digits_models()

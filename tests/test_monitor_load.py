@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchmarks.monitor_load import run, to_markdown
+
+from benchmarks.speed.monitor_load import run, to_markdown
 
 pytestmark = pytest.mark.slow  # ~40 s: 100 endpoints for 12 s, plus start and stop
 

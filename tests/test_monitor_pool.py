@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import itertools
 
-from servers.digits import digits_models, tampered_copy
-from servers.monitor_kit import pool_files
+from testkit.servers.digits import digits_models, tampered_copy
+from testkit.servers.monitor_kit import pool_files
 from veriprint.fingerprint import Fingerprint
 from veriprint.fingerprint.fileformat import FingerprintFileError
 from veriprint.monitor.pool import Pool

@@ -12,9 +12,9 @@ import pytest
 from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.digits import digits_models, tampered_copy
-from servers.fake_oip import FakeOip, torch_model
-from servers.monitor_kit import Receiver, pool_files, write_config
+from testkit.servers.digits import digits_models, tampered_copy
+from testkit.servers.fake_oip import FakeOip, torch_model
+from testkit.servers.monitor_kit import Receiver, pool_files, write_config
 from veriprint.monitor.config import load_config
 from veriprint.monitor.db import Store
 from veriprint.monitor.service import Monitor

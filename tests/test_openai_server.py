@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from servers.openai_server import OpenAIServer, local_greedy, make_tiny_lm, prompts
+from testkit.servers.openai_server import OpenAIServer, local_greedy, make_tiny_lm, prompts
 from veriprint.targets import TargetError
 from veriprint.targets.http import HttpOptions
 from veriprint.targets.openai import Completion, OpenAIChat, OpenAICompletions

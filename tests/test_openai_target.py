@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from servers.raw_http import read_request
+from testkit.servers.raw_http import read_request
 from veriprint import redact
 from veriprint.errors import ConfigError, VeriprintError
 from veriprint.targets import TargetError
@@ -445,7 +445,7 @@ def test_no_prompts_send_no_request(fake: Any) -> None:
 
 
 def test_the_server_fixture_names_a_head_size_vllm_cannot_serve(tmp_path: Any) -> None:
-    from servers.openai_server import head_size_problem
+    from testkit.servers.openai_server import head_size_problem
 
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 96, "num_attention_heads": 4}))
     assert "got 24 (96 wide, 4 heads)" in head_size_problem(tmp_path)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from servers.required import missing
+from testkit.servers.required import missing
 from veriprint.data import Dataset, load_data
 from veriprint.models.train import TrainConfig, train_
 from veriprint.tamper import (

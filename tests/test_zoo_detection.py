@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.zoo_detection import EDITS, render
+from benchmarks.studies.zoo_detection import EDITS, render
 
 
 def _row(attack: str, verdict: str, dz: float, flipped: bool) -> dict[str, Any]:

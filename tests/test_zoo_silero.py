@@ -11,7 +11,6 @@ no speech data exists here to measure how well it detects speech.
 from __future__ import annotations
 
 import importlib.util
-import math
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from servers.required import missing
+from testkit.servers.required import missing
+from testkit.signals import sounds
 
 INSTALL = "silero-vad is not installed: pip install --no-deps silero-vad==6.2.3 (scripts/setup.sh does it)"
 
@@ -29,27 +29,6 @@ def _require() -> Path:
     if spec is None or not spec.submodule_search_locations:
         missing(INSTALL)
     return Path(next(iter(spec.submodule_search_locations))) / "data"
-
-
-def sounds(n: int, seed: int = 0) -> torch.Tensor:
-    """``n`` SYNTHETIC frames ``(n, 576)`` on the 16-bit grid, in turn: noise at a random
-    level, a tone of 80-2,000 Hz, and a chirp with three overtones sweeping an octave."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(576, dtype=torch.float64) / 16_000
-    frames = []
-    for i in range(n):
-        f = 80 * 25 ** float(torch.rand(1, generator=g, dtype=torch.float64))
-        level = 0.02 + 0.5 * float(torch.rand(1, generator=g, dtype=torch.float64))
-        if i % 3 == 0:
-            x = torch.randn(576, generator=g, dtype=torch.float64)
-        elif i % 3 == 1:
-            x = torch.sin(2 * math.pi * f * t + 6 * float(torch.rand(1, generator=g)))
-        else:
-            phase = 2 * math.pi * f * (t + t**2 / (2 * 0.036))  # up one octave over 36 ms
-            x = sum(torch.sin(k * phase) / k for k in range(1, 5))
-            x = x + 0.05 * torch.randn(576, generator=g, dtype=torch.float64)
-        frames.append(level * x / x.abs().max())
-    return (torch.round(torch.stack(frames) * 32768) / 32768).float()
 
 
 def test_silero_vad_is_the_package_model() -> None:

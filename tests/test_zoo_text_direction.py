@@ -17,13 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from servers.required import missing
+from testkit.servers.required import missing
+from testkit.signals import rendered_lines
 
 INSTALL = ("rapidocr-onnxruntime is not installed: pip install --no-deps rapidocr-onnxruntime==1.4.4 "
            "(scripts/setup.sh does it)")
-TEXT = ("the quick brown fox jumps over a lazy dog while models answer every query of the "
-         "fingerprint with sensitive samples that verify weights intact or tampered 0123456789")
-WORDS = TEXT.split()
 
 
 def _require() -> Path:
@@ -33,26 +31,6 @@ def _require() -> Path:
     from veriprint.zoo import TEXT_DIRECTION_FILE
 
     return Path(next(iter(spec.submodule_search_locations))) / TEXT_DIRECTION_FILE
-
-
-def rendered_lines(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``2 n`` SYNTHETIC text lines, uint8 RGB ``(2n, 48, 192, 3)``: ``n`` upright lines of
-    three random words (font size 22-33, dark ink on light paper, each seeded), then the
-    same lines turned by 180 degrees; labels 0 then 1."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    lines = []
-    for _ in range(n):
-        text = " ".join(rng.choice(WORDS, 3))
-        font = ImageFont.load_default(size=int(rng.integers(22, 34)))
-        ink, paper = int(rng.integers(0, 80)), int(rng.integers(190, 256))
-        tint = rng.integers(-20, 21, 3)
-        im = Image.new("RGB", (192, 48), tuple(int(v) for v in np.clip(paper + tint, 0, 255)))
-        ImageDraw.Draw(im).text((int(rng.integers(0, 8)), 24), text, fill=(ink,) * 3, font=font, anchor="lm")
-        lines.append(np.asarray(im))
-    up = np.stack(lines)
-    return np.concatenate([up, up[:, ::-1, ::-1]]), np.repeat(np.array([0, 1]), n)
 
 
 def _as_input(images: np.ndarray) -> torch.Tensor:

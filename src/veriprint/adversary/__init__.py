@@ -13,7 +13,7 @@
 :func:`routed_share` measures a policy's cost (the share of natural traffic it answers
 honestly), :func:`calibrate` sets a detector's threshold to a flag rate, and :mod:`.roc`
 gives each detector's ROC on the owner's queries against natural inputs. ``python -m
-benchmarks.adversary`` measures every policy against every way of checking
+benchmarks.studies.adversary`` measures every policy against every way of checking
 (``docs/design/adversary.md``).
 """
 

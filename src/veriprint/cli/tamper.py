@@ -72,7 +72,7 @@ def render_list() -> str:
     from veriprint.lm.tamper import list_lm_attacks
 
     lines += ["", "Language-model attacks (in the library: veriprint.lm.tamper.tamper_lm; measured by "
-                  "benchmarks.lm_tampers):"]
+                  "benchmarks.studies.lm_tampers):"]
     for name, summary, settings in list_lm_attacks():
         lines.append(f"  {name:<22} {summary}")
         params = " ".join(f"{k}={_fmt(v)}" for k, v in settings.items())

@@ -18,7 +18,7 @@ This module gives the reach matrix of a set of samples (one backward pass each),
 set reveals (the figure a fingerprint reports about itself), and the selection by reach
 lives in :func:`veriprint.selectors.algorithms.reach_cover`. First order is checked against real edits:
 the tests compare each tensor's predicted share with real ±5% edits (digits MLP: within
-about one point on average over tensors), and ``benchmarks/detection_power.py`` does the
+about one point on average over tensors), and ``benchmarks/studies/detection_power.py`` does the
 same on three larger models (a per-tensor gap of 1-3 points on average).
 """
 

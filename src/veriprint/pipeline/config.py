@@ -52,7 +52,7 @@ class FingerprintConfig:
             predicted share reaches this fraction of the bag's ceiling (what every eligible
             candidate together reveals), ``select`` at least and ``max_queries`` at most
             (default 0.97: the queries stop where more of them would add little; 0: exactly
-            ``select``). ``benchmarks/detection_power.py`` measures what it buys: with 0.97
+            ``select``). ``benchmarks/studies/detection_power.py`` measures what it buys: with 0.97
             and a cap of 64, 90% or more of the visible ±5% single-parameter edits were
             caught on each zoo model it measures, with 0.95 and 32, 88.9% on one of them.
         max_queries: most queries ``coverage``, ``ceiling_share`` and ``cover_classes`` may

@@ -85,7 +85,7 @@ AUTO_MEMORY_SHARE = 0.4
 #: cost meter on real runs (EfficientNet-Lite2 at 260x260: refine 19.5 and 10.6 with the
 #: line search of the prefix, 29.2 and 10.6 with bisection alone, twins 10 and 8; the
 #: Fashion-MNIST CNN: refine 17.3 and 14.6, 23.1 and 14.6 with bisection, twins 14 and 13;
-#: ``benchmarks/prefix_search.py``), rounded up; calibration counts its float64 pass as
+#: ``benchmarks/speed/prefix_search.py``), rounded up; calibration counts its float64 pass as
 #: three. Each is priced at the calibrated speed of its kind of pass and batch.
 PASSES = {
     "calibrate": (6.0, 0.0),
