@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,27 @@ def test_straddle_moves_float32_pairs_onto_the_rounded_boundary(fashion_model: t
     for x in (res.first, res.second):
         assert float((x - seeds).abs().max()) <= eps + 1e-6
     assert torch.equal(res.first[~res.ok], a[~res.ok]) and torch.equal(res.second[~res.ok], b[~res.ok])
+
+
+def test_the_flip_search_never_writes_the_served_model() -> None:
+    """Its parameters made as inference tensors, which refuse any in-place write outside
+    inference mode: finding the bias and every shift search run on copies passed per call,
+    and give what the same search gives on an ordinary copy."""
+    from veriprint.pipeline.straddle import flip_shifts, output_bias
+
+    torch.manual_seed(5)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).eval()
+    with torch.inference_mode():
+        frozen = copy.deepcopy(plain)
+        for p in frozen.parameters():
+            p.data = p.data.clone()  # made in inference mode: writes outside it raise
+    assert frozen[2].bias.is_inference()
+    x = torch.rand(40, 4)
+    bias = output_bias(frozen, x)
+    assert bias is frozen[2].bias
+    got = flip_shifts(frozen, bias, x, 1e-3)
+    assert torch.equal(got, flip_shifts(plain, plain[2].bias, x, 1e-3))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), frozen.parameters(), strict=True))
 
 
 def test_output_bias_is_found_and_flip_shift_is_the_margin_on_its_grid() -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from veriprint.data import InputDomain
 from veriprint.deployments.profiles import served
@@ -260,16 +261,21 @@ def output_bias(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind = "
     for name, p in reversed(list(model.named_parameters())):
         if not name.endswith("bias") or p.dim() != 1 or p.numel() != z0.shape[1]:
             continue
-        orig = p.data[0].clone()
-        try:
-            p.data[0] = orig + 1.0
-            with torch.no_grad():
-                dz = (as_logits(model(x), model_outputs) - z0).abs()
-        finally:
-            p.data[0] = orig
+        moved = p.detach().clone()
+        moved[0] = p.detach()[0] + 1.0
+        with torch.no_grad():
+            dz = (as_logits(functional_call(model, {name: moved}, (x,)), model_outputs) - z0).abs()
         if bool((dz[:, 0] > 0.5).all()) and bool((dz[:, 1:] == 0).all()):
             return p
     return None
+
+
+def _name_of(model: nn.Module, param: torch.Tensor) -> str:
+    """The name under which ``model`` holds the parameter ``param``."""
+    for name, p in model.named_parameters():
+        if p is param:
+            return name
+    raise ValueError("expected a parameter of the model, got another tensor")
 
 
 def _label_runner(model: nn.Module, x: torch.Tensor, model_outputs: OutputKind) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +288,8 @@ def flip_shifts(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, low: floa
                 model_outputs: OutputKind = "logits", below: torch.Tensor | None = None) -> torch.Tensor:
     """The smallest shift ``low * 2**k / 2`` (``k < levels``) of one logit that flips each
     row's label, each way: column 0 the runner-up's logit raised, column 1 the label's
-    lowered, through the output bias ``bias`` of ``model`` (restored after); ``inf`` where
+    lowered, through the output bias ``bias`` of ``model`` (a moved copy passed to each call:
+    the model itself is never written); ``inf`` where
     none does (or, with ``below``, none up to that row's value: the search stops there).
 
     A shift is what a change of the output layer's bias does to one logit, and about what
@@ -331,20 +338,19 @@ def _flips_at(model: nn.Module, bias: torch.Tensor, x: torch.Tensor, lab: torch.
               shift: torch.Tensor, sign: float, model_outputs: OutputKind) -> torch.Tensor:
     """Whether each row's label ``lab`` changes when logit ``cls`` of that row is moved by
     ``sign * shift`` through the output bias ``bias`` (one pass per class and shift, over
-    the rows that have them; restored after). Rows with an infinite shift are not tried."""
+    the rows that have them, each with a moved copy of the bias: ``model`` is never written). Rows with an infinite shift are not tried."""
     out = torch.zeros(len(x), dtype=torch.bool)
     tried = torch.isfinite(shift)
+    name = _name_of(model, bias)
     for c in cls[tried].unique().tolist():
-        orig = bias.data[c].clone()
-        try:
-            for d in shift[tried & (cls == c)].unique().tolist():
-                rows = (tried & (cls == c) & (shift == d)).nonzero().flatten()
-                bias.data[c] = orig + sign * d
-                with torch.no_grad():
-                    z = as_logits(model(x[rows.to(x.device)]), model_outputs).cpu()
-                out[rows] = z.argmax(dim=1) != lab[rows]
-        finally:
-            bias.data[c] = orig
+        orig = bias.detach()[c].clone()
+        for d in shift[tried & (cls == c)].unique().tolist():
+            rows = (tried & (cls == c) & (shift == d)).nonzero().flatten()
+            moved = bias.detach().clone()
+            moved[c] = orig + sign * d
+            with torch.no_grad():
+                z = as_logits(functional_call(model, {name: moved}, (x[rows.to(x.device)],)), model_outputs).cpu()
+            out[rows] = z.argmax(dim=1) != lab[rows]
     return out
 
 
