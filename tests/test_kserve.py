@@ -29,7 +29,7 @@ from veriprint.zoo import digits_mlp
 sys.path.insert(0, str(Path(__file__).parent))
 from testkit.servers.demo_onnx import NAMES, DemoModels, demo_models
 from testkit.servers.kserve import KServe, require_kserve
-from testkit.servers.mlserver import free_port
+from testkit.servers.processes import free_port
 
 pytestmark = pytest.mark.slow  # seven ONNX exports, one server start, 600 checks (~45 s on 2 shared cores)
 

@@ -30,7 +30,8 @@ from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))
 from testkit.servers.digits import digits_fingerprint, digits_models
-from testkit.servers.mlserver import MLServer, ServedModel, free_port, require_mlserver
+from testkit.servers.mlserver import MLServer, ServedModel, require_mlserver
+from testkit.servers.processes import free_port
 
 pytestmark = pytest.mark.slow  # one server start and a short training run (~20 s)
 

@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from testkit.servers.digits import digits_models, tampered_copy
 from testkit.servers.fake_oip import FakeOip, torch_model
-from testkit.servers.mlserver import free_port
 from testkit.servers.monitor_kit import MonitorProcess, pool_files, run_once, write_config
+from testkit.servers.processes import free_port
 from testkit.servers.required import missing
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

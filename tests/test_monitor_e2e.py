@@ -16,9 +16,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from testkit.servers.digits import digits_models
 from testkit.servers.fake_oip import FakeOip, torch_model
-from testkit.servers.mlserver import MLServer, ServedModel, free_port, require_mlserver
+from testkit.servers.mlserver import MLServer, ServedModel, require_mlserver
 from testkit.servers.monitor_kit import MonitorProcess, Receiver, pool_files, run_once, write_config
 from testkit.servers.postgres import Postgres, require_postgres
+from testkit.servers.processes import free_port
 from veriprint.monitor.db import Store
 
 pytestmark = pytest.mark.slow  # a real MLServer and PostgreSQL, ~1 min

@@ -278,8 +278,8 @@ def test_sigterm_stops_the_service_promptly_while_a_webhook_never_answers(tmp_pa
     import socket
     import time
 
-    from testkit.servers.mlserver import free_port
     from testkit.servers.monitor_kit import MonitorProcess, pool_files, write_config
+    from testkit.servers.processes import free_port
 
     path, pub, _ = pool_files()
     m = digits_models()

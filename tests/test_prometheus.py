@@ -23,9 +23,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from testkit.servers.digits import digits_models, tampered_copy
 from testkit.servers.fake_oip import FakeOip, torch_model
-from testkit.servers.mlserver import free_port
 from testkit.servers.monitor_kit import MonitorProcess, Receiver, pool_files, run_once, write_config
-from testkit.servers.processes import stop_group
+from testkit.servers.processes import free_port, stop_group
 from testkit.servers.required import missing
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -62,8 +62,9 @@ def run(endpoints: int = 100, seconds: float = 60.0, interval: float = 1.0, conc
     """Run the load test; the measured numbers as a dict."""
     from testkit.servers.digits import digits_models
     from testkit.servers.fake_oip import FakeOip, torch_model
-    from testkit.servers.mlserver import MLServer, ServedModel, free_port, serving_venv
+    from testkit.servers.mlserver import MLServer, ServedModel, serving_venv
     from testkit.servers.monitor_kit import MonitorProcess, pool_files, write_config
+    from testkit.servers.processes import free_port
     from veriprint.monitor.db import Attempt, Store
 
     work = workdir or Path(tempfile.mkdtemp(prefix="veriprint-monitor-load-"))

@@ -16,8 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from testkit.servers.mlserver import free_port
-from testkit.servers.processes import ServerProcess
+from testkit.servers.processes import OipServer
 from testkit.servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +37,7 @@ def require_kserve() -> Path:
     return exe
 
 
-class KServe(ServerProcess):
+class KServe(OipServer):
     """A running KServe ModelServer; use as a context manager or call :meth:`start` / :meth:`stop`.
 
     Args:
@@ -54,22 +53,9 @@ class KServe(ServerProcess):
         self.root = root
         self.models = dict(models)
         self.threads = threads
-        self.http_port = free_port()
-        self.grpc_port = free_port()
+        self.take_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "kserve.log"
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def url(self, name: str) -> str:
-        """The model's OIP v2 REST URL."""
-        return f"{self.origin}/v2/models/{name}"
-
-    def grpc_url(self, name: str) -> str:
-        """The model's OIP v2 gRPC URL."""
-        return f"grpc://127.0.0.1:{self.grpc_port}/{name}"
 
     def _ready(self, path: str) -> bool:
         try:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from testkit.servers.processes import ServerProcess
+from testkit.servers.processes import OipServer
 from testkit.servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,11 +41,6 @@ def require_mlserver() -> Path:
     return exe
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -60,7 +54,7 @@ class ServedModel:
     parameters: dict[str, object] | None = None
 
 
-class MLServer(ServerProcess):
+class MLServer(OipServer):
     """A running MLServer; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
     label = "MLServer"
@@ -69,17 +63,9 @@ class MLServer(ServerProcess):
         self.exe = require_mlserver()
         self.root = root
         self.models = models
-        self.http_port = free_port()
-        self.grpc_port = free_port()
+        self.take_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "mlserver.log"
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def url(self, name: str) -> str:
-        return f"{self.origin}/v2/models/{name}"
 
     def _write_repository(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testkit.servers.mlserver import free_port
-from testkit.servers.processes import ServerProcess
+from testkit.servers.processes import ServerProcess, free_port
 from testkit.servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]

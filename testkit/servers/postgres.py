@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from testkit.servers.mlserver import free_port
+from testkit.servers.processes import free_port
 from testkit.servers.required import missing
 
 USER = "veriprint-pg"

@@ -5,11 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def stop_group(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 20.0) -> int:
@@ -81,3 +89,30 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class OipServer(ServerProcess):
+    """A server of the Open Inference Protocol on two free ports of 127.0.0.1, REST and gRPC:
+    the URLs of its models. A subclass calls :meth:`take_ports` in its ``__init__``."""
+
+    http_port: int
+    grpc_port: int
+
+    def take_ports(self) -> None:
+        """Two distinct free ports, REST's and gRPC's."""
+        self.http_port = free_port()
+        self.grpc_port = free_port()
+        while self.grpc_port == self.http_port:
+            self.grpc_port = free_port()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def url(self, name: str) -> str:
+        """The model's REST URL, ``http://127.0.0.1:PORT/v2/models/NAME``."""
+        return f"{self.origin}/v2/models/{name}"
+
+    def grpc_url(self, name: str) -> str:
+        """The model's gRPC URL, ``grpc://127.0.0.1:PORT/NAME``."""
+        return f"grpc://127.0.0.1:{self.grpc_port}/{name}"

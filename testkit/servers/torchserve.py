@@ -18,7 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from testkit.servers.mlserver import free_port, serving_venv
+from testkit.servers.mlserver import serving_venv
+from testkit.servers.processes import free_port
 from testkit.servers.required import missing
 
 HANDLER = Path(__file__).with_name("ts_handler.py")

@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 from testkit.servers.demo_onnx import NAMES as DEMO_NAMES
-from testkit.servers.mlserver import free_port
-from testkit.servers.processes import ServerProcess, stop_group
+from testkit.servers.processes import OipServer, stop_group
 from testkit.servers.required import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +82,7 @@ class TritonModel:
     max_batch_size: int = 16
 
 
-class TritonServer(ServerProcess):
+class TritonServer(OipServer):
     """A running Triton; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
     label = "Triton"
@@ -94,24 +93,9 @@ class TritonServer(ServerProcess):
         self.root = root
         self.models = models
         self.input_name, self.output_name = input_name, output_name
-        self.http_port = free_port()
-        self.grpc_port = free_port()
-        while self.grpc_port == self.http_port:
-            self.grpc_port = free_port()
+        self.take_ports()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "triton.log"
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def url(self, name: str) -> str:
-        """The model's REST URL, ``http://127.0.0.1:PORT/v2/models/NAME``."""
-        return f"{self.origin}/v2/models/{name}"
-
-    def grpc_url(self, name: str) -> str:
-        """The model's gRPC URL, ``grpc://127.0.0.1:PORT/NAME``."""
-        return f"grpc://127.0.0.1:{self.grpc_port}/{name}"
 
     def command(self) -> list[str]:
         cmd = [str(self.python), str(APP), "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
