@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the model's weights, the fingerprint and their manifest (SHA-256, command, "
                         "machine) to DIR; the shipped ones come from `scripts/make-demo-assets.sh`")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--lm", action="store_true",
+                   help="the demo on the shipped language model (fortunes-lm): fingerprint it on this machine "
+                        "(16 prompts, 4 tokens each; a minute or two) and verify it and tampered copies through "
+                        "a completions API, greedy tokens and top-5 logprobs (--out default demo-lm.vpf)")
 
 
 def _fail(msg: str) -> int:
@@ -48,7 +52,39 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def run_lm(args: argparse.Namespace) -> int:
+    """``veriprint demo --lm``."""
+    from veriprint.lm import demo as lm_demo
+    from veriprint.lm.model import load_lm
+
+    for flag in ("train", "regenerate", "write_readme", "export", "data", "bag", "steps", "select"):
+        if getattr(args, flag) not in (None, False):
+            return _fail(f"--{flag.replace('_', '-')} is for the classifier demo; --lm makes its fingerprint on "
+                         "this machine every time")
+    out = args.out if args.out != "demo.vpf" else "demo-lm.vpf"
+    start = time.perf_counter()
+    lm = load_lm("fortunes-lm")
+    print(f"[1/4] model: the shipped fortunes-lm ({sum(p.numel() for p in lm.model.parameters()):,} parameters, "
+          f"weights sha256 {lm.weights_sha256[:16]}..., SHA-256 checked against the manifest)")
+    cfg = lm_demo.DEMO_CONFIG
+    print(f"[2/4] fingerprint: {cfg.prompts} prompts, {cfg.max_tokens} tokens each, made on this machine")
+    fp = lm_demo.demo_fingerprint(lm).save(out)
+    roles = fp.meta["roles"]
+    print(f"      wrote {out}: {roles.count('border')} border and {roles.count('sensitive')} sensitive prompts, "
+          f"noise floor {fp.noise.floor:.2g}, logprob tolerance {fp.noise.logit_tolerance:.2g}")
+    print("[3/4] verify the intact model and tampered copies (greedy tokens and top-5 logprobs)")
+    rows = lm_demo.verify_rows(fp, lm, progress=None if args.quiet else (lambda s: print(f"      {s}")))
+    print("[4/4] verdicts")
+    print(lm_demo.render(rows))
+    print(f"took {time.perf_counter() - start:.0f} s")
+    missed = [r.label for r in rows if r.tampered and r.verdicts["logprobs:5"][0] != "TAMPERED"]
+    alarms = [r.label for r in rows if not r.tampered and any(v[0] == "TAMPERED" for v in r.verdicts.values())]
+    return 1 if missed or alarms else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "lm", False):
+        return run_lm(args)
     from veriprint import demo
     from veriprint.data import default_dataset_name, load_data
     from veriprint.fingerprint import Fingerprint, FingerprintConfig, make_fingerprint
