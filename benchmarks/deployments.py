@@ -14,7 +14,7 @@ as these kinds:
 - **profile**: made with the deployment's own ``--precision`` (only where it differs
   from float32: ``fp64``, ``bf16``, ``autocast-bf16``; elsewhere it is the default);
 - **enrolled**: a pool of ``--pool`` samples enrolled against that deployment
-  (:func:`veriprint.pipeline.enroll.enroll`, top1, 6 rounds, declared tolerance 0.1);
+  (:func:`veriprint.enrollment.enroll`, top1, 6 rounds, declared tolerance 0.1);
 - **enrolled, profiled pool** (deployments with a precision only): the same, from a pool
   made with the deployment's ``--precision`` (its pairs straddle that deployment's
   boundary, :func:`veriprint.pipeline.straddle.straddle`);
@@ -78,10 +78,10 @@ from torch import nn  # noqa: E402
 from benchmarks.common import write_report  # noqa: E402
 from veriprint.data import Dataset, load_data  # noqa: E402
 from veriprint.deployments.profiles import DeviceProfile, served  # noqa: E402
+from veriprint.enrollment import EnrollmentError, enroll  # noqa: E402
 from veriprint.errors import ConfigError  # noqa: E402
 from veriprint.fingerprint import Fingerprint  # noqa: E402
 from veriprint.pipeline import FingerprintConfig, make_fingerprint  # noqa: E402
-from veriprint.pipeline.enroll import EnrollmentError, enroll  # noqa: E402
 from veriprint.pipeline.generate import GenerationConfig  # noqa: E402
 from veriprint.targets import CallableTarget, QueryBatch, Target, TorchTarget, open_target  # noqa: E402
 from veriprint.verification.specs import parse_spec  # noqa: E402

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import os
 
+    from veriprint.enrollment import EnrollmentError, enroll
     from veriprint.fingerprint import Fingerprint
-    from veriprint.pipeline.enroll import EnrollmentError, enroll
     from veriprint.redact import redact
 
     for path, what in ((args.out, "--out"), (args.report, "--report")):
