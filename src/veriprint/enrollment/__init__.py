@@ -29,16 +29,21 @@ floor          :mod:`veriprint.enrollment.floor`            stability, the enrol
 subset         :mod:`veriprint.enrollment.subset`           whole pairs first, by reach
 describe       :mod:`veriprint.enrollment.describe`         the file and ``meta["enrollment"]``
 classifier     :mod:`veriprint.enrollment.classifier`       the stages in order
+lm             :mod:`veriprint.enrollment.lm`               the same for a language model's prompts
 report         :mod:`veriprint.enrollment.report`           the report and the refusal
 =============  ===========================================  ==================================
 
-:func:`enroll` is the entry (:mod:`veriprint.enrollment.entry`).
+:func:`enroll` is the entry (:mod:`veriprint.enrollment.entry`): a classifier's pool goes to
+:func:`~veriprint.enrollment.classifier.enroll_classifier`, a language model's
+(:class:`~veriprint.lm.fingerprint.LmFingerprint`) to :func:`enroll_lm`.
 """
 
 from __future__ import annotations
 
 from veriprint.enrollment.entry import enroll
+from veriprint.enrollment.lm import LmCandidateStats, LmEnrollmentReport, enroll_lm
 from veriprint.enrollment.report import CandidateStats, EnrollmentError, EnrollmentReport
 from veriprint.enrollment.rounds import DEFAULT_BATCH_SIZES
 
-__all__ = ["DEFAULT_BATCH_SIZES", "CandidateStats", "EnrollmentError", "EnrollmentReport", "enroll"]
+__all__ = ["DEFAULT_BATCH_SIZES", "CandidateStats", "EnrollmentError", "EnrollmentReport", "LmCandidateStats",
+           "LmEnrollmentReport", "enroll", "enroll_lm"]

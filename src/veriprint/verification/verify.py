@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -35,7 +35,12 @@ from veriprint.targets import Target, TargetError, open_target
 from veriprint.verification.send import closing_if_opened, send_once
 from veriprint.verification.specs import OutputSpec, parse_spec
 
-__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "merge_reports", "verify"]
+if TYPE_CHECKING:
+    from veriprint.lm.fingerprint import LmFingerprint
+    from veriprint.lm.specs import LmSpec
+
+__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "check_enrolled_spec", "merge_reports",
+           "verify"]
 
 Verdict = Literal["INTACT", "TAMPERED", "INCONCLUSIVE"]
 EXIT_CODES: dict[str, int] = {"INTACT": 0, "TAMPERED": 1, "INCONCLUSIVE": 2}
@@ -109,8 +114,8 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def _check_enrolled_spec(fp: Fingerprint, spec: OutputSpec) -> None:
-    """Refuse a spec an enrolled fingerprint does not serve.
+def check_enrolled_spec(fp: Fingerprint | LmFingerprint, spec: OutputSpec | LmSpec) -> None:
+    """Refuse a spec an enrolled fingerprint (a classifier's or a language model's) does not serve.
 
     An enrollment whose measured spread went beyond the pool's tolerances widened them;
     the file then serves only the spec it was enrolled for (``meta["enrollment"]["serves"]``),
@@ -122,7 +127,8 @@ def _check_enrolled_spec(fp: Fingerprint, spec: OutputSpec) -> None:
         return
     assert isinstance(info, dict)
     grown = info.get("grown")
-    names = {"floor": "margin floor", "logit": "logit tolerance", "prob": "probability tolerance"}
+    names = {"floor": "margin floor", "logit": "logit tolerance", "logprob": "logprob tolerance",
+             "prob": "probability tolerance"}
     what = "its tolerances"
     if isinstance(grown, dict) and grown:
         what = ", ".join(f"the {names.get(str(k), str(k))} from {v.get('pool', 0):.3g} to {v.get('enrolled', 0):.3g}"
@@ -169,7 +175,7 @@ def verify(
         raise ConfigError("expected a fingerprint with at least one sample, got 0: nothing to compare")
     if not torch.isfinite(fp.expected).all():
         raise ConfigError("expected finite expected outputs in the fingerprint, got NaN or infinity")
-    _check_enrolled_spec(fp, out_spec)
+    check_enrolled_spec(fp, out_spec)
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
     info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", "")}
