@@ -30,7 +30,8 @@ subset         :mod:`veriprint.enrollment.subset`           whole pairs first, b
 describe       :mod:`veriprint.enrollment.describe`         the file and ``meta["enrollment"]``
 classifier     :mod:`veriprint.enrollment.classifier`       the stages in order
 lm             :mod:`veriprint.enrollment.lm`               the same for a language model's prompts
-report         :mod:`veriprint.enrollment.report`           the report and the refusal
+report         :mod:`veriprint.enrollment.report`           the reports and the refusal
+arguments      :mod:`veriprint.enrollment.arguments`        the checks of the arguments both share
 =============  ===========================================  ==================================
 
 :func:`enroll` is the entry (:mod:`veriprint.enrollment.entry`): a classifier's pool goes to
@@ -41,8 +42,14 @@ report         :mod:`veriprint.enrollment.report`           the report and the r
 from __future__ import annotations
 
 from veriprint.enrollment.entry import enroll
-from veriprint.enrollment.lm import LmCandidateStats, LmEnrollmentReport, enroll_lm
-from veriprint.enrollment.report import CandidateStats, EnrollmentError, EnrollmentReport
+from veriprint.enrollment.lm import enroll_lm
+from veriprint.enrollment.report import (
+    CandidateStats,
+    EnrollmentError,
+    EnrollmentReport,
+    LmCandidateStats,
+    LmEnrollmentReport,
+)
 from veriprint.enrollment.rounds import DEFAULT_BATCH_SIZES
 
 __all__ = ["DEFAULT_BATCH_SIZES", "CandidateStats", "EnrollmentError", "EnrollmentReport", "LmCandidateStats",

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -20,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from veriprint.enrollment.agreement import check_agreement, declared_noise
+from veriprint.enrollment.arguments import check_int, check_number, target_list
 from veriprint.enrollment.describe import enrolled_fingerprint
 from veriprint.enrollment.floor import enrolled_floor, stability
 from veriprint.enrollment.report import EnrollmentReport, count_states
@@ -33,28 +33,7 @@ from veriprint.targets import Target, open_target
 from veriprint.verification.send import closing_if_opened
 from veriprint.verification.specs import OutputSpec, parse_spec
 
-__all__ = ["check_int", "enroll_classifier", "target_list"]
-
-
-def check_int(name: str, value: object, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ConfigError(f"expected {name} to be a whole number >= {lo}, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: object, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not 0 <= value <= hi:
-        raise ConfigError(f"expected {name} in [0, {hi:g}], got {value!r}")
-    return float(value)
-
-
-def target_list(target: Any) -> list[Any]:
-    """One target or a list of replicas, as a list (refusing none)."""
-    raw: list[Any] = list(target) if isinstance(target, list | tuple) else [target]
-    if not raw:
-        raise ConfigError("expected at least one target, got none")
-    return raw
+__all__ = ["enroll_classifier"]
 
 
 def enroll_classifier(

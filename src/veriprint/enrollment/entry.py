@@ -16,7 +16,7 @@ from veriprint.targets import Target
 from veriprint.verification.specs import OutputSpec
 
 if TYPE_CHECKING:  # the LM side is imported when an LM pool comes
-    from veriprint.enrollment.lm import LmEnrollmentReport
+    from veriprint.enrollment.report import LmEnrollmentReport
     from veriprint.lm.fingerprint import LmFingerprint
     from veriprint.lm.specs import LmSpec
 

@@ -1,4 +1,5 @@
-"""What enrollment returns or raises: the report, each candidate's fate, the refusal."""
+"""What enrollment returns or raises: the report, each candidate's fate, the refusal (for a
+classifier's pool and a language model's)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 from veriprint.errors import VeriprintError
 from veriprint.fingerprint import Fingerprint
+from veriprint.lm.fingerprint import LmFingerprint
 
-__all__ = ["CandidateStats", "EnrollmentError", "EnrollmentReport"]
+__all__ = ["CandidateStats", "EnrollmentError", "EnrollmentReport", "LmCandidateStats", "LmEnrollmentReport",
+           "count_states"]
 
 
 class EnrollmentError(VeriprintError, RuntimeError):
@@ -114,4 +117,90 @@ class EnrollmentReport:
             f"measured spread over kept candidates: logits {n['logit']:.3g}, probs {n['prob']:.3g}, "
             f"margins {n['margin']:.3g}; enrolled floor {n['floor']:.3g}, logit tolerance "
             f"{n['logit_tolerance']:.3g}, prob tolerance {n['prob_tolerance']:.3g}",
+        ])
+
+
+@dataclass(frozen=True)
+class LmCandidateStats:
+    """What enrollment saw of one pool prompt.
+
+    Attributes:
+        index: position in the pool.
+        prompt: the prompt.
+        answers: answers recorded (the rounds).
+        texts: distinct texts answered.
+        spread: largest range of a logprob over the rounds (0 without logprobs).
+        stable: every repeat gave the same answer, within the tolerance.
+        decided: its first token's margin clears the enrolled floor.
+        kept: in the enrolled fingerprint.
+        why: ``"kept"`` or why not: ``"unstable"`` (the repeats differ), ``"incomplete"``
+            (fewer logprobs listed than asked, or a token the pool does not know),
+            ``"inconsistent"`` (an answer does not match the enrolled expectation, e.g.
+            another token at a near tie), ``"undecided"`` (within the enrolled floor of a
+            tie), ``"not selected"`` (more prompts than ``keep``).
+    """
+
+    index: int
+    prompt: str
+    answers: int
+    texts: list[str]
+    spread: float
+    stable: bool
+    decided: bool
+    kept: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class LmEnrollmentReport:
+    """The enrolled LM fingerprint and what enrollment measured.
+
+    Attributes:
+        fingerprint: the enrolled fingerprint (unsigned until saved with a key).
+        target: the target(s), redacted.
+        spec: the LM spec enrolled for.
+        rounds: rounds of queries.
+        batch_sizes: the request size of each round.
+        pool: pool size and its hash.
+        kept: prompts kept.
+        candidates: per-prompt statistics.
+        noise: measured spread over the kept prompts (``logprob``, ``prob``, ``margin``)
+            and the enrolled ``floor`` and ``logprob_tolerance``.
+        queries: prompts sent in all.
+        seconds: wall time.
+    """
+
+    fingerprint: LmFingerprint
+    target: str
+    spec: str
+    rounds: int
+    batch_sizes: list[int]
+    pool: dict[str, Any]
+    kept: int
+    candidates: list[LmCandidateStats] = field(default_factory=list)
+    noise: dict[str, float] = field(default_factory=dict)
+    queries: int = 0
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """How many prompts ended in each state (``kept``, ``unstable``, ...)."""
+        return count_states(self.candidates)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("fingerprint")
+        d["counts"] = self.counts()
+        return d
+
+    def summary(self) -> str:
+        """A short human summary (what the CLI prints)."""
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items()))
+        n = self.noise
+        return "\n".join([
+            f"enrolled: {self.kept} prompts kept of a pool of {self.pool['size']}; prompts: {counts}",
+            f"target: {self.target}   spec: {self.spec}   rounds: {self.rounds} "
+            f"(batch sizes {', '.join(map(str, self.batch_sizes))}), {self.queries} queries",
+            f"measured spread over kept prompts: logprobs {n['logprob']:.3g}, probs {n['prob']:.3g}, "
+            f"margins {n['margin']:.3g}; enrolled floor {n['floor']:.3g}, logprob tolerance "
+            f"{n['logprob_tolerance']:.3g}",
         ])
