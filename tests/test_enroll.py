@@ -18,10 +18,10 @@ from torch import nn
 
 from veriprint.cli.main import main
 from veriprint.demo import load_shipped
+from veriprint.enrollment import EnrollmentError, enroll
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.models import load_model
-from veriprint.pipeline.enroll import EnrollmentError, enroll
 from veriprint.targets import CallableTarget
 from veriprint.verification.verify import verify
 

@@ -15,10 +15,10 @@ import torch
 
 from veriprint.cli.main import main
 from veriprint.demo import load_shipped
+from veriprint.enrollment import EnrollmentError, enroll
 from veriprint.fingerprint import Fingerprint
 from veriprint.models import load_model
 from veriprint.models.onnx_export import export_onnx
-from veriprint.pipeline.enroll import EnrollmentError, enroll
 from veriprint.verification.verify import verify
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -779,7 +779,7 @@ def test_enrollment_inside_the_pools_tolerance_keeps_the_pools_floor(
     enrollment catches what the pool catches."""
     import copy
 
-    from veriprint.pipeline.enroll import enroll
+    from veriprint.enrollment import enroll
 
     model, pool = demo_pool
     rep = enroll(pool, _jitter(model, 2e-5), spec="logits", keep=8)
@@ -802,7 +802,7 @@ def test_enrollment_inside_the_pools_tolerance_keeps_the_pools_floor(
 def test_an_enrollment_whose_floor_grew_serves_only_its_spec(demo_pool: tuple[torch.nn.Module, Fingerprint],
                                                             tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from veriprint.pipeline.enroll import enroll
+    from veriprint.enrollment import enroll
 
     model, pool = demo_pool
     rep = enroll(pool, _jitter(model, 1e-4), spec="logits", keep=8, tolerance=1e-3)
@@ -821,7 +821,7 @@ def test_an_enrollment_whose_floor_grew_serves_only_its_spec(demo_pool: tuple[to
 
 
 def test_keep_too_small_for_a_pair_is_named(demo_pool: tuple[torch.nn.Module, Fingerprint]) -> None:
-    from veriprint.pipeline.enroll import EnrollmentError, enroll
+    from veriprint.enrollment import EnrollmentError, enroll
 
     model, pool = demo_pool
     with pytest.raises(EnrollmentError, match=r"keep 1 cannot hold a twin pair .* keep 2 or more"):

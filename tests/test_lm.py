@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from veriprint.errors import ModelError
+from veriprint.errors import ConfigError, ModelError
 from veriprint.fingerprint.fileformat import FingerprintFileError
 from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint, shipped_seeds
 from veriprint.lm.fingerprint import LmFingerprint, is_lm_file
@@ -499,3 +499,170 @@ def test_tamper_list_names_the_language_model_attacks_too() -> None:
         assert f"  {name} " in text
         for key in settings:
             assert f"{key}=" in text
+
+
+# --- enrollment -----------------------------------------------------------------------------
+# A small pool of the shipped model (6 prompts, 2 tokens each) made once; the deployments
+# are local completions targets: the model itself, a bfloat16 copy (lm-cast), its sibling
+# checkpoint (lm-sibling), and a server whose logprobs move between calls.
+
+
+@pytest.fixture(scope="module")
+def fortunes() -> Any:
+    return load_lm("fortunes-lm")
+
+
+@pytest.fixture(scope="module")
+def fortunes_pool(fortunes: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[LmFingerprint, Path]:
+    cfg = LmFingerprintConfig(prompts=6, steps=1, candidates=8, top_k=4, max_tokens=2)
+    fp = make_lm_fingerprint(fortunes, cfg, seeds=shipped_seeds()[:8])
+    path = tmp_path_factory.mktemp("lm-enroll") / "pool.vpf"
+    return fp.save(path), path
+
+
+@pytest.fixture(scope="module")
+def bf16(fortunes: Any) -> LocalCompletions:
+    return LocalCompletions(tamper_lm(fortunes, LmCastConfig("bfloat16")).lm)
+
+
+@pytest.fixture(scope="module")
+def sibling(fortunes: Any) -> LocalCompletions:
+    from veriprint.lm.tamper import LmSiblingConfig
+
+    return LocalCompletions(tamper_lm(fortunes, LmSiblingConfig()).lm)
+
+
+class _Jittery:
+    """The model behind a server whose logprobs of ``prompts`` move by +/- ``shift`` on
+    alternate asks (every listed token alike, so the greedy tokens stay)."""
+
+    description = "jittery"
+
+    def __init__(self, inner: LocalCompletions, prompts: list[str], shift: float) -> None:
+        self.inner, self.prompts, self.shift = inner, set(prompts), shift
+        self.asked: dict[str, int] = {}
+
+    def complete(self, prompts: Any, *, max_tokens: int, logprobs: int | None = None) -> Any:
+        out = []
+        for p, c in zip(prompts, self.inner.complete(prompts, max_tokens=max_tokens, logprobs=logprobs), strict=True):
+            k = self.asked[p] = self.asked.get(p, 0) + 1
+            if p in self.prompts and c.top_logprobs:
+                s = self.shift if k % 2 else -self.shift
+                c = dataclasses.replace(c, top_logprobs=[{t: min(0.0, v + s) for t, v in d.items()}
+                                                         for d in c.top_logprobs])
+            out.append(c)
+        return out
+
+
+def test_enroll_a_bfloat16_lm_deployment_under_logprobs(fortunes: Any, fortunes_pool: tuple[LmFingerprint, Path],
+                                                        bf16: LocalCompletions, sibling: LocalCompletions) -> None:
+    from veriprint.enrollment import LmEnrollmentReport, enroll
+
+    pool, _ = fortunes_pool
+    assert verify_lm(pool, bf16, spec="logprobs:5").verdict == "TAMPERED"  # why it needs enrolling
+    rep = enroll(pool, bf16, spec="logprobs:5", tolerance=0.3, rounds=3, keep=4)
+    assert isinstance(rep, LmEnrollmentReport) and 1 <= rep.kept <= 4 and rep.queries == 3 * len(pool)
+    fp = rep.fingerprint
+    info = fp.meta["enrollment"]
+    assert info["expected_from"] == "endpoint" and info["logprobs_stored"] == 6 and info["spec"] == "logprobs:5"
+    assert info["pool"]["sha256"] == pool.sha256 and info["kept"] == len(fp) == rep.kept
+    assert fp.tensors["top_logprobs"].shape[2] == 6 and fp.meta["subset_of"]["size"] == len(pool)
+    kept = fp.meta["subset_of"]["indices"]
+    assert fp.prompts == [pool.prompts[i] for i in kept] and fp.meta["tokens"] == [pool.meta["tokens"][i] for i in kept]
+    served = bf16.complete(fp.prompts, max_tokens=2, logprobs=1)
+    assert [float(fp.tensors["top_logprobs"][j, 0, 0]) for j in range(len(fp))] == pytest.approx(
+        [next(iter(c.top_logprobs[0].values())) for c in served], abs=1e-6)  # the deployment's own logprobs
+    assert "prompts kept" in rep.summary()
+    for batch in (1, 3):
+        r = verify_lm(fp, LocalCompletions(bf16.lm, batch_size=batch), spec="logprobs:5", max_batch=batch)
+        assert r.verdict == "INTACT", r.reason
+    assert verify_lm(fp, LocalCompletions(fortunes), spec="logprobs:5").verdict == "TAMPERED"  # float32 is not it
+    assert verify_lm(fp, sibling, spec="logprobs:5").verdict == "TAMPERED"
+    with pytest.raises(ConfigError, match="below the 6 logprobs per token"):
+        verify_lm(fp, bf16, spec="logprobs:6")
+
+
+def test_enroll_refuses_an_lm_deployment_beyond_the_tolerance(fortunes_pool: tuple[LmFingerprint, Path],
+                                                              bf16: LocalCompletions,
+                                                              sibling: LocalCompletions) -> None:
+    from veriprint.enrollment import EnrollmentError, enroll
+
+    pool, _ = fortunes_pool
+    with pytest.raises(EnrollmentError, match=r"on \d of \d prompts under spec logprobs:5: greedy tokens or logprobs "
+                                              r"differ .* has logprob .*, expected .*\(tolerance"):
+        enroll(pool, bf16, spec="logprobs:5", rounds=2)
+    with pytest.raises(EnrollmentError, match="it may not serve this model") as e:
+        enroll(pool, sibling, spec="logprobs:5", tolerance=0.3, rounds=2)
+    assert e.value.details["disagreeing"] and e.value.details["spec"] == "logprobs:5"
+    with pytest.raises(EnrollmentError, match=r"greedy tokens differ where the local margin clears the floor.*token 0"):
+        enroll(pool, sibling, rounds=2)
+    for kw, msg in (({"model": torch.nn.Linear(1, 1)}, "no local model"), ({"prob_tolerance": 0.1}, "prob_tolerance"),
+                    ({"output": "probs"}, "target options"), ({"spec": "logprobs:10"}, "logprobs:K"),
+                    ({"spec": "top1"}, "unknown LM output spec"), ({"rounds": 1}, "rounds")):
+        with pytest.raises(ConfigError, match=msg):
+            enroll(pool, bf16, **kw)
+
+
+def test_enroll_lm_under_top1_token_keeps_the_local_answers(fortunes_pool: tuple[LmFingerprint, Path],
+                                                            bf16: LocalCompletions) -> None:
+    from veriprint.enrollment import enroll
+
+    pool, _ = fortunes_pool
+    rep = enroll(pool, bf16, spec="top1-token", tolerance=0.05, rounds=2)
+    fp = rep.fingerprint
+    kept = fp.meta["subset_of"]["indices"]
+    assert torch.equal(fp.tensors["top_logprobs"], pool.tensors["top_logprobs"][kept])  # nothing revealed them
+    info = fp.meta["enrollment"]
+    assert info["expected_from"] == "local model (tokens agree)" and fp.noise.floor >= 0.1
+    assert all(float(fp.tensors["margins"][j, 0]) >= fp.noise.floor for j in range(len(fp)))
+    assert info["serves"] == ["top1-token"] and "floor" in info["grown"]  # the declared tolerance widened the floor
+    assert verify_lm(fp, bf16, spec="top1-token").verdict == "INTACT"
+    with pytest.raises(ConfigError, match="expected a spec this enrolled fingerprint serves"):
+        verify_lm(fp, bf16, spec="text")
+
+
+def test_enroll_lm_drops_prompts_a_deployment_answers_unstably(fortunes: Any,
+                                                               fortunes_pool: tuple[LmFingerprint, Path]) -> None:
+    from veriprint.enrollment import enroll
+
+    pool, _ = fortunes_pool
+    flaky = pool.prompts[:2]
+    rep = enroll(pool, _Jittery(LocalCompletions(fortunes), flaky, 0.15), spec="logprobs:3", tolerance=0.2, rounds=4)
+    states = {c.prompt: c.why for c in rep.candidates}
+    assert all(states[p] == "unstable" for p in flaky) and rep.kept == len(pool) - 2
+    assert not set(flaky) & set(rep.fingerprint.prompts) and rep.noise["logprob"] < 1e-3
+    target = _Jittery(LocalCompletions(fortunes), flaky, 0.15)
+    assert all(verify_lm(rep.fingerprint, target, spec="logprobs:3").verdict == "INTACT" for _ in range(4))
+    # a spread within the tolerance on every prompt: all kept, and the floor holds what was measured
+    rep = enroll(pool, _Jittery(LocalCompletions(fortunes), pool.prompts, 0.01), spec="logprobs:3", tolerance=0.2,
+                 rounds=4)
+    fp = rep.fingerprint
+    assert rep.kept == len(pool) and rep.noise["logprob"] == pytest.approx(0.02, abs=1e-4)
+    assert fp.noise.logit_tolerance >= 0.02 and "logprob" in fp.meta["enrollment"]["grown"]
+    target = _Jittery(LocalCompletions(fortunes), pool.prompts, 0.01)
+    assert all(verify_lm(fp, target, spec="logprobs:3").verdict == "INTACT" for _ in range(4))
+
+
+def test_cli_enroll_an_lm_pool_then_verify(fortunes_pool: tuple[LmFingerprint, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from veriprint.cli.main import main
+
+    _, pool = fortunes_pool
+    out, report = tmp_path / "enrolled.vpf", tmp_path / "enroll.json"
+    assert main(["enroll", str(pool), "--target", "fortunes-lm", "--spec", "logprobs:5", "--rounds", "2",
+                 "--keep", "3", "--out", str(out), "--report", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "3 prompts kept" in text and "--spec logprobs:5" in text
+    assert json.loads(report.read_text())["kept"] == 3 and len(LmFingerprint.load(out)) == 3
+    assert main(["verify", str(out), "--target", "fortunes-lm", "--spec", "logprobs:5"]) == 0
+    assert main(["inspect", str(out)]) == 0
+    assert "enrolled:" in capsys.readouterr().out
+    assert main(["enroll", str(pool), "--target", "fortunes-lm-sibling", "--rounds", "2",
+                 "--out", str(tmp_path / "no.vpf"), "--report", str(report)]) == 2
+    assert "enrollment refused" in capsys.readouterr().err and not (tmp_path / "no.vpf").exists()
+    assert json.loads(report.read_text())["disagreeing"]
+    assert main(["enroll", str(pool), "--target", "fortunes-lm", "--model", "veriprint.zoo:fashion_cnn",
+                 "--out", str(tmp_path / "no.vpf")]) == 2
+    assert "--model is for a classifier's pool" in capsys.readouterr().err

@@ -14,7 +14,7 @@ as these kinds:
 - **profile**: made with the deployment's own ``--precision`` (only where it differs
   from float32: ``fp64``, ``bf16``, ``autocast-bf16``; elsewhere it is the default);
 - **enrolled**: a pool of ``--pool`` samples enrolled against that deployment
-  (:func:`veriprint.pipeline.enroll.enroll`, top1, 6 rounds, declared tolerance 0.1);
+  (:func:`veriprint.enrollment.enroll`, top1, 6 rounds, declared tolerance 0.1);
 - **enrolled, profiled pool** (deployments with a precision only): the same, from a pool
   made with the deployment's ``--precision`` (its pairs straddle that deployment's
   boundary, :func:`veriprint.pipeline.straddle.straddle`);
@@ -86,10 +86,10 @@ from benchmarks.lib.deployments import (
     zoo,
 )
 from benchmarks.lib.report import machine, write_report
+from veriprint.enrollment import EnrollmentError, enroll
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
-from veriprint.pipeline.enroll import EnrollmentError, enroll
 from veriprint.pipeline.generate import GenerationConfig
 from veriprint.targets import QueryBatch
 from veriprint.verification.specs import parse_spec

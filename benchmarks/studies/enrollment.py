@@ -22,10 +22,10 @@ from torch import nn
 
 from veriprint.data import load_data
 from veriprint.demo import load_shipped
+from veriprint.enrollment import EnrollmentError, enroll
 from veriprint.fingerprint import Fingerprint
 from veriprint.models import load_model
 from veriprint.pipeline import FingerprintConfig, make_fingerprint
-from veriprint.pipeline.enroll import EnrollmentError, enroll
 from veriprint.pipeline.generate import GenerationConfig
 from veriprint.verification.verify import verify
 

@@ -1,8 +1,8 @@
-"""The language-model side of ``veriprint fingerprint``, ``verify`` and ``inspect``.
+"""The language-model side of ``veriprint fingerprint``, ``verify``, ``enroll`` and ``inspect``.
 
 ``fingerprint`` takes this path when ``--model`` names a zoo LM (``fortunes-lm``) or a
 model folder with ``config.json``; ``verify`` and ``inspect`` when the file is an LM
-fingerprint. Heavy imports stay inside the functions.
+fingerprint, ``enroll`` when the pool is. Heavy imports stay inside the functions.
 """
 
 from __future__ import annotations
@@ -102,6 +102,37 @@ def verify_lm_cli(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def enroll_lm_cli(args: argparse.Namespace) -> int:
+    from veriprint.cli.common import target_options
+    from veriprint.cli.enroll import batch_sizes, refused, written
+    from veriprint.enrollment import EnrollmentError
+    from veriprint.enrollment.lm import enroll_lm
+    from veriprint.errors import ConfigError
+    from veriprint.lm.fingerprint import LmFingerprint
+    from veriprint.targets.transport import TransportOptions
+
+    for flag, value in (("--model", args.model), ("--weights", args.weights),
+                        ("--target-weights", args.target_weights), ("--prob-tolerance", args.prob_tolerance)):
+        if value:
+            raise ConfigError(f"{flag} is for a classifier's pool; {args.pool!r} is a language model's fingerprint "
+                              f"(its --tolerance is in logprobs, and prompts are kept in pool order)")
+    pool = LmFingerprint.load(args.pool, pubkey=args.pubkey)
+    fields = {k: v for k, v in target_options(args).items() if k in TransportOptions.__dataclass_fields__}
+    options = TransportOptions(**fields) if fields else None
+    try:
+        rep = enroll_lm(pool, args.target, spec=args.spec or "top1-token", rounds=args.rounds,
+                        batch_sizes=batch_sizes(args.batch_sizes), seed=args.seed, keep=args.keep,
+                        tolerance=args.tolerance, interval=args.interval, max_batch=args.max_batch, api=args.api,
+                        served_model=args.served_model, options=options)
+    except EnrollmentError as e:
+        return refused(args, e)
+    fp = rep.fingerprint.save(args.out, key=args.key)
+    print(rep.summary())
+    print(f"wrote {args.out}: {len(fp)} prompts, sha256 {fp.sha256[:16]}..., {'signed' if args.key else 'unsigned'}; "
+          f"verify with: veriprint verify {args.out} --target URL --spec {rep.spec}")
+    return written(args, {**rep.to_dict(), "sha256": fp.sha256})
+
+
 def inspect_lm(args: argparse.Namespace) -> int:
     from veriprint.lm.fingerprint import LmFingerprint
     from veriprint.lm.verify import describe_prompts
@@ -120,6 +151,14 @@ def inspect_lm(args: argparse.Namespace) -> int:
           f"{fp.tensors['top_ids'].shape[2]} logprobs stored per token")
     print(f"noise: measured logprob {nf.logit:.3g}, margin {nf.margin:.3g} over {', '.join(nf.variants)}; "
           f"floor {nf.floor:.3g}, logprob tolerance {nf.logit_tolerance:.3g}, declared {nf.declared:g}")
+    enr = m.get("enrollment")
+    if isinstance(enr, dict):
+        spread = enr.get("measured_spread", {})
+        print(f"enrolled: {enr.get('time')} against {enr.get('target')} (spec {enr.get('spec')}, {enr.get('api')} "
+              f"API), {enr.get('rounds')} rounds; kept {enr.get('kept')} of a pool of "
+              f"{enr.get('pool', {}).get('size')}; measured spread: logprobs {spread.get('logprob', 0):.3g}, "
+              f"margins {spread.get('margin', 0):.3g}; expected from the {enr.get('expected_from')}; serves "
+              f"{enr.get('serves')}")
     print(f"{'#':>3} {'role':<9} {'margin':>9} {'log S':>8}  prompt -> expected")
     print("\n".join(describe_prompts(fp)))
     return 0

@@ -10,7 +10,8 @@ The verdict rules are :mod:`veriprint.verification.verify`'s:
 
 One path for every target: anything with ``complete(prompts, max_tokens=, logprobs=)``
 (:class:`veriprint.lm.target.LocalCompletions`, or the OpenAI-compatible targets of
-``veriprint.targets.openai``), each prompt sent exactly once.
+``veriprint.targets.openai``), each prompt sent exactly once by :func:`complete_once`, the
+query loop LM enrollment (:mod:`veriprint.enrollment.lm`) shares.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,9 +30,11 @@ from veriprint.lm.specs import LmSpec, parse_lm_spec
 from veriprint.lm.target import CompletionsTarget
 from veriprint.redact import redact
 from veriprint.targets.base import TargetError
-from veriprint.verification.verify import EXIT_CODES, Verdict
+from veriprint.verification.send import Failure
+from veriprint.verification.verify import EXIT_CODES, Verdict, check_enrolled_spec
 
-__all__ = ["LmSampleResult", "LmVerificationReport", "verify_lm"]
+__all__ = ["LmAnswer", "LmAnswers", "LmSampleResult", "LmVerificationReport", "complete_once", "open_lm_target",
+           "verify_lm"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,66 @@ def _checked_completion(c: Any, i: int, want_logprobs: bool) -> tuple[str, list[
     return text, tokens, tops
 
 
+@dataclass(frozen=True)
+class LmAnswer:
+    """One completion, checked: its text, tokens and (when asked) top logprobs per token."""
+
+    text: str
+    tokens: list[str]
+    top_logprobs: list[dict[str, float]] | None
+
+
+@dataclass(frozen=True)
+class LmAnswers:
+    """What one pass over the prompts brought back.
+
+    Attributes:
+        answers: one per prompt, in the prompts' order (``None``: not answered).
+        sent: prompts sent, the failed request included.
+        failure: where the target failed (``None``: every request was answered).
+    """
+
+    answers: list[LmAnswer | None]
+    sent: int
+    failure: Failure | None = None
+
+
+def complete_once(target: CompletionsTarget, prompts: Sequence[str], *, max_tokens: int, logprobs: int | None,
+                  batch: int, order: Sequence[int] | None = None,
+                  check: Callable[[int, LmAnswer], None] | None = None) -> LmAnswers:
+    """Send every prompt once, in ``order`` and requests of ``batch``, and check each completion.
+
+    The language-model side of :func:`veriprint.verification.send.send_once`: verification
+    runs it once, enrollment once per round. Each completion is held to the completions
+    format (text, tokens, finite top logprobs when asked); ``check`` then sees it in turn
+    (verification compares it there), and a :class:`TargetError` or ``ValueError`` it raises
+    fails the request like a malformed answer. The pass stops at the first request that
+    fails; the answers before it are kept.
+    """
+    n = len(prompts)
+    idx_all = list(range(n)) if order is None else [int(i) for i in order]
+    out: list[LmAnswer | None] = [None] * n
+    sent = 0
+    for lo in range(0, n, batch):
+        idx = idx_all[lo: lo + batch]
+        sent += len(idx)
+        try:
+            got = list(target.complete([prompts[i] for i in idx], max_tokens=max_tokens, logprobs=logprobs))
+            if len(got) != len(idx):
+                raise TargetError(f"expected {len(idx)} completions, got {len(got)}")
+            for i, a in zip(idx, got, strict=True):
+                answer = LmAnswer(*_checked_completion(a, i, logprobs is not None))
+                if check is not None:
+                    try:
+                        check(i, answer)
+                    except ValueError as e:
+                        raise TargetError(f"completion {i}: {e}") from None
+                out[i] = answer
+        except Exception as e:  # refused answers and a target's own bugs alike: the caller decides
+            return LmAnswers(out, sent, Failure(lo, lo + len(idx) - 1, e))
+    return LmAnswers(out, sent)
+
+
 def verify_lm(fingerprint: LmFingerprint | str | os.PathLike[str], target: CompletionsTarget, *,
               spec: str | LmSpec = "top1-token", pubkey: str | os.PathLike[str] | None = None,
               max_batch: int | None = None) -> LmVerificationReport:
@@ -126,12 +189,21 @@ def verify_lm(fingerprint: LmFingerprint | str | os.PathLike[str], target: Compl
 
     Returns:
         An :class:`LmVerificationReport`; errors of the target become INCONCLUSIVE.
+
+    Raises:
+        ConfigError: bad arguments, a ``logprobs:K`` with ``K`` not below the logprobs the file
+            stores per token, or a spec an enrolled file does not serve.
     """
     start = time.perf_counter()
     out_spec = parse_lm_spec(spec)
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise ConfigError(f"expected max_batch >= 1 (prompts per request) or None, got {max_batch!r}")
     fp = fingerprint if isinstance(fingerprint, LmFingerprint) else LmFingerprint.load(fingerprint, pubkey=pubkey)
+    stored = int(fp.tensors["top_ids"].shape[2])
+    if out_spec.logprobs is not None and out_spec.logprobs >= stored:
+        raise ConfigError(f"expected logprobs:K with K below the {stored} logprobs per token this fingerprint "
+                          f"stores (the K-th place's boundary needs one more), got {out_spec}")
+    check_enrolled_spec(fp, out_spec)
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logprob": noise.logit_tolerance}
     info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.meta.get("model_hash", ""),
@@ -139,35 +211,24 @@ def verify_lm(fingerprint: LmFingerprint | str | os.PathLike[str], target: Compl
     name = str(getattr(target, "description", type(target).__name__))
     n = len(fp)
     prompts = fp.prompts
-    steps = out_spec.tokens_compared(fp.max_tokens)
-    limit = max_batch or n
     results: list[LmSampleResult] = []
+    counts = {"mismatch": 0, "ambiguous": 0}
+
+    def compare(i: int, a: LmAnswer) -> None:
+        cmp = out_spec.compare(fp.expected(i), a.text, a.tokens, a.top_logprobs, noise)
+        counts["mismatch"] += cmp.mismatch
+        counts["ambiguous"] += cmp.ambiguous
+        results.append(LmSampleResult(i, prompts[i], cmp.expected, cmp.observed, not cmp.mismatch, cmp.ambiguous,
+                                      cmp.why))
+
+    got = complete_once(target, prompts, max_tokens=out_spec.tokens_compared(fp.max_tokens),
+                        logprobs=out_spec.logprobs, batch=max_batch or n, check=compare)
+    sent, mism, amb = got.sent, counts["mismatch"], counts["ambiguous"]
     error: str | None = None
-    sent = mism = amb = 0
-    for lo in range(0, n, limit):
-        part = prompts[lo: lo + limit]
-        sent += len(part)
-        try:
-            answers = list(target.complete(part, max_tokens=steps, logprobs=out_spec.logprobs))
-            if len(answers) != len(part):
-                raise TargetError(f"expected {len(part)} completions, got {len(answers)}")
-            for j, a in enumerate(answers):
-                i = lo + j
-                text, tokens, tops = _checked_completion(a, i, out_spec.logprobs is not None)
-                try:
-                    cmp = out_spec.compare(fp.expected(i), text, tokens, tops, noise)
-                except ValueError as e:
-                    raise TargetError(f"completion {i}: {e}") from None
-                mism += cmp.mismatch
-                amb += cmp.ambiguous
-                results.append(LmSampleResult(i, prompts[i], cmp.expected, cmp.observed, not cmp.mismatch,
-                                              cmp.ambiguous, cmp.why))
-        except TargetError as e:
-            error = f"target answer for prompts {lo}..{lo + len(part) - 1}: {e}"
-            break
-        except Exception as e:  # a target's own bug must not pass as INTACT or crash the check
-            error = f"target failed on prompts {lo}..{lo + len(part) - 1}: {type(e).__name__}: {e}"
-            break
+    if got.failure is not None:
+        f = got.failure
+        error = (f"target failed on prompts {f.first}..{f.last}: {f.detail}" if f.own_bug
+                 else f"target answer for prompts {f.first}..{f.last}: {f.detail}")
     compared = len(results)
     for i in range(compared, n):
         results.append(LmSampleResult(i, prompts[i], fp.meta["tokens"][i], None, None))

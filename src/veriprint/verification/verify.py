@@ -10,21 +10,20 @@
   needs more than the target reveals. Never INTACT by default.
 
 The verifier sends each sample exactly once (split into batches of at most
-``max_batch``), so the number of queries is the fingerprint's size (plus decoys a
-target wrapper may add).
+``max_batch``, by the query loop of :mod:`veriprint.verification.send`, which enrollment
+shares), so the number of queries is the fingerprint's size (plus decoys a target wrapper
+may add).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,13 +31,16 @@ from veriprint._callable import callable_module
 from veriprint.errors import ConfigError
 from veriprint.fingerprint import Fingerprint
 from veriprint.redact import redact
-from veriprint.targets import QueryBatch, Target, TargetError, open_target
-from veriprint.targets.contract import check_output
+from veriprint.targets import Target, TargetError, open_target
+from veriprint.verification.send import closing_if_opened, send_once
 from veriprint.verification.specs import OutputSpec, parse_spec
 
-__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "merge_reports", "verify"]
+if TYPE_CHECKING:
+    from veriprint.lm.fingerprint import LmFingerprint
+    from veriprint.lm.specs import LmSpec
 
-log = logging.getLogger(__name__)
+__all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "check_enrolled_spec", "merge_reports",
+           "verify"]
 
 Verdict = Literal["INTACT", "TAMPERED", "INCONCLUSIVE"]
 EXIT_CODES: dict[str, int] = {"INTACT": 0, "TAMPERED": 1, "INCONCLUSIVE": 2}
@@ -112,20 +114,21 @@ class VerificationReport:
         return "\n".join(lines)
 
 
-def _check_enrolled_spec(fp: Fingerprint, spec: OutputSpec) -> None:
-    """Refuse a spec an enrolled fingerprint does not serve.
+def check_enrolled_spec(fp: Fingerprint | LmFingerprint, spec: OutputSpec | LmSpec) -> None:
+    """Refuse a spec an enrolled fingerprint (a classifier's or a language model's) does not serve.
 
     An enrollment whose measured spread went beyond the pool's tolerances widened them;
     the file then serves only the spec it was enrolled for (``meta["enrollment"]["serves"]``),
     since under another spec it would check less than the pool it came from.
     """
-    info = fp.info.enrollment
-    serves = None if info is None else info.get("serves")
+    info = fp.info.enrollment if isinstance(fp, Fingerprint) else fp.meta.get("enrollment")
+    serves = info.get("serves") if isinstance(info, Mapping) else None
     if not isinstance(serves, list) or spec.kind in serves:
         return
     assert info is not None
     grown = info.get("grown")
-    names = {"floor": "margin floor", "logit": "logit tolerance", "prob": "probability tolerance"}
+    names = {"floor": "margin floor", "logit": "logit tolerance", "logprob": "logprob tolerance",
+             "prob": "probability tolerance"}
     what = "its tolerances"
     if isinstance(grown, dict) and grown:
         what = ", ".join(f"the {names.get(str(k), str(k))} from {v.get('pool', 0):.3g} to {v.get('enrolled', 0):.3g}"
@@ -172,7 +175,7 @@ def verify(
         raise ConfigError("expected a fingerprint with at least one sample, got 0: nothing to compare")
     if not torch.isfinite(fp.expected).all():
         raise ConfigError("expected finite expected outputs in the fingerprint, got NaN or infinity")
-    _check_enrolled_spec(fp, out_spec)
+    check_enrolled_spec(fp, out_spec)
     noise = fp.noise
     tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
     info = {"sha256": fp.sha256, "signature": fp.signature, "model_hash": fp.info.model_hash or ""}
@@ -194,39 +197,29 @@ def verify(
         tgt = open_target(target, **target_options)
     except Exception as e:  # whatever a loader raises, the answer is "could not check"
         return report("INCONCLUSIVE", f"could not open the target: {type(e).__name__}: {e}")
-    owned = tgt is not target  # opened here from a URL or path: closed here too
-    try:
+    with closing_if_opened(tgt, target):
         name = tgt.description
         if not out_spec.accepts(tgt.output):
             return report("INCONCLUSIVE", f"spec {out_spec} needs more than this target's {tgt.output!r} answers",
                           tgt=name)
         limit = min(b for b in (max_batch, tgt.max_batch, n)
                     if isinstance(b, int) and not isinstance(b, bool) and b >= 1)
-        x = fp.samples.numpy()
-        grid = None if fp.grid is None else fp.grid.numpy()
-        answers: list[np.ndarray] = []
-        sent = 0
+        got = send_once(tgt, fp.samples.numpy(), None if fp.grid is None else fp.grid.numpy(), classes=r,
+                        batch=limit)
+        sent = got.sent
         error: str | None = None
-        for lo in range(0, n, limit):
-            batch = QueryBatch(x[lo: lo + limit], None if grid is None else grid[lo: lo + limit])
-            sent += len(batch)
-            try:
-                raw = tgt.query(batch)
-                answers.append(check_output(raw, form=tgt.output, rows=len(batch), classes=r, where=name,
-                                            keep_precision=True))
-            except TargetError as e:
-                error = f"target answer for samples {lo}..{lo + len(batch) - 1}: {e}"
-                break
-            except Exception as e:  # a target's own bug must not pass as INTACT or crash the check
-                error = f"target failed on samples {lo}..{lo + len(batch) - 1}: {type(e).__name__}: {e}"
-                break
+        if got.failure is not None:
+            f = got.failure
+            error = (f"target failed on samples {f.first}..{f.last}: {f.detail}" if f.own_bug
+                     else f"target answer for samples {f.first}..{f.last}: {f.detail}")
         decoys = int(getattr(tgt, "decoy_queries", 0))
-        done = sum(len(a) for a in answers)
+        done = got.done
         results: list[SampleResult] = []
         mism = amb = 0
         if done:
+            assert got.values is not None
             try:
-                cmp = out_spec.compare(z[:done], np.concatenate(answers), tgt.output, noise)
+                cmp = out_spec.compare(z[:done], got.values[:done], tgt.output, noise)
             except TargetError as e:
                 error = error or f"target answer: {e}"
                 cmp = None
@@ -253,19 +246,6 @@ def verify(
         within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
         return report("INTACT", f"all {n} samples match the intact model{within}", compared, 0, amb, results,
                       name, decoys, sent)
-
-    finally:
-        if owned:
-            _close(tgt)
-
-
-def _close(tgt: Target) -> None:
-    """Release a target ``verify`` opened (a gRPC channel, a session); a failure to close is
-    logged, never turned into a verdict."""
-    try:
-        tgt.close()
-    except Exception as e:
-        log.warning("could not close %s: %s", redact(tgt.description), redact(f"{type(e).__name__}: {e}"))
 
 
 def merge_reports(parts: list[tuple[VerificationReport, list[int]]]) -> VerificationReport:
