@@ -124,6 +124,10 @@ def test_the_one_grammar_of_durations_and_sizes_reaches_every_key(files: Path) -
     assert (cfg.alerts[0].timeout, cfg.alerts[0].backoff) == (10.0, 90.0)
     assert e.target_options() == {"timeout": 1.5, "backoff": 0.0, "retry_timeouts": True,
                                   "max_response_bytes": 64 * 2**20}
+    from veriprint.targets import open_target
+
+    sent = open_target(e.target, **e.target_options()).client.options  # type: ignore[attr-defined]
+    assert (sent.timeout, sent.retry_timeouts, sent.max_response_bytes) == (1.5, True, 64 * 2**20)
     fresh = doc(fingerprint=None)
     del fresh["endpoints"][0]["fingerprint"]
     fresh["endpoints"][0]["fresh"] = {"model": "pkg.mod:factory", "data": "digits", "horizon": "2d"}
