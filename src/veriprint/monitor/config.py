@@ -23,6 +23,7 @@ Layout (every key is optional unless marked required)::
     name = "cnn-prod"                     # required: letters, digits, . _ -
     target = "http://host:8080/v2/models/cnn"   # required: any URL veriprint verify takes
     fingerprint = "cnn.vpf"               # required; relative paths are from this file
+                                          # (a language model's: api, served_model, an LM spec)
     pubkey = "owner.key.pub"
     spec = "top1"
     interval = "1h"
@@ -75,6 +76,7 @@ __all__ = [
 VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SPECS_HINT = "top1, topk:K, probs, probs:N, top1-prob:N or logits"
+LM_SPECS_HINT = "a language model's spec: top1-token, top1-token:N, logprobs:K or text"
 
 #: Target options an endpoint may set, with their types (passed to ``open_target``).
 TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
@@ -94,6 +96,9 @@ TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
     "retry_timeouts": (bool,),
     "max_response_bytes": (int, str),  # a byte size (veriprint.units)
 }
+#: The target options of a language model's endpoint (the transport's, and prompts per request).
+LM_TARGET_OPTIONS = ("timeout", "retries", "backoff", "retry_timeouts", "max_response_bytes", "auth_env",
+                     "auth_header", "verify_tls", "ca_file", "max_batch")
 
 
 def parse_duration(value: Any, key: str) -> float:
@@ -158,15 +163,16 @@ class EndpointConfig:
         target: the model's URL (or any target :func:`veriprint.targets.open_target` takes).
         fingerprint: the ``.vpf`` file (absolute path after loading); None for a fresh endpoint.
         pubkey: Ed25519 public key the file must be signed with (None: unsigned accepted).
-        spec: what the API reveals (default ``"top1"``).
+        spec: what the API reveals (default ``"top1"``; ``"top1-token"`` for a language model).
         interval: seconds between scheduled checks (default 3600).
         jitter: each check starts up to this many seconds after its slot begins, at an
             offset fixed per slot (default: 10% of the interval).
         check_timeout: seconds a whole check may take before it is recorded INCONCLUSIVE
             (default 120).
         max_batch: most samples per query batch (default: the target's own limit).
-        pairs_per_check: twin pairs (or single samples of an unpaired fingerprint) each
-            check spends from the pool; 0 spends the whole fingerprint every time (default 4).
+        pairs_per_check: twin pairs (or single samples of an unpaired fingerprint, or prompts of a
+            language model's) each check spends from the pool; 0 spends the whole fingerprint
+            every time (default 4).
         requests_per_check: requests each check's mixed batch is split into, of keyed random
             sizes (default 4; fewer when the check has fewer samples).
         pool_warn_checks: warn when fewer checks than this remain in the pool (default None:
@@ -184,6 +190,12 @@ class EndpointConfig:
         false_mismatch_rate: assumed bound on the chance that a request to the intact model
             mismatches (the sequential test's ``p0``, default 1e-3).
         alpha: the sequential test's false alarm bound (default 1e-3).
+        kind: ``"lm"`` when the fingerprint is a language model's (checked with
+            :func:`veriprint.lm.verify.verify_lm`), else ``"classifier"``.
+        api: a language model's API, ``"completions"`` or ``"chat"`` (default None: the
+            one the fingerprint was made for).
+        served_model: the model name an OpenAI-compatible server serves (default None: the
+            one model it lists at ``/v1/models``).
     """
 
     name: str
@@ -208,6 +220,9 @@ class EndpointConfig:
     secret_key: str = ""
     false_mismatch_rate: float = 1e-3
     alpha: float = 1e-3
+    kind: Literal["classifier", "lm"] = "classifier"
+    api: Literal["completions", "chat"] | None = None
+    served_model: str | None = None
 
     def warn_below(self, checks_per_cycle: int) -> int:
         """Warn when fewer checks than this are left (``pool_warn_checks`` or its default)."""
@@ -349,7 +364,7 @@ def _check_no_password(t: Table, name: str, url: str, env_key: str, *, user_ok: 
 _ENDPOINT_KEYS = ("name", "target", "fingerprint", "pubkey", "spec", "interval", "jitter", "check_timeout",
                   "max_batch", "pairs_per_check", "requests_per_check", "pool_warn_checks", "on_pool_exhausted",
                   "queries_per_day", "inconclusive_alert_after", "options", "decoys", "fresh", "secret",
-                  "secret_env", "false_mismatch_rate", "alpha")
+                  "secret_env", "false_mismatch_rate", "alpha", "api", "served_model")
 _BUILTIN_DATA = ("fashion-mnist", "mnist-5k", "digits")
 
 
@@ -407,13 +422,36 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
         pub_path = str((base / pubkey).resolve())
         if check_files and not Path(pub_path).is_file():
             raise t.error("pubkey", "an existing public key file (from `veriprint keygen`)", pub_path)
-    spec = t.string("spec", "top1")
-    try:
-        from veriprint.verification.specs import parse_spec
+    kind: Literal["classifier", "lm"] = "lm" if fp_path is not None and _is_lm_file(fp_path) else "classifier"
+    if kind == "lm":
+        spec = t.string("spec", "top1-token")
+        try:
+            from veriprint.lm.specs import parse_lm_spec
 
-        parse_spec(spec)
-    except ValueError:
-        raise t.error("spec", SPECS_HINT, spec) from None
+            parse_lm_spec(spec)
+        except ValueError:
+            raise t.error("spec", LM_SPECS_HINT, spec) from None
+        api = t.string("api")
+        if api is not None and api not in ("completions", "chat"):
+            raise t.error("api", "'completions' or 'chat'", api)
+        served_model = t.string("served_model")
+        if served_model == "":
+            raise t.error("served_model", "the model name the server serves", served_model)
+        if "://" not in target and (base / target).is_dir():  # a model folder, from the file's folder
+            target = str((base / target).resolve())
+    else:
+        spec = t.string("spec", "top1")
+        try:
+            from veriprint.verification.specs import parse_spec
+
+            parse_spec(spec)
+        except ValueError:
+            raise t.error("spec", SPECS_HINT, spec) from None
+        api = served_model = None
+        for k in ("api", "served_model"):
+            if t.has(k):
+                raise t.error(k, "no such key for a classifier's fingerprint (it is a language model's)",
+                              t.peek(k))
     interval = t.duration("interval", 3600.0)
     if interval < 1:
         raise t.error("interval", "at least 1 second", interval)
@@ -466,6 +504,11 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                 if bad:
                     raise ot.error(k, "a header name such as 'Authorization'", f"<{bad}>")
             options[k] = ot.pop(k, want, f"{' or '.join(x.__name__ for x in want)}")
+        if kind == "lm":
+            for k in options:
+                if k not in LM_TARGET_OPTIONS:
+                    raise ot.error(k, f"a target option of a language model ({', '.join(LM_TARGET_OPTIONS)})",
+                                   "<an option of a classifier's target>")
         if "output" in options and options["output"] not in ("logits", "probs", "labels", "topk", "top1-prob"):
             raise ConfigError.at(f"{key}.options.output", "logits, probs, labels, topk or top1-prob",
                                  options["output"], source=source)
@@ -474,6 +517,9 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
         if "ca_file" in options:
             options["ca_file"] = str((base / options["ca_file"]).resolve())
     decoys = None
+    if kind == "lm" and t.has("decoys"):
+        raise t.error("decoys", "no decoys for a language model's fingerprint (decoys are natural inputs of a "
+                      "classifier)", "<a decoys table>")
     dt = t.table("decoys", DecoyConfig)
     if dt is not None:
         data_name = _data_name(dt, base, check_files)
@@ -527,7 +573,17 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                           max_batch=max_batch, pairs_per_check=pairs, requests_per_check=requests,
                           pool_warn_checks=warn, on_pool_exhausted=exhausted, queries_per_day=budget,
                           inconclusive_alert_after=after, options=options, decoys=decoys, fresh=fresh,
-                          secret=secret_path, secret_key=secret_key, false_mismatch_rate=p0, alpha=alpha)
+                          secret=secret_path, secret_key=secret_key, false_mismatch_rate=p0, alpha=alpha,
+                          kind=kind, api=api, served_model=served_model)
+
+
+def _is_lm_file(path: Path) -> bool:
+    """Whether ``path`` is a language model's fingerprint (its header says so)."""
+    if not path.is_file():
+        return False
+    from veriprint.lm.fingerprint import is_lm_file
+
+    return is_lm_file(path)
 
 
 def _data_name(t: Table, base: Path, check_files: bool) -> str:
