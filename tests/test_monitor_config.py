@@ -132,7 +132,8 @@ def test_the_one_grammar_of_durations_and_sizes_reaches_every_key(files: Path) -
     del fresh["endpoints"][0]["fingerprint"]
     fresh["endpoints"][0]["fresh"] = {"model": "pkg.mod:factory", "data": "digits", "horizon": "2d"}
     fresh["endpoints"][0]["secret"] = "owner.key.pub"
-    assert parse_config(fresh, base=files).endpoints[0].fresh.horizon == 2 * 86400  # type: ignore[union-attr]
+    fe = parse_config(fresh, base=files).endpoints[0]
+    assert fe.fresh.horizon == 2 * 86400 and fe.kind == "classifier"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("change", "match"), [

@@ -160,3 +160,11 @@ def test_a_classifiers_endpoint_refuses_a_language_models_keys(files: LmFiles, t
         e = {"name": "cnn", "target": "http://127.0.0.1:1/v2/models/m", "fingerprint": "fp.vpf", **change}
         with pytest.raises(ConfigError, match=r"endpoints\[0\]\.(api|served_model|spec): expected"):
             parse_config({"endpoints": [e]}, base=tmp_path)
+
+
+def test_without_the_file_to_read_a_language_models_spec_says_what_it_is(tmp_path: Path) -> None:
+    e = {"name": "lm", "target": "http://127.0.0.1:1/v1", "fingerprint": "absent.vpf", "spec": "logprobs:5"}
+    cfg = parse_config({"endpoints": [e]}, base=tmp_path, check_files=False)
+    assert (cfg.endpoints[0].kind, cfg.endpoints[0].spec) == ("lm", "logprobs:5")
+    e["spec"] = "probs"
+    assert parse_config({"endpoints": [e]}, base=tmp_path, check_files=False).endpoints[0].kind == "classifier"

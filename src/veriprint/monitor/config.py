@@ -422,8 +422,8 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
         pub_path = str((base / pubkey).resolve())
         if check_files and not Path(pub_path).is_file():
             raise t.error("pubkey", "an existing public key file (from `veriprint keygen`)", pub_path)
-    kind: Literal["classifier", "lm"] = "lm" if fp_path is not None and _is_lm_file(fp_path) else "classifier"
-    if kind == "lm":
+    model_kind = _kind(fp_path, t.peek("spec"))
+    if model_kind == "lm":
         spec = t.string("spec", "top1-token")
         try:
             from veriprint.lm.specs import parse_lm_spec
@@ -504,7 +504,7 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                 if bad:
                     raise ot.error(k, "a header name such as 'Authorization'", f"<{bad}>")
             options[k] = ot.pop(k, want, f"{' or '.join(x.__name__ for x in want)}")
-        if kind == "lm":
+        if model_kind == "lm":
             for k in options:
                 if k not in LM_TARGET_OPTIONS:
                     raise ot.error(k, f"a target option of a language model ({', '.join(LM_TARGET_OPTIONS)})",
@@ -517,7 +517,7 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
         if "ca_file" in options:
             options["ca_file"] = str((base / options["ca_file"]).resolve())
     decoys = None
-    if kind == "lm" and t.has("decoys"):
+    if model_kind == "lm" and t.has("decoys"):
         raise t.error("decoys", "no decoys for a language model's fingerprint (decoys are natural inputs of a "
                       "classifier)", "<a decoys table>")
     dt = t.table("decoys", DecoyConfig)
@@ -574,16 +574,25 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                           pool_warn_checks=warn, on_pool_exhausted=exhausted, queries_per_day=budget,
                           inconclusive_alert_after=after, options=options, decoys=decoys, fresh=fresh,
                           secret=secret_path, secret_key=secret_key, false_mismatch_rate=p0, alpha=alpha,
-                          kind=kind, api=api, served_model=served_model)
+                          kind=model_kind, api=api, served_model=served_model)
 
 
-def _is_lm_file(path: Path) -> bool:
-    """Whether ``path`` is a language model's fingerprint (its header says so)."""
-    if not path.is_file():
-        return False
-    from veriprint.lm.fingerprint import is_lm_file
+def _kind(fingerprint: Path | None, spec: Any) -> Literal["classifier", "lm"]:
+    """``"lm"`` when the fingerprint file is a language model's (its header says so); for a
+    file not there to read (``check_files=False``), when the spec is a language model's."""
+    if fingerprint is None:
+        return "classifier"
+    if fingerprint.is_file():
+        from veriprint.lm.fingerprint import is_lm_file
 
-    return is_lm_file(path)
+        return "lm" if is_lm_file(fingerprint) else "classifier"
+    from veriprint.lm.specs import parse_lm_spec
+
+    try:
+        parse_lm_spec(spec)
+    except Exception:
+        return "classifier"
+    return "lm"
 
 
 def _data_name(t: Table, base: Path, check_files: bool) -> str:
