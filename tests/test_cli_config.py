@@ -68,6 +68,30 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     assert generation_config(gen_args) == GenerationConfig(steps=9, lr=0.5)
 
 
+def test_durations_and_sizes_take_the_one_grammar_on_flags_and_in_files(tmp_path: Path) -> None:
+    from veriprint.cli.common import target_options
+    from veriprint.cli.main import _apply_settings_file
+
+    parser = build_parser()
+    argv = ["verify", "fp.vpf", "--target", "http://h/v2/models/m", "--timeout", "2min", "--backoff", "500ms",
+            "--max-response-bytes", "64M", "--retry-timeouts"]
+    assert target_options(parser.parse_args(argv)) == {"timeout": 120.0, "backoff": 0.5, "retry_timeouts": True,
+                                                       "max_response_bytes": 64 * 2**20}
+    (tmp_path / "v.toml").write_text('timeout = "1.5s"\nmax_response_bytes = "1GiB"\n')
+    argv = ["verify", "fp.vpf", "--target", "http://h/v2/models/m", "--config", str(tmp_path / "v.toml")]
+    args = _apply_settings_file(parser, parser.parse_args(argv), argv)
+    assert target_options(args) == {"timeout": 1.5, "max_response_bytes": 2**30}
+    (tmp_path / "bad.toml").write_text('max_response_bytes = "lots"\n')
+    argv[-1] = str(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match=r"max_response_bytes \(as --max-response-bytes\): expected a byte size "
+                                          r"\(bytes, or a number and a unit in powers of 1024: .*got 'lots'"):
+        _apply_settings_file(parser, parser.parse_args(argv), argv)
+    # a fingerprint's time budget takes every unit too, days included (a long run on a CPU), and refuses 0
+    assert fingerprint_config(_args("--budget", "1d", "--max-memory", "512MiB")).budget == "1d"
+    with pytest.raises(ConfigError, match=r"FingerprintConfig\.budget: expected a time budget of more than 0 seconds"):
+        fingerprint_config(_args("--budget", "0ms"))
+
+
 def test_generate_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["generate", "--model", "veriprint.zoo:digits_mlp", "--data", "digits", "--bag", "6", "--steps", "3",
                  "--eps", "0.125", "--out", str(tmp_path / "g.npz")])

@@ -39,7 +39,9 @@ def test_an_imagenet_shaped_model_through_the_whole_cli(tmp_path: Path, capsys: 
     assert all(v["seconds"] >= 0 for v in fp.meta["stages"].values())
     assert fp.meta["stages"]["generate"]["forward_backward"] > 0
     assert main(["verify", str(fp_path), "--target", "veriprint.zoo:tiny_imagenet_cnn", "--spec", "top1"]) == 0
-    from benchmarks.studies import imagenet_coverage  # coverage of a fingerprint on a sample of the tensors
+    from benchmarks.studies import (
+        imagenet_coverage,  # coverage of a fingerprint on a sample of the tensors
+    )
 
     raw, md = tmp_path / "coverage.json", tmp_path / "coverage.md"
     assert imagenet_coverage.main(["--model", "tiny-imagenet", "--fingerprint", str(fp_path), "--tensors", "3",

@@ -113,6 +113,59 @@ def test_durations_and_redaction() -> None:
     assert redact_url("http://host/v2/models/m") == "http://host/v2/models/m"
 
 
+def test_the_one_grammar_of_durations_and_sizes_reaches_every_key(files: Path) -> None:
+    d = doc(interval="5min", jitter="500ms", check_timeout="2 min", options={
+        "timeout": "1.5s", "backoff": 0, "retry_timeouts": True, "max_response_bytes": "64M"})
+    d["monitor"] = {"refresh": "1min"}
+    d["alerts"] = [{"name": "a", "url": "http://127.0.0.1:1/h", "timeout": "10s", "backoff": "1.5min"}]
+    cfg = parse_config(d, base=files)
+    e = cfg.endpoints[0]
+    assert (e.interval, e.jitter, e.check_timeout, cfg.refresh) == (300.0, 0.5, 120.0, 60.0)
+    assert (cfg.alerts[0].timeout, cfg.alerts[0].backoff) == (10.0, 90.0)
+    assert e.target_options() == {"timeout": 1.5, "backoff": 0.0, "retry_timeouts": True,
+                                  "max_response_bytes": 64 * 2**20}
+    from veriprint.targets import open_target
+
+    sent = open_target(e.target, **e.target_options()).client.options  # type: ignore[attr-defined]
+    assert (sent.timeout, sent.retry_timeouts, sent.max_response_bytes) == (1.5, True, 64 * 2**20)
+    fresh = doc(fingerprint=None)
+    del fresh["endpoints"][0]["fingerprint"]
+    fresh["endpoints"][0]["fresh"] = {"model": "pkg.mod:factory", "data": "digits", "horizon": "2d"}
+    fresh["endpoints"][0]["secret"] = "owner.key.pub"
+    fe = parse_config(fresh, base=files).endpoints[0]
+    assert fe.fresh.horizon == 2 * 86400 and fe.kind == "classifier"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"options": {"max_response_bytes": "lots"}},
+     r"endpoints\[0\]\.options\.max_response_bytes: expected a byte size \(bytes, or a number and a unit.*got 'lots'"),
+    ({"options": {"max_response_bytes": 0}}, r"max_response_bytes: expected a byte size of at least 1 byte, got 0"),
+    ({"options": {"timeout": 0}}, r"options\.timeout: expected a duration of more than 0 seconds, got 0"),
+    ({"options": {"retry_timeouts": "yes"}}, r"options\.retry_timeouts: expected bool, got 'yes'"),
+    ({"interval": "1 week"}, r"interval: expected a duration \(seconds, or a number and a unit: 500ms, 30s, "
+                             r"5m or 5min, 1\.5h, 1d\), got '1 week'"),
+])
+def test_sizes_and_durations_are_refused_in_the_one_wording(files: Path, change: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_config(doc(**change), base=files)
+
+
+def test_one_config_error_and_a_version_newer_than_this_veriprint_is_refused(files: Path) -> None:
+    from veriprint import errors, monitor
+    from veriprint.monitor import config as monitor_config
+
+    assert monitor_config.ConfigError is errors.ConfigError is monitor.ConfigError
+    assert parse_config({**doc(), "version": 1}, base=files).version == 1
+    with pytest.raises(errors.ConfigError, match=r"^m.toml: version: this veriprint reads versions up to 1, got 2; "
+                                                  "upgrade veriprint to read it$"):
+        parse_config({**doc(), "version": 2}, base=files, source="m.toml")
+    with pytest.raises(errors.ConfigError) as e:
+        parse_config({**doc(), "monitor": {"refersh": 5}}, base=files)
+    assert str(e.value) == ("monitor.refersh: expected one of the known keys (database, database_env, listen, "
+                            "concurrency, public_url, refresh, secret, secret_env), got an unknown key")
+    assert (e.value.key, e.value.got) == ("monitor.refersh", "<an unknown key>")
+
+
 def test_cli_refuses_a_bad_config_in_one_line_without_traceback(files: Path) -> None:
     cfg = files / "monitor.toml"
     cfg.write_text('[[endpoints]]\nname = "cnn"\ntarget = "http://127.0.0.1:1/v2/models/x"\n'
@@ -120,12 +173,12 @@ def test_cli_refuses_a_bad_config_in_one_line_without_traceback(files: Path) -> 
     r = subprocess.run(monitor_cmd(cfg, "--once"), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"error: {cfg}: endpoints[0].interval: expected a duration (seconds, or a string like '30s', '5m', '1h'), "
-        "got 'every hour'"]
+        f"error: {cfg}: endpoints[0].interval: expected a duration (seconds, or a number and a unit: 500ms, 30s, "
+        "5m or 5min, 1.5h, 1d), got 'every hour'"]
     assert "Traceback" not in r.stdout + r.stderr
     cfg.write_text("[[endpoints]\nname = 1")
     r = subprocess.run(monitor_cmd(cfg, "--check-config"), capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "expected valid TOML" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "expected TOML, got" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # a broken fingerprint is refused at start too, naming the key
     cfg.write_text('[[endpoints]]\nname = "cnn"\ntarget = "http://127.0.0.1:1/v2/models/x"\nfingerprint = "fp.vpf"\n'
                    f'[monitor]\ndatabase = "sqlite:///{files / "m.db"}"\n')

@@ -40,7 +40,8 @@ def _plan(budget: float | None, **kw: object) -> object:
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0), ("45", 45.0),
-                                               (" 2 min ", 120.0), (30, 30.0)])
+                                               (" 2 min ", 120.0), (30, 30.0), ("5min", 300.0), ("1d", 86400.0),
+                                               ("500ms", 0.5), ("1.5H", 5400.0)])
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -50,7 +51,7 @@ def test_parse_duration_none_and_auto() -> None:
     assert math.isnan(parse_duration("auto"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", ["", "ten minutes", "-5s", "0", "5d", 0, -1.0, float("inf")])
+@pytest.mark.parametrize("bad", ["", "ten minutes", "-5s", "0", "5 days", "0ms", 0, -1.0, float("inf"), True])
 def test_parse_duration_refuses(bad: object) -> None:
     with pytest.raises(ConfigError, match="time budget"):
         parse_duration(bad)  # type: ignore[arg-type]
@@ -62,7 +63,7 @@ def test_parse_bytes(text: str, n: int) -> None:
     assert parse_bytes(text) == n
 
 
-@pytest.mark.parametrize("bad", ["", "lots", "-1G", "0", "2X"])
+@pytest.mark.parametrize("bad", ["", "lots", "-1G", "0", "2X", "1000ib"])
 def test_parse_bytes_refuses(bad: str) -> None:
     with pytest.raises(ConfigError, match="memory budget"):
         parse_bytes(bad)

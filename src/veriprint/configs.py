@@ -11,23 +11,32 @@ from the command line and no default is written twice.
 
 A ``version`` key newer than the dataclass's own is refused: an older veriprint cannot
 know what a newer file means.
+
+Files with tables of their own (the monitor's) are read with :func:`load_toml` and
+:class:`Table`: typed reads of one table into its dataclass, durations and byte sizes in
+the one grammar of :mod:`veriprint.units`, a key left unread refused with the known keys
+named, and the same version rule. Every mistake is a :class:`~veriprint.errors.ConfigError`
+naming the key, what was expected and what came.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from veriprint import units
 from veriprint.errors import ConfigError
+from veriprint.redact import redact
 
-__all__ = ["add_dataclass_arguments", "check_version", "from_mapping", "load_toml", "set_values"]
+__all__ = ["Table", "add_dataclass_arguments", "check_version", "from_mapping", "keys_of", "load_toml", "set_values"]
 
 T = TypeVar("T")
 
@@ -49,13 +58,18 @@ def check_version(cls: type, d: Mapping[str, Any]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if "version" in out and "version" in fields:
         current = fields["version"].default
-        v = out["version"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{_name(cls)}.version: expected a whole number >= 1, got {v!r}")
-        if isinstance(current, int) and v > current:
-            raise ConfigError(f"{_name(cls)}.version: this veriprint reads versions up to {current}, "
-                              f"got {v}; upgrade veriprint to read it")
+        if isinstance(current, int):
+            _check_version_value(f"{_name(cls)}.version", out["version"], current)
     return out
+
+
+def _check_version_value(where: str, v: object, current: int) -> None:
+    """The one version rule: a whole number >= 1, at most ``current`` (this veriprint's)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{where}: expected a whole number >= 1, got {v!r}")
+    if v > current:
+        raise ConfigError(f"{where}: this veriprint reads versions up to {current}, got {v}; "
+                          "upgrade veriprint to read it")
 
 
 def from_mapping(cls: type[T], d: Mapping[str, Any]) -> T:
@@ -91,8 +105,11 @@ def load_toml(path: str | os.PathLike[str], section: str | None = None) -> dict[
                           f"got {'a directory' if p.is_dir() else 'no such file'}")
     try:
         data = tomllib.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"--config {os.fspath(path)!r}: expected TOML, {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {os.fspath(path)!r}: expected a readable TOML file, got "
+                          f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {os.fspath(path)!r}: expected TOML, got {e}") from e
     if section is not None and isinstance(data.get(section), dict):
         return dict(data[section])
     return data
@@ -182,3 +199,121 @@ def add_dataclass_arguments(p: argparse.ArgumentParser | Any, cls: type, *,
 def set_values(args: argparse.Namespace, dests: list[str]) -> dict[str, Any]:
     """The fields among ``dests`` that the user gave on the command line."""
     return {dest: getattr(args, dest) for dest in dests if hasattr(args, dest)}
+
+
+# --- tables of a settings file --------------------------------------------------------------
+
+
+def keys_of(cls: type, *, without: Iterable[str] = (), extra: Iterable[str] = ()) -> tuple[str, ...]:
+    """The keys a table of dataclass ``cls`` takes: its fields, less ``without`` (fields the
+    reader derives), plus ``extra`` (keys that are read into other fields)."""
+    drop = set(without)
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in drop) + tuple(extra)
+
+
+class Table:
+    """Typed reads from one table of a settings file; a key left unread is refused at :meth:`done`.
+
+    Args:
+        data: the table (anything else is refused, naming ``key``).
+        key: its path in the file (``"endpoints[0].decoys"``; "" for the top level).
+        source: the file's name, put before every message.
+        known: the keys it takes (a dataclass: its fields, see :func:`keys_of`), named when
+            an unknown one is refused.
+    """
+
+    def __init__(self, data: Any, key: str = "", source: str = "", known: Iterable[str] | type = ()) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError.at(key or "(top level)", "a table", f"<{type(data).__name__}>", source=source)
+        self.data = dict(data)
+        self.key = key
+        self.source = source
+        self.known: tuple[str, ...] = keys_of(known) if isinstance(known, type) else tuple(known)
+
+    def path(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def error(self, name: str, expected: str, got: Any) -> ConfigError:
+        return ConfigError.at(self.path(name), expected, got, source=self.source)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def peek(self, name: str) -> Any:
+        """The value of ``name`` (None when absent), left to be read."""
+        return self.data.get(name)
+
+    def pop(self, name: str, types: tuple[type, ...], expected: str, default: Any = None,
+            required: bool = False) -> Any:
+        """The value of ``name`` if it is one of ``types`` (a bool only if ``bool`` is one)."""
+        if name not in self.data:
+            if required:
+                raise self.error(name, expected, "<nothing (the key is required)>")
+            return default
+        value = self.data.pop(name)
+        if isinstance(value, bool) and bool not in types:
+            raise self.error(name, expected, value)
+        if not isinstance(value, types):
+            raise self.error(name, expected, value if isinstance(value, str | int | float) else
+                             f"<{type(value).__name__}>")
+        return value
+
+    def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
+        return self.pop(name, (str,), "a string", default, required)
+
+    def integer(self, name: str, default: int, lo: int = 0, hi: int | None = None) -> int:
+        value: int = self.pop(name, (int,), "an integer", default)
+        if value < lo or (hi is not None and value > hi):
+            bound = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+            raise self.error(name, bound, value)
+        return value
+
+    def number(self, name: str, default: float, lo: float = 0.0) -> float:
+        value = float(self.pop(name, (int, float), "a number", default))
+        if not math.isfinite(value) or value < lo:
+            raise self.error(name, f"a number >= {lo:g}", value)
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return bool(self.pop(name, (bool,), "true or false", default))
+
+    def duration(self, name: str, default: float, *, positive: bool = False) -> float:
+        """Seconds of a duration in the one grammar (:func:`veriprint.units.seconds`)."""
+        if name not in self.data:
+            return default
+        return float(self.parse(name, lambda v: units.seconds(v, positive=positive)))
+
+    def byte_size(self, name: str, default: int) -> int:
+        """Bytes of a size in the one grammar (:func:`veriprint.units.byte_count`)."""
+        if name not in self.data:
+            return default
+        return int(self.parse(name, units.byte_count))
+
+    def parse(self, name: str, parse: Any) -> Any:
+        """``parse(value)`` of ``name``; its refusal (``expected ..., got ...``) named by the key."""
+        value = self.data.pop(name)
+        try:
+            return parse(value)
+        except ConfigError as e:
+            prefix = f"{self.source}: " if self.source else ""
+            raise ConfigError(redact(f"{prefix}{self.path(name)}: {e}")) from None
+
+    def table(self, name: str, known: Iterable[str] | type = ()) -> Table | None:
+        """The table ``name`` (None when absent)."""
+        if name not in self.data:
+            return None
+        return Table(self.data.pop(name), self.path(name), self.source, known)
+
+    def version(self, current: int) -> int:
+        """The table's ``version`` (default ``current``); a newer one than this veriprint's is refused."""
+        if "version" not in self.data:
+            return current
+        v = self.data.pop("version")
+        where = f"{self.source}: {self.path('version')}" if self.source else self.path("version")
+        _check_version_value(where, v, current)
+        return int(v)
+
+    def done(self) -> None:
+        """Refuse the first key left unread, naming the known ones."""
+        for name in self.data:
+            raise self.error(name, f"one of the known keys ({', '.join(self.known)})", "<an unknown key>")

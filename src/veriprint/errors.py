@@ -20,7 +20,37 @@ class VeriprintError(Exception):
 
 
 class ConfigError(VeriprintError, ValueError):
-    """An option, setting or argument is missing, of the wrong type, or out of range."""
+    """An option, setting or argument is missing, of the wrong type, or out of range.
+
+    The one configuration error of the project (``veriprint.monitor.config.ConfigError`` is
+    this class too). Raised with a message, or built by :meth:`at` for one key of a settings
+    file, which also keeps the key, what was expected and what came.
+    """
+
+    key: str = ""
+    expected: str = ""
+    got: object = None
+    source: str = ""
+
+    @classmethod
+    def at(cls, key: str, expected: str, got: object, *, source: str = "") -> ConfigError:
+        """``"SOURCE: KEY: expected EXPECTED, got GOT"``, with every secret masked.
+
+        Args:
+            key: the setting, as the file spells its path (``endpoints[0].interval``).
+            expected: what it takes.
+            got: what it holds; a string in ``<...>`` describes it instead of quoting it
+                (``"<an unknown key>"``, ``"<nothing (the key is required)>"``).
+            source: the file it is in ("" for none).
+        """
+        from veriprint.redact import redact  # redact imports this module
+
+        shown = got[1:-1] if isinstance(got, str) and got.startswith("<") and got.endswith(">") else repr(got)
+        prefix = f"{source}: " if source else ""
+        # every message passes the one redaction rule: a value written in the wrong place may be a secret
+        err = cls(redact(f"{prefix}{key}: expected {expected}, got {shown}"))
+        err.key, err.expected, err.got, err.source = key, expected, got, source
+        return err
 
 
 class UnknownOptionError(ConfigError, TypeError):

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from veriprint.units import bytes_flag, duration_flag
+
 
 def add_model_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--model", required=required,
@@ -69,9 +71,10 @@ FINGERPRINT_HELP = {
     "pool": "natural inputs examined to draw boundary seeds (0: 20 per seed, up to the data or 20,000)",
     "views": "natural views added when the data is smaller than the bag: auto (shifts; mirrors of colour "
              "images), shifts, shifts+flips, none",
-    "budget": "time budget for the run (90s, 10m, 1.5h; auto: 10 min on a CPU, 60 s on an accelerator; none): "
+    "budget": "time budget for the run (a duration: 90s, 10m or 10min, 1.5h, 1d; auto: 10 min on a CPU, 60 s on an accelerator; none): "
               "bag, pool and steps are ceilings the plan trims to fit, a run that fits is unchanged",
-    "max_memory": "memory for one backward pass's tensors, which caps the batch (512M, 2G; auto: 1G, "
+    "max_memory": "memory for one backward pass's tensors, which caps the batch (a byte size: 512M, 2G, "
+                  "2.5GiB; auto: 1G, "
                   "at most 40%% of the machine's; on a GPU, 40%% of its memory)",
     "device": "device the deployment runs on (cpu, cuda, cuda:N): the whole pipeline runs there, and the "
               "expected outputs and floor are computed there",
@@ -164,16 +167,20 @@ def load_data_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 TRANSPORT_HELP = {
-    "timeout": "seconds per request, whole: connect, TLS, headers and body",
+    "timeout": "time per request, whole: connect, TLS, headers and body (a duration: 30, 30s, 500ms, 2min)",
     "retries": "further attempts after a failure that is safe to retry",
-    "backoff": "seconds before the first retry, doubled for each next one",
+    "backoff": "time before the first retry, doubled for each next one (a duration)",
     "retry_timeouts": "also retry requests that timed out (the server may have run them)",
     "verify_tls": "check the server's certificate and host name",
     "ca_file": "PEM bundle of trusted certificates; none: the system's",
     "auth_env": "name of an environment variable holding the auth header value (never the value itself)",
     "auth_header": "header that carries it",
-    "max_response_bytes": "largest answer read",
+    "max_response_bytes": "largest answer read (a byte size: 1000000, 64M, 1GiB)",
 }
+
+
+#: The parser of each transport option given as text (a flag or a ``--config`` value).
+TRANSPORT_TYPES = {"timeout": duration_flag, "backoff": duration_flag, "max_response_bytes": bytes_flag}
 
 
 def add_target_arguments(p: argparse.ArgumentParser, *, max_batch: bool = True) -> None:
@@ -195,10 +202,8 @@ def add_target_arguments(p: argparse.ArgumentParser, *, max_batch: bool = True) 
                    help="defaults for this command's options (transport settings included), in TOML with the "
                         "flags' names (underscores); each value is parsed as its flag's; flags given win")
     p.set_defaults(_settings_parser=p)
-    from veriprint.units import duration_flag
-
     add_dataclass_arguments(p.add_argument_group("transport (remote targets)"), TransportOptions,
-                            help=TRANSPORT_HELP, types={"timeout": duration_flag, "backoff": duration_flag})
+                            help=TRANSPORT_HELP, types=TRANSPORT_TYPES)
 
 
 def target_options(args: argparse.Namespace, *, include_max_batch: bool = False) -> dict[str, Any]:

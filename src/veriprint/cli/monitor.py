@@ -129,8 +129,12 @@ def _serve(monitor, *, checks: bool) -> int:  # type: ignore[no-untyped-def]
     from veriprint.monitor.web import create_app
 
     config = monitor.config
-    # sample images for the pool endpoints (a fresh endpoint's checks are made anew, with no file)
-    fps = {rt.fingerprint.sha256: rt.fingerprint for rt in monitor.runtimes.values() if rt.fingerprint is not None}
+    # sample images for the classifiers' pool endpoints (a fresh endpoint's checks are made anew,
+    # with no file; a language model's prompts are text, shown on the check page itself)
+    from veriprint.fingerprint import Fingerprint
+
+    fps = {rt.fingerprint.sha256: rt.fingerprint for rt in monitor.runtimes.values()
+           if isinstance(rt.fingerprint, Fingerprint)}
     app = create_app(monitor.store, config, fps, monitor.metrics.registry,
                      health=(lambda: monitor.alive) if checks else None)
     if checks:

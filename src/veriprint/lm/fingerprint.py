@@ -17,7 +17,9 @@ tokenizer's and the weights' SHA-256, the noise floor, and the config that made 
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,8 @@ from veriprint.noise import NoiseFloor
 __all__ = ["KIND", "LmFingerprint", "is_lm_file"]
 
 KIND = "lm"
+#: Metadata lists with one entry per prompt (kept in step by :meth:`LmFingerprint.subset`).
+PER_PROMPT = ("prompts", "seed_texts", "edits", "roles", "tokens", "text", "top_tokens")
 _TENSORS = ("prompt_ids", "prompt_lengths", "expected_ids", "lengths", "top_ids", "top_logprobs", "margins", "log_s")
 
 
@@ -87,6 +91,37 @@ class LmFingerprint:
             margins=[float(v) for v in self.tensors["margins"][i, :max(n, 1)]],
             top_tokens=[list(r) for r in self.meta["top_tokens"][i]],
             top_logprobs=[[float(v) for v in row] for row in self.tensors["top_logprobs"][i, :max(n, 1)]])
+
+    def units(self) -> list[tuple[int, ...]]:
+        """The prompts as the monitor's pool spends them: one unit per prompt (an LM
+        fingerprint stores no twin pairs)."""
+        return [(i,) for i in range(len(self))]
+
+    def subset(self, indices: Sequence[int]) -> LmFingerprint:
+        """The fingerprint made of the prompts at ``indices`` (in that order).
+
+        As :meth:`veriprint.fingerprint.Fingerprint.subset`: the result keeps the noise floor
+        and the hash and signature status of the file it was read from, and records the
+        positions it kept in ``meta["subset_of"]``.
+
+        Raises:
+            ConfigError: no index, or an index out of range.
+        """
+        idx = [int(i) for i in indices]
+        n = len(self)
+        if not idx:
+            raise ConfigError("expected at least one prompt index for a subset, got none")
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise ConfigError(f"expected prompt indices in [0, {n}), got {bad}")
+        at = torch.tensor(idx, dtype=torch.long)
+        tensors = {name: t[at].clone() for name, t in self.tensors.items()}
+        meta = {**self.meta, "subset_of": {"sha256": self.sha256, "size": n, "indices": idx}}
+        for key in PER_PROMPT:
+            v = self.meta.get(key)
+            if isinstance(v, list) and len(v) == n:
+                meta[key] = [v[i] for i in idx]
+        return dataclasses.replace(self, tensors=tensors, meta=meta)
 
     def prompt_ids(self, i: int) -> list[int]:
         return [int(v) for v in self.tensors["prompt_ids"][i, : int(self.tensors["prompt_lengths"][i])]]

@@ -33,8 +33,8 @@ from veriprint.targets.base import TargetError
 from veriprint.verification.send import Failure
 from veriprint.verification.verify import EXIT_CODES, Verdict, check_enrolled_spec
 
-__all__ = ["LmAnswer", "LmAnswers", "LmSampleResult", "LmVerificationReport", "complete_once", "open_lm_target",
-           "verify_lm"]
+__all__ = ["LmAnswer", "LmAnswers", "LmSampleResult", "LmVerificationReport", "complete_once", "merge_lm_reports",
+           "open_lm_target", "verify_lm"]
 
 
 @dataclass(frozen=True)
@@ -247,6 +247,60 @@ def verify_lm(fingerprint: LmFingerprint | str | os.PathLike[str], target: Compl
                       f"of a tie, so any answer matches: this fingerprint cannot tell under spec {out_spec}")
     within = f"; {amb} within noise of a tie, accepted either way" if amb else ""
     return report("INTACT", f"all {n} prompts match the intact model{within}")
+
+
+def merge_lm_reports(parts: list[tuple[LmVerificationReport, list[int]]]) -> LmVerificationReport:
+    """One report for a check sent as several requests, by the rules of one request (those of
+    :func:`veriprint.verification.verify.merge_reports`).
+
+    Args:
+        parts: each request's report with the positions (in the whole check) of the prompts
+            it carried, in the order of its ``samples``.
+
+    TAMPERED when any request saw a mismatch; INCONCLUSIVE when any request could not
+    compare all its prompts, or every prompt of the check was within noise of a tie; INTACT
+    only when every prompt of every request was compared and matched.
+    """
+    if not parts:
+        raise ConfigError("expected the reports of at least one request, got none")
+    first = parts[0][0]
+    n = sum(len(idx) for _, idx in parts)
+    samples: list[LmSampleResult | None] = [None] * n
+    for rep, idx in parts:
+        if len(rep.samples) != len(idx):
+            raise ConfigError(f"expected a report of {len(idx)} prompts, got {len(rep.samples)}")
+        for s, i in zip(rep.samples, idx, strict=True):
+            samples[i] = LmSampleResult(i, s.prompt, s.expected, s.observed, s.match, s.ambiguous, s.why)
+    if any(s is None for s in samples):
+        raise ConfigError("expected the requests' positions to cover the check once each")
+    reps = [r for r, _ in parts]
+    compared = sum(r.compared for r in reps)
+    mism = sum(r.mismatches for r in reps)
+    amb = sum(r.ambiguous for r in reps)
+    k = len(reps)
+    where = f" over {k} requests" if k > 1 else ""
+    failed = [f"request {j + 1}: {r.reason}" for j, r in enumerate(reps)
+              if r.verdict == "INCONCLUSIVE" and r.compared < len(parts[j][1])]
+    verdict: Verdict
+    if mism:
+        hit = sum(r.mismatches > 0 for r in reps)
+        verdict = "TAMPERED"
+        reason = f"{mism} of {compared} compared prompts differ from the intact model" + (
+            f" ({hit} of {k} requests)" if k > 1 else "")
+        if failed:
+            reason += f" (and {failed[0]})"
+    elif failed:
+        verdict, reason = "INCONCLUSIVE", f"only {compared} of {n} prompts were compared{where}; {failed[0]}"
+    elif amb == compared:
+        verdict, reason = "INCONCLUSIVE", (f"every one of the {n} prompts sits within the noise floor "
+                                           f"({first.tolerance['floor']:.3g}) of a tie, so any answer matches: "
+                                           f"this check cannot tell under spec {first.spec}")
+    else:
+        within = f"; {amb} within noise of a tie, accepted either way" if amb else ""
+        verdict, reason = "INTACT", f"all {n} prompts match the intact model{where}{within}"
+    return LmVerificationReport(verdict, redact(reason), first.spec, first.target, sum(r.queries for r in reps),
+                                compared, mism, amb, first.tolerance, first.fingerprint,
+                                [s for s in samples if s is not None], sum(r.seconds for r in reps))
 
 
 def open_lm_target(target: str | os.PathLike[str] | CompletionsTarget, *, api: str = "completions",

@@ -14,6 +14,13 @@ owner's secret). :func:`run_check` does one check in a given slot:
    (:mod:`veriprint.monitor.sequential`);
 4. it writes the check row with its alerts.
 
+An endpoint whose fingerprint is a language model's (``cfg.kind == "lm"``) takes the same
+steps with prompts for samples: its pool spends prompts, each request is checked by
+:func:`veriprint.lm.verify.verify_lm` against the completions or chat API (or a local model)
+and the requests' reports are merged by :func:`veriprint.lm.verify.merge_lm_reports`;
+each stored sample holds its prompt and the expected and answered tokens (or text, or
+top logprobs) instead of scores. Decoys and fresh checks are classifiers' only.
+
 With a secret (``secret`` in the configuration) every draw of steps 1-2 comes from
 ``HMAC(secret, endpoint, slot)``: the owner can reproduce it, the provider cannot predict
 it. Without one they come from the endpoint's name and slot, which anyone who knows the
@@ -28,15 +35,16 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from veriprint.fingerprint import Fingerprint
 from veriprint.monitor.config import EndpointConfig, MonitorConfig
 from veriprint.monitor.db import Store, StoredCheck
-from veriprint.monitor.pool import LARGER_POOL_HINT, Draw, Pool
+from veriprint.monitor.pool import Draw, Pool, larger_pool_hint
 from veriprint.monitor.sequential import SequentialParams, SequentialState, update
 from veriprint.redact import redact
 from veriprint.targets import QueryBatch, Target, open_target
@@ -45,7 +53,13 @@ from veriprint.verification.queries.source import CheckSource
 from veriprint.verification.queries.split import split_requests
 from veriprint.verification.verify import VerificationReport, merge_reports, verify
 
-__all__ = ["CheckOutcome", "EndpointRuntime", "TimedTarget", "jitter_offset", "run_check", "slot_of"]
+if TYPE_CHECKING:
+    from veriprint.lm.fingerprint import LmFingerprint
+    from veriprint.lm.target import CompletionsTarget
+    from veriprint.lm.verify import LmVerificationReport
+
+__all__ = ["CheckOutcome", "EndpointRuntime", "TimedCompletions", "TimedTarget", "jitter_offset", "run_check",
+           "slot_of"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +105,22 @@ class TimedTarget(Target):
         self.inner.close()
 
 
+class TimedCompletions:
+    """A language model's target (``complete``) that adds up the time spent waiting for its answers."""
+
+    def __init__(self, inner: CompletionsTarget) -> None:
+        self.inner = inner
+        self.description = inner.description
+        self.seconds = 0.0
+
+    def complete(self, prompts: Sequence[str], *, max_tokens: int, logprobs: int | None = None) -> Sequence[Any]:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.complete(prompts, max_tokens=max_tokens, logprobs=logprobs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
 #: Stands in for a secret when none is configured: draws are then predictable (see the module).
 _UNKEYED = b"veriprint-unkeyed-draws-predictable"
 
@@ -100,10 +130,12 @@ class EndpointRuntime:
     """An endpoint's configuration and what is loaded for it once, at start.
 
     Exactly one of ``pool`` (a fingerprint's rotation) and ``source`` (fresh checks) is set.
+    ``fingerprint`` is an :class:`~veriprint.lm.fingerprint.LmFingerprint` when ``cfg.kind``
+    is ``"lm"``.
     """
 
     cfg: EndpointConfig
-    fingerprint: Fingerprint | None
+    fingerprint: Fingerprint | LmFingerprint | None
     pool: Pool | None
     decoy_data: Any = None  # a veriprint.data.Dataset, when decoys are configured
     source: CheckSource | None = None
@@ -111,6 +143,7 @@ class EndpointRuntime:
     in_flight: bool = False
     last_slot: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    local_lm: Any = None  # a local language model's target, loaded at its first check and kept
 
     @classmethod
     def load(cls, cfg: EndpointConfig, key: str) -> EndpointRuntime:
@@ -128,24 +161,33 @@ class EndpointRuntime:
                 secret = load_secret(cfg.secret)
             except Exception as e:
                 raise ValueError(f"{cfg.secret_key or key + '.secret'}: {e}") from None
-        fp: Fingerprint | None = None
+        fp: Fingerprint | LmFingerprint | None = None
         pool: Pool | None = None
         source: CheckSource | None = None
-        shape: tuple[int, ...]
+        shape: tuple[int, ...] = ()
         if cfg.fresh is not None:
             source = _fresh_source(cfg, key, secret)
             shape = tuple(source.data.x.shape[1:])  # type: ignore[attr-defined]
         else:
             try:
-                fp = Fingerprint.load(str(cfg.fingerprint), pubkey=cfg.pubkey)
+                if cfg.kind == "lm":
+                    from veriprint.lm.fingerprint import LmFingerprint
+
+                    fp = LmFingerprint.load(str(cfg.fingerprint), pubkey=cfg.pubkey)
+                else:
+                    fp = Fingerprint.load(str(cfg.fingerprint), pubkey=cfg.pubkey)
             except Exception as e:
                 raise ValueError(f"{key}.fingerprint: expected a valid fingerprint file, got {cfg.fingerprint}: {e}"
                                  ) from None
             pool = Pool(fp, cfg.pairs_per_check, cfg.on_pool_exhausted, secret=secret)
             if not pool.rotates and cfg.pairs_per_check:
                 log.warning("%s: the fingerprint has %d unit(s), not more than pairs_per_check=%d, so every check "
-                            "sends the same queries; %s", cfg.name, pool.size, cfg.pairs_per_check, LARGER_POOL_HINT)
-            shape = tuple(fp.samples.shape[1:])
+                            "sends the same queries; %s", cfg.name, pool.size, cfg.pairs_per_check,
+                            larger_pool_hint(cfg.kind))
+            if isinstance(fp, Fingerprint):
+                shape = tuple(fp.samples.shape[1:])
+        if cfg.decoys is not None and cfg.kind == "lm":  # the file refuses this; a configuration built in Python might not
+            raise ValueError(f"{key}.decoys: expected no decoys for a language model's fingerprint, got a decoys table")
         data = None
         if cfg.decoys is not None:
             from veriprint.data import load_data
@@ -241,7 +283,7 @@ class CheckOutcome:
 class _Plan:
     """The queries of one check, before any is sent."""
 
-    fp: Fingerprint | None  # the check's fingerprint (None: nothing to send)
+    fp: Fingerprint | LmFingerprint | None  # the check's fingerprint (None: nothing to send)
     draw: Draw  # what the attempt records: pool units, or the fresh position as one unit
     indices: tuple[int, ...]  # the check's samples, as positions in the pool file (fresh: 0..n-1)
     units: list[tuple[int, ...]]  # the check's units, as positions in ``fp``
@@ -254,20 +296,21 @@ def _plan_pool(rt: EndpointRuntime, store: Store, before: tuple[int, int] | None
     cfg, fp, pool = rt.cfg, rt.fingerprint, rt.pool
     assert fp is not None and pool is not None
     warnings: list[str] = []
+    hint = larger_pool_hint(cfg.kind)
     cycle, position = before if before is not None else store.pool_position(cfg.name, fp.sha256)
     draw = pool.draw(cycle, position)
     if draw.refused:
         return _Plan(None, draw, (), [], refused=(
-            f"query pool exhausted and on_pool_exhausted = 'refuse': no check was sent; {LARGER_POOL_HINT}"))
+            f"query pool exhausted and on_pool_exhausted = 'refuse': no check was sent; {hint}"))
     warn_below = cfg.warn_below(pool.checks_per_cycle)
     if draw.cycle > 0 and pool.rotates:
         msg = (f"query pool spent: all {pool.size} units were sent; pass {draw.cycle} repeats queries the "
                f"provider has answered (on_pool_exhausted = 'wrap'), so a provider that replays answers goes "
-               f"unseen; {LARGER_POOL_HINT}, or use fresh checks")
+               f"unseen; {hint}" + (", or use fresh checks" if cfg.kind != "lm" else ""))
         log.warning("%s: %s", cfg.name, msg)
         warnings.append(msg)
     elif draw.checks_left is not None and draw.checks_left < warn_below:
-        msg = f"query pool low: {draw.checks_left} check(s) left before the pool is spent; {LARGER_POOL_HINT}"
+        msg = f"query pool low: {draw.checks_left} check(s) left before the pool is spent; {hint}"
         log.warning("%s: %s", cfg.name, msg)
         warnings.append(msg)
     pos = {i: j for j, i in enumerate(draw.indices)}
@@ -288,18 +331,43 @@ def _plan_fresh(rt: EndpointRuntime, store: Store) -> tuple[Draw, str]:
     return Draw(0, position, (position,), (), checks_left=left), ""
 
 
-def _samples(report: VerificationReport, indices: tuple[int, ...], units: dict[int, int]) -> list[dict[str, Any]]:
+def _samples(report: VerificationReport | LmVerificationReport, indices: tuple[int, ...],
+             units: dict[int, int]) -> list[dict[str, Any]]:
     out = []
     for s in report.samples:
         i = indices[s.index] if s.index < len(indices) else s.index
-        out.append({"index": i, "unit": units.get(i), "expected": _round(s.expected),
-                    "observed": None if s.observed is None else _round(s.observed),
-                    "match": s.match, "ambiguous": s.ambiguous})
+        if isinstance(report, VerificationReport):
+            out.append({"index": i, "unit": units.get(i), "expected": _round(s.expected),
+                        "observed": None if s.observed is None else _round(s.observed),
+                        "match": s.match, "ambiguous": s.ambiguous})
+        else:  # a language model's prompt: the answers as the spec compares them (tokens, text or top logprobs)
+            out.append({"index": i, "unit": units.get(i), "prompt": _answer(getattr(s, "prompt", "")),
+                        "expected": _answer(s.expected), "observed": _answer(s.observed),
+                        "match": s.match, "ambiguous": s.ambiguous, "why": _answer(getattr(s, "why", ""))})
     return out
 
 
 def _round(v: list[float]) -> list[float]:
     return [float(f"{x:.6g}") if math.isfinite(x) else float("nan") for x in v]
+
+
+#: Longest string and list kept of a language model's answer (a server may answer at length).
+_KEEP = 400
+
+
+def _answer(v: Any) -> Any:
+    """A language model's answer as stored: strings and lists cut to :data:`_KEEP`, numbers to 6 digits."""
+    if isinstance(v, str):
+        return v if len(v) <= _KEEP else v[:_KEEP] + "..."
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int | float):
+        return float(f"{v:.6g}") if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {_answer(str(k)): _answer(x) for k, x in list(v.items())[:_KEEP]}
+    if isinstance(v, list | tuple):
+        return [_answer(x) for x in list(v)[:_KEEP]]
+    return _answer(str(v))
 
 
 def _decoy_pool(rt: EndpointRuntime, store: Store, need: int, warnings: list[str], attempt: int) -> Any:
@@ -371,7 +439,7 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
     if attempt is None:
         return CheckOutcome(cfg.name, slot, "", "already checked in this slot", None, 0.0, 0.0, 0, 0,
                             draw.checks_left, (), skipped=True)
-    report: VerificationReport | None = None
+    report: VerificationReport | LmVerificationReport | None = None
     requests: list[dict[str, Any]] = []
     outcomes: list[bool] = []
     target_s = 0.0
@@ -383,6 +451,7 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
         log.warning("%s: %s", cfg.name, reason)
     else:
         timed: TimedTarget | None = None
+        timed_lm: TimedCompletions | None = None
         try:
             if rt.source is not None:
                 try:
@@ -393,31 +462,36 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
             assert plan.fp is not None
             rng = keyed_rng(rt.key, "check", cfg.name, slot)
             split = split_requests(rng, plan.units, cfg.requests_per_check)
-            decoys = _decoy_pool(rt, store, rt.planned_queries(len(plan.indices), len(split)) - len(plan.indices),
-                                 warnings, attempt)
-            timed = TimedTarget(open_target(cfg.target, **cfg.target_options()))
-            parts: list[tuple[VerificationReport, list[int]]] = []
-            used = 0
-            for req in split:
-                target: Target = timed
-                if decoys is not None and cfg.decoys is not None and used < len(decoys.x):
-                    from veriprint.data import Dataset
-                    from veriprint.targets.decoys import DecoyTarget
+            if cfg.kind == "lm":
+                timed_lm = TimedCompletions(_lm_target(rt))
+                report = _check_lm(rt, plan.fp, split, timed_lm, requests, outcomes)
+            else:
+                assert isinstance(plan.fp, Fingerprint)
+                decoys = _decoy_pool(rt, store, rt.planned_queries(len(plan.indices), len(split)) - len(plan.indices),
+                                     warnings, attempt)
+                timed = TimedTarget(open_target(cfg.target, **cfg.target_options()))
+                parts: list[tuple[VerificationReport, list[int]]] = []
+                used = 0
+                for req in split:
+                    target: Target = timed
+                    if decoys is not None and cfg.decoys is not None and used < len(decoys.x):
+                        from veriprint.data import Dataset
+                        from veriprint.targets.decoys import DecoyTarget
 
-                    k = min(math.ceil(cfg.decoys.ratio * len(req)), len(decoys.x) - used)
-                    if k > 0:
-                        mine = Dataset(decoys.x[used: used + k], None, decoys.domain, decoys.name)
-                        used += k
-                        # ceil(ratio * len(req)) == k exactly, so each decoy is sent once
-                        target = DecoyTarget.from_dataset(timed, mine, ratio=(k - 0.5) / len(req),
-                                                          seed=int(rng.integers(2**63)))
-                rep = verify(plan.fp.subset(req), target, spec=cfg.spec, max_batch=cfg.max_batch)
-                parts.append((rep, req))
-                requests.append({"size": len(req), "decoys": rep.decoys, "verdict": rep.verdict,
-                                 "mismatches": rep.mismatches})
-                if rep.verdict == "TAMPERED" or (rep.verdict == "INTACT" and rep.compared == len(req)):
-                    outcomes.append(rep.verdict == "TAMPERED")
-            report = merge_reports(parts)
+                        k = min(math.ceil(cfg.decoys.ratio * len(req)), len(decoys.x) - used)
+                        if k > 0:
+                            mine = Dataset(decoys.x[used: used + k], None, decoys.domain, decoys.name)
+                            used += k
+                            # ceil(ratio * len(req)) == k exactly, so each decoy is sent once
+                            target = DecoyTarget.from_dataset(timed, mine, ratio=(k - 0.5) / len(req),
+                                                              seed=int(rng.integers(2**63)))
+                    rep = verify(plan.fp.subset(req), target, spec=cfg.spec, max_batch=cfg.max_batch)
+                    parts.append((rep, req))
+                    requests.append({"size": len(req), "decoys": rep.decoys, "verdict": rep.verdict,
+                                     "mismatches": rep.mismatches})
+                    if rep.verdict == "TAMPERED" or (rep.verdict == "INTACT" and rep.compared == len(req)):
+                        outcomes.append(rep.verdict == "TAMPERED")
+                report = merge_reports(parts)
             reason = report.reason
         except _NotMade as e:
             reason = str(e)
@@ -426,6 +500,8 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
             reason = f"could not check: {type(e).__name__}: {e}"
             log.warning("%s: %s", cfg.name, reason)
         finally:
+            if timed_lm is not None:
+                target_s = timed_lm.seconds
             if timed is not None:
                 target_s = timed.seconds
                 try:
@@ -456,6 +532,45 @@ def run_check(rt: EndpointRuntime, slot: int, store: Store, monitor: MonitorConf
 
 class _NotMade(Exception):
     """The fresh source could not make the check's queries."""
+
+
+def _check_lm(rt: EndpointRuntime, fp: Any, split: list[list[int]], timed: TimedCompletions,
+              requests: list[dict[str, Any]], outcomes: list[bool]) -> LmVerificationReport:
+    """Verify a language model's check, request by request, and merge the requests' reports."""
+    from veriprint.lm.verify import merge_lm_reports, verify_lm
+
+    cfg = rt.cfg
+    max_batch = cfg.max_batch or cfg.options.get("max_batch")
+    parts: list[tuple[LmVerificationReport, list[int]]] = []
+    for req in split:
+        rep = verify_lm(fp.subset(req), timed, spec=cfg.spec, max_batch=max_batch)
+        parts.append((rep, req))
+        requests.append({"size": len(req), "decoys": 0, "verdict": rep.verdict, "mismatches": rep.mismatches})
+        if rep.verdict == "TAMPERED" or (rep.verdict == "INTACT" and rep.compared == len(req)):
+            outcomes.append(rep.verdict == "TAMPERED")
+    return merge_lm_reports(parts)
+
+
+#: Held while a local language model loads (one at a time, whatever the endpoints in flight).
+_LOADING = threading.Lock()
+
+
+def _lm_target(rt: EndpointRuntime) -> CompletionsTarget:
+    """The endpoint's language model: an OpenAI-compatible server (opened for each check, with
+    the endpoint's transport options) or a local model (a zoo name or folder, loaded once)."""
+    from veriprint.lm.verify import open_lm_target
+    from veriprint.targets.transport import TransportOptions
+
+    cfg = rt.cfg
+    api = cfg.api or str((rt.fingerprint.meta if rt.fingerprint is not None else {}).get("api", "completions"))
+    if "://" not in cfg.target:
+        with _LOADING:  # transformers' loading is not thread-safe (its meta-device setup is global)
+            if rt.local_lm is None:
+                rt.local_lm = open_lm_target(cfg.target, api=api)
+        target: CompletionsTarget = rt.local_lm
+        return target
+    options = {k: v for k, v in cfg.target_options().items() if k in TransportOptions.__dataclass_fields__}
+    return open_lm_target(cfg.target, api=api, served_model=cfg.served_model, options=TransportOptions(**options))
 
 
 def _sequential(rt: EndpointRuntime, store: Store, outcomes: list[bool], slot: int,
@@ -511,13 +626,20 @@ def record_timeout(rt: EndpointRuntime, slot: int, store: Store, monitor: Monito
                           inconclusive_after=cfg.inconclusive_alert_after, payload=alert_payload(rt, row, monitor))
 
 
-def _row(rt: EndpointRuntime, slot: int, scheduled_at: float, started: float, report: VerificationReport | None,
+def _row(rt: EndpointRuntime, slot: int, scheduled_at: float, started: float,
+         report: VerificationReport | LmVerificationReport | None,
          verdict: str, reason: str, duration: float, target_s: float, draw: Draw, units: list[int], plan: _Plan,
          unit_of: dict[int, int], warnings: list[str], requests: list[dict[str, Any]],
          sequential: dict[str, Any] | None) -> dict[str, Any]:
     fp = plan.fp if plan.fp is not None else rt.fingerprint
     noise = fp.noise if fp is not None else None
     fresh = rt.source is not None
+    if noise is None:
+        tolerance: dict[str, float] = {}
+    elif rt.cfg.kind == "lm":
+        tolerance = {"floor": noise.floor, "logprob": noise.logit_tolerance}
+    else:
+        tolerance = {"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance}
     return {
         "endpoint": rt.cfg.name, "slot": slot, "scheduled_at": scheduled_at, "started_at": started,
         "finished_at": time.time(), "target": rt.cfg.shown_target, "spec": rt.cfg.spec,
@@ -525,15 +647,15 @@ def _row(rt: EndpointRuntime, slot: int, scheduled_at: float, started: float, re
         "signature": "" if fresh or fp is None else fp.signature,
         "model_hash": "" if fp is None else str(fp.meta.get("model_hash", ""))[:128], "verdict": verdict,
         "reason": redact(reason)[:4000],
-        "queries": report.queries if report else 0, "decoys": report.decoys if report else 0,
+        "queries": report.queries if report else 0,
+        "decoys": report.decoys if isinstance(report, VerificationReport) else 0,
         "compared": report.compared if report else 0, "mismatches": report.mismatches if report else 0,
         "ambiguous": report.ambiguous if report else 0, "duration_s": duration, "target_s": target_s,
         "pool_cycle": draw.cycle, "pool_start": draw.start, "pool_units": units,
         "pool_checks_left": draw.checks_left if units else (0 if draw.refused else draw.checks_left),
         "sample_indices": list(plan.indices) if units else [],
         "samples": _samples(report, plan.indices, unit_of) if report else [],
-        "tolerance": dict(report.tolerance) if report else
-        ({"floor": noise.floor, "logit": noise.logit_tolerance, "prob": noise.prob_tolerance} if noise else {}),
+        "tolerance": dict(report.tolerance) if report else tolerance,
         "warnings": warnings, "source": "fresh" if fresh else "pool", "requests": requests,
         "sequential": sequential,
     }

@@ -2,6 +2,8 @@
 
 Layout (every key is optional unless marked required)::
 
+    version = 1                           # the file's format; a newer one than this veriprint's is refused
+
     [monitor]
     database = "sqlite:///monitor.db"    # or database_env = "VAR" holding a PostgreSQL URL
     secret = "schedule.key"               # or secret_env = "VAR" holding its path: keys every draw
@@ -21,6 +23,7 @@ Layout (every key is optional unless marked required)::
     name = "cnn-prod"                     # required: letters, digits, . _ -
     target = "http://host:8080/v2/models/cnn"   # required: any URL veriprint verify takes
     fingerprint = "cnn.vpf"               # required; relative paths are from this file
+                                          # (a language model's: api, served_model, an LM spec)
     pubkey = "owner.key.pub"
     spec = "top1"
     interval = "1h"
@@ -31,7 +34,11 @@ Layout (every key is optional unless marked required)::
     [endpoints.decoys]                    # data = "fashion-mnist", ratio = 1.0, repeat = false
     [endpoints.fresh]                     # instead of a fingerprint: model = "pkg.mod:factory", data = ...
 
-A mistake raises :class:`ConfigError` naming the key, what was expected and what came.
+The tables are read with :class:`veriprint.configs.Table` into the dataclasses below;
+durations (``"500ms"``, ``"30s"``, ``"5m"`` or ``"5min"``, ``"1.5h"``, ``"1d"``, or seconds)
+and byte sizes (``"64M"``, ``"1GiB"``, or bytes) are the project's one grammar
+(:mod:`veriprint.units`). A mistake raises :class:`veriprint.errors.ConfigError` (also
+importable from here, as before) naming the key, what was expected and what came.
 Secrets never appear in the file: auth values, webhook URLs that embed a token and database
 passwords come from environment variables named here (``auth_env``, ``url_env``,
 ``database_env``), and a literal password in a URL is refused.
@@ -42,14 +49,15 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from veriprint import errors
-from veriprint.redact import redact, redact_url
+from veriprint import units
+from veriprint.configs import Table, keys_of, load_toml
+from veriprint.errors import ConfigError
+from veriprint.redact import redact_url
 
 __all__ = [
     "AlertSink",
@@ -64,8 +72,11 @@ __all__ = [
     "redact_url",
 ]
 
+#: The newest monitor file format this veriprint reads.
+VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SPECS_HINT = "top1, topk:K, probs, probs:N, top1-prob:N or logits"
+LM_SPECS_HINT = "a language model's spec: top1-token, top1-token:N, logprobs:K or text"
 
 #: Target options an endpoint may set, with their types (passed to ``open_target``).
 TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
@@ -75,43 +86,29 @@ TARGET_OPTIONS: dict[str, tuple[type, ...]] = {
     "classes": (int,),
     "input_name": (str,),
     "output_name": (str,),
-    "timeout": (int, float, str),
+    "timeout": (int, float, str),  # a duration (veriprint.units)
     "retries": (int,),
-    "backoff": (int, float, str),
+    "backoff": (int, float, str),  # a duration
     "auth_env": (str,),
     "auth_header": (str,),
     "verify_tls": (bool,),
     "ca_file": (str,),
     "retry_timeouts": (bool,),
-    "max_response_bytes": (int,),
+    "max_response_bytes": (int, str),  # a byte size (veriprint.units)
 }
-
-
-class ConfigError(errors.ConfigError):
-    """A configuration mistake: which key, what was expected and what came."""
-
-    def __init__(self, key: str, expected: str, got: Any, *, source: str = "") -> None:
-        self.key, self.expected, self.got = key, expected, got
-        # "<...>" marks a description of what came rather than the value itself
-        shown = got[1:-1] if isinstance(got, str) and got.startswith("<") and got.endswith(">") else repr(got)
-        prefix = f"{source}: " if source else ""
-        # every message passes the one redaction rule: a value written in the wrong place may be a secret
-        super().__init__(redact(f"{prefix}{key}: expected {expected}, got {shown}"))
+#: The target options of a language model's endpoint (the transport's, and prompts per request).
+LM_TARGET_OPTIONS = ("timeout", "retries", "backoff", "retry_timeouts", "max_response_bytes", "auth_env",
+                     "auth_header", "verify_tls", "ca_file", "max_batch")
 
 
 def parse_duration(value: Any, key: str) -> float:
-    """Seconds from a number or a string such as ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``
-    (:func:`veriprint.units.seconds`, the grammar of every flag and file)."""
-    from veriprint.units import seconds
-
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value)
+    """Seconds of a duration in the project's one grammar (:func:`veriprint.units.seconds`:
+    a number, or ``"500ms"``, ``"30s"``, ``"5m"``/``"5min"``, ``"1h"``, ``"1d"``), or a
+    :class:`ConfigError` naming ``key``."""
     try:
-        return seconds(value)
-    except ValueError:
-        if isinstance(value, int | float) or (isinstance(value, str) and value.strip().startswith("-")):
-            raise ConfigError(key, "a duration >= 0", value) from None
-        raise ConfigError(key, "a duration (seconds, or a string like '30s', '5m', '1h')", value) from None
+        return units.seconds(value)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -166,15 +163,16 @@ class EndpointConfig:
         target: the model's URL (or any target :func:`veriprint.targets.open_target` takes).
         fingerprint: the ``.vpf`` file (absolute path after loading); None for a fresh endpoint.
         pubkey: Ed25519 public key the file must be signed with (None: unsigned accepted).
-        spec: what the API reveals (default ``"top1"``).
+        spec: what the API reveals (default ``"top1"``; ``"top1-token"`` for a language model).
         interval: seconds between scheduled checks (default 3600).
         jitter: each check starts up to this many seconds after its slot begins, at an
             offset fixed per slot (default: 10% of the interval).
         check_timeout: seconds a whole check may take before it is recorded INCONCLUSIVE
             (default 120).
         max_batch: most samples per query batch (default: the target's own limit).
-        pairs_per_check: twin pairs (or single samples of an unpaired fingerprint) each
-            check spends from the pool; 0 spends the whole fingerprint every time (default 4).
+        pairs_per_check: twin pairs (or single samples of an unpaired fingerprint, or prompts of a
+            language model's) each check spends from the pool; 0 spends the whole fingerprint
+            every time (default 4).
         requests_per_check: requests each check's mixed batch is split into, of keyed random
             sizes (default 4; fewer when the check has fewer samples).
         pool_warn_checks: warn when fewer checks than this remain in the pool (default None:
@@ -192,6 +190,12 @@ class EndpointConfig:
         false_mismatch_rate: assumed bound on the chance that a request to the intact model
             mismatches (the sequential test's ``p0``, default 1e-3).
         alpha: the sequential test's false alarm bound (default 1e-3).
+        kind: ``"lm"`` when the fingerprint is a language model's (checked with
+            :func:`veriprint.lm.verify.verify_lm`), else ``"classifier"``.
+        api: a language model's API, ``"completions"`` or ``"chat"`` (default None: the
+            one the fingerprint was made for).
+        served_model: the model name an OpenAI-compatible server serves (default None: the
+            one model it lists at ``/v1/models``).
     """
 
     name: str
@@ -216,6 +220,9 @@ class EndpointConfig:
     secret_key: str = ""
     false_mismatch_rate: float = 1e-3
     alpha: float = 1e-3
+    kind: Literal["classifier", "lm"] = "classifier"
+    api: Literal["completions", "chat"] | None = None
+    served_model: str | None = None
 
     def warn_below(self, checks_per_cycle: int) -> int:
         """Warn when fewer checks than this are left (``pool_warn_checks`` or its default)."""
@@ -233,11 +240,17 @@ class EndpointConfig:
         return redact_url(self.target) if "://" in self.target else self.target
 
     def target_options(self) -> dict[str, Any]:
-        """Options for ``open_target`` (durations as seconds)."""
+        """Options for ``open_target`` (durations as seconds, sizes as bytes; a file's are
+        already, a configuration built in Python may give them as text)."""
         out = dict(self.options)
         for k in ("timeout", "backoff"):
             if k in out:
                 out[k] = parse_duration(out[k], k)
+        if "max_response_bytes" in out:
+            try:
+                out["max_response_bytes"] = units.byte_count(out["max_response_bytes"])
+            except ConfigError as e:
+                raise ConfigError(f"max_response_bytes: {e}") from None
         return out
 
 
@@ -288,6 +301,8 @@ class MonitorConfig:
         endpoints: what to watch.
         alerts: where to send alerts.
         source: the file it was read from.
+        version: the file's format (``version = 1`` at the top; a newer one than this
+            veriprint reads is refused).
     """
 
     endpoints: tuple[EndpointConfig, ...]
@@ -301,6 +316,7 @@ class MonitorConfig:
     source: str = ""
     secret: str | None = None
     secret_env: str | None = None
+    version: int = 1
 
     def database_url(self) -> str:
         if self.database_env:
@@ -322,83 +338,14 @@ class MonitorConfig:
         raise KeyError(name)
 
 
-class _Table:
-    """Typed reads from one TOML table; what is left unread at the end is an unknown key."""
-
-    def __init__(self, data: Any, key: str, source: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(key or "(top level)", "a table", f"<{type(data).__name__}>", source=source)
-        self.data = dict(data)
-        self.key = key
-        self.source = source
-
-    def path(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def error(self, name: str, expected: str, got: Any) -> ConfigError:
-        return ConfigError(self.path(name), expected, got, source=self.source)
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def pop(self, name: str, types: tuple[type, ...], expected: str, default: Any = None,
-            required: bool = False) -> Any:
-        if name not in self.data:
-            if required:
-                raise self.error(name, expected, "<nothing (the key is required)>")
-            return default
-        value = self.data.pop(name)
-        if isinstance(value, bool) and bool not in types:
-            raise self.error(name, expected, value)
-        if not isinstance(value, types):
-            raise self.error(name, expected, value if isinstance(value, str | int | float) else
-                             f"<{type(value).__name__}>")
-        return value
-
-    def string(self, name: str, default: str | None = None, required: bool = False) -> Any:
-        return self.pop(name, (str,), "a string", default, required)
-
-    def integer(self, name: str, default: int, lo: int = 0, hi: int | None = None) -> int:
-        value: int = self.pop(name, (int,), "an integer", default)
-        if value < lo or (hi is not None and value > hi):
-            bound = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
-            raise self.error(name, bound, value)
-        return value
-
-    def number(self, name: str, default: float, lo: float = 0.0) -> float:
-        value = float(self.pop(name, (int, float), "a number", default))
-        if not math.isfinite(value) or value < lo:
-            raise self.error(name, f"a number >= {lo:g}", value)
-        return value
-
-    def duration(self, name: str, default: float) -> float:
-        if name not in self.data:
-            return default
-        try:
-            return parse_duration(self.data.pop(name), self.path(name))
-        except ConfigError as e:
-            raise ConfigError(e.key, e.expected, e.got, source=self.source) from None
-
-    def table(self, name: str) -> _Table | None:
-        if name not in self.data:
-            return None
-        return _Table(self.data.pop(name), self.path(name), self.source)
-
-    def done(self) -> None:
-        for name in self.data:
-            raise self.error(name, f"one of the known keys ({self.known})", "<an unknown key>")
-
-    known = ""
-
-
-def _env_name(t: _Table, name: str) -> str | None:
+def _env_name(t: Table, name: str) -> str | None:
     value: str | None = t.string(name)
     if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise t.error(name, "the name of an environment variable", value)
     return value
 
 
-def _check_no_password(t: _Table, name: str, url: str, env_key: str, *, user_ok: bool = False) -> None:
+def _check_no_password(t: Table, name: str, url: str, env_key: str, *, user_ok: bool = False) -> None:
     """The rule every check applies (:func:`veriprint.redact.refuse_url_credentials`), applied
     when the file is read: no ``user@`` or ``user:password@`` before the host (a database URL
     may name its user, ``postgresql://user@host/db``, but never a password)."""
@@ -417,11 +364,11 @@ def _check_no_password(t: _Table, name: str, url: str, env_key: str, *, user_ok:
 _ENDPOINT_KEYS = ("name", "target", "fingerprint", "pubkey", "spec", "interval", "jitter", "check_timeout",
                   "max_batch", "pairs_per_check", "requests_per_check", "pool_warn_checks", "on_pool_exhausted",
                   "queries_per_day", "inconclusive_alert_after", "options", "decoys", "fresh", "secret",
-                  "secret_env", "false_mismatch_rate", "alpha")
+                  "secret_env", "false_mismatch_rate", "alpha", "api", "served_model")
 _BUILTIN_DATA = ("fashion-mnist", "mnist-5k", "digits")
 
 
-def _secret(t: _Table, base: Path, check_files: bool, inherited: tuple[str | None, str]) -> tuple[str | None, str]:
+def _secret(t: Table, base: Path, check_files: bool, inherited: tuple[str | None, str]) -> tuple[str | None, str]:
     """``(path, key)`` of the secret named by ``secret`` or ``secret_env`` in ``t``, else ``inherited``.
 
     Only the path is read here (never the file): messages name the key and the path.
@@ -449,12 +396,11 @@ def _secret(t: _Table, base: Path, check_files: bool, inherited: tuple[str | Non
 def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, Any], check_files: bool,
               secret: tuple[str | None, str] = (None, "")) -> EndpointConfig:
     if not isinstance(data, dict):
-        raise ConfigError(key, "a table", f"<{type(data).__name__}>", source=source)
+        raise ConfigError.at(key, "a table", f"<{type(data).__name__}>", source=source)
     merged = {**defaults, **data}
     if isinstance(defaults.get("options"), dict) and isinstance(data.get("options"), dict):
         merged["options"] = {**defaults["options"], **data["options"]}
-    t = _Table(merged, key, source)
-    t.known = ", ".join(_ENDPOINT_KEYS)
+    t = Table(merged, key, source, _ENDPOINT_KEYS)
     name = t.string("name", required=True)
     if not _NAME.match(name):
         raise t.error("name", "letters, digits, '.', '_' or '-' (at most 63, starting with a letter or digit)", name)
@@ -476,13 +422,36 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
         pub_path = str((base / pubkey).resolve())
         if check_files and not Path(pub_path).is_file():
             raise t.error("pubkey", "an existing public key file (from `veriprint keygen`)", pub_path)
-    spec = t.string("spec", "top1")
-    try:
-        from veriprint.verification.specs import parse_spec
+    model_kind = _kind(fp_path, t.peek("spec"))
+    if model_kind == "lm":
+        spec = t.string("spec", "top1-token")
+        try:
+            from veriprint.lm.specs import parse_lm_spec
 
-        parse_spec(spec)
-    except ValueError:
-        raise t.error("spec", SPECS_HINT, spec) from None
+            parse_lm_spec(spec)
+        except ValueError:
+            raise t.error("spec", LM_SPECS_HINT, spec) from None
+        api = t.string("api")
+        if api is not None and api not in ("completions", "chat"):
+            raise t.error("api", "'completions' or 'chat'", api)
+        served_model = t.string("served_model")
+        if served_model == "":
+            raise t.error("served_model", "the model name the server serves", served_model)
+        if "://" not in target and (base / target).is_dir():  # a model folder, from the file's folder
+            target = str((base / target).resolve())
+    else:
+        spec = t.string("spec", "top1")
+        try:
+            from veriprint.verification.specs import parse_spec
+
+            parse_spec(spec)
+        except ValueError:
+            raise t.error("spec", SPECS_HINT, spec) from None
+        api = served_model = None
+        for k in ("api", "served_model"):
+            if t.has(k):
+                raise t.error(k, "no such key for a classifier's fingerprint (it is a language model's)",
+                              t.peek(k))
     interval = t.duration("interval", 3600.0)
     if interval < 1:
         raise t.error("interval", "at least 1 second", interval)
@@ -511,7 +480,7 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
         raise t.error("alpha", "a number in (0, 1)", alpha)
     secret_path, secret_key = _secret(t, base, check_files, secret)
     options: dict[str, Any] = {}
-    ot = t.table("options")
+    ot = t.table("options", tuple(TARGET_OPTIONS))
     if ot is not None:
         for k in list(ot.data):
             if k not in TARGET_OPTIONS:
@@ -521,41 +490,47 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                 if not os.environ.get(options[k] or ""):
                     raise ot.error(k, f"environment variable {options[k]} to be set", "<unset or empty>")
                 continue
+            if k in ("timeout", "backoff"):  # the one duration grammar; a timeout of 0 could never answer
+                options[k] = ot.duration(k, 0.0, positive=k == "timeout")
+                continue
+            if k == "max_response_bytes":  # the one byte-size grammar: 1000000, "64M", "1GiB"
+                options[k] = ot.byte_size(k, 0)
+                continue
             want = TARGET_OPTIONS[k]
             if k == "auth_header":  # checked before it can be quoted: a mistaken value may be a token
                 from veriprint.targets.transport import header_name_problem
 
-                bad = header_name_problem(ot.data.get(k))
+                bad = header_name_problem(ot.peek(k))
                 if bad:
                     raise ot.error(k, "a header name such as 'Authorization'", f"<{bad}>")
-            value = ot.pop(k, want, f"{' or '.join(x.__name__ for x in want)}")
-            if k in ("timeout", "backoff"):
-                try:
-                    parse_duration(value, ot.path(k))
-                except ConfigError as e:
-                    raise ConfigError(e.key, e.expected, e.got, source=source) from None
-            options[k] = value
+            options[k] = ot.pop(k, want, f"{' or '.join(x.__name__ for x in want)}")
+        if model_kind == "lm":
+            for k in options:
+                if k not in LM_TARGET_OPTIONS:
+                    raise ot.error(k, f"a target option of a language model ({', '.join(LM_TARGET_OPTIONS)})",
+                                   "<an option of a classifier's target>")
         if "output" in options and options["output"] not in ("logits", "probs", "labels", "topk", "top1-prob"):
-            raise ConfigError(f"{key}.options.output", "logits, probs, labels, topk or top1-prob",
-                              options["output"], source=source)
+            raise ConfigError.at(f"{key}.options.output", "logits, probs, labels, topk or top1-prob",
+                                 options["output"], source=source)
         if "datatype" in options and options["datatype"] not in ("FP32", "UINT8"):
-            raise ConfigError(f"{key}.options.datatype", "FP32 or UINT8", options["datatype"], source=source)
+            raise ConfigError.at(f"{key}.options.datatype", "FP32 or UINT8", options["datatype"], source=source)
         if "ca_file" in options:
             options["ca_file"] = str((base / options["ca_file"]).resolve())
     decoys = None
-    dt = t.table("decoys")
+    if model_kind == "lm" and t.has("decoys"):
+        raise t.error("decoys", "no decoys for a language model's fingerprint (decoys are natural inputs of a "
+                      "classifier)", "<a decoys table>")
+    dt = t.table("decoys", DecoyConfig)
     if dt is not None:
-        dt.known = "data, split, ratio, repeat"
         data_name = _data_name(dt, base, check_files)
         split = _split(dt)
         ratio = dt.number("ratio", 1.0)
-        repeat = bool(dt.pop("repeat", (bool,), "true or false", False))
+        repeat = dt.boolean("repeat", False)
         dt.done()
         decoys = DecoyConfig(data_name, split, ratio, repeat)
     fresh = None
-    ft = t.table("fresh")
+    ft = t.table("fresh", keys_of(FreshSourceConfig, without=("horizon_checks",)))
     if ft is not None:
-        ft.known = "model, weights, data, split, kind, per_check, horizon"
         model = ft.string("model", required=True)
         prefix, _, attr = model.rpartition(":")
         if prefix and attr and not prefix.endswith(".py"):
@@ -598,10 +573,29 @@ def _endpoint(data: Any, key: str, source: str, base: Path, defaults: dict[str, 
                           max_batch=max_batch, pairs_per_check=pairs, requests_per_check=requests,
                           pool_warn_checks=warn, on_pool_exhausted=exhausted, queries_per_day=budget,
                           inconclusive_alert_after=after, options=options, decoys=decoys, fresh=fresh,
-                          secret=secret_path, secret_key=secret_key, false_mismatch_rate=p0, alpha=alpha)
+                          secret=secret_path, secret_key=secret_key, false_mismatch_rate=p0, alpha=alpha,
+                          kind=model_kind, api=api, served_model=served_model)
 
 
-def _data_name(t: _Table, base: Path, check_files: bool) -> str:
+def _kind(fingerprint: Path | None, spec: Any) -> Literal["classifier", "lm"]:
+    """``"lm"`` when the fingerprint file is a language model's (its header says so); for a
+    file not there to read (``check_files=False``), when the spec is a language model's."""
+    if fingerprint is None:
+        return "classifier"
+    if fingerprint.is_file():
+        from veriprint.lm.fingerprint import is_lm_file
+
+        return "lm" if is_lm_file(fingerprint) else "classifier"
+    from veriprint.lm.specs import parse_lm_spec
+
+    try:
+        parse_lm_spec(spec)
+    except Exception:
+        return "classifier"
+    return "lm"
+
+
+def _data_name(t: Table, base: Path, check_files: bool) -> str:
     data_name: str = t.string("data", required=True)
     if data_name in _BUILTIN_DATA:
         return data_name
@@ -611,7 +605,7 @@ def _data_name(t: _Table, base: Path, check_files: bool) -> str:
     return str(p)
 
 
-def _split(t: _Table) -> str:
+def _split(t: Table) -> str:
     split: str = t.string("split", "test")
     if split not in ("train", "test"):
         raise t.error("split", "'train' or 'test'", split)
@@ -619,8 +613,7 @@ def _split(t: _Table) -> str:
 
 
 def _sink(data: Any, key: str, source: str) -> AlertSink:
-    t = _Table(data, key, source)
-    t.known = "name, format, url, url_env, auth_env, timeout, attempts, backoff"
+    t = Table(data, key, source, AlertSink)
     name = t.string("name", required=True)
     if not _NAME.match(name):
         raise t.error("name", "letters, digits, '.', '_' or '-'", name)
@@ -660,11 +653,11 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
         base: folder that relative paths are resolved against.
         check_files: require the fingerprint and key files to exist (default True).
     """
-    root = _Table(data, "", source)
-    root.known = "monitor, defaults, alerts, endpoints"
+    root = Table(data, "", source, ("version", "monitor", "defaults", "alerts", "endpoints"))
+    version = root.version(VERSION)
     base_dir = Path(base)
-    mt = root.table("monitor") or _Table({}, "monitor", source)
-    mt.known = "database, database_env, listen, concurrency, public_url, refresh, secret, secret_env"
+    monitor_keys = keys_of(MonitorConfig, without=("endpoints", "alerts", "source", "version"))
+    mt = root.table("monitor", monitor_keys) or Table({}, "monitor", source, monitor_keys)
     database = mt.string("database")
     database_env = _env_name(mt, "database_env")
     if database is not None and database_env is not None:
@@ -688,49 +681,42 @@ def parse_config(data: dict[str, Any], *, source: str = "", base: str | os.PathL
         raise mt.error("listen", "HOST:PORT", listen)
     concurrency = mt.integer("concurrency", 8, lo=1, hi=1024)
     public_url = mt.string("public_url", "")
-    refresh = mt.number("refresh", 30.0)
-    m_secret_env = mt.data.get("secret_env") if isinstance(mt.data.get("secret_env"), str) else None
+    refresh = mt.duration("refresh", 30.0)
+    m_secret_env = mt.peek("secret_env") if isinstance(mt.peek("secret_env"), str) else None
     monitor_secret = _secret(mt, base_dir, check_files, (None, ""))
     mt.done()
     dt = root.table("defaults")
     defaults = dict(dt.data) if dt is not None else {}
     for k in defaults:
         if k not in _ENDPOINT_KEYS or k == "name":
-            raise ConfigError(f"defaults.{k}", f"an endpoint key ({', '.join(_ENDPOINT_KEYS[1:])})",
-                              "<an unknown key>", source=source)
+            raise ConfigError.at(f"defaults.{k}", f"an endpoint key ({', '.join(_ENDPOINT_KEYS[1:])})",
+                                 "<an unknown key>", source=source)
     raw_alerts = root.pop("alerts", (list,), "an array of tables ([[alerts]])", [])
     sinks = tuple(_sink(a, f"alerts[{i}]", source) for i, a in enumerate(raw_alerts))
     names = [s.name for s in sinks]
     for i, n in enumerate(names):
         if n in names[:i]:
-            raise ConfigError(f"alerts[{i}].name", "a name not used by another alert", n, source=source)
+            raise ConfigError.at(f"alerts[{i}].name", "a name not used by another alert", n, source=source)
     raw = root.pop("endpoints", (list,), "an array of tables ([[endpoints]])", required=True)
     if not raw:
-        raise ConfigError("endpoints", "at least one [[endpoints]] table", "<none>", source=source)
+        raise ConfigError.at("endpoints", "at least one [[endpoints]] table", "<none>", source=source)
     endpoints = tuple(_endpoint(e, f"endpoints[{i}]", source, base_dir, defaults, check_files, monitor_secret)
                       for i, e in enumerate(raw))
     seen: set[str] = set()
     for i, e in enumerate(endpoints):
         if e.name in seen:
-            raise ConfigError(f"endpoints[{i}].name", "a name not used by another endpoint", e.name, source=source)
+            raise ConfigError.at(f"endpoints[{i}].name", "a name not used by another endpoint", e.name, source=source)
         seen.add(e.name)
     root.done()
     return MonitorConfig(endpoints=endpoints, alerts=sinks, database=database, database_env=database_env,
                          listen=listen, concurrency=concurrency, public_url=public_url, refresh=refresh,
                          source=source, secret=monitor_secret[0] if m_secret_env is None else None,
-                         secret_env=m_secret_env)
+                         secret_env=m_secret_env, version=version)
 
 
 def load_config(path: str | os.PathLike[str], **overrides: Any) -> MonitorConfig:
-    """Read and check a monitor TOML file; ``overrides`` replace top-level fields."""
+    """Read and check a monitor TOML file (:func:`veriprint.configs.load_toml`); ``overrides``
+    replace top-level fields."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError("--config", "a readable TOML file", f"<{e.strerror}: {p}>") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("(file)", "valid TOML", f"<{e}>", source=str(p)) from None
-    cfg = parse_config(data, source=str(p), base=p.resolve().parent)
+    cfg = parse_config(load_toml(p), source=str(p), base=p.resolve().parent)
     return replace(cfg, **overrides) if overrides else cfg

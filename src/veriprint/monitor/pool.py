@@ -17,6 +17,10 @@ that remembers its answers replays them from then on (``docs/design/adversary.md
 checks (``[endpoints.fresh]``) never repeat a query at all. Make a larger pool with ``veriprint fingerprint --select 64`` (32 pairs: 8 checks
 of 4 pairs) or more.
 
+A language model's fingerprint (:class:`~veriprint.lm.fingerprint.LmFingerprint`) is a pool
+the same way, with one prompt per unit (it stores no twin pairs): ``pairs_per_check`` is then
+the prompts each check spends.
+
 The signature covers the whole file: it is checked when the file is loaded, and a check
 then queries a :meth:`~veriprint.fingerprint.Fingerprint.subset` of the loaded fingerprint.
 """
@@ -25,16 +29,32 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from veriprint.fingerprint import Fingerprint
 from veriprint.verification.queries.keyed import keyed_permutation
 
-__all__ = ["Draw", "Pool"]
+__all__ = ["Draw", "Pool", "Pooled", "larger_pool_hint"]
 
 LARGER_POOL_HINT = ("make a larger pool: `veriprint fingerprint ... --select 64` stores 32 twin pairs "
                     "(8 checks of 4 pairs)")
+LM_LARGER_POOL_HINT = ("make a larger pool: `veriprint fingerprint --model ... --prompts 64` stores 64 prompts "
+                       "(16 checks of 4)")
+
+
+def larger_pool_hint(kind: str) -> str:
+    """How to make a larger pool, for a classifier's fingerprint or a language model's (``"lm"``)."""
+    return LM_LARGER_POOL_HINT if kind == "lm" else LARGER_POOL_HINT
+
+
+class Pooled(Protocol):
+    """What a pool rotates over: a classifier's or a language model's fingerprint."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    def units(self) -> list[tuple[int, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -75,7 +95,7 @@ class Pool:
             fingerprint's hash, which a provider holding the file could recompute).
     """
 
-    def __init__(self, fp: Fingerprint, per_check: int, on_exhausted: str = "refuse", *,
+    def __init__(self, fp: Pooled, per_check: int, on_exhausted: str = "refuse", *,
                  secret: bytes | None = None) -> None:
         self.fp = fp
         self.units = fp.units()

@@ -2,8 +2,9 @@
 
 Pages: ``/`` (every endpoint and its state, with a short verdict strip), ``/endpoints/NAME``
 (verdict timeline as inline SVG, recent checks and alerts), ``/checks/ID`` (one check:
-which samples flipped, with each seed and sample image side by side, and its alerts with
-their delivery attempts), ``/alerts``. ``/metrics`` is Prometheus' text format;
+which samples flipped, with each seed and sample image side by side, or for a language
+model each prompt with its expected and answered tokens; and its alerts with their delivery
+attempts), ``/alerts``. ``/metrics`` is Prometheus' text format;
 ``/healthz`` answers 200 while the scheduler runs; ``/api/endpoints`` and
 ``/api/checks/ID`` give the same data as JSON. Nothing needs a build step or JavaScript.
 The dashboard has no login: it binds 127.0.0.1 by default and shows no secrets; put it
@@ -127,6 +128,33 @@ def _label(values: list[float] | None, labels_first: bool) -> int | None:
     return int(values[0]) if labels_first else int(np.argmax(values))
 
 
+def _is_lm_check(c: Check) -> bool:
+    """Whether ``c`` checked a language model (its spec is a language model's, or its
+    samples hold prompts)."""
+    from veriprint.lm.specs import parse_lm_spec
+
+    try:
+        parse_lm_spec(c.spec)
+        return True
+    except Exception:
+        return any(isinstance(s, dict) and "prompt" in s for s in c.samples or ())
+
+
+def shown_answer(v: Any) -> str:
+    """A language model's stored answer as one line: tokens quoted and separated, text
+    quoted, top logprobs as ``token logprob`` per generated token (steps split by ``/``)."""
+    if v is None:
+        return "not answered"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, list) and all(isinstance(x, dict) for x in v):
+        return " / ".join(", ".join(f"{t!r} {lp:.4g}" if isinstance(lp, int | float) else f"{t!r}"
+                                    for t, lp in step.items()) for step in v)
+    if isinstance(v, list):
+        return " ".join(repr(x) if isinstance(x, str) else str(x) for x in v)
+    return str(v)
+
+
 def timeline_svg(checks: list[Check], width: int = 900, height: int = 36) -> str:
     """Oldest left to newest right: one bar per check, coloured by verdict, linking to it."""
     checks = sorted(checks, key=lambda c: c.slot)
@@ -144,14 +172,15 @@ def timeline_svg(checks: list[Check], width: int = 900, height: int = 36) -> str
     return "".join(parts)
 
 
-def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], metrics_registry: Any = None,
+def create_app(store: Store, config: Any, fingerprints: dict[str, Any], metrics_registry: Any = None,
                health: Any = None) -> Starlette:
     """The dashboard app.
 
     Args:
         store: the database.
         config: the :class:`~veriprint.monitor.config.MonitorConfig`.
-        fingerprints: loaded fingerprints by SHA-256 (for the sample images).
+        fingerprints: loaded classifiers' fingerprints by SHA-256 (for the sample images; a
+            language model's has none).
         metrics_registry: the Prometheus registry served at ``/metrics``.
         health: a callable returning True while the scheduler runs (default: always).
     """
@@ -211,6 +240,12 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
     def check(request: Request) -> Response:
         c = _check_or_404(store, request.path_params["id"])
         alerts = with_attempts(store.alerts(check_id=c.id))
+        if _is_lm_check(c):
+            prompts = [{**s, "expected_shown": shown_answer(s.get("expected")),
+                        "observed_shown": shown_answer(s.get("observed")), "flipped": s.get("match") is False}
+                       for s in c.samples]
+            return templates.TemplateResponse(request, "check.html", {
+                "c": c, "lm": True, "samples": prompts, "alerts": alerts, "images": False})
         samples = []
         labels_first = _labels_first(c.spec)
         for s in c.samples:
@@ -220,7 +255,7 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
             samples.append({**s, "expected_label": _label(exp, first),
                             "observed_label": _label(obs, first), "flipped": s.get("match") is False})
         return templates.TemplateResponse(request, "check.html", {
-            "c": c, "samples": samples, "alerts": alerts, "images": c.fingerprint_sha256 in fingerprints})
+            "c": c, "lm": False, "samples": samples, "alerts": alerts, "images": c.fingerprint_sha256 in fingerprints})
 
     def alerts(request: Request) -> Response:
         return templates.TemplateResponse(request, "alerts.html", {
@@ -230,7 +265,7 @@ def create_app(store: Store, config: Any, fingerprints: dict[str, Fingerprint], 
         fp = fingerprints.get(request.path_params["sha"])
         which = request.path_params["which"]
         index = int(request.path_params["index"])
-        if fp is None or which not in ("seed", "sample") or not 0 <= index < len(fp):
+        if not isinstance(fp, Fingerprint) or which not in ("seed", "sample") or not 0 <= index < len(fp):
             raise HTTPException(404, "no such image")
         return Response(sample_png(fp, index, which), media_type="image/png",
                         headers={"Cache-Control": "max-age=86400"})

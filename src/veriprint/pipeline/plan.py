@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from veriprint.errors import ConfigError
+from veriprint import units
 from veriprint.models import OutputKind
 from veriprint.pipeline.speed import Speed, calibrate_speed
 
@@ -111,45 +110,32 @@ DESCRIBE_PASSES = (4.0, 2.0)
 #: Moves per end that one tightening round tries (:func:`veriprint.pipeline.straddle.tighten`).
 TIGHTEN_MOVES = 48
 
-_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_BYTES = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
 def parse_duration(text: str | float | int) -> float | None:
-    """Seconds of ``"90s"``, ``"10m"``, ``"1.5h"`` or a plain number; ``None`` for ``"none"``;
-    ``"auto"`` is returned as ``nan`` (the machine decides).
+    """Seconds of a time budget: a duration of more than 0 seconds in the project's one
+    grammar (:mod:`veriprint.units`: ``"90s"``, ``"10m"``, ``"1.5h"``, ``"1d"``, a plain
+    number), ``None`` for ``"none"``; ``"auto"`` is returned as ``nan`` (the machine decides).
 
     Raises:
         ConfigError: anything else.
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text > 0 and math.isfinite(text):
-            return float(text)
-        raise ConfigError(f"expected a time budget above 0 seconds, got {text!r}")
-    s = str(text).strip().lower()
-    if s == "none":
+    out = units.parse_duration(text, what="a time budget", words=("auto", "none"), positive=True)
+    if out == "none":
         return None
-    if s == "auto":
+    if out == "auto":
         return math.nan
-    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|m|min|h)?", s)
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"expected a time budget such as 90s, 10m, 1.5h, auto or none, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    assert isinstance(out, float)
+    return out
 
 
 def parse_bytes(text: str | int) -> int | None:
-    """Bytes of ``"512M"``, ``"2G"``, ``"2.5GB"`` or a plain number; ``None`` for ``"auto"``.
+    """Bytes of a memory budget in the project's one grammar (:mod:`veriprint.units`:
+    ``"512M"``, ``"2G"``, ``"2.5GB"``, a plain number); ``None`` for ``"auto"``.
 
     Raises:
         ConfigError: anything else.
     """
-    s = str(text).strip().lower()
-    if s == "auto":
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?", s)
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"expected a memory budget such as 512M, 2G or auto, got {text!r}")
-    return int(float(m.group(1)) * _BYTES[m.group(2)])
+    out = units.parse_bytes(text, what="a memory budget", words=("auto",))
+    return None if out == "auto" else int(out)
 
 
 def _machine_memory(device: str = "cpu") -> int | None:
