@@ -28,7 +28,7 @@ from torch import nn
 
 from veriprint.errors import ModelError
 
-__all__ = ["ASSETS", "ZOO", "LanguageModel", "is_lm_source", "load_lm", "next_token_logits", "offline",
+__all__ = ["ASSETS", "ZOO", "LanguageModel", "dense", "is_lm_source", "load_lm", "next_token_logits", "offline",
            "pad_left", "tiny_lm", "tokenizer_sha256", "weights_sha256"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "lm"
@@ -82,12 +82,21 @@ class LanguageModel:
         return self.encode(self.decode(ids)) == list(ids)
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a quantized tensor subclass's (torchao's) dequantized values."""
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "dequantize"):
+        return t.dequantize()
+    return t
+
+
 def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 over every state-dict tensor (name, dtype, shape, bytes), in name order."""
+    """SHA-256 over every state-dict tensor (name, dtype, shape, bytes), in name order; a
+    quantized tensor subclass counts by its type name and dequantized values."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        kind = str(t.dtype) if type(t) in (torch.Tensor, nn.Parameter) else type(t).__name__
+        t = dense(t).detach().cpu().contiguous()
+        h.update(name.encode() + b"\0" + kind.encode() + str(tuple(t.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
