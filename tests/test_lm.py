@@ -7,6 +7,7 @@ shipped tokenizer; a few load the shipped ``fortunes-lm`` itself.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from veriprint.lm.tamper import (
     LmLoraConfig,
     LmQuantizeConfig,
     LmSystemPromptConfig,
+    LmTorchaoConfig,
     list_lm_attacks,
     lm_attack,
     tamper_lm,
@@ -315,6 +317,37 @@ def test_weight_tampers_change_weights_and_leave_the_caller_alone(tiny: Any, cfg
     assert res.changed > 0 and res.lm.weights_sha256 != before
 
 
+NO_TORCHAO = importlib.util.find_spec("torchao") is None
+
+
+@pytest.mark.skipif(NO_TORCHAO, reason="torchao is not installed (the optional torchao extra: "
+                    "pip install 'veriprint[torchao]')")
+@pytest.mark.parametrize("scheme", ["int8-weight", "int4-weight", "int8-dynamic-int4-weight"])
+def test_torchao_quantization_runs_on_the_cpu_and_is_caught(tiny: Any, tiny_fp: tuple[LmFingerprint, Path],
+                                                             scheme: str) -> None:
+    before = tiny.weights_sha256
+    res = tamper_lm(tiny, LmTorchaoConfig(scheme, 32))
+    assert tiny.weights_sha256 == before and res.lm.model is not tiny.model
+    assert res.changed > 0 and res.lm.weights_sha256 != before and 0 < res.max_abs_change < 1
+    kinds = {type(m.weight).__name__ for m in res.lm.model.modules() if isinstance(m, torch.nn.Linear)}
+    assert kinds == {"Int8Tensor" if scheme == "int8-weight" else "IntxUnpackedToInt8Tensor"}  # torchao's own
+    r = verify_lm(tiny_fp[1], LocalCompletions(res.lm), spec="logprobs:5")
+    assert r.verdict == "TAMPERED"
+
+
+def test_torchao_config_refuses() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        LmTorchaoConfig("int3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="group_size"):
+        LmTorchaoConfig(group_size=0)
+
+
+@pytest.mark.skipif(NO_TORCHAO, reason="torchao is not installed (the optional torchao extra)")
+def test_torchao_group_size_must_divide_the_layers(tiny: Any) -> None:
+    with pytest.raises(ValueError, match="divides every linear layer's input width"):
+        tamper_lm(tiny, LmTorchaoConfig("int4-weight", 24))
+
+
 def test_system_prompt_is_caught_through_a_chat_target(tiny: Any, tiny_fp: tuple[LmFingerprint, Path]) -> None:
     res = tamper_lm(tiny, LmSystemPromptConfig())
     assert res.changed == 0 and res.system_prompt
@@ -325,7 +358,8 @@ def test_system_prompt_is_caught_through_a_chat_target(tiny: Any, tiny_fp: tuple
 
 def test_registry_lists_and_builds() -> None:
     names = [n for n, _, _ in list_lm_attacks()]
-    assert {"lm-cast", "lm-quantize", "lm-finetune", "lm-lora", "lm-sibling", "lm-system-prompt"} <= set(names)
+    assert {"lm-cast", "lm-quantize", "lm-finetune", "lm-lora", "lm-sibling", "lm-system-prompt",
+            "lm-torchao"} <= set(names)
     assert lm_attack("lm-quantize", bits=4).bits == 4
     with pytest.raises(ValueError, match="expected an LM attack"):
         lm_attack("nope")

@@ -9,8 +9,9 @@ Usage (from the repository root)::
    prompts, ``--max-tokens`` generated tokens each), timing it and recording peak memory
    (the process's peak resident set, and the peak of Python allocations).
 2. Verifies every LM tamper of :mod:`veriprint.lm.tamper` at its defaults (and a few
-   settings more) with ``top1-token`` and ``logprobs:5``, through the local completions
-   target (a chat target for the system-prompt change).
+   settings more; torchao's int8 and int4 where torchao is installed) with ``top1-token``
+   and ``logprobs:5``, through the local completions target (a chat target for the
+   system-prompt change).
 3. Checks the intact model ``--repeats`` times at every batch size 1, 2, 4, 8, 16 and 32,
    eager and SDPA attention, for both specs, and counts verdicts other than INTACT.
 
@@ -30,6 +31,52 @@ from typing import Any
 import torch
 
 
+def torchao_missing() -> str | None:
+    """Why the torchao rows cannot run here (``None`` when they can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install 'veriprint[torchao]')"
+    return None
+
+
+def tamper_list() -> list[tuple[str, object]]:
+    """The tampers every LM benchmark runs: a row name and the tamper's config (the torchao
+    rows only where torchao is installed)."""
+    from veriprint.lm.tamper import (
+        LmCastConfig,
+        LmFineTuneConfig,
+        LmLoraConfig,
+        LmQuantizeConfig,
+        LmSiblingConfig,
+        LmSystemPromptConfig,
+        LmTorchaoConfig,
+    )
+
+    rows: list[tuple[str, object]] = [
+        ("float16 (weights and compute)", LmCastConfig("float16")),
+        ("bfloat16 (weights and compute)", LmCastConfig("bfloat16")),
+        ("int8 weights, per channel", LmQuantizeConfig(8)),
+        ("int8 weights, per tensor", LmQuantizeConfig(8, "tensor")),
+    ]
+    if torchao_missing() is None:
+        rows += [
+            ("torchao int8 weight-only", LmTorchaoConfig("int8-weight")),
+            ("torchao int4 weight-only, groups of 32", LmTorchaoConfig("int4-weight", 32)),
+            ("torchao int8 dynamic activations, int4 weights (groups of 32)",
+             LmTorchaoConfig("int8-dynamic-int4-weight", 32)),
+        ]
+    rows += [
+        ("1 fine-tuning step, lr 1e-5", LmFineTuneConfig(1, 1e-5)),
+        ("1 fine-tuning step, lr 1e-6", LmFineTuneConfig(1, 1e-6)),
+        ("LoRA rank 4 merged, scale 1e-2", LmLoraConfig(4, 1e-2)),
+        ("LoRA rank 4 merged, scale 1e-3", LmLoraConfig(4, 1e-3)),
+        ("sibling checkpoint (3/4 of the steps)", LmSiblingConfig()),
+        ("chat API with a system prompt", LmSystemPromptConfig()),
+    ]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=32)
@@ -41,15 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint
     from veriprint.lm.model import LanguageModel, load_lm
-    from veriprint.lm.tamper import (
-        LmCastConfig,
-        LmFineTuneConfig,
-        LmLoraConfig,
-        LmQuantizeConfig,
-        LmSiblingConfig,
-        LmSystemPromptConfig,
-        tamper_lm,
-    )
+    from veriprint.lm.tamper import tamper_lm
     from veriprint.lm.target import LocalCompletions
     from veriprint.lm.verify import verify_lm
 
@@ -66,18 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     roles = fp.meta["roles"]
     specs = ("top1-token", "logprobs:5")
 
-    tampers: list[tuple[str, object]] = [
-        ("float16 (weights and compute)", LmCastConfig("float16")),
-        ("bfloat16 (weights and compute)", LmCastConfig("bfloat16")),
-        ("int8 weights, per channel", LmQuantizeConfig(8)),
-        ("int8 weights, per tensor", LmQuantizeConfig(8, "tensor")),
-        ("1 fine-tuning step, lr 1e-5", LmFineTuneConfig(1, 1e-5)),
-        ("1 fine-tuning step, lr 1e-6", LmFineTuneConfig(1, 1e-6)),
-        ("LoRA rank 4 merged, scale 1e-2", LmLoraConfig(4, 1e-2)),
-        ("LoRA rank 4 merged, scale 1e-3", LmLoraConfig(4, 1e-3)),
-        ("sibling checkpoint (3/4 of the steps)", LmSiblingConfig()),
-        ("chat API with a system prompt", LmSystemPromptConfig()),
-    ]
+    tampers = tamper_list()
     rows: list[dict[str, Any]] = []
     for name, cfg in tampers:
         res = tamper_lm(lm, cfg)
@@ -110,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": fp.max_tokens, "seconds": round(seconds, 1), "stages": fp.meta["stages"],
         "peak_rss_mib": round(rss / 2**20, 1), "peak_python_mib": round(py_peak / 2**20, 1),
         "floor": fp.noise.floor, "noise": fp.noise.to_dict(), "rows": rows,
-        "false_alarm_checks": checks, "false_alarms": alarms,
+        "false_alarm_checks": checks, "false_alarms": alarms, "torchao": torchao_missing() or "installed",
     }
     if args.json:
         with open(args.json, "w") as f:
@@ -138,6 +166,8 @@ def render(rep: dict[str, Any]) -> str:
                      f"{b['mismatches']} / {b['compared']} ({b['border']}/{b['sensitive']}) |")
     lines += ["", f"false alarms over {rep['false_alarm_checks']} checks of the intact model per spec (batch sizes "
               "1-32, eager and SDPA attention): " + ", ".join(f"{k}: {v}" for k, v in rep["false_alarms"].items())]
+    if rep.get("torchao", "installed") != "installed":
+        lines.append(f"torchao rows not run: {rep['torchao']}")
     return "\n".join(lines)
 
 

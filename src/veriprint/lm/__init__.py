@@ -7,6 +7,7 @@ search), :mod:`~veriprint.lm.noise` (the noise floor), :mod:`~veriprint.lm.specs
 (``top1-token``, ``logprobs:K``, ``text``), :mod:`~veriprint.lm.tamper` (the attacks),
 :mod:`~veriprint.lm.target` (the local completions target and greedy decoding),
 :mod:`~veriprint.lm.builder` (making a fingerprint), :mod:`~veriprint.lm.fingerprint` (the
-file) and :mod:`~veriprint.lm.verify` (the verdict). ``transformers`` is imported only
-when a model is loaded.
+file), :mod:`~veriprint.lm.verify` (the verdict) and :mod:`~veriprint.lm.anchors` (Logprob
+Tracking, a statistical test to compare with). ``transformers`` is imported only when a
+model is loaded.
 """

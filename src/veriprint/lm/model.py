@@ -15,10 +15,13 @@ and every load is from a local folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from torch import nn
 
 from veriprint.errors import ModelError
 
-__all__ = ["ASSETS", "ZOO", "LanguageModel", "is_lm_source", "load_lm", "next_token_logits", "offline",
+__all__ = ["ASSETS", "ZOO", "LanguageModel", "dense", "is_lm_source", "load_lm", "next_token_logits", "offline",
            "pad_left", "tiny_lm", "tokenizer_sha256", "weights_sha256"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "lm"
@@ -82,12 +85,21 @@ class LanguageModel:
         return self.encode(self.decode(ids)) == list(ids)
 
 
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a quantized tensor subclass's (torchao's) dequantized values."""
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "dequantize"):
+        return t.dequantize()
+    return t
+
+
 def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 over every state-dict tensor (name, dtype, shape, bytes), in name order."""
+    """SHA-256 over every state-dict tensor (name, dtype, shape, bytes), in name order; a
+    quantized tensor subclass counts by its type name and dequantized values."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        kind = str(t.dtype) if type(t) in (torch.Tensor, nn.Parameter) else type(t).__name__
+        t = dense(t).detach().cpu().contiguous()
+        h.update(name.encode() + b"\0" + kind.encode() + str(tuple(t.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
@@ -171,14 +183,38 @@ def load_lm(source: str | os.PathLike[str], *, attn_implementation: str = "eager
 
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                                     attn_implementation=attn_implementation)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+        with _torchao_quietly():
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
+                                                         attn_implementation=attn_implementation)
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{folder}: cannot load a causal LM and its tokenizer: {type(e).__name__}: {e}") from None
     model.eval()
     return LanguageModel(model, tokenizer, zoo_name or os.fspath(source), weights_sha256(model),
                          tokenizer_sha256(tokenizer))
+
+
+@contextlib.contextmanager
+def _torchao_quietly() -> Iterator[None]:
+    """Loading with torchao's import-time messages off.
+
+    ``transformers`` imports torchao, and parts of it, whenever it is installed (for the
+    ``lm-torchao`` tamper it is); on a CPU machine torchao then logs that its CUDA kernels
+    cannot be loaded, and torch that torchao registers enums it no longer needs to: true and
+    harmless here, and printed by every command that loads a language model. Inside this
+    context those two loggers say only errors, and warnings are not shown.
+    """
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def tiny_lm(seed: int = 0, *, hidden: int = 32, layers: int = 2, tokenizer: Any = None) -> LanguageModel:

@@ -7,6 +7,9 @@ touched) and reports how many weights changed. Attacks:
 * ``lm-cast``: weights cast to float16 or bfloat16 and the model run in that precision,
   its logits compared back in float32 (a cheaper serving precision);
 * ``lm-quantize``: int8 symmetric weight quantization per output channel (``bits`` settable);
+* ``lm-torchao``: torchao's own quantization of the linear layers, int8 weight-only, int4
+  weight-only per group, or int8 dynamic activations with int4 weights per group, run
+  through torchao's kernels (the optional ``torchao`` extra);
 * ``lm-finetune``: one (or ``steps``) fine-tuning step of AdamW at a small learning rate on
   natural text;
 * ``lm-lora``: a rank-``rank`` LoRA merged into the attention projections at a small scale;
@@ -19,6 +22,7 @@ touched) and reports how many weights changed. Attacks:
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,10 +30,10 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from veriprint.lm.model import LanguageModel, load_lm, weights_sha256
+from veriprint.lm.model import LanguageModel, dense, load_lm, weights_sha256
 
 __all__ = ["LmCastConfig", "LmFineTuneConfig", "LmLoraConfig", "LmQuantizeConfig", "LmSiblingConfig",
-           "LmSystemPromptConfig", "LmTamperResult", "list_lm_attacks", "lm_attack", "tamper_lm"]
+           "LmSystemPromptConfig", "LmTamperResult", "LmTorchaoConfig", "list_lm_attacks", "lm_attack", "tamper_lm"]
 
 C = TypeVar("C")
 
@@ -143,6 +147,74 @@ def _quantize(lm: LanguageModel, cfg: LmQuantizeConfig) -> _Outcome:
         for p in model.parameters():
             if p.dim() == 2:
                 p.copy_(quantize_tensor(p, cfg.bits, cfg.granularity == "channel"))
+    return _Outcome(_copy(lm, model))
+
+
+TORCHAO_SCHEMES = ("int8-weight", "int4-weight", "int8-dynamic-int4-weight")
+
+
+@dataclass(frozen=True)
+class LmTorchaoConfig:
+    """torchao's quantization (``torchao.quantization.quantize_``) of every linear layer, the
+    output head included (the tied input embedding then stays float32, as torchao leaves
+    embeddings alone): ``scheme`` ``"int8-weight"`` (``Int8WeightOnlyConfig``, per output
+    channel), ``"int4-weight"`` (default; ``IntxWeightOnlyConfig`` with ``torch.int4``,
+    symmetric, one scale per ``group_size`` weights of a row) or ``"int8-dynamic-int4-weight"``
+    (``Int8DynamicActivationIntxWeightConfig``: those int4 weights, and activations quantized
+    to int8 per token at run time). ``group_size`` (default 32) must divide every layer's
+    input width (96 and 288 for ``fortunes-lm``: 32 does, 64 does not).
+
+    torchao's ``Int4WeightOnlyConfig`` does not run on a CPU (its packing formats need the
+    ``mslk`` kernels, CUDA or another accelerator); its ``Intx`` configurations are the ones
+    torchao runs on a CPU.
+    """
+
+    scheme: Literal["int8-weight", "int4-weight", "int8-dynamic-int4-weight"] = "int4-weight"
+    group_size: int = 32
+
+    def __post_init__(self) -> None:
+        _need(self.scheme in TORCHAO_SCHEMES, f"scheme among {TORCHAO_SCHEMES}", self.scheme)
+        _need(isinstance(self.group_size, int) and not isinstance(self.group_size, bool) and self.group_size >= 1,
+              "group_size >= 1", self.group_size)
+
+
+def _import_torchao() -> Any:
+    """``torchao.quantization``, without the warnings its import logs about its CUDA-only libraries."""
+    log = logging.getLogger("torchao")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization as tq
+    except ImportError as e:
+        raise ImportError("lm-torchao needs torchao: pip install 'veriprint[torchao]'") from e
+    finally:
+        log.setLevel(level)
+    return tq
+
+
+@_register(LmTorchaoConfig, "lm-torchao", "torchao's int8 / int4 (grouped) quantization of the linear layers, "
+           "run by torchao")
+def _torchao(lm: LanguageModel, cfg: LmTorchaoConfig) -> _Outcome:
+    tq = _import_torchao()
+    from torchao.quantization.granularity import PerGroup
+
+    model = copy.deepcopy(lm.model)
+    if cfg.scheme == "int8-weight":
+        config: Any = tq.Int8WeightOnlyConfig()
+    else:
+        widths = sorted({m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)})
+        bad = [w for w in widths if w % cfg.group_size]
+        if bad:
+            raise ValueError(f"expected a group_size that divides every linear layer's input width {widths}, "
+                             f"got {cfg.group_size}")
+        int4 = getattr(torch, "int4")  # noqa: B009 (not in torch's type stubs)
+        if cfg.scheme == "int4-weight":
+            config = tq.IntxWeightOnlyConfig(weight_dtype=int4, granularity=PerGroup(cfg.group_size))
+        else:
+            config = tq.Int8DynamicActivationIntxWeightConfig(weight_dtype=int4,
+                                                              weight_granularity=PerGroup(cfg.group_size))
+    with torch.no_grad():
+        tq.quantize_(model, config)
     return _Outcome(_copy(lm, model))
 
 
@@ -265,9 +337,10 @@ def _weight_change(a: Any, b: Any) -> tuple[int, int, float]:
     changed = total = 0
     mx = 0.0
     for k, t in sa.items():
-        if k not in sb or sb[k].shape != t.shape or not t.is_floating_point():
+        other = dense(sb[k]) if k in sb else None
+        if other is None or other.shape != t.shape or not t.is_floating_point():
             continue
-        d = sb[k].double() - t.double()
+        d = other.double() - dense(t).double()
         changed += int((d != 0).sum())
         total += d.numel()
         mx = max(mx, float(d.abs().max()) if d.numel() else 0.0)
