@@ -4,6 +4,7 @@
 * :mod:`.report`: writing a report, what it says of the machine;
 * :mod:`.deployments`: simulated and real CPU deployments of a model, the zoo the studies
   use, the tamper suite, counting false alarms;
+* :mod:`.models`: the zoo models the studies measure, the data an owner has, the tamper cases;
 * :mod:`.kernel_worker`: a child process that runs a model with another CPU's kernels.
 
 Run every benchmark from the repository's root as a module (``python -m

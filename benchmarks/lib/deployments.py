@@ -169,7 +169,7 @@ def open_fleet(d: Deployment, models: list[nn.Module], example: torch.Tensor, na
         make = d.make
         return Fleet(lambda i: make(models[i]))
     if d.kernels is not None:
-        from benchmarks.kernel_worker import KernelWorker
+        from benchmarks.lib.kernel_worker import KernelWorker
 
         worker = KernelWorker(models, d.kernels, workdir / f"kernels-{zlib.crc32(d.name.encode())}.pt")
         want = d.kernels.get("ATEN_CPU_CAPABILITY", torch.backends.cpu.get_cpu_capability()).upper()
@@ -267,7 +267,7 @@ def tamper_suite(model: nn.Module, quick: bool, side: int) -> list[tuple[str, An
     image side."""
     import dataclasses
 
-    from benchmarks.detection_power import cases
+    from benchmarks.lib.models import cases
     from veriprint.tamper import TrojanConfig, WeightEditConfig
 
     weights = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2]

@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.log(f"{name} ...")
         t0 = time.perf_counter()
         try:
-            module = importlib.import_module(f"benchmarks.{name}")
+            module = importlib.import_module(f"benchmarks.speed.{name}")
             sec: Section = module.run(ctx)
         except Exception as e:  # one family's failure must not lose the others' figures
             sec = failed_section(name, e)

@@ -383,7 +383,7 @@ def _nearest_prior(x: np.ndarray) -> np.ndarray:
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.studies.detection_power import joined, load_model
+    from benchmarks.lib.models import joined, load_model
 
     start = time.perf_counter()
     desc, model, train, test, eps = load_model(name)
