@@ -258,7 +258,7 @@ def zoo(quick: bool, only: list[str] | None) -> list[Zoo]:
 
 
 def tamper_suite(model: nn.Module, quick: bool, side: int) -> list[tuple[str, Any]]:
-    """The detection-power suite's cases (benchmarks/detection_power.py), with half its
+    """The detection-power suite's cases (benchmarks/lib/models.py), with half its
     training steps (a quarter in quick mode, which also has one random draw per layer and
     no backdoors), and the 14 single-parameter edits this benchmark has always served
     (x1.05 of the largest and of three random weights of the first, middle and last weight
