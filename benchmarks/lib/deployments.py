@@ -437,7 +437,7 @@ def _installed(name: str, binary: str, module: str) -> bool:
 
 def _mlserver(paths: list[Path]) -> Any:
     """MLServer serving every ONNX file of ``paths`` (named by its stem)."""
-    if not _installed("MLServer", "mlserver", "servers.mlserver"):
+    if not _installed("MLServer", "mlserver", "testkit.servers.mlserver"):
         return None
     from testkit.servers.mlserver import MLServer, ServedModel
 
@@ -449,7 +449,7 @@ def _mlserver(paths: list[Path]) -> Any:
 
 def _torchserve(paths: list[Path], preload: str) -> Any:
     """TorchServe with every ONNX file of ``paths`` in its store; only ``preload`` loaded."""
-    if not _installed("TorchServe", "torchserve", "servers.torchserve"):
+    if not _installed("TorchServe", "torchserve", "testkit.servers.torchserve"):
         return None
     from testkit.servers.torchserve import TorchServe, TsModel
 
