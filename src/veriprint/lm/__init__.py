@@ -6,7 +6,8 @@ forward passes), :mod:`~veriprint.lm.train` (how the zoo's model is made),
 search), :mod:`~veriprint.lm.noise` (the noise floor), :mod:`~veriprint.lm.specs`
 (``top1-token``, ``logprobs:K``, ``text``), :mod:`~veriprint.lm.tamper` (the attacks),
 :mod:`~veriprint.lm.target` (the local completions target and greedy decoding),
-:mod:`~veriprint.lm.builder` (making a fingerprint), :mod:`~veriprint.lm.fingerprint` (the
-file) and :mod:`~veriprint.lm.verify` (the verdict). ``transformers`` is imported only
+:mod:`~veriprint.lm.builder` (making a fingerprint), :mod:`~veriprint.lm.plan` (its time
+budget), :mod:`~veriprint.lm.reach` (first-order reach per tensor),
+:mod:`~veriprint.lm.fingerprint` (the file) and :mod:`~veriprint.lm.verify` (the verdict). ``transformers`` is imported only
 when a model is loaded.
 """
