@@ -9,7 +9,7 @@ from veriprint.lm import demo as lm_demo
 from veriprint.lm.builder import LmFingerprintConfig
 from veriprint.lm.model import load_lm
 
-SMALL = LmFingerprintConfig(prompts=4, max_tokens=2, steps=1, candidates=8, top_k=4)
+SMALL = LmFingerprintConfig(prompts=4, max_tokens=2, steps=1, candidates=8, top_k=4, budget="none")
 
 
 @pytest.mark.slow  # a fingerprint and eight served models: a minute or two on 2 cores

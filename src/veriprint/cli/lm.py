@@ -13,11 +13,12 @@ from typing import Any
 
 
 def add_lm_fingerprint_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("language models (--model a zoo LM such as fortunes-lm, or a model folder)")
+    g = p.add_argument_group("language models (--model a zoo LM such as fortunes-lm, or a model folder; "
+                             "--budget, --recalibrate, --pool, --seed, --safety, --min-floor and --tolerance apply too)")
     g.add_argument("--prompts", type=int, default=None, help="most prompts kept (default: 32)")
     g.add_argument("--max-tokens", type=int, default=None, help="generated tokens per prompt, 1 to 4 (default: 4)")
     g.add_argument("--border-share", type=float, default=None,
-                   help="share of prompts searched as border prompts, a next-token near-tie (default: 0.5)")
+                   help="share of prompts searched as border prompts, a next-token near-tie (default: 1)")
     g.add_argument("--search-steps", type=int, default=None, help="substitution rounds per prompt (default: 8)")
     g.add_argument("--api", choices=["completions", "chat"], default=None,
                    help="the API the answers are for: completions (default) or chat (the tokenizer's chat template)")
@@ -43,7 +44,8 @@ def fingerprint_lm(args: argparse.Namespace) -> int:
     given: dict[str, Any] = {}
     for flag, field in (("prompts", "prompts"), ("max_tokens", "max_tokens"), ("border_share", "border_share"),
                         ("search_steps", "steps"), ("seed", "seed"), ("safety", "safety"),
-                        ("min_floor", "min_floor"), ("tolerance", "tolerance")):
+                        ("min_floor", "min_floor"), ("tolerance", "tolerance"), ("budget", "budget"),
+                        ("pool", "pool")):
         v = getattr(args, flag, None)
         if v is not None:
             given[field] = v
@@ -61,7 +63,8 @@ def fingerprint_lm(args: argparse.Namespace) -> int:
         seeds = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     lm = load_lm(args.model)
     try:
-        fp = make_lm_fingerprint(lm, cfg, seeds=seeds, source=args.model)
+        fp = make_lm_fingerprint(lm, cfg, seeds=seeds, source=args.model,
+                                 recalibrate=bool(getattr(args, "recalibrate", False)))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     fp = fp.save(args.out, key=args.key)
@@ -73,6 +76,14 @@ def fingerprint_lm(args: argparse.Namespace) -> int:
     print(f"noise floor {fp.noise.floor:.3g} (measured margin noise {fp.noise.margin:.3g}, logprob noise "
           f"{fp.noise.logit:.3g} over {', '.join(fp.noise.variants)}); first-token margins "
           f"{float(margins.min()):.3g}..{float(margins.max()):.3g}; took {fp.meta['seconds']} s")
+    from veriprint.lm.plan import lm_plan_line
+
+    print(lm_plan_line(fp.meta["plan"], fp.meta.get("stages")))
+    reach = fp.meta.get("reach")
+    if isinstance(reach, dict) and reach.get("all"):
+        print("reach (first order): a +-5% change of one weight is revealed for "
+              + ", ".join(f"{v[0]:.0%} of weights under {k}" for k, v in reach["all"].items())
+              + f" (mean over {len(reach['tensors'])} tensors); veriprint inspect lists every tensor")
     return 0
 
 
@@ -159,6 +170,36 @@ def inspect_lm(args: argparse.Namespace) -> int:
               f"{enr.get('pool', {}).get('size')}; measured spread: logprobs {spread.get('logprob', 0):.3g}, "
               f"margins {spread.get('margin', 0):.3g}; expected from the {enr.get('expected_from')}; serves "
               f"{enr.get('serves')}")
+    plan = m.get("plan")
+    if isinstance(plan, dict):
+        from veriprint.lm.plan import lm_plan_line
+
+        print(f"plan: {lm_plan_line(plan, m.get('stages'))}")
+    reach = m.get("reach")
+    if isinstance(reach, dict) and {"tensors", "sizes", "share", "deltas", "all"} <= set(reach):
+        print(reach_table(reach))
     print(f"{'#':>3} {'role':<9} {'margin':>9} {'log S':>8}  prompt -> expected")
     print("\n".join(describe_prompts(fp)))
     return 0
+
+
+def reach_table(reach: dict[str, Any]) -> str:
+    """The stored first-order reach per tensor, one column per spec and change size."""
+    known = ("top1-token", "logprobs:5")
+    specs = sorted(reach["share"], key=lambda s: (known.index(s) if s in known else len(known), s))
+    cols = [(s, j, f"{s} +-{d:.0%}") for s in specs for j, d in enumerate(reach["deltas"])]
+    width = max(len(n) for n in reach["tensors"])
+    lines = ["reach (first order): predicted coverage, the share of each tensor's weights whose change by +-delta "
+             "(random sign) the prompts reveal (top1-token: a greedy token flips; logprobs:5: one of the top 5 "
+             "logprobs moves by more than the tolerance)",
+             f"{'tensor':<{width}} {'entries':>9} " + " ".join(f"{h:>{max(len(h), 7)}}" for _, _, h in cols)]
+    for i, (n, size) in enumerate(zip(reach["tensors"], reach["sizes"], strict=True)):
+        lines.append(f"{n:<{width}} {size:>9} " + " ".join(
+            f"{reach['share'][s][j][i]:>{max(len(h), 7)}.1%}" for s, j, h in cols))
+    lines.append(f"{'mean':<{width}} {'':>9} " + " ".join(
+        f"{reach['all'][s][j]:>{max(len(h), 7)}.1%}" for s, j, h in cols))
+    unseen = [n for i, n in enumerate(reach["tensors"]) if reach["share"][specs[0]][0][i] == 0]
+    if unseen:
+        lines.append(f"tensors no +-{reach['deltas'][0]:.0%} change of one entry flips a greedy token in: "
+                     f"{', '.join(unseen)}")
+    return "\n".join(lines)

@@ -56,6 +56,8 @@ class SearchConfig:
         lowest: the smallest margin a border prompt may keep (default 5e-4; the builder
             sets it from the noise floor).
         seed: seed of the candidates' draw (default 0).
+        patience: rounds in a row that improve nothing before a prompt's search stops
+            (default 1: the first such round stops it); each round draws other swaps.
     """
 
     objective: Objective = "sensitive"
@@ -66,11 +68,12 @@ class SearchConfig:
     target: float = 1e-3
     lowest: float = 5e-4
     seed: int = 0
+    patience: int = 1
 
     def __post_init__(self) -> None:
         if self.objective not in ("sensitive", "border"):
             raise ValueError(f"expected objective 'sensitive' or 'border', got {self.objective!r}")
-        for name in ("steps", "candidates", "top_k", "max_edits"):
+        for name in ("steps", "candidates", "top_k", "max_edits", "patience"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name in ("steps", "max_edits") else 1):
                 raise ValueError(f"expected {name} to be a {'non-negative' if name in ('steps', 'max_edits') else 'positive'} "
@@ -214,6 +217,7 @@ def search_prompts(lm: LanguageModel, seeds: Sequence[Sequence[int]], cfg: Searc
         ls0, m0 = _evaluate(lm, [cur])
         best = float(_score(cfg.objective, ls0, m0, cfg)[0])
         cur_ls, cur_m = float(ls0[0]), float(m0[0])
+        stale = 0
         for _ in range(cfg.steps):
             grad = _gradient(lm, cur, cfg.objective, cfg)
             for t in special:
@@ -243,7 +247,11 @@ def search_prompts(lm: LanguageModel, seeds: Sequence[Sequence[int]], cfg: Searc
             score = _score(cfg.objective, ls, m, cfg)
             j = int(score.argmax())
             if float(score[j]) <= best:
-                break
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+                continue
+            stale = 0
             best, cur, cur_ls, cur_m = float(score[j]), trials[j], float(ls[j]), float(m[j])
         out.append(PromptCandidate(tuple(cur), lm.decode(cur), lm.decode(seed),
                                    sum(a != b for a, b in zip(cur, seed, strict=True)), cur_ls, cur_m,
