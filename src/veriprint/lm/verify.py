@@ -31,7 +31,7 @@ from veriprint.lm.target import CompletionsTarget
 from veriprint.redact import redact
 from veriprint.targets.base import TargetError
 from veriprint.verification.send import Failure
-from veriprint.verification.verify import EXIT_CODES, Verdict, check_enrolled_spec
+from veriprint.verification.verify import EXIT_CODES, Verdict, check_enrolled_spec, merged_verdict
 
 __all__ = ["LmAnswer", "LmAnswers", "LmSampleResult", "LmVerificationReport", "complete_once", "merge_lm_reports",
            "open_lm_target", "verify_lm"]
@@ -274,30 +274,9 @@ def merge_lm_reports(parts: list[tuple[LmVerificationReport, list[int]]]) -> LmV
     if any(s is None for s in samples):
         raise ConfigError("expected the requests' positions to cover the check once each")
     reps = [r for r, _ in parts]
-    compared = sum(r.compared for r in reps)
-    mism = sum(r.mismatches for r in reps)
-    amb = sum(r.ambiguous for r in reps)
-    k = len(reps)
-    where = f" over {k} requests" if k > 1 else ""
-    failed = [f"request {j + 1}: {r.reason}" for j, r in enumerate(reps)
-              if r.verdict == "INCONCLUSIVE" and r.compared < len(parts[j][1])]
-    verdict: Verdict
-    if mism:
-        hit = sum(r.mismatches > 0 for r in reps)
-        verdict = "TAMPERED"
-        reason = f"{mism} of {compared} compared prompts differ from the intact model" + (
-            f" ({hit} of {k} requests)" if k > 1 else "")
-        if failed:
-            reason += f" (and {failed[0]})"
-    elif failed:
-        verdict, reason = "INCONCLUSIVE", f"only {compared} of {n} prompts were compared{where}; {failed[0]}"
-    elif amb == compared:
-        verdict, reason = "INCONCLUSIVE", (f"every one of the {n} prompts sits within the noise floor "
-                                           f"({first.tolerance['floor']:.3g}) of a tie, so any answer matches: "
-                                           f"this check cannot tell under spec {first.spec}")
-    else:
-        within = f"; {amb} within noise of a tie, accepted either way" if amb else ""
-        verdict, reason = "INTACT", f"all {n} prompts match the intact model{where}{within}"
+    compared, mism, amb = (sum(getattr(r, f) for r in reps) for f in ("compared", "mismatches", "ambiguous"))
+    verdict, reason = merged_verdict(reps, [len(idx) for _, idx in parts], floor=first.tolerance["floor"],
+                                     spec=str(first.spec), unit="prompts", edge="tie")
     return LmVerificationReport(verdict, redact(reason), first.spec, first.target, sum(r.queries for r in reps),
                                 compared, mism, amb, first.tolerance, first.fingerprint,
                                 [s for s in samples if s is not None], sum(r.seconds for r in reps))

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from veriprint.lm.specs import LmSpec
 
 __all__ = ["EXIT_CODES", "SampleResult", "Verdict", "VerificationReport", "check_enrolled_spec", "merge_reports",
-           "verify"]
+           "merged_verdict", "verify"]
 
 Verdict = Literal["INTACT", "TAMPERED", "INCONCLUSIVE"]
 EXIT_CODES: dict[str, int] = {"INTACT": 0, "TAMPERED": 1, "INCONCLUSIVE": 2}
@@ -272,32 +272,57 @@ def merge_reports(parts: list[tuple[VerificationReport, list[int]]]) -> Verifica
     if any(s is None for s in samples):
         raise ConfigError("expected the requests' positions to cover the check once each")
     reps = [r for r, _ in parts]
-    compared = sum(r.compared for r in reps)
-    mism = sum(r.mismatches for r in reps)
-    amb = sum(r.ambiguous for r in reps)
-    k = len(reps)
-    where = f" over {k} requests" if k > 1 else ""
-    failed = [f"request {j + 1}: {r.reason}" for j, r in enumerate(reps)
-              if r.verdict == "INCONCLUSIVE" and r.compared < len(parts[j][1])]
-    if mism:
-        hit = sum(r.mismatches > 0 for r in reps)
-        verdict: Verdict = "TAMPERED"
-        reason = f"{mism} of {compared} compared samples differ from the intact model" + (
-            f" ({hit} of {k} requests)" if k > 1 else "")
-        if failed:
-            reason += f" (and {failed[0]})"
-    elif failed:
-        verdict, reason = "INCONCLUSIVE", f"only {compared} of {n} samples were compared{where}; {failed[0]}"
-    elif amb == compared:
-        verdict, reason = "INCONCLUSIVE", (f"every one of the {n} samples sits within the noise floor "
-                                           f"({first.tolerance['floor']:.3g}) of a decision, so any answer "
-                                           f"matches: this check cannot tell under spec {first.spec}")
-    else:
-        within = f"; {amb} within noise of a decision, accepted either way" if amb else ""
-        verdict, reason = "INTACT", f"all {n} samples match the intact model{where}{within}"
+    compared, mism, amb = (sum(getattr(r, f) for r in reps) for f in ("compared", "mismatches", "ambiguous"))
+    verdict, reason = merged_verdict(reps, [len(idx) for _, idx in parts], floor=first.tolerance["floor"],
+                                     spec=str(first.spec), unit="samples", edge="decision")
     return VerificationReport(verdict, redact(reason), first.spec, first.target, sum(r.queries for r in reps),
                               sum(r.decoys for r in reps), compared, mism, amb, first.tolerance, first.fingerprint,
                               [s for s in samples if s is not None], sum(r.seconds for r in reps))
 
 
 callable_module(__name__, "verify")  # ``veriprint.verification.verify`` is this module and this function alike
+
+
+class _Part(Protocol):
+    """What :func:`merged_verdict` reads of a request's report (either kind)."""
+
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def compared(self) -> int: ...
+    @property
+    def mismatches(self) -> int: ...
+    @property
+    def ambiguous(self) -> int: ...
+
+
+def merged_verdict(reps: Sequence[_Part], sizes: Sequence[int], *, floor: float, spec: str, unit: str,
+                   edge: str) -> tuple[Verdict, str]:
+    """The verdict and reason of one check sent as several requests (``reps``, of ``sizes``
+    samples each), by the module's verdict rules: TAMPERED when any compared sample differs
+    (a failed request said too), INCONCLUSIVE when a request failed before comparing all of
+    its samples or when every sample sits within the floor of a ``edge``, else INTACT. The
+    one rule for a classifier's check (``unit`` samples) and a language model's (prompts)."""
+    n, k = sum(sizes), len(reps)
+    compared = sum(r.compared for r in reps)
+    mism = sum(r.mismatches for r in reps)
+    amb = sum(r.ambiguous for r in reps)
+    where = f" over {k} requests" if k > 1 else ""
+    failed = [f"request {j + 1}: {r.reason}" for j, r in enumerate(reps)
+              if r.verdict == "INCONCLUSIVE" and r.compared < sizes[j]]
+    if mism:
+        hit = sum(r.mismatches > 0 for r in reps)
+        reason = f"{mism} of {compared} compared {unit} differ from the intact model" + (
+            f" ({hit} of {k} requests)" if k > 1 else "")
+        if failed:
+            reason += f" (and {failed[0]})"
+        return "TAMPERED", reason
+    if failed:
+        return "INCONCLUSIVE", f"only {compared} of {n} {unit} were compared{where}; {failed[0]}"
+    if amb == compared:
+        return "INCONCLUSIVE", (f"every one of the {n} {unit} sits within the noise floor ({floor:.3g}) of a "
+                                f"{edge}, so any answer matches: this check cannot tell under spec {spec}")
+    within = f"; {amb} within noise of a {edge}, accepted either way" if amb else ""
+    return "INTACT", f"all {n} {unit} match the intact model{where}{within}"
