@@ -52,7 +52,7 @@ def run(checks: int, fp: LmFingerprint, root: Path) -> dict[str, Any]:
     ways = list(itertools.product(SPECS, SIZES, WORKERS))
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with _serve("fortunes-lm", root).start() as server:
+    with _serve("fortunes-lm", root) as server:
         started = time.perf_counter() - t0
         t1 = time.perf_counter()
         for i in range(checks):
@@ -67,7 +67,7 @@ def run(checks: int, fp: LmFingerprint, root: Path) -> dict[str, Any]:
                       file=sys.stderr, flush=True)
         intact_s = time.perf_counter() - t1
     sibling: dict[str, str] = {}
-    with _serve("fortunes-lm-sibling", root).start() as server:
+    with _serve("fortunes-lm-sibling", root) as server:
         for spec in SPECS:
             target = OpenAICompletions(server.base_url, "fortunes-lm", options=OPTIONS, max_batch=8)
             sibling[spec] = verify_lm(fp, target, spec=spec).verdict

@@ -85,7 +85,8 @@ class ServerProcess:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        return self.start()
+        """Started (once: a server already started by :meth:`start` is not started again)."""
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
