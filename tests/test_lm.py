@@ -17,6 +17,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from testkit.servers.required import missing
 from veriprint.errors import ConfigError, ModelError
 from veriprint.fingerprint.fileformat import FingerprintFileError
 from veriprint.lm.builder import LmFingerprintConfig, make_lm_fingerprint, shipped_seeds
@@ -317,14 +318,19 @@ def test_weight_tampers_change_weights_and_leave_the_caller_alone(tiny: Any, cfg
     assert res.changed > 0 and res.lm.weights_sha256 != before
 
 
-NO_TORCHAO = importlib.util.find_spec("torchao") is None
+TORCHAO = ("torchao is not installed: pip install 'veriprint[torchao]' (the optional torchao extra; "
+           "scripts/setup.sh installs it with the dev extra)")
 
 
-@pytest.mark.skipif(NO_TORCHAO, reason="torchao is not installed (the optional torchao extra: "
-                    "pip install 'veriprint[torchao]')")
+def _require_torchao() -> None:
+    if importlib.util.find_spec("torchao") is None:
+        missing(TORCHAO)
+
+
 @pytest.mark.parametrize("scheme", ["int8-weight", "int4-weight", "int8-dynamic-int4-weight"])
 def test_torchao_quantization_runs_on_the_cpu_and_is_caught(tiny: Any, tiny_fp: tuple[LmFingerprint, Path],
                                                              scheme: str) -> None:
+    _require_torchao()
     before = tiny.weights_sha256
     res = tamper_lm(tiny, LmTorchaoConfig(scheme, 32))
     assert tiny.weights_sha256 == before and res.lm.model is not tiny.model
@@ -342,8 +348,8 @@ def test_torchao_config_refuses() -> None:
         LmTorchaoConfig(group_size=0)
 
 
-@pytest.mark.skipif(NO_TORCHAO, reason="torchao is not installed (the optional torchao extra)")
 def test_torchao_group_size_must_divide_the_layers(tiny: Any) -> None:
+    _require_torchao()
     with pytest.raises(ValueError, match="divides every linear layer's input width"):
         tamper_lm(tiny, LmTorchaoConfig("int4-weight", 24))
 
