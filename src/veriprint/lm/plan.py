@@ -51,7 +51,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ import torch
 
 from veriprint.errors import ConfigError
 from veriprint.lm.model import LanguageModel
-from veriprint.pipeline.plan import AUTO_BUDGET_CPU, parse_duration
+from veriprint.pipeline.plan import AUTO_BUDGET_CPU, parse_duration, stored_plan
 from veriprint.pipeline.speed import Speed, cache_dir
 
 __all__ = ["CANDIDATES_FLOOR", "LM_OPS", "ROUNDS_KEEP", "LmPlan", "calibrate_lm_speed", "lm_plan_line",
@@ -305,11 +305,7 @@ class LmPlan:
         return float(sum(self.predicted.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(replace(self, speed=None))
-        d["predicted"] = {k: round(v, 3) for k, v in self.predicted.items()}
-        d["total_s"] = round(self.total_s, 3)
-        d["speed"] = None if self.speed is None else self.speed.to_dict()
-        return d
+        return stored_plan(self)
 
     def summary(self) -> str:
         return lm_plan_line(self.to_dict())

@@ -61,6 +61,7 @@ __all__ = [
     "plan_fingerprint",
     "plan_line",
     "predict",
+    "stored_plan",
 ]
 
 #: Seeds kept before ascent steps are trimmed.
@@ -150,6 +151,17 @@ def _machine_memory(device: str = "cpu") -> int | None:
         return None
 
 
+
+def stored_plan(plan: Any) -> dict[str, Any]:
+    """A plan (a dataclass with ``predicted``, ``total_s`` and ``speed``) as ``meta["plan"]``
+    stores it: its fields, the predictions rounded, their total, the speed as a dict. The
+    classifier's :class:`Plan` and the language model's plan both store theirs so."""
+    d = asdict(replace(plan, speed=None))
+    d["predicted"] = {k: round(v, 3) for k, v in plan.predicted.items()}
+    d["total_s"] = round(plan.total_s, 3)
+    d["speed"] = None if plan.speed is None else plan.speed.to_dict()
+    return d
+
 @dataclass(frozen=True)
 class Plan:
     """What a fingerprint run will do, and what it was predicted to cost.
@@ -190,10 +202,7 @@ class Plan:
         return float(sum(self.predicted.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(replace(self, speed=None))
-        d["predicted"] = {k: round(v, 3) for k, v in self.predicted.items()}
-        d["total_s"] = round(self.total_s, 3)
-        d["speed"] = None if self.speed is None else self.speed.to_dict()
+        d = stored_plan(self)
         if not self.notes:
             del d["notes"]
         return d
